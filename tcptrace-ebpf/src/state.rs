@@ -1,0 +1,28 @@
+//! `inet_sock_set_state`: every TCP state change of a full socket.
+//!
+//! It never reports TIME_WAIT: the closing side is seen going to CLOSE while
+//! a separate timewait socket takes over.
+
+use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
+use tcptrace_common::kind;
+
+use crate::{maps, socket};
+
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
+    // Arguments: (const struct sock *sk, int oldstate, int newstate).
+    let sk: *const u8 = ctx.arg(0);
+    let old_state: i32 = ctx.arg(1);
+    let new_state: i32 = ctx.arg(2);
+    let off = maps::offsets();
+    if socket::protocol(sk, &off) != socket::IPPROTO_TCP {
+        return 0;
+    }
+    let mut event = socket::event(sk, &off, kind::STATE_CHANGE);
+    // TCP states run 1..=13; anything else arrives as 0, which userspace
+    // counts as a malformed event.
+    event.old_state = u8::try_from(old_state).unwrap_or(0);
+    event.new_state = u8::try_from(new_state).unwrap_or(0);
+    maps::emit(&event);
+    0
+}

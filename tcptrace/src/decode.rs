@@ -1,0 +1,164 @@
+//! Ring-buffer bytes to typed events: the one place raw records are trusted.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use tcptrace_common::{AF_INET, AF_INET6, Event, kind};
+
+use crate::event::{Comm, EventKind, Family, SocketEvent, TcpState};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("record of {len} bytes, expected {expected}")]
+    Length { len: usize, expected: usize },
+    #[error("unknown event kind {0}")]
+    Kind(u8),
+    #[error("unknown address family {0}")]
+    Family(u16),
+    #[error("unknown TCP state {0}")]
+    State(u8),
+}
+
+/// Decodes one ring-buffer record.
+pub fn decode(bytes: &[u8]) -> Result<SocketEvent, DecodeError> {
+    let expected = size_of::<Event>();
+    if bytes.len() != expected {
+        return Err(DecodeError::Length {
+            len: bytes.len(),
+            expected,
+        });
+    }
+    // SAFETY: the length is exactly that of `Event`, a `#[repr(C)]` type of
+    // integers and byte arrays for which every bit pattern is valid; the read
+    // is unaligned-safe.
+    let raw: Event = unsafe { bytes.as_ptr().cast::<Event>().read_unaligned() };
+
+    let (family, saddr, daddr) = match raw.family {
+        AF_INET => (Family::Ipv4, ipv4(&raw.saddr), ipv4(&raw.daddr)),
+        AF_INET6 => (
+            Family::Ipv6,
+            Ipv6Addr::from(raw.saddr).into(),
+            Ipv6Addr::from(raw.daddr).into(),
+        ),
+        other => return Err(DecodeError::Family(other)),
+    };
+    let state = |value| TcpState::from_kernel(value).ok_or(DecodeError::State(value));
+    let kind = match raw.kind {
+        kind::STATE_CHANGE => EventKind::StateChange {
+            old: state(raw.old_state)?,
+            new: state(raw.new_state)?,
+        },
+        other => return Err(DecodeError::Kind(other)),
+    };
+    #[expect(clippy::cast_possible_truncation, reason = "pid_tgid packs two u32")]
+    let (pid, tid) = ((raw.pid_tgid >> 32) as u32, raw.pid_tgid as u32);
+    Ok(SocketEvent {
+        ts_ns: raw.ts_ns,
+        cookie: raw.cookie,
+        netns: raw.netns,
+        family,
+        saddr,
+        sport: raw.sport,
+        daddr,
+        dport: raw.dport,
+        pid,
+        tid,
+        comm: Comm(raw.comm),
+        kind,
+    })
+}
+
+fn ipv4(bytes: &[u8; 16]) -> IpAddr {
+    Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(event: &Event) -> Vec<u8> {
+        // SAFETY: reading the bytes of a `#[repr(C)]` value with no padding holes.
+        unsafe {
+            std::slice::from_raw_parts(std::ptr::from_ref(event).cast::<u8>(), size_of::<Event>())
+        }
+        .to_vec()
+    }
+
+    fn sample() -> Event {
+        let mut event = Event::ZERO;
+        event.ts_ns = 42;
+        event.cookie = 7;
+        event.pid_tgid = (1234 << 32) + 1235;
+        event.netns = 4_026_531_840;
+        event.family = AF_INET;
+        event.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        event.daddr[..4].copy_from_slice(&[10, 1, 2, 3]);
+        event.sport = 8080;
+        event.dport = 51000;
+        event.kind = kind::STATE_CHANGE;
+        event.old_state = 1;
+        event.new_state = 8;
+        event.comm[..5].copy_from_slice(b"nginx");
+        event
+    }
+
+    #[test]
+    fn decodes_an_ipv4_state_change() {
+        let event = decode(&record(&sample())).expect("valid record");
+        assert_eq!(event.ts_ns, 42);
+        assert_eq!(event.cookie, 7);
+        assert_eq!((event.pid, event.tid), (1234, 1235));
+        assert_eq!(event.family, Family::Ipv4);
+        assert_eq!(event.saddr, IpAddr::from([127, 0, 0, 1]));
+        assert_eq!(event.daddr, IpAddr::from([10, 1, 2, 3]));
+        assert_eq!((event.sport, event.dport), (8080, 51000));
+        assert_eq!(
+            event.kind,
+            EventKind::StateChange {
+                old: TcpState::Established,
+                new: TcpState::CloseWait
+            }
+        );
+        assert_eq!(event.comm.as_str(), "nginx");
+    }
+
+    #[test]
+    fn decodes_ipv6_addresses() {
+        let mut raw = sample();
+        raw.family = AF_INET6;
+        raw.saddr = Ipv6Addr::LOCALHOST.octets();
+        raw.daddr = "2001:db8::1".parse::<Ipv6Addr>().unwrap().octets();
+        let event = decode(&record(&raw)).expect("valid record");
+        assert_eq!(event.family, Family::Ipv6);
+        assert_eq!(event.saddr, IpAddr::V6(Ipv6Addr::LOCALHOST));
+        assert_eq!(event.daddr.to_string(), "2001:db8::1");
+    }
+
+    #[test]
+    fn rejects_short_and_long_records() {
+        let bytes = record(&sample());
+        for len in [0, 1, 95] {
+            assert_eq!(
+                decode(&bytes[..len]),
+                Err(DecodeError::Length { len, expected: 96 })
+            );
+        }
+        let mut long = bytes.clone();
+        long.push(0);
+        assert!(matches!(
+            decode(&long),
+            Err(DecodeError::Length { len: 97, .. })
+        ));
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        // 0xAB everywhere: family 0xABAB is no address family.
+        assert_eq!(decode(&[0xAB; 96]), Err(DecodeError::Family(0xABAB)));
+        let mut raw = sample();
+        raw.kind = 0;
+        assert_eq!(decode(&record(&raw)), Err(DecodeError::Kind(0)));
+        let mut raw = sample();
+        raw.new_state = 99;
+        assert_eq!(decode(&record(&raw)), Err(DecodeError::State(99)));
+    }
+}

@@ -1,0 +1,197 @@
+//! Decoded kernel events: the typed form of `tcptrace_common::Event`.
+
+use std::{fmt, net::IpAddr, str::FromStr};
+
+/// TCP states as the kernel numbers them (`include/net/tcp_states.h`, stable ABI).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum TcpState {
+    Established = 1,
+    SynSent = 2,
+    SynRecv = 3,
+    FinWait1 = 4,
+    FinWait2 = 5,
+    TimeWait = 6,
+    Close = 7,
+    CloseWait = 8,
+    LastAck = 9,
+    Listen = 10,
+    Closing = 11,
+    NewSynRecv = 12,
+    BoundInactive = 13,
+}
+
+impl TcpState {
+    pub const ALL: [Self; 13] = [
+        Self::Established,
+        Self::SynSent,
+        Self::SynRecv,
+        Self::FinWait1,
+        Self::FinWait2,
+        Self::TimeWait,
+        Self::Close,
+        Self::CloseWait,
+        Self::LastAck,
+        Self::Listen,
+        Self::Closing,
+        Self::NewSynRecv,
+        Self::BoundInactive,
+    ];
+
+    pub fn from_kernel(value: u8) -> Option<Self> {
+        Self::ALL.get(usize::from(value).checked_sub(1)?).copied()
+    }
+
+    /// The kernel's name without the `TCP_` prefix, as used in every output.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Established => "ESTABLISHED",
+            Self::SynSent => "SYN_SENT",
+            Self::SynRecv => "SYN_RECV",
+            Self::FinWait1 => "FIN_WAIT1",
+            Self::FinWait2 => "FIN_WAIT2",
+            Self::TimeWait => "TIME_WAIT",
+            Self::Close => "CLOSE",
+            Self::CloseWait => "CLOSE_WAIT",
+            Self::LastAck => "LAST_ACK",
+            Self::Listen => "LISTEN",
+            Self::Closing => "CLOSING",
+            Self::NewSynRecv => "NEW_SYN_RECV",
+            Self::BoundInactive => "BOUND_INACTIVE",
+        }
+    }
+}
+
+impl fmt::Display for TcpState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for TcpState {
+    type Err = String;
+
+    /// Accepts the names in any case, with or without `TCP_`, `-` for `_`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let wanted = s.to_ascii_uppercase().replace('-', "_");
+        let wanted = wanted.strip_prefix("TCP_").unwrap_or(&wanted);
+        Self::ALL
+            .into_iter()
+            .find(|state| state.name() == wanted)
+            .ok_or_else(|| {
+                let names: Vec<_> = Self::ALL.iter().map(|s| s.name()).collect();
+                format!("unknown TCP state {s:?} (one of {})", names.join(", "))
+            })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Family {
+    Ipv4,
+    Ipv6,
+}
+
+impl Family {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Ipv4 => "ipv4",
+            Self::Ipv6 => "ipv6",
+        }
+    }
+}
+
+/// What happened to the socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    StateChange { old: TcpState, new: TcpState },
+}
+
+impl EventKind {
+    /// The `event` key of the JSON stream.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::StateChange { .. } => "state",
+        }
+    }
+}
+
+/// One kernel event about one socket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SocketEvent {
+    /// `CLOCK_BOOTTIME` nanoseconds.
+    pub ts_ns: u64,
+    pub cookie: u64,
+    pub netns: u32,
+    pub family: Family,
+    pub saddr: IpAddr,
+    pub sport: u16,
+    pub daddr: IpAddr,
+    pub dport: u16,
+    /// Process and thread on the CPU when the kernel produced the event; for
+    /// events raised in softirq this is whatever was running (often 0).
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: Comm,
+    pub kind: EventKind,
+}
+
+impl SocketEvent {
+    /// True if either end of the connection uses `port`.
+    pub fn has_port(&self, port: u16) -> bool {
+        self.sport == port || self.dport == port
+    }
+}
+
+/// A task's command name (`TASK_COMM_LEN` bytes, NUL-padded), kept raw so the
+/// hot path does not allocate.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Comm(pub [u8; 16]);
+
+impl Comm {
+    pub fn as_str(&self) -> std::borrow::Cow<'_, str> {
+        let len = self.0.iter().position(|&b| b == 0).unwrap_or(self.0.len());
+        String::from_utf8_lossy(&self.0[..len])
+    }
+}
+
+impl fmt::Debug for Comm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.as_str(), f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_numbers_match_the_kernel() {
+        for (i, state) in TcpState::ALL.iter().enumerate() {
+            assert_eq!(usize::from(*state as u8), i + 1);
+            assert_eq!(TcpState::from_kernel(*state as u8), Some(*state));
+        }
+        assert_eq!(TcpState::from_kernel(0), None);
+        assert_eq!(TcpState::from_kernel(14), None);
+    }
+
+    #[test]
+    fn state_names_parse_leniently() {
+        assert_eq!("time_wait".parse(), Ok(TcpState::TimeWait));
+        assert_eq!("TCP_CLOSE_WAIT".parse(), Ok(TcpState::CloseWait));
+        assert_eq!("fin-wait2".parse(), Ok(TcpState::FinWait2));
+        assert!(
+            "WAITING"
+                .parse::<TcpState>()
+                .unwrap_err()
+                .contains("ESTABLISHED")
+        );
+    }
+
+    #[test]
+    fn comm_stops_at_nul() {
+        let mut raw = [0u8; 16];
+        raw[..4].copy_from_slice(b"curl");
+        assert_eq!(Comm(raw).as_str(), "curl");
+        assert_eq!(Comm([b'x'; 16]).as_str(), "x".repeat(16));
+    }
+}

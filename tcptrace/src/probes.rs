@@ -1,0 +1,217 @@
+//! Loading the BPF programs into the running kernel and attaching them.
+//!
+//! Dropping [`Probes`] detaches every link and frees every program and map:
+//! nothing outlives the process.
+
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader, Endianness,
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::{BtfTracePoint, ProgramError},
+};
+use tcptrace_common::DEFAULT_RING_BUFFER_BYTES;
+
+use crate::{btf, layout, ring::EventSource};
+
+/// The BPF object built by build.rs from the `tcptrace-ebpf` crate.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcptrace-ebpf"));
+
+/// A kernel hook and what it needs.
+#[derive(Debug, Clone, Copy)]
+pub struct Hook {
+    /// Program name in the BPF object.
+    pub program: &'static str,
+    /// BTF tracepoint (`btf_trace_<name>`) it attaches to.
+    pub tracepoint: &'static str,
+    /// Oldest kernel with everything the program uses: `tp_btf` (5.5), ring
+    /// buffers (5.8), `bpf_get_socket_cookie` in tracing programs (5.12).
+    pub min_kernel: &'static str,
+}
+
+pub const HOOKS: &[Hook] = &[Hook {
+    program: "inet_sock_set_state",
+    tracepoint: "inet_sock_set_state",
+    min_kernel: "5.12",
+}];
+
+#[derive(Debug, Clone)]
+pub struct ProbeConfig {
+    /// The running kernel's BTF.
+    pub btf_path: PathBuf,
+    /// Size of the event ring buffer: a power of two, at least a page.
+    pub ring_buffer_bytes: u32,
+}
+
+impl Default for ProbeConfig {
+    fn default() -> Self {
+        Self {
+            btf_path: PathBuf::from("/sys/kernel/btf/vmlinux"),
+            ring_buffer_bytes: DEFAULT_RING_BUFFER_BYTES,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error(
+        "missing capabilities {0}: run tcptrace as root or grant them (CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN)"
+    )]
+    Privileges(String),
+    #[error("{0}")]
+    Btf(#[from] btf::BtfError),
+    #[error("cannot parse kernel BTF at {path} for the loader: {source}")]
+    LoaderBtf {
+        path: PathBuf,
+        source: Box<aya::BtfError>,
+    },
+    #[error(
+        "this tcptrace binary was built without its BPF programs (AYA_BUILD_SKIP): rebuild it with `cargo xtask build`"
+    )]
+    EmptyObject,
+    #[error("cannot load the BPF object: {0}")]
+    Object(Box<aya::EbpfError>),
+    #[error("BPF program {program} is missing from the object")]
+    MissingProgram { program: &'static str },
+    #[error(
+        "the kernel rejected BPF program {program} (needs Linux >= {min_kernel}): {error}\n{log}"
+    )]
+    Verifier {
+        program: &'static str,
+        min_kernel: &'static str,
+        error: io::Error,
+        log: String,
+    },
+    #[error(
+        "cannot attach {program} to tracepoint {tracepoint} (needs Linux >= {min_kernel}): {source}"
+    )]
+    Attach {
+        program: &'static str,
+        tracepoint: &'static str,
+        min_kernel: &'static str,
+        source: Box<ProgramError>,
+    },
+    #[error("BPF map {0} is missing from the object")]
+    MissingMap(&'static str),
+    #[error("cannot watch the event ring buffer: {0}")]
+    Watch(io::Error),
+    #[error("BPF map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
+}
+
+/// The loaded and attached programs.
+pub struct Probes {
+    ebpf: Ebpf,
+}
+
+impl Probes {
+    pub fn load(config: &ProbeConfig) -> Result<Self, ProbeError> {
+        check_privileges()?;
+        if OBJECT.is_empty() {
+            return Err(ProbeError::EmptyObject);
+        }
+        let kernel_btf = btf::Btf::from_file(&config.btf_path)?;
+        let offsets = layout::kernel_offsets(&kernel_btf)?;
+        let loader_btf =
+            aya::Btf::parse_file(&config.btf_path, Endianness::default()).map_err(|source| {
+                ProbeError::LoaderBtf {
+                    path: config.btf_path.clone(),
+                    source: Box::new(source),
+                }
+            })?;
+        let mut ebpf = EbpfLoader::new()
+            .btf(&loader_btf)
+            .override_global("OFFSETS", &offsets, true)
+            .map_max_entries("EVENTS", config.ring_buffer_bytes)
+            .load(OBJECT)
+            .map_err(|e| ProbeError::Object(Box::new(e)))?;
+        for hook in HOOKS {
+            attach(&mut ebpf, hook, &loader_btf)?;
+        }
+        Ok(Self { ebpf })
+    }
+
+    /// Takes the event stream; there is one per `Probes`.
+    pub fn event_source(&mut self) -> Result<EventSource, ProbeError> {
+        let ring =
+            RingBuf::try_from(self.take_map("EVENTS")?).map_err(|source| ProbeError::Map {
+                name: "EVENTS",
+                source,
+            })?;
+        let lost: PerCpuArray<MapData, u64> = PerCpuArray::try_from(self.take_map("LOST")?)
+            .map_err(|source| ProbeError::Map {
+                name: "LOST",
+                source,
+            })?;
+        EventSource::new(ring, lost).map_err(ProbeError::Watch)
+    }
+
+    fn take_map(&mut self, name: &'static str) -> Result<aya::maps::Map, ProbeError> {
+        self.ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))
+    }
+}
+
+fn attach(ebpf: &mut Ebpf, hook: &'static Hook, btf: &aya::Btf) -> Result<(), ProbeError> {
+    let attach_error = |source| ProbeError::Attach {
+        program: hook.program,
+        tracepoint: hook.tracepoint,
+        min_kernel: hook.min_kernel,
+        source: Box::new(source),
+    };
+    let program: &mut BtfTracePoint = ebpf
+        .program_mut(hook.program)
+        .ok_or(ProbeError::MissingProgram {
+            program: hook.program,
+        })?
+        .try_into()
+        .map_err(attach_error)?;
+    program.load(hook.tracepoint, btf).map_err(|e| match e {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => ProbeError::Verifier {
+            program: hook.program,
+            min_kernel: hook.min_kernel,
+            error: io_error,
+            log: verifier_log.to_string(),
+        },
+        other => attach_error(other),
+    })?;
+    program.attach().map_err(attach_error)?;
+    Ok(())
+}
+
+// Capability numbers from linux/capability.h.
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+/// Fails early, naming what is missing, instead of with a bare EPERM from the
+/// first `bpf()` call.
+fn check_privileges() -> Result<(), ProbeError> {
+    let Some(effective) = effective_capabilities(Path::new("/proc/self/status")) else {
+        return Ok(()); // cannot tell: let the kernel decide
+    };
+    let has = |cap: u32| effective & (1 << cap) != 0;
+    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
+        return Ok(());
+    }
+    let missing: Vec<&str> = [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")]
+        .into_iter()
+        .filter(|&(cap, _)| !has(cap))
+        .map(|(_, name)| name)
+        .collect();
+    Err(ProbeError::Privileges(missing.join(", ")))
+}
+
+fn effective_capabilities(status: &Path) -> Option<u64> {
+    let text = fs::read_to_string(status).ok()?;
+    let hex = text.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+    u64::from_str_radix(hex.trim(), 16).ok()
+}

@@ -1,0 +1,70 @@
+//! Reading the `EVENTS` ring buffer without busy-polling.
+
+use std::io;
+
+use aya::maps::{MapData, PerCpuArray, RingBuf};
+use tokio::io::{Interest, unix::AsyncFd};
+
+use crate::{
+    decode::{DecodeError, decode},
+    event::SocketEvent,
+};
+
+/// The kernel's event stream and its loss counter.
+pub struct EventSource {
+    ring: AsyncFd<RingBuf<MapData>>,
+    lost: PerCpuArray<MapData, u64>,
+}
+
+/// What one wake-up of the reader produced.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub events: Vec<SocketEvent>,
+    pub decode_errors: Vec<DecodeError>,
+}
+
+impl EventSource {
+    /// Must be called inside a tokio runtime (registers the fd with its reactor).
+    pub fn new(ring: RingBuf<MapData>, lost: PerCpuArray<MapData, u64>) -> io::Result<Self> {
+        // SAFETY: the fd belongs to `ring`, which the AsyncFd owns from here
+        // on, so it stays open for as long as it is registered.
+        let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }?;
+        Ok(Self { ring, lost })
+    }
+
+    /// Waits for events, then drains the buffer completely into `batch`
+    /// (which is cleared first). Returns with at least one record.
+    pub async fn next_batch(&mut self, batch: &mut Batch) -> io::Result<()> {
+        batch.events.clear();
+        batch.decode_errors.clear();
+        loop {
+            let mut guard = self.ring.readable_mut().await?;
+            let ring = guard.get_inner_mut();
+            drain(ring, batch);
+            // Clear readiness, then drain once more: a record committed
+            // between the first drain and the clear raised no new wake-up.
+            guard.clear_ready();
+            drain(guard.get_inner_mut(), batch);
+            if !batch.events.is_empty() || !batch.decode_errors.is_empty() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Events the kernel could not deliver since load (ring buffer full),
+    /// summed over CPUs.
+    pub fn lost(&self) -> u64 {
+        self.lost
+            .get(&0, 0)
+            .map_or(0, |per_cpu| per_cpu.iter().sum())
+    }
+}
+
+fn drain(ring: &mut RingBuf<MapData>, batch: &mut Batch) {
+    while let Some(record) = ring.next() {
+        match decode(&record) {
+            Ok(event) => batch.events.push(event),
+            Err(error) => batch.decode_errors.push(error),
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! Developer tasks: `cargo xtask build | run | test | setup`.
+//!
+//! Each task first installs, idempotently, the pinned toolchains and tools it
+//! needs (see `toolchain.env`), so a fresh Debian 12 machine needs nothing
+//! installed by hand.
+
+mod cmd;
+mod pins;
+mod setup;
+
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use pins::Pins;
+
+const USAGE: &str = "\
+usage: cargo xtask <task> [options] [-- args]
+
+tasks:
+  setup              install the pinned toolchains, LLVM and bpf-linker if missing
+  build [--debug]    build the tcptrace binary (release unless --debug)
+  run [-- ARGS]      build, then run `tcptrace ARGS` in the foreground
+                     (default ARGS: events)
+  test [-- ARGS]     rustfmt check, clippy -D warnings (host and BPF crates),
+                     then every test; ARGS go to the test binaries
+";
+
+fn main() -> ExitCode {
+    match run_task(env::args().skip(1).collect()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("xtask: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_task(args: Vec<String>) -> Result<(), String> {
+    let (args, passthrough) = match args.iter().position(|a| a == "--") {
+        Some(i) => (args[..i].to_vec(), args[i + 1..].to_vec()),
+        None => (args, Vec::new()),
+    };
+    let root = workspace_root();
+    let pins = Pins::load(&root)?;
+    let task = args.first().map(String::as_str);
+    let flags = args.get(1..).unwrap_or_default();
+    let only = |allowed: &[&str]| match flags.iter().find(|f| !allowed.contains(&f.as_str())) {
+        Some(flag) => Err(format!("unknown option {flag:?} for {task:?}\n{USAGE}")),
+        None => Ok(()),
+    };
+    match task {
+        Some("setup") => {
+            only(&[])?;
+            setup::ensure_build_tools(&pins)?;
+            setup::ensure_debian_packages(setup::TEST_PACKAGES)
+        }
+        Some("build") => {
+            only(&["--debug"])?;
+            setup::ensure_build_tools(&pins)?;
+            build(&root, &pins, flags.iter().any(|f| f == "--debug"))
+        }
+        Some("run") => {
+            only(&[])?;
+            setup::ensure_build_tools(&pins)?;
+            build(&root, &pins, false)?;
+            let args = if passthrough.is_empty() {
+                vec!["events".to_owned()]
+            } else {
+                passthrough
+            };
+            cmd::run(Command::new(root.join("target/release/tcptrace")).args(args))
+        }
+        Some("test") => {
+            only(&[])?;
+            setup::ensure_build_tools(&pins)?;
+            setup::ensure_debian_packages(setup::TEST_PACKAGES)?;
+            test(&root, &pins, &passthrough)
+        }
+        Some("help" | "-h" | "--help") => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        Some(other) => Err(format!("unknown task {other:?}\n{USAGE}")),
+        None => Err(format!("no task given\n{USAGE}")),
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the workspace root")
+        .to_path_buf()
+}
+
+/// `cargo +<toolchain> …` in the workspace root, with the caller's toolchain
+/// choice (set by the rustup proxy that started xtask) removed.
+fn cargo(root: &Path, toolchain: &str) -> Command {
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(root)
+        .arg(format!("+{toolchain}"))
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("CARGO")
+        .env_remove("RUSTC");
+    cmd
+}
+
+fn step(what: &str) {
+    println!("[xtask] {what}");
+}
+
+fn build(root: &Path, pins: &Pins, debug: bool) -> Result<(), String> {
+    step("building tcptrace and its BPF programs");
+    let mut build = cargo(root, &pins.rust_host);
+    build.args(["build", "--package", "tcptrace"]);
+    if !debug {
+        build.arg("--release");
+    }
+    cmd::run(&mut build)
+}
+
+fn test(root: &Path, pins: &Pins, test_args: &[String]) -> Result<(), String> {
+    step("rustfmt --check");
+    cmd::run(cargo(root, &pins.rust_host).args(["fmt", "--all", "--check"]))?;
+
+    // Lints do not need the BPF object; skipping its nested build keeps this
+    // step from compiling the BPF crate a second time.
+    step("clippy (host crates)");
+    cmd::run(
+        cargo(root, &pins.rust_host)
+            .args(["clippy", "--release", "--workspace", "--all-targets"])
+            .args(["--exclude", "tcptrace-ebpf", "--", "-D", "warnings"])
+            .env("AYA_BUILD_SKIP", "1"),
+    )?;
+    step("clippy (BPF crate)");
+    cmd::run(
+        cargo(root, &pins.rust_bpf)
+            .args(["clippy", "--release", "--package", "tcptrace-ebpf"])
+            .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+            .args(["--", "-D", "warnings"]),
+    )?;
+
+    // Release profile: the same artifacts `build` makes, so the BPF programs
+    // are compiled once for both. Integration tests share one kernel and
+    // network namespaces, so they run one at a time.
+    step("tests (unit, integration against the running kernel, end-to-end)");
+    cmd::run(
+        cargo(root, &pins.rust_host)
+            .args([
+                "test",
+                "--release",
+                "--workspace",
+                "--exclude",
+                "tcptrace-ebpf",
+            ])
+            .arg("--")
+            .arg("--test-threads=1")
+            .args(test_args),
+    )
+}

@@ -1,0 +1,143 @@
+//! Installs the pinned build tools when they are missing, and only then.
+//!
+//! Every step prints one line saying what it found or did, so a second run
+//! visibly installs nothing.
+
+use std::{env, path::PathBuf, process::Command};
+
+use crate::{cmd, pins::Pins};
+
+/// Debian packages the test suite drives as ground truth or as peers.
+pub const TEST_PACKAGES: &[&str] = &["iproute2"];
+
+pub fn ensure_build_tools(pins: &Pins) -> Result<(), String> {
+    ensure_toolchain(&pins.rust_host, &["clippy", "rustfmt"])?;
+    ensure_toolchain(&pins.rust_bpf, &["rust-src", "clippy"])?;
+    ensure_debian_packages(&[format!("llvm-{}-dev", pins.llvm_major)])?;
+    ensure_bpf_linker(pins)
+}
+
+fn step(what: &str, outcome: &str) {
+    println!("[setup] {what:<44} {outcome}");
+}
+
+fn ensure_toolchain(name: &str, components: &[&str]) -> Result<(), String> {
+    let what = format!("rust toolchain {name} (+{})", components.join(", "));
+    let listed = cmd::output(Command::new("rustup").args(["toolchain", "list"]))
+        .ok_or("rustup is not installed: install it from rustup.rs, then run this again")?;
+    let has_toolchain = listed
+        .lines()
+        .any(|line| line.starts_with(&format!("{name}-")));
+    let missing: Vec<&str> = if has_toolchain {
+        let installed = cmd::output(Command::new("rustup").args([
+            "component",
+            "list",
+            "--installed",
+            "--toolchain",
+            name,
+        ]))
+        .unwrap_or_default();
+        components
+            .iter()
+            .copied()
+            .filter(|c| !installed.lines().any(|line| line.starts_with(c)))
+            .collect()
+    } else {
+        components.to_vec()
+    };
+    if has_toolchain && missing.is_empty() {
+        step(&what, "present");
+        return Ok(());
+    }
+    step(&what, "installing");
+    let mut install = Command::new("rustup");
+    install.args(["toolchain", "install", name, "--profile", "minimal"]);
+    for component in &missing {
+        install.args(["--component", component]);
+    }
+    cmd::run(&mut install)
+}
+
+/// Installs the Debian packages that are not installed yet (one `apt-get` call).
+pub fn ensure_debian_packages<S: AsRef<str>>(packages: &[S]) -> Result<(), String> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .map(AsRef::as_ref)
+        .filter(|pkg| {
+            let status = cmd::output(Command::new("dpkg-query").args(["-W", "-f=${Status}", pkg]));
+            let installed = status.is_some_and(|s| s.trim() == "install ok installed");
+            step(
+                &format!("debian package {pkg}"),
+                if installed { "present" } else { "installing" },
+            );
+            !installed
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let apt = |args: &[&str]| {
+        cmd::run(
+            Command::new("apt-get")
+                .args(args)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )
+        .map_err(|e| format!("{e}: install {} as root", missing.join(" ")))
+    };
+    apt(&["update", "-qq"])?;
+    let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
+    args.extend(&missing);
+    apt(&args)
+}
+
+/// bpf-linker must be the pinned version and built against the pinned LLVM;
+/// `cargo install` records both in its metadata file.
+fn ensure_bpf_linker(pins: &Pins) -> Result<(), String> {
+    let feature = format!("llvm-{}", pins.llvm_major);
+    let what = format!("bpf-linker {} ({feature})", pins.bpf_linker);
+    if bpf_linker_installed(&pins.bpf_linker, &feature) {
+        step(&what, "present");
+        return Ok(());
+    }
+    step(&what, "installing (about a minute)");
+    let path = format!(
+        "{}/bin:{}",
+        pins.llvm_prefix(),
+        env::var("PATH").unwrap_or_default()
+    );
+    cmd::run(
+        Command::new("cargo")
+            .arg(format!("+{}", pins.rust_host))
+            .args(["install", "bpf-linker", "--locked", "--force"])
+            .args(["--version", &format!("={}", pins.bpf_linker)])
+            .args(["--no-default-features", "--features", &feature])
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .env("PATH", path)
+            .env(
+                format!("LLVM_SYS_{}1_PREFIX", pins.llvm_major),
+                pins.llvm_prefix(),
+            ),
+    )
+}
+
+fn bpf_linker_installed(version: &str, feature: &str) -> bool {
+    let Some(home) = cargo_home() else {
+        return false;
+    };
+    let Ok(record) = std::fs::read_to_string(home.join(".crates2.json")) else {
+        return false;
+    };
+    // The record is one JSON object keyed by "name version (source)", whose
+    // values are flat objects: the entry runs to the first closing brace.
+    let key = format!("\"bpf-linker {version} (");
+    record.split(&key).nth(1).is_some_and(|entry| {
+        let entry = entry.split('}').next().unwrap_or_default();
+        entry.contains(&format!("\"{feature}\"")) && home.join("bin/bpf-linker").exists()
+    })
+}
+
+fn cargo_home() -> Option<PathBuf> {
+    env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo")))
+}
