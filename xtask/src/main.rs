@@ -96,7 +96,8 @@ fn workspace_root() -> PathBuf {
 }
 
 /// `cargo +<toolchain> …` in the workspace root, with the caller's toolchain
-/// choice (set by the rustup proxy that started xtask) removed.
+/// choice (set by the rustup proxy that started xtask) removed, and cargo's
+/// bin directory on PATH so the BPF build finds bpf-linker.
 fn cargo(root: &Path, toolchain: &str) -> Command {
     let mut cmd = Command::new("cargo");
     cmd.current_dir(root)
@@ -104,6 +105,13 @@ fn cargo(root: &Path, toolchain: &str) -> Command {
         .env_remove("RUSTUP_TOOLCHAIN")
         .env_remove("CARGO")
         .env_remove("RUSTC");
+    if let Some(bin) = setup::cargo_home().map(|home| home.join("bin")) {
+        let path = env::var_os("PATH").unwrap_or_default();
+        let paths = std::iter::once(bin).chain(env::split_paths(&path));
+        if let Ok(joined) = env::join_paths(paths) {
+            cmd.env("PATH", joined);
+        }
+    }
     cmd
 }
 

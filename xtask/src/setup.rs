@@ -18,7 +18,7 @@ pub fn ensure_build_tools(pins: &Pins) -> Result<(), String> {
 }
 
 fn step(what: &str, outcome: &str) {
-    println!("[setup] {what:<44} {outcome}");
+    println!("[setup] {what:<52} {outcome}");
 }
 
 fn ensure_toolchain(name: &str, components: &[&str]) -> Result<(), String> {
@@ -136,7 +136,7 @@ fn bpf_linker_installed(version: &str, feature: &str) -> bool {
     })
 }
 
-fn cargo_home() -> Option<PathBuf> {
+pub fn cargo_home() -> Option<PathBuf> {
     env::var_os("CARGO_HOME")
         .map(PathBuf::from)
         .or_else(|| env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo")))

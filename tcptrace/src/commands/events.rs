@@ -38,6 +38,7 @@ impl EventFilter {
 pub async fn run(args: EventsArgs) -> Result<(), Error> {
     let mut probes = Probes::load(&args.probe.config())?;
     let mut source = probes.event_source()?;
+    tracing::info!("attached; streaming TCP state transitions (Ctrl-C stops)");
     let filter = EventFilter {
         ports: args.ports,
         states: args.states,

@@ -1,0 +1,274 @@
+//! End-to-end: the built `tcptrace events` binary against real traffic in a
+//! private network namespace.
+
+mod common;
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    io::{BufRead, BufReader},
+    net::{Ipv4Addr, SocketAddr},
+    process::{Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use common::{ChildGuard, NetNs, client_closes_first, loaded_program_ids, signal};
+use serde_json::Value;
+
+/// A running `tcptrace events`, its stdout lines arriving on a channel.
+struct EventsProcess {
+    child: ChildGuard,
+    lines: mpsc::Receiver<String>,
+    stderr: thread::JoinHandle<String>,
+}
+
+impl EventsProcess {
+    /// Starts the binary and waits (bounded) until its programs are attached.
+    fn start(args: &[&str]) -> Self {
+        let mut child = ChildGuard(
+            Command::new(env!("CARGO_BIN_EXE_tcptrace"))
+                .arg("events")
+                .args(args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("start tcptrace"),
+        );
+        let stdout = child.0.stdout.take().expect("stdout");
+        let stderr = child.0.stderr.take().expect("stderr");
+        let (line_tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line_tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let stderr = thread::spawn(move || {
+            let mut all = String::new();
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("attached") {
+                    let _ = ready_tx.send(());
+                }
+                all.push_str(&line);
+                all.push('\n');
+            }
+            all
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("tcptrace did not report its programs attached within 30 s");
+        Self {
+            child,
+            lines,
+            stderr,
+        }
+    }
+
+    /// Collects stdout lines until `count` of them satisfy `keep` (bounded).
+    fn collect(&self, count: usize, timeout: Duration, keep: impl Fn(&str) -> bool) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        let mut kept = Vec::new();
+        while kept.len() < count {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if keep(&line) => kept.push(line),
+                Ok(_) => {}
+                Err(e) => panic!(
+                    "only {} of {count} lines within {timeout:?} ({e})",
+                    kept.len()
+                ),
+            }
+        }
+        // Anything beyond the expected lines would show up here.
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(300)) {
+            if keep(&line) {
+                kept.push(line);
+            }
+        }
+        kept
+    }
+
+    /// SIGTERM, then the exit status and everything printed on stderr.
+    fn stop(mut self) -> (std::process::ExitStatus, String) {
+        signal(&self.child.0, libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = self.child.0.try_wait().expect("wait") {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "tcptrace ignored SIGTERM");
+            thread::sleep(Duration::from_millis(20));
+        };
+        (status, self.stderr.join().expect("stderr reader"))
+    }
+}
+
+fn in_netns(netns: u32) -> impl Fn(&str) -> bool {
+    move |line: &str| {
+        let event: Value = serde_json::from_str(line).expect("every line is JSON");
+        event["netns"] == netns
+    }
+}
+
+#[test]
+fn port_filter_shows_every_transition_and_nothing_else() {
+    let before = loaded_program_ids("inet_sock_set_state");
+    let tracer = EventsProcess::start(&["--port", "8080"]);
+    let ours: Vec<u32> = loaded_program_ids("inet_sock_set_state")
+        .into_iter()
+        .filter(|id| !before.contains(id))
+        .collect();
+    assert_eq!(ours.len(), 1, "one program attached by the process");
+
+    let netns = NetNs::new();
+    let wanted =
+        netns.run(|| client_closes_first(SocketAddr::from((Ipv4Addr::LOCALHOST, 8080)), 10));
+    let unwanted =
+        netns.run(|| client_closes_first(SocketAddr::from((Ipv4Addr::LOCALHOST, 9090)), 10));
+    let lines = tracer.collect(
+        10 * 10 + 2,
+        Duration::from_secs(20),
+        in_netns(netns.inode()),
+    );
+    let (status, stderr) = tracer.stop();
+
+    assert_eq!(
+        lines.len(),
+        102,
+        "10 connections x 10 transitions + listener"
+    );
+    let events: Vec<Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).expect("JSON"))
+        .collect();
+    for key in [
+        "ts", "cookie", "netns", "family", "saddr", "sport", "daddr", "dport", "old", "new", "pid",
+        "comm",
+    ] {
+        assert!(
+            events.iter().all(|e| !e[key].is_null()),
+            "every line has {key:?}"
+        );
+    }
+    let ts = events[0]["ts"].as_str().expect("ts");
+    assert_eq!(
+        ts.len(),
+        "2026-11-21T09:49:34.123456Z".len(),
+        "RFC 3339 with µs: {ts}"
+    );
+    assert!(
+        events
+            .iter()
+            .all(|e| e["family"] == "ipv4" && e["saddr"] == "127.0.0.1")
+    );
+
+    let unwanted_ports: HashSet<u64> = unwanted
+        .iter()
+        .map(|c| u64::from(c.client.port()))
+        .collect();
+    let mut per_cookie: BTreeMap<u64, Vec<(String, String)>> = BTreeMap::new();
+    for event in &events {
+        assert!(
+            event["sport"] == 8080 || event["dport"] == 8080,
+            "filtered: {event}"
+        );
+        assert!(!unwanted_ports.contains(&event["sport"].as_u64().expect("sport")));
+        per_cookie
+            .entry(event["cookie"].as_u64().expect("cookie"))
+            .or_default()
+            .push((
+                event["old"].as_str().expect("old").into(),
+                event["new"].as_str().expect("new").into(),
+            ));
+    }
+    assert_eq!(
+        per_cookie.len(),
+        1 + 2 * wanted.len(),
+        "a distinct cookie per socket"
+    );
+    let client_ports: HashSet<u64> = wanted.iter().map(|c| u64::from(c.client.port())).collect();
+    let seen_ports: HashSet<u64> = events
+        .iter()
+        .filter(|e| e["new"] == "ESTABLISHED")
+        .map(|e| {
+            if e["sport"] == 8080 {
+                e["dport"].as_u64()
+            } else {
+                e["sport"].as_u64()
+            }
+            .expect("port")
+        })
+        .collect();
+    assert_eq!(
+        seen_ports, client_ports,
+        "both ends of every connection reached ESTABLISHED"
+    );
+
+    assert!(status.success(), "exit status {status}; stderr: {stderr}");
+    assert!(!stderr.contains("lost"), "no losses reported: {stderr}");
+    let left: Vec<u32> = loaded_program_ids("inet_sock_set_state")
+        .into_iter()
+        .filter(|id| ours.contains(id))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "program {left:?} still loaded after SIGTERM"
+    );
+}
+
+#[test]
+fn ten_thousand_connections_lose_no_event() {
+    let tracer = EventsProcess::start(&["--port", "8081"]);
+    let netns = NetNs::new();
+    let count = 10_000;
+    netns.run(|| client_closes_first(SocketAddr::from((Ipv4Addr::LOCALHOST, 8081)), count));
+    let lines = tracer.collect(
+        count * 10 + 2,
+        Duration::from_secs(120),
+        in_netns(netns.inode()),
+    );
+    let (status, stderr) = tracer.stop();
+    assert_eq!(lines.len(), count * 10 + 2);
+    assert!(status.success(), "exit status {status}; stderr: {stderr}");
+    assert!(!stderr.contains("lost"), "losses reported: {stderr}");
+}
+
+#[test]
+fn text_format_prints_aligned_transitions() {
+    let tracer =
+        EventsProcess::start(&["--port", "8082", "--format", "text", "--state", "syn_sent"]);
+    let netns = NetNs::new();
+    netns.run(|| client_closes_first(SocketAddr::from((Ipv4Addr::LOCALHOST, 8082)), 3));
+    let lines = tracer.collect(1 + 3 * 2, Duration::from_secs(20), |_| true);
+    let (status, _) = tracer.stop();
+    assert!(status.success());
+    assert!(
+        lines[0].starts_with("TIME") && lines[0].ends_with("TRANSITION"),
+        "{}",
+        lines[0]
+    );
+    let body = &lines[1..];
+    assert_eq!(
+        body.len(),
+        6,
+        "two SYN_SENT transitions per connection: {body:#?}"
+    );
+    assert_eq!(
+        body.iter()
+            .filter(|l| l.ends_with("CLOSE -> SYN_SENT"))
+            .count(),
+        3
+    );
+    assert_eq!(
+        body.iter()
+            .filter(|l| l.ends_with("SYN_SENT -> ESTABLISHED"))
+            .count(),
+        3
+    );
+    assert!(body.iter().all(|l| l.contains("127.0.0.1:8082")));
+    let column = lines[0].find("TRANSITION").expect("header");
+    assert!(body.iter().all(|l| l.len() > column), "aligned columns");
+}
