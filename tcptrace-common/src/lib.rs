@@ -9,6 +9,15 @@
 pub mod kind {
     /// `inet_sock_set_state`: the socket moved from `old_state` to `new_state`.
     pub const STATE_CHANGE: u8 = 1;
+    /// A timewait socket's timer was armed: the socket entered TIME_WAIT, or
+    /// an orphaned FIN_WAIT2 timewait socket was (re)armed. `arg` is the
+    /// substate (TIME_WAIT or FIN_WAIT2), `new_state` the socket's state.
+    pub const TIMEWAIT_START: u8 = 2;
+    /// A timewait socket's timer fired: its normal end.
+    pub const TIMEWAIT_EXPIRE: u8 = 3;
+    /// A timewait socket's timer was cancelled: just before every expiry and
+    /// re-arm, or, with neither following, the socket was killed early.
+    pub const TIMEWAIT_CANCEL: u8 = 4;
 }
 
 /// Default size of the `EVENTS` ring buffer: at 104 bytes a record, room for
@@ -72,32 +81,48 @@ impl Event {
     };
 }
 
-/// Byte offsets of the kernel struct members the programs read, resolved at
-/// start-up from the running kernel's BTF and written into the programs'
-/// read-only globals: the same BPF object then runs on any kernel layout.
+/// The running kernel's layout, resolved at start-up from its BTF and
+/// kallsyms and written into the programs' read-only globals: the same BPF
+/// object then runs on any kernel.
+///
+/// Offsets are in bytes. `sock_common` is the first member of both `struct
+/// sock` and `struct inet_timewait_sock`, so its offsets apply to both.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct KernelOffsets {
+pub struct KernelLayout {
+    /// Address of `tw_timer_handler`, the function of every timewait timer.
+    pub tw_timer_handler: u64,
+    /// `struct sock_common` members.
+    pub common_family: u32,
+    pub common_dport: u32,
+    pub common_daddr: u32,
+    pub common_rcv_saddr: u32,
+    pub common_v6_daddr: u32,
+    pub common_v6_rcv_saddr: u32,
+    /// `skc_net.net`: pointer to the socket's `struct net`.
+    pub common_net: u32,
+    /// `skc_cookie`: read directly only for timewait sockets, which inherit
+    /// the full socket's cookie (full sockets go through the helper).
+    pub common_cookie: u32,
+    /// `skc_state` (u8).
+    pub common_state: u32,
     /// `struct sock`: `sk_protocol` (u16).
     pub sock_protocol: u32,
-    /// `struct sock_common` members, reached from `struct sock`.
-    pub sock_family: u32,
-    pub sock_dport: u32,
-    pub sock_daddr: u32,
-    pub sock_rcv_saddr: u32,
-    pub sock_v6_daddr: u32,
-    pub sock_v6_rcv_saddr: u32,
-    /// `skc_net.net`: pointer to the socket's `struct net`.
-    pub sock_net: u32,
-    /// `struct net`: `ns.inum`.
-    pub net_ns_inum: u32,
     /// `struct inet_sock`: `inet_sport`. Used rather than `skc_num`, which is
     /// already 0 when a socket reaches CLOSE.
     pub inet_sport: u32,
+    /// `struct net`: `ns.inum`.
+    pub net_ns_inum: u32,
+    /// `struct inet_timewait_sock` members.
+    pub tw_sport: u32,
+    pub tw_substate: u32,
+    pub tw_timer: u32,
+    /// `struct timer_list`: `function`.
+    pub timer_function: u32,
 }
 
-const _: () = assert!(size_of::<KernelOffsets>() == 40);
+const _: () = assert!(size_of::<KernelLayout>() == 72);
 
-// SAFETY: plain old data, `#[repr(C)]`, every bit pattern valid, no padding.
+// SAFETY: plain old data, `#[repr(C)]`, every bit pattern valid, padding explicit.
 #[cfg(feature = "user")]
-unsafe impl aya::Pod for KernelOffsets {}
+unsafe impl aya::Pod for KernelLayout {}

@@ -15,6 +15,7 @@
 mod maps;
 mod socket;
 mod state;
+mod timewait;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -4,7 +4,7 @@ use aya_ebpf::{
     macros::map,
     maps::{PerCpuArray, RingBuf},
 };
-use tcptrace_common::{DEFAULT_RING_BUFFER_BYTES, Event, KernelOffsets};
+use tcptrace_common::{DEFAULT_RING_BUFFER_BYTES, Event, KernelLayout};
 
 /// Every event, in order per CPU. Userspace sets the real size at load time.
 #[map]
@@ -14,26 +14,33 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BUFFER_BYTES, 0);
 #[map]
 static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
-/// Kernel struct layout, written by userspace before load (read-only there after).
+/// Kernel layout, written by userspace before load (read-only there after).
 #[unsafe(no_mangle)]
-static OFFSETS: KernelOffsets = KernelOffsets {
+static LAYOUT: KernelLayout = KernelLayout {
+    tw_timer_handler: 0,
+    common_family: 0,
+    common_dport: 0,
+    common_daddr: 0,
+    common_rcv_saddr: 0,
+    common_v6_daddr: 0,
+    common_v6_rcv_saddr: 0,
+    common_net: 0,
+    common_cookie: 0,
+    common_state: 0,
     sock_protocol: 0,
-    sock_family: 0,
-    sock_dport: 0,
-    sock_daddr: 0,
-    sock_rcv_saddr: 0,
-    sock_v6_daddr: 0,
-    sock_v6_rcv_saddr: 0,
-    sock_net: 0,
-    net_ns_inum: 0,
     inet_sport: 0,
+    net_ns_inum: 0,
+    tw_sport: 0,
+    tw_substate: 0,
+    tw_timer: 0,
+    timer_function: 0,
 };
 
 #[inline(always)]
-pub fn offsets() -> KernelOffsets {
+pub fn layout() -> KernelLayout {
     // SAFETY: a plain read of a global; volatile so the compiler does not
     // fold in the zeroes it was compiled with instead of the loaded values.
-    unsafe { core::ptr::read_volatile(&raw const OFFSETS) }
+    unsafe { core::ptr::read_volatile(&raw const LAYOUT) }
 }
 
 /// Sends `event` to userspace, or counts it as lost when the buffer is full.

@@ -1,7 +1,7 @@
 //! `inet_sock_set_state`: every TCP state change of a full socket.
 //!
 //! It never reports TIME_WAIT: the closing side is seen going to CLOSE while
-//! a separate timewait socket takes over.
+//! a separate timewait socket takes over (see `timewait.rs`).
 
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 use tcptrace_common::kind;
@@ -14,11 +14,11 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
     let old_state: i32 = ctx.arg(1);
     let new_state: i32 = ctx.arg(2);
-    let off = maps::offsets();
-    if socket::protocol(sk, &off) != socket::IPPROTO_TCP {
+    let layout = maps::layout();
+    if socket::protocol(sk, &layout) != socket::IPPROTO_TCP {
         return 0;
     }
-    let mut event = socket::event(sk, &off, kind::STATE_CHANGE);
+    let mut event = socket::full_socket_event(sk, &layout, kind::STATE_CHANGE);
     // TCP states run 1..=13; anything else arrives as 0, which userspace
     // counts as a malformed event.
     event.old_state = u8::try_from(old_state).unwrap_or(0);

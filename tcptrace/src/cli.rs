@@ -1,6 +1,6 @@
 //! Command-line interface.
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 use tcptrace_common::DEFAULT_RING_BUFFER_BYTES;
@@ -21,10 +21,26 @@ pub struct Cli {
     /// Least severe log level printed on stderr.
     #[arg(long, global = true, value_name = "LEVEL", default_value = "info")]
     pub log_level: tracing::Level,
+
+    /// Log line format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the exporter: track every socket, serve Prometheus metrics.
+    ///
+    /// Serves /metrics, /-/healthy and /-/ready. Sockets open before start
+    /// are counted from the first scrape; /-/ready answers 200 once every
+    /// program is attached and they have been read.
+    Run(RunArgs),
     /// Stream every TCP state transition on the host, one line each.
     ///
     /// Covers every network namespace (containers included). JSON Lines by
@@ -76,6 +92,107 @@ pub struct EventsArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Json)]
     pub format: Format,
+
+    /// Most sockets followed at once to derive TIME_WAIT (memory bound).
+    #[arg(long, value_name = "N", default_value_t = 1 << 20,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_sockets: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub probe: ProbeArgs,
+
+    /// Address to serve on: HOST:PORT, or :PORT for every interface.
+    #[arg(long = "web.listen-address", value_name = "ADDR", default_value = DEFAULT_LISTEN_ADDRESS)]
+    pub listen_address: ListenAddress,
+
+    /// Give exactly these service ports their own `port` label (repeat or
+    /// comma-separate); all others become "other". Without it, ports are
+    /// labelled first come, up to --max-ports per role.
+    #[arg(long = "port", value_name = "PORT", value_delimiter = ',',
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub ports: Vec<u16>,
+
+    /// Most distinct `port` label values per role when --port is not given.
+    #[arg(long, value_name = "N", default_value_t = 128)]
+    pub max_ports: usize,
+
+    /// Most sockets tracked at once (memory bound); beyond it the oldest
+    /// entries are dropped and counted in `tcptrace_tracked_evictions_total`.
+    #[arg(long, value_name = "N", default_value_t = 1 << 20,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_sockets: usize,
+
+    /// How often to compare the tracked sockets with the kernel's and
+    /// correct drift, e.g. 60s, 5m; 0 disables.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub reconcile_interval: Duration,
+}
+
+/// `:10091`: every interface. The Prometheus exporter range 9100-9999 is
+/// fully allocated; 10091 sits just above it.
+pub const DEFAULT_LISTEN_ADDRESS: &str = ":10091";
+
+/// Where the HTTP endpoint listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenAddress {
+    /// `:PORT`: every interface.
+    Any(u16),
+    /// `HOST:PORT`, e.g. `127.0.0.1:10091` or `[::1]:10091`.
+    Socket(std::net::SocketAddr),
+}
+
+impl std::str::FromStr for ListenAddress {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let invalid =
+            || format!("{text:?} is not HOST:PORT or :PORT (e.g. :10091, 127.0.0.1:10091)");
+        match text.strip_prefix(':') {
+            Some(port) => port.parse().map(Self::Any).map_err(|_| invalid()),
+            None => text.parse().map(Self::Socket).map_err(|_| invalid()),
+        }
+    }
+}
+
+impl std::fmt::Display for ListenAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Any(port) => write!(f, ":{port}"),
+            Self::Socket(address) => write!(f, "{address}"),
+        }
+    }
+}
+
+/// Parses durations such as `500ms`, `60s`, `5m`, `1h`, or `0`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if text == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("{text:?} needs a unit: ms, s, m or h (e.g. 60s)"))?;
+    let (digits, unit) = text.split_at(split);
+    let value: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration such as 60s or 5m"))?;
+    let millis = match unit {
+        "ms" => Some(value),
+        "s" => value.checked_mul(1000),
+        "m" => value.checked_mul(60_000),
+        "h" => value.checked_mul(3_600_000),
+        _ => {
+            return Err(format!(
+                "unknown unit {unit:?} in {text:?}: use ms, s, m or h"
+            ));
+        }
+    };
+    millis
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("{text:?} is too long"))
 }
 
 fn parse_ring_buffer_size(text: &str) -> Result<u32, String> {
@@ -128,6 +245,31 @@ mod tests {
             "99999999999999999999G",
         ] {
             assert!(parse_ring_buffer_size(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn listen_addresses() {
+        assert_eq!(":10091".parse(), Ok(ListenAddress::Any(10091)));
+        assert_eq!(
+            "127.0.0.1:0".parse(),
+            Ok(ListenAddress::Socket("127.0.0.1:0".parse().unwrap()))
+        );
+        assert!("[::1]:9".parse::<ListenAddress>().is_ok());
+        for bad in ["", ":", ":http", "localhost:80", "10091", "1.2.3.4"] {
+            assert!(bad.parse::<ListenAddress>().is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("60s"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        for bad in ["", "60", "s", "5x", "-1s", "1.5s", "99999999999999999999h"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
         }
     }
 

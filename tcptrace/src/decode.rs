@@ -47,6 +47,14 @@ pub fn decode(bytes: &[u8]) -> Result<SocketEvent, DecodeError> {
             old: state(raw.old_state)?,
             new: state(raw.new_state)?,
         },
+        kind::TIMEWAIT_START | kind::TIMEWAIT_EXPIRE | kind::TIMEWAIT_CANCEL => {
+            let substate = state(u8::try_from(raw.arg).unwrap_or(0))?;
+            match raw.kind {
+                kind::TIMEWAIT_START => EventKind::TimewaitStart { substate },
+                kind::TIMEWAIT_EXPIRE => EventKind::TimewaitExpire { substate },
+                _ => EventKind::TimewaitCancel { substate },
+            }
+        }
         other => return Err(DecodeError::Kind(other)),
     };
     #[expect(clippy::cast_possible_truncation, reason = "pid_tgid packs two u32")]
@@ -160,5 +168,38 @@ mod tests {
         let mut raw = sample();
         raw.new_state = 99;
         assert_eq!(decode(&record(&raw)), Err(DecodeError::State(99)));
+        let mut raw = sample();
+        raw.kind = kind::TIMEWAIT_START;
+        raw.arg = 0x106; // a substate must fit a byte
+        assert_eq!(decode(&record(&raw)), Err(DecodeError::State(0)));
+    }
+
+    #[test]
+    fn decodes_timewait_timer_events() {
+        for (kind, expected) in [
+            (
+                kind::TIMEWAIT_START,
+                EventKind::TimewaitStart {
+                    substate: TcpState::FinWait2,
+                },
+            ),
+            (
+                kind::TIMEWAIT_EXPIRE,
+                EventKind::TimewaitExpire {
+                    substate: TcpState::FinWait2,
+                },
+            ),
+            (
+                kind::TIMEWAIT_CANCEL,
+                EventKind::TimewaitCancel {
+                    substate: TcpState::FinWait2,
+                },
+            ),
+        ] {
+            let mut raw = sample();
+            raw.kind = kind;
+            raw.arg = 5;
+            assert_eq!(decode(&record(&raw)).expect("valid").kind, expected);
+        }
     }
 }

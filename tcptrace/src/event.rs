@@ -100,23 +100,47 @@ impl Family {
     }
 }
 
-/// What happened to the socket.
+/// What the kernel reported about the socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventKind {
+    /// `inet_sock_set_state` (full sockets; never TIME_WAIT).
     StateChange { old: TcpState, new: TcpState },
+    /// A timewait socket's timer was armed; `substate` is TIME_WAIT, or
+    /// FIN_WAIT2 for an orphaned socket still waiting for the peer's FIN.
+    TimewaitStart { substate: TcpState },
+    /// A timewait socket's timer fired: its normal end.
+    TimewaitExpire { substate: TcpState },
+    /// A timewait socket's timer was cancelled (before every expiry and
+    /// re-arm, or alone when the socket was killed early).
+    TimewaitCancel { substate: TcpState },
 }
 
 impl EventKind {
-    /// The `event` key of the JSON stream.
+    /// The `kind` label of `tcptrace_events_total`.
     pub const fn name(self) -> &'static str {
+        Self::NAMES[self.index()]
+    }
+
+    /// Position in [`EventKind::NAMES`], for counting without hashing.
+    pub const fn index(self) -> usize {
         match self {
-            Self::StateChange { .. } => "state",
+            Self::StateChange { .. } => 0,
+            Self::TimewaitStart { .. } => 1,
+            Self::TimewaitExpire { .. } => 2,
+            Self::TimewaitCancel { .. } => 3,
         }
     }
+
+    pub const NAMES: [&'static str; 4] = [
+        "state_change",
+        "timewait_start",
+        "timewait_expire",
+        "timewait_cancel",
+    ];
 }
 
 /// One kernel event about one socket.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SocketEvent {
     /// `CLOCK_BOOTTIME` nanoseconds.
     pub ts_ns: u64,

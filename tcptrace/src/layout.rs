@@ -1,16 +1,19 @@
-//! The running kernel's struct layout, resolved from its BTF.
+//! The running kernel's layout, resolved from its BTF and kallsyms.
 //!
 //! aya's BPF side has no CO-RE relocations, so the programs read kernel
 //! structs at offsets passed in as globals; this is where they come from.
 
-use tcptrace_common::KernelOffsets;
+use tcptrace_common::KernelLayout;
 
 use crate::btf::{Btf, BtfError};
 
 /// Offsets of every member the programs read, each checked for the width the
 /// programs read it with: a kernel that changed a member's type fails here
 /// with its name rather than producing wrong numbers.
-pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
+///
+/// `tw_timer_handler` is the address of that function (0 if unknown: the
+/// timewait hooks then match nothing).
+pub fn kernel_layout(btf: &Btf, tw_timer_handler: u64) -> Result<KernelLayout, BtfError> {
     let field = |ty: &str, path: &[&str], size: u32| -> Result<u32, BtfError> {
         let actual = btf.member_size(ty, path)?;
         if actual != size {
@@ -21,17 +24,61 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         }
         btf.member_offset(ty, path)
     };
-    let common = |member: &str, size: u32| field("sock", &["__sk_common", member], size);
-    Ok(KernelOffsets {
+    // The programs apply sock_common offsets to both socket kinds.
+    for (ty, common) in [
+        ("sock", "__sk_common"),
+        ("inet_timewait_sock", "__tw_common"),
+    ] {
+        let offset = btf.member_offset(ty, &[common])?;
+        if offset != 0 {
+            return Err(BtfError::Malformed(format!(
+                "{ty}.{common} is at offset {offset}, tcptrace expects 0"
+            )));
+        }
+    }
+    let common = |member: &str, size: u32| field("sock_common", &[member], size);
+    Ok(KernelLayout {
+        tw_timer_handler,
+        common_family: common("skc_family", 2)?,
+        common_dport: common("skc_dport", 2)?,
+        common_daddr: common("skc_daddr", 4)?,
+        common_rcv_saddr: common("skc_rcv_saddr", 4)?,
+        common_v6_daddr: common("skc_v6_daddr", 16)?,
+        common_v6_rcv_saddr: common("skc_v6_rcv_saddr", 16)?,
+        common_net: field("sock_common", &["skc_net", "net"], 8)?,
+        common_cookie: common("skc_cookie", 8)?,
+        common_state: common("skc_state", 1)?,
         sock_protocol: field("sock", &["sk_protocol"], 2)?,
-        sock_family: common("skc_family", 2)?,
-        sock_dport: common("skc_dport", 2)?,
-        sock_daddr: common("skc_daddr", 4)?,
-        sock_rcv_saddr: common("skc_rcv_saddr", 4)?,
-        sock_v6_daddr: common("skc_v6_daddr", 16)?,
-        sock_v6_rcv_saddr: common("skc_v6_rcv_saddr", 16)?,
-        sock_net: field("sock", &["__sk_common", "skc_net", "net"], 8)?,
-        net_ns_inum: field("net", &["ns", "inum"], 4)?,
         inet_sport: field("inet_sock", &["inet_sport"], 2)?,
+        net_ns_inum: field("net", &["ns", "inum"], 4)?,
+        tw_sport: field("inet_timewait_sock", &["tw_sport"], 2)?,
+        tw_substate: field("inet_timewait_sock", &["tw_substate"], 1)?,
+        tw_timer: btf.member_offset("inet_timewait_sock", &["tw_timer"])?,
+        timer_function: field("timer_list", &["function"], 8)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    #[test]
+    fn resolves_on_the_running_kernel() {
+        let path = Path::new("/sys/kernel/btf/vmlinux");
+        if !path.exists() {
+            eprintln!("skipped: no kernel BTF at {}", path.display());
+            return;
+        }
+        let btf = Btf::from_file(path).expect("kernel BTF");
+        let layout = kernel_layout(&btf, 1).expect("every member tcptrace reads exists");
+        // Facts true of every Linux layout: addresses lead sock_common, the
+        // IPv6 addresses follow each other, the timer sits inside the socket.
+        assert_eq!(layout.common_daddr, 0);
+        assert_eq!(layout.common_rcv_saddr, 4);
+        assert_eq!(layout.common_v6_rcv_saddr, layout.common_v6_daddr + 16);
+        assert!(layout.tw_timer < btf.struct_size("inet_timewait_sock").expect("size"));
+        assert!(layout.inet_sport >= btf.struct_size("sock").expect("size"));
+    }
 }

@@ -1,7 +1,7 @@
-use std::process::ExitCode;
+use std::{io::IsTerminal, process::ExitCode};
 
 use clap::Parser;
-use tcptrace::cli::Cli;
+use tcptrace::cli::{Cli, LogFormat};
 
 /// Exit codes: 0 success, 1 tcptrace could not do its work, 2 bad usage.
 fn main() -> ExitCode {
@@ -20,10 +20,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_max_level(cli.log_level)
-        .init();
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_max_level(cli.log_level);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::{
     clock::{self, WallClock},
-    event::{EventKind, SocketEvent},
+    tracker::Change,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -33,10 +33,11 @@ struct JsonEvent<'a> {
     sport: u16,
     daddr: IpAddr,
     dport: u16,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    old: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    new: Option<&'static str>,
+    old: &'static str,
+    new: &'static str,
+    /// Present (true) when a TIME_WAIT or FIN_WAIT2 socket ended before its timer.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    killed: bool,
     pid: u32,
     tid: u32,
     comm: Cow<'a, str>,
@@ -63,17 +64,20 @@ impl<W: Write> EventWriter<W> {
         }
     }
 
-    /// Writes one event as one line.
-    pub fn write(&mut self, event: &SocketEvent, clock: WallClock) -> io::Result<()> {
-        let unix_ns = clock.unix_ns(event.ts_ns);
-        let (old, new) = match event.kind {
-            EventKind::StateChange { old, new } => (old.name(), new.name()),
+    /// Writes one transition as one line; changes without one (discovered
+    /// or forgotten sockets) print nothing.
+    pub fn write(&mut self, change: &Change, clock: WallClock) -> io::Result<()> {
+        let Some((old, new)) = change.transition else {
+            return Ok(());
         };
+        let (old, new) = (old.name(), new.name());
+        let event = &change.event;
+        let unix_ns = clock.unix_ns(event.ts_ns);
         match self.format {
             Format::Json => {
                 let line = JsonEvent {
                     ts: clock::rfc3339_micros(unix_ns),
-                    event: event.kind.name(),
+                    event: "state",
                     cookie: event.cookie,
                     netns: event.netns,
                     family: event.family.name(),
@@ -81,8 +85,9 @@ impl<W: Write> EventWriter<W> {
                     sport: event.sport,
                     daddr: event.daddr,
                     dport: event.dport,
-                    old: Some(old),
-                    new: Some(new),
+                    old,
+                    new,
+                    killed: change.killed,
                     pid: event.pid,
                     tid: event.tid,
                     comm: event.comm.as_str(),
@@ -92,7 +97,7 @@ impl<W: Write> EventWriter<W> {
             }
             Format::Text => writeln!(
                 self.out,
-                "{:<15}  {:>10}  {:>8}  {:>7}  {:<15}  {:<22}  {:<22}  {old} -> {new}",
+                "{:<15}  {:>10}  {:>8}  {:>7}  {:<15}  {:<22}  {:<22}  {old} -> {new}{}",
                 clock::time_of_day_micros(unix_ns),
                 event.netns,
                 event.cookie,
@@ -100,6 +105,7 @@ impl<W: Write> EventWriter<W> {
                 event.comm.as_str(),
                 SocketAddr::new(event.saddr, event.sport).to_string(),
                 SocketAddr::new(event.daddr, event.dport).to_string(),
+                if change.killed { " (killed)" } else { "" },
             ),
         }
     }

@@ -15,7 +15,9 @@ use aya::{
 };
 use tcptrace_common::DEFAULT_RING_BUFFER_BYTES;
 
-use crate::{btf, layout, ring::EventSource};
+use crate::{btf, kallsyms, layout, ring::EventSource};
+
+const KALLSYMS: &str = "/proc/kallsyms";
 
 /// The BPF object built by build.rs from the `tcptrace-ebpf` crate.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcptrace-ebpf"));
@@ -30,13 +32,45 @@ pub struct Hook {
     /// Oldest kernel with everything the program uses: `tp_btf` (5.5), ring
     /// buffers (5.8), `bpf_get_socket_cookie` in tracing programs (5.12).
     pub min_kernel: &'static str,
+    /// Kernel function whose address the program filters on, if any.
+    pub symbol: Option<&'static str>,
+    /// What is missing without it; empty for the hooks tcptrace cannot run
+    /// without.
+    pub without: &'static str,
 }
 
-pub const HOOKS: &[Hook] = &[Hook {
-    program: "inet_sock_set_state",
-    tracepoint: "inet_sock_set_state",
-    min_kernel: "5.12",
-}];
+const TIMEWAIT_LOST: &str = "TIME_WAIT is not seen: closing sockets end at CLOSE, and orphaned FIN_WAIT2 durations are unknown";
+
+pub const HOOKS: &[Hook] = &[
+    Hook {
+        program: "inet_sock_set_state",
+        tracepoint: "inet_sock_set_state",
+        min_kernel: "5.12",
+        symbol: None,
+        without: "",
+    },
+    Hook {
+        program: "timer_start",
+        tracepoint: "timer_start",
+        min_kernel: "5.12",
+        symbol: Some("tw_timer_handler"),
+        without: TIMEWAIT_LOST,
+    },
+    Hook {
+        program: "timer_expire_entry",
+        tracepoint: "timer_expire_entry",
+        min_kernel: "5.12",
+        symbol: Some("tw_timer_handler"),
+        without: TIMEWAIT_LOST,
+    },
+    Hook {
+        program: "timer_cancel",
+        tracepoint: "timer_cancel",
+        min_kernel: "5.12",
+        symbol: Some("tw_timer_handler"),
+        without: TIMEWAIT_LOST,
+    },
+];
 
 #[derive(Debug, Clone)]
 pub struct ProbeConfig {
@@ -105,9 +139,10 @@ pub enum ProbeError {
     },
 }
 
-/// The loaded and attached programs.
+/// The loaded programs, attached where the kernel allowed it.
 pub struct Probes {
     ebpf: Ebpf,
+    attached: Vec<(&'static Hook, bool)>,
 }
 
 impl Probes {
@@ -117,7 +152,10 @@ impl Probes {
             return Err(ProbeError::EmptyObject);
         }
         let kernel_btf = btf::Btf::from_file(&config.btf_path)?;
-        let offsets = layout::kernel_offsets(&kernel_btf)?;
+        let tw_timer_handler = kallsyms::address_of(Path::new(KALLSYMS), "tw_timer_handler")
+            .inspect_err(|reason| tracing::warn!("{reason}: {TIMEWAIT_LOST}"))
+            .unwrap_or(0);
+        let layout = layout::kernel_layout(&kernel_btf, tw_timer_handler)?;
         let loader_btf =
             aya::Btf::parse_file(&config.btf_path, Endianness::default()).map_err(|source| {
                 ProbeError::LoaderBtf {
@@ -127,14 +165,32 @@ impl Probes {
             })?;
         let mut ebpf = EbpfLoader::new()
             .btf(&loader_btf)
-            .override_global("OFFSETS", &offsets, true)
+            .override_global("LAYOUT", &layout, true)
             .map_max_entries("EVENTS", config.ring_buffer_bytes)
             .load(OBJECT)
             .map_err(|e| ProbeError::Object(Box::new(e)))?;
+        let mut attached = Vec::with_capacity(HOOKS.len());
         for hook in HOOKS {
-            attach(&mut ebpf, hook, &loader_btf)?;
+            let ok = if hook.symbol.is_some() && tw_timer_handler == 0 {
+                false // already warned: nothing for it to match
+            } else {
+                match attach(&mut ebpf, hook, &loader_btf) {
+                    Ok(()) => true,
+                    Err(error) if !hook.without.is_empty() => {
+                        tracing::warn!("{error}; continuing without it: {}", hook.without);
+                        false
+                    }
+                    Err(error) => return Err(error),
+                }
+            };
+            attached.push((hook, ok));
         }
-        Ok(Self { ebpf })
+        Ok(Self { ebpf, attached })
+    }
+
+    /// Every hook and whether it is attached.
+    pub fn attached(&self) -> &[(&'static Hook, bool)] {
+        &self.attached
     }
 
     /// Takes the event stream; there is one per `Probes`.

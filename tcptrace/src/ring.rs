@@ -51,6 +51,11 @@ impl EventSource {
         }
     }
 
+    /// Takes whatever is in the buffer now, without waiting.
+    pub fn drain_now(&mut self, batch: &mut Batch) {
+        drain(self.ring.get_mut(), batch);
+    }
+
     /// Events the kernel could not deliver since load (ring buffer full),
     /// summed over CPUs.
     pub fn lost(&self) -> u64 {

@@ -13,7 +13,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{ChildGuard, NetNs, client_closes_first, loaded_program_ids, signal};
+use common::{
+    ChildGuard, NetNs, client_closes_first, loaded_program_ids, signal, wait_until_unloaded,
+};
 use serde_json::Value;
 
 /// A running `tcptrace events`, its stdout lines arriving on a channel.
@@ -83,7 +85,11 @@ impl EventsProcess {
             }
         }
         // Anything beyond the expected lines would show up here.
-        while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(300)) {
+        let grace = Instant::now() + Duration::from_millis(300);
+        while let Ok(line) = self
+            .lines
+            .recv_timeout(grace.saturating_duration_since(Instant::now()))
+        {
             if keep(&line) {
                 kept.push(line);
             }
@@ -106,6 +112,21 @@ impl EventsProcess {
     }
 }
 
+const PROGRAMS: [&str; 4] = [
+    "inet_sock_set_state",
+    "timer_start",
+    "timer_expire_entry",
+    "timer_cancel",
+];
+
+/// IDs of the loaded programs named like tcptrace's.
+fn our_programs() -> Vec<u32> {
+    PROGRAMS
+        .iter()
+        .flat_map(|name| loaded_program_ids(name))
+        .collect()
+}
+
 fn in_netns(netns: u32) -> impl Fn(&str) -> bool {
     move |line: &str| {
         let event: Value = serde_json::from_str(line).expect("every line is JSON");
@@ -115,13 +136,17 @@ fn in_netns(netns: u32) -> impl Fn(&str) -> bool {
 
 #[test]
 fn port_filter_shows_every_transition_and_nothing_else() {
-    let before = loaded_program_ids("inet_sock_set_state");
+    let before = our_programs();
     let tracer = EventsProcess::start(&["--port", "8080"]);
-    let ours: Vec<u32> = loaded_program_ids("inet_sock_set_state")
+    let ours: Vec<u32> = our_programs()
         .into_iter()
         .filter(|id| !before.contains(id))
         .collect();
-    assert_eq!(ours.len(), 1, "one program attached by the process");
+    assert_eq!(
+        ours.len(),
+        PROGRAMS.len(),
+        "every program loaded by the process"
+    );
 
     let netns = NetNs::new();
     let wanted =
@@ -209,14 +234,7 @@ fn port_filter_shows_every_transition_and_nothing_else() {
 
     assert!(status.success(), "exit status {status}; stderr: {stderr}");
     assert!(!stderr.contains("lost"), "no losses reported: {stderr}");
-    let left: Vec<u32> = loaded_program_ids("inet_sock_set_state")
-        .into_iter()
-        .filter(|id| ours.contains(id))
-        .collect();
-    assert!(
-        left.is_empty(),
-        "program {left:?} still loaded after SIGTERM"
-    );
+    wait_until_unloaded(&ours);
 }
 
 #[test]

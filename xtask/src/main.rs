@@ -23,7 +23,7 @@ tasks:
   setup              install the pinned toolchains, LLVM and bpf-linker if missing
   build [--debug]    build the tcptrace binary (release unless --debug)
   run [-- ARGS]      build, then run `tcptrace ARGS` in the foreground
-                     (default ARGS: events)
+                     (default ARGS: run, the exporter)
   test [-- ARGS]     rustfmt check, clippy -D warnings (host and BPF crates),
                      then every test; ARGS go to the test binaries
 ";
@@ -67,7 +67,7 @@ fn run_task(args: Vec<String>) -> Result<(), String> {
             setup::ensure_build_tools(&pins)?;
             build(&root, &pins, false)?;
             let args = if passthrough.is_empty() {
-                vec!["events".to_owned()]
+                vec!["run".to_owned()]
             } else {
                 passthrough
             };

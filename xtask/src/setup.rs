@@ -8,7 +8,8 @@ use std::{env, path::PathBuf, process::Command};
 use crate::{cmd, pins::Pins};
 
 /// Debian packages the test suite drives as ground truth or as peers.
-pub const TEST_PACKAGES: &[&str] = &["iproute2"];
+/// (`prometheus` brings promtool, which lints the exposition.)
+pub const TEST_PACKAGES: &[&str] = &["iproute2", "prometheus"];
 
 pub fn ensure_build_tools(pins: &Pins) -> Result<(), String> {
     ensure_toolchain(&pins.rust_host, &["clippy", "rustfmt"])?;

@@ -1,4 +1,4 @@
-//! `tcptrace events`: the live transition stream.
+//! `tcptrace events`: the live transition stream, TIME_WAIT included.
 
 use std::{
     io::{self, Write},
@@ -8,14 +8,17 @@ use std::{
 use crate::{
     Error,
     cli::EventsArgs,
-    clock::WallClock,
-    event::{EventKind, SocketEvent, TcpState},
+    clock::{self, WallClock},
+    event::TcpState,
+    labels::PortPolicy,
+    lookups::Lookups,
     output::EventWriter,
     probes::Probes,
     ring::{Batch, EventSource},
+    tracker::{Change, Tracker},
 };
 
-/// Which events the user asked to see.
+/// Which transitions the user asked to see.
 #[derive(Debug, Default)]
 pub struct EventFilter {
     pub ports: Vec<u16>,
@@ -23,14 +26,13 @@ pub struct EventFilter {
 }
 
 impl EventFilter {
-    pub fn matches(&self, event: &SocketEvent) -> bool {
-        let port_ok = self.ports.is_empty() || self.ports.iter().any(|&p| event.has_port(p));
-        let state_ok = self.states.is_empty()
-            || match event.kind {
-                EventKind::StateChange { old, new } => {
-                    self.states.contains(&old) || self.states.contains(&new)
-                }
-            };
+    pub fn matches(&self, change: &Change) -> bool {
+        let Some((old, new)) = change.transition else {
+            return false;
+        };
+        let port_ok = self.ports.is_empty() || self.ports.iter().any(|&p| change.event.has_port(p));
+        let state_ok =
+            self.states.is_empty() || self.states.contains(&old) || self.states.contains(&new);
         port_ok && state_ok
     }
 }
@@ -43,29 +45,46 @@ pub async fn run(args: EventsArgs) -> Result<(), Error> {
         ports: args.ports,
         states: args.states,
     };
+    // The tracker only derives TIME_WAIT here; no labels are needed.
+    let mut tracker = Tracker::new(PortPolicy::new(&[], 0, 0), args.max_sockets);
     let stdout = io::stdout();
     let mut out = EventWriter::new(stdout.lock(), args.format);
     let mut losses = LossReport::default();
     let mut batch = Batch::default();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut lookups = Lookups::default();
     let shutdown = crate::commands::shutdown_signal();
     tokio::pin!(shutdown);
 
     let written = async {
         out.header()?;
         loop {
+            let mut result = Ok(());
+            let mut print = |change: &Change| {
+                if result.is_ok() && filter.matches(change) {
+                    result = out.write(change, WallClock::now());
+                }
+            };
             tokio::select! {
                 signal = &mut shutdown => return signal,
                 read = source.next_batch(&mut batch) => {
                     read?;
-                    let clock = WallClock::now();
-                    for event in batch.events.iter().filter(|e| filter.matches(e)) {
-                        out.write(event, clock)?;
+                    for event in &batch.events {
+                        tracker.apply(event, &mut print);
                     }
                     losses.decode_errors += batch.decode_errors.len() as u64;
                 }
-                _ = tick.tick() => losses.report(&source),
+                _ = tick.tick() => {
+                    tracker.tick(clock::boot_ns(), &mut print);
+                    let found = lookups.find(tracker.fin_wait2_timewaits()).await;
+                    let now_ns = clock::boot_ns();
+                    for (cookie, socket) in &found {
+                        tracker.looked_up(*cookie, socket, now_ns, &mut print);
+                    }
+                    losses.report(&source);
+                }
             }
+            result?;
         }
     }
     .await;

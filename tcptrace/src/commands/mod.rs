@@ -1,6 +1,7 @@
 //! One module per subcommand; each is a plain async function over its args.
 
 pub mod events;
+pub mod run;
 
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() -> std::io::Result<()> {

@@ -34,25 +34,40 @@ use tcptrace::{
 
 /// A private network namespace with loopback up, alive while this value is.
 ///
-/// Created by `unshare` in a throwaway thread and held only by a file
-/// descriptor: no name in /run/netns, so nothing can leak even if the test
-/// process is killed.
+/// Created by `unshare` in a thread that stays parked inside it (as a
+/// container's process would), so tools that discover namespaces through
+/// /proc find it; nothing names it in /run/netns, so nothing can leak even if
+/// the test process is killed.
 pub struct NetNs {
     fd: OwnedFd,
+    park: Option<(mpsc::Sender<()>, thread::JoinHandle<()>)>,
 }
 
 impl NetNs {
     pub fn new() -> Self {
-        let fd = thread::spawn(|| -> io::Result<OwnedFd> {
-            // SAFETY: plain syscall; only this short-lived thread moves.
-            check(unsafe { libc::unshare(libc::CLONE_NEWNET) })?;
-            loopback_up()?;
-            Ok(File::open("/proc/thread-self/ns/net")?.into())
-        })
-        .join()
-        .expect("namespace thread panicked")
-        .expect("cannot create a network namespace (tests need root)");
-        Self { fd }
+        let (fd_tx, fd_rx) = mpsc::channel();
+        let (stop_tx, stop_rx) = mpsc::channel::<()>();
+        let parked = thread::spawn(move || {
+            let created = (|| -> io::Result<OwnedFd> {
+                // SAFETY: plain syscall; only this thread moves.
+                check(unsafe { libc::unshare(libc::CLONE_NEWNET) })?;
+                loopback_up()?;
+                Ok(File::open("/proc/thread-self/ns/net")?.into())
+            })();
+            let ok = created.is_ok();
+            let _ = fd_tx.send(created);
+            if ok {
+                let _ = stop_rx.recv(); // parked until the NetNs is dropped
+            }
+        });
+        let fd = fd_rx
+            .recv()
+            .expect("namespace thread answers")
+            .expect("cannot create a network namespace (tests need root)");
+        Self {
+            fd,
+            park: Some((stop_tx, parked)),
+        }
     }
 
     /// The namespace inode, as events report it in `netns`.
@@ -89,6 +104,39 @@ impl NetNs {
             cmd.pre_exec(move || check(libc::setns(fd, libc::CLONE_NEWNET)));
         }
         cmd
+    }
+
+    /// Sets a per-namespace sysctl, e.g. `net/ipv4/tcp_fin_timeout`.
+    pub fn sysctl(&self, name: &str, value: &str) {
+        let path = format!("/proc/sys/{name}");
+        self.run(|| std::fs::write(&path, value))
+            .unwrap_or_else(|e| panic!("{path}: {e}"));
+    }
+
+    /// Sockets `ss` lists in this namespace for a state filter and port,
+    /// e.g. `count_ss("time-wait", 8080)`: the ground truth.
+    pub fn count_ss(&self, state: &str, port: u16) -> usize {
+        let filter = format!("( sport = :{port} or dport = :{port} )");
+        let out = self
+            .command("ss")
+            .args(["-H", "-tan", "state", state, &filter])
+            .output()
+            .expect("run ss");
+        assert!(
+            out.status.success(),
+            "ss failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        if let Some((stop, parked)) = self.park.take() {
+            drop(stop);
+            let _ = parked.join();
+        }
     }
 }
 
@@ -222,10 +270,17 @@ impl Tracer {
         }
     }
 
-    /// Waits until `count` events arrived, then a little longer so that any
-    /// surplus would be seen too, and returns them all.
-    pub fn wait_for_count(&self, count: usize, timeout: Duration) -> Vec<SocketEvent> {
-        self.wait_for(&format!("{count} events"), timeout, |e| e.len() >= count);
+    /// Waits until `count` events matching `keep` arrived, then a little
+    /// longer so that any surplus would be seen too, and returns all events.
+    pub fn wait_for_count(
+        &self,
+        count: usize,
+        timeout: Duration,
+        keep: impl Fn(&SocketEvent) -> bool,
+    ) -> Vec<SocketEvent> {
+        self.wait_for(&format!("{count} events"), timeout, |e| {
+            e.iter().filter(|e| keep(e)).count() >= count
+        });
         thread::sleep(Duration::from_millis(300));
         self.events.lock().expect("lock").clone()
     }
@@ -277,12 +332,59 @@ pub fn client_closes_first(addr: SocketAddr, count: usize) -> Vec<Connection> {
         .collect()
 }
 
+/// `count` sequential connections where the server closes first and the
+/// client closes once it has read the server's FIN.
+pub fn server_closes_first(addr: SocketAddr, count: usize) -> Vec<Connection> {
+    let listener = TcpListener::bind(addr).expect("bind listener");
+    let server = listener.local_addr().expect("listener address");
+    (0..count)
+        .map(|_| {
+            let mut client = TcpStream::connect(server).expect("connect");
+            let (accepted, _) = listener.accept().expect("accept");
+            let connection = Connection {
+                client: client.local_addr().expect("client address"),
+                server,
+            };
+            drop(accepted);
+            let mut buf = [0u8; 1];
+            assert_eq!(client.read(&mut buf).expect("read FIN"), 0);
+            drop(client);
+            connection
+        })
+        .collect()
+}
+
+/// Sockets a test keeps open: the listener and the server's ends.
+pub struct Held {
+    pub listener: TcpListener,
+    pub accepted: Vec<TcpStream>,
+}
+
+/// `count` connections whose clients close while the server keeps its end
+/// open: each server socket sits in CLOSE_WAIT until `Held` is dropped.
+pub fn leak_close_wait(addr: SocketAddr, count: usize) -> Held {
+    let listener = TcpListener::bind(addr).expect("bind listener");
+    let server = listener.local_addr().expect("listener address");
+    let accepted = (0..count)
+        .map(|_| {
+            let client = TcpStream::connect(server).expect("connect");
+            let (mut accepted, _) = listener.accept().expect("accept");
+            drop(client);
+            let mut buf = [0u8; 1];
+            assert_eq!(accepted.read(&mut buf).expect("read FIN"), 0);
+            accepted
+        })
+        .collect();
+    Held { listener, accepted }
+}
+
 /// The transitions of one socket, in kernel order.
 pub fn transitions(events: &[&SocketEvent]) -> Vec<(TcpState, TcpState)> {
     events
         .iter()
-        .map(|e| match e.kind {
-            EventKind::StateChange { old, new } => (old, new),
+        .filter_map(|e| match e.kind {
+            EventKind::StateChange { old, new } => Some((old, new)),
+            _ => None,
         })
         .collect()
 }
@@ -315,4 +417,233 @@ pub fn loaded_program_ids(name: &str) -> Vec<u32> {
         .filter(|p| p.name_as_str() == Some(short))
         .map(|p| p.id())
         .collect()
+}
+
+/// Waits (bounded) until none of the programs `ids` is loaded: the kernel
+/// frees a program shortly after its last reference is gone (RCU).
+pub fn wait_until_unloaded(ids: &[u32]) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left: Vec<u32> = aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .map(|p| p.id())
+            .filter(|id| ids.contains(id))
+            .collect();
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "programs {left:?} still loaded after 5 s"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A running `tcptrace run` on an ephemeral loopback port.
+pub struct Daemon {
+    child: ChildGuard,
+    pub address: SocketAddr,
+    stderr: Option<thread::JoinHandle<String>>,
+}
+
+impl Daemon {
+    /// Starts the exporter and waits (bounded) until `/-/ready` says 200.
+    pub fn start(args: &[&str]) -> Self {
+        let mut child = ChildGuard(
+            Command::new(env!("CARGO_BIN_EXE_tcptrace"))
+                .args(["run", "--web.listen-address", "127.0.0.1:0"])
+                .args(args)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("start tcptrace run"),
+        );
+        let stderr = child.0.stderr.take().expect("stderr");
+        let (address_tx, address_rx) = mpsc::channel();
+        let stderr = thread::spawn(move || {
+            let mut all = String::new();
+            for line in io::BufRead::lines(io::BufReader::new(stderr)).map_while(Result::ok) {
+                if let Some(rest) = line.split("serving http://").nth(1) {
+                    let address = rest.split('/').next().unwrap_or_default().to_owned();
+                    let _ = address_tx.send(address);
+                }
+                all.push_str(&line);
+                all.push('\n');
+            }
+            all
+        });
+        let address: SocketAddr = address_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("tcptrace run did not report its address within 30 s")
+            .parse()
+            .expect("an address");
+        let daemon = Self {
+            child,
+            address,
+            stderr: Some(stderr),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while daemon.get("/-/ready").0 != 200 {
+            assert!(Instant::now() < deadline, "not ready within 60 s");
+            thread::sleep(Duration::from_millis(50));
+        }
+        daemon
+    }
+
+    /// (status, body) of a GET.
+    pub fn get(&self, path: &str) -> (u16, String) {
+        http_get(self.address, path)
+    }
+
+    pub fn scrape(&self) -> Scrape {
+        let (status, body) = self.get("/metrics");
+        assert_eq!(status, 200, "scrape: {body}");
+        Scrape::parse(&body)
+    }
+
+    /// Polls the metrics (bounded) until `done` holds; returns that scrape.
+    pub fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        done: impl Fn(&Scrape) -> bool,
+    ) -> Scrape {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let scrape = self.scrape();
+            if done(&scrape) {
+                return scrape;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {timeout:?} waiting for {what}; last scrape:\n{}",
+                scrape.summary()
+            );
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// SIGTERM; returns the exit status and stderr.
+    pub fn stop(mut self) -> (std::process::ExitStatus, String) {
+        signal(&self.child.0, libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = self.child.0.try_wait().expect("wait") {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "tcptrace run ignored SIGTERM");
+            thread::sleep(Duration::from_millis(20));
+        };
+        let stderr = self.stderr.take().map(|t| t.join().unwrap_or_default());
+        (status, stderr.unwrap_or_default())
+    }
+}
+
+/// A one-shot HTTP/1.1 GET over a plain socket: (status, body).
+pub fn http_get(address: SocketAddr, path: &str) -> (u16, String) {
+    use std::io::Write;
+    let mut stream = TcpStream::connect(address).expect("connect to tcptrace");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read response");
+    let status = response
+        .split_ascii_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status code");
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// One sample of a Prometheus text exposition.
+#[derive(Debug)]
+pub struct Sample {
+    pub name: String,
+    pub labels: Vec<(String, String)>,
+    pub value: f64,
+}
+
+/// A parsed Prometheus text exposition.
+#[derive(Debug)]
+pub struct Scrape {
+    pub samples: Vec<Sample>,
+}
+
+impl Scrape {
+    pub fn parse(text: &str) -> Self {
+        let samples = text
+            .lines()
+            .filter(|line| !line.starts_with('#') && !line.is_empty())
+            .map(|line| {
+                let (series, value) = line.rsplit_once(' ').expect("series value");
+                let value: f64 = value.parse().expect("number");
+                let (name, labels) = match series.split_once('{') {
+                    Some((name, rest)) => {
+                        let labels = rest
+                            .trim_end_matches('}')
+                            .split("\",")
+                            .filter(|pair| !pair.is_empty())
+                            .map(|pair| {
+                                let (k, v) = pair.split_once("=\"").expect("label");
+                                (k.to_owned(), v.trim_end_matches('"').to_owned())
+                            })
+                            .collect();
+                        (name.to_owned(), labels)
+                    }
+                    None => (series.to_owned(), Vec::new()),
+                };
+                Sample {
+                    name,
+                    labels,
+                    value,
+                }
+            })
+            .collect();
+        Self { samples }
+    }
+
+    /// The non-zero socket-state samples, for failure messages.
+    pub fn summary(&self) -> String {
+        use std::fmt::Write;
+        self.samples
+            .iter()
+            .filter(|s| s.name.starts_with("tcptrace_sockets") && s.value != 0.0)
+            .fold(String::new(), |mut out, s| {
+                let _ = writeln!(out, "{}{:?} {}", s.name, s.labels, s.value);
+                out
+            })
+    }
+
+    /// Sum of the samples of `name` whose labels include all of `labels`.
+    pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.matching(name, labels).map(|(_, v)| v).sum()
+    }
+
+    /// The samples of `name` whose labels include all of `labels`.
+    pub fn matching<'a>(
+        &'a self,
+        name: &'a str,
+        labels: &'a [(&str, &str)],
+    ) -> impl Iterator<Item = (&'a [(String, String)], f64)> + 'a {
+        self.samples
+            .iter()
+            .filter(move |s| {
+                s.name == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| s.labels.iter().any(|(lk, lv)| lk == k && lv == v))
+            })
+            .map(|s| (s.labels.as_slice(), s.value))
+    }
 }

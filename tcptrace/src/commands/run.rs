@@ -1,0 +1,248 @@
+//! `tcptrace run`: the exporter daemon.
+//!
+//! One thread does everything: kernel events -> tracker -> aggregates, with
+//! scrapes served in between. State sits behind one mutex, taken once per
+//! batch of events and once per scrape.
+
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::net::TcpListener;
+
+use crate::{
+    Error,
+    cli::{ListenAddress, RunArgs},
+    clock, diag,
+    event::EventKind,
+    labels::{self, PortPolicy},
+    lookups::Lookups,
+    metrics::{self, Aggregates, SelfMetrics},
+    probes::Probes,
+    ring::Batch,
+    tracker::Tracker,
+    web::{self, Site},
+};
+
+/// The tracked sockets and what they add up to.
+struct State {
+    tracker: Tracker,
+    aggregates: Aggregates,
+}
+
+impl State {
+    fn apply_batch(&mut self, batch: &Batch, metrics: &SelfMetrics) {
+        let Self {
+            tracker,
+            aggregates,
+        } = self;
+        let mut kinds = [0u64; EventKind::NAMES.len()];
+        for event in &batch.events {
+            kinds[event.kind.index()] += 1;
+            tracker.apply(event, &mut |change| aggregates.apply(change));
+        }
+        for (name, count) in EventKind::NAMES.iter().zip(kinds) {
+            if count > 0 {
+                metrics.events.with_label_values(&[name]).inc_by(count);
+            }
+        }
+        metrics
+            .decode_errors
+            .inc_by(batch.decode_errors.len() as u64);
+    }
+}
+
+/// What the HTTP endpoint serves.
+struct Exporter {
+    state: Mutex<State>,
+    metrics: SelfMetrics,
+    ready: AtomicBool,
+}
+
+impl Exporter {
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock would already have ended the
+        // process (panic = abort is not set, but nothing here unwinds
+        // across the lock); recover the data rather than poison scrapes.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Site for Exporter {
+    fn metrics(&self) -> Vec<u8> {
+        let mut families = {
+            let state = self.state();
+            self.metrics
+                .tracked_sockets
+                .set(i64::try_from(state.tracker.len()).unwrap_or(i64::MAX));
+            state.aggregates.families(clock::boot_ns())
+        };
+        families.extend(self.metrics.families());
+        metrics::encode(&families)
+    }
+
+    fn ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+}
+
+pub async fn run(args: RunArgs) -> Result<(), Error> {
+    // Bind first: a port in use is the likeliest mistake, and cheap to report.
+    let listener = bind(args.listen_address).await?;
+    let address = listener.local_addr()?;
+    let mut probes = Probes::load(&args.probe.config())?;
+    let metrics = SelfMetrics::new(&kernel_release());
+    for (hook, attached) in probes.attached() {
+        metrics
+            .program_attached
+            .with_label_values(&[hook.program])
+            .set(i64::from(*attached));
+    }
+    let mut source = probes.event_source()?;
+    let policy = PortPolicy::new(&args.ports, labels::ephemeral_port_low(), args.max_ports);
+    let exporter = Arc::new(Exporter {
+        state: Mutex::new(State {
+            tracker: Tracker::new(policy, args.max_sockets),
+            aggregates: Aggregates::default(),
+        }),
+        metrics: metrics.clone(),
+        ready: AtomicBool::new(false),
+    });
+
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(web::serve(listener, exporter.clone(), async move {
+        let _ = stop_rx.wait_for(|stop| *stop).await;
+    }));
+    tracing::info!("serving http://{address}/metrics");
+
+    // Programs are attached: every socket opened from here on is seen, so
+    // the dump taken now completes the picture. Events already queued are
+    // applied first, so the dump cannot resurrect a socket they closed.
+    let mut batch = Batch::default();
+    let seeded = reconcile(&exporter, &mut source, &mut batch, true).await?;
+    tracing::info!(seeded, "ready: existing sockets read");
+    exporter.ready.store(true, Ordering::Relaxed);
+
+    let shutdown = crate::commands::shutdown_signal();
+    tokio::pin!(shutdown);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut lookups = Lookups::default();
+    let reconcile_every = (!args.reconcile_interval.is_zero()).then_some(args.reconcile_interval);
+    let mut reconcile_tick =
+        tokio::time::interval(reconcile_every.unwrap_or(Duration::from_secs(3600)));
+    reconcile_tick.reset(); // the first pass was the seeding
+    let result = loop {
+        tokio::select! {
+            signal = &mut shutdown => break signal.map_err(Error::Io),
+            read = source.next_batch(&mut batch) => {
+                if let Err(error) = read {
+                    break Err(Error::Io(error));
+                }
+                exporter.state().apply_batch(&batch, &metrics);
+            }
+            _ = tick.tick() => {
+                let pending = {
+                    let mut state = exporter.state();
+                    let State { tracker, aggregates } = &mut *state;
+                    tracker.tick(clock::boot_ns(), &mut |change| aggregates.apply(change));
+                    metrics.evictions.inc_by(tracker.evictions() - metrics.evictions.get());
+                    metrics.events_lost.inc_by(source.lost().saturating_sub(metrics.events_lost.get()));
+                    tracker.fin_wait2_timewaits()
+                };
+                let found = lookups.find(pending).await;
+                let now_ns = clock::boot_ns();
+                let mut state = exporter.state();
+                let State { tracker, aggregates } = &mut *state;
+                for (cookie, socket) in &found {
+                    tracker.looked_up(*cookie, socket, now_ns, &mut |change| aggregates.apply(change));
+                }
+            }
+            _ = reconcile_tick.tick(), if reconcile_every.is_some() => {
+                if let Err(error) = reconcile(&exporter, &mut source, &mut batch, false).await {
+                    tracing::warn!("reconciliation skipped: {error}");
+                }
+            }
+        }
+    };
+    let _ = stop_tx.send(true);
+    let _ = server.await;
+    result
+}
+
+/// Reads every socket of every network namespace and makes the tracked
+/// picture match it; returns how many sockets were added.
+async fn reconcile(
+    exporter: &Exporter,
+    source: &mut crate::ring::EventSource,
+    batch: &mut Batch,
+    seeding: bool,
+) -> Result<u64, Error> {
+    let started_ns = clock::boot_ns();
+    exporter.state().tracker.begin_reconcile();
+    let (sockets, failures) = tokio::task::spawn_blocking(diag::dump_all)
+        .await
+        .map_err(|e| Error::Io(std::io::Error::other(e)))?;
+    for (namespace, error) in failures {
+        tracing::debug!(path = %namespace.path.display(), %error, "namespace skipped");
+    }
+    // Apply what happened during the dump before comparing with it.
+    source.drain_now(batch);
+    let mut state = exporter.state();
+    state.apply_batch(batch, &exporter.metrics);
+    let State {
+        tracker,
+        aggregates,
+    } = &mut *state;
+    let corrections = tracker.reconcile(&sockets, started_ns, clock::boot_ns(), &mut |change| {
+        aggregates.apply(change);
+    });
+    if seeding {
+        exporter.metrics.sockets_seeded.inc_by(corrections.missing);
+    } else {
+        for (kind, count) in corrections.by_kind() {
+            if count > 0 {
+                exporter
+                    .metrics
+                    .reconcile_corrections
+                    .with_label_values(&[kind])
+                    .inc_by(count);
+                tracing::info!(kind, count, "reconciliation corrected drift");
+            }
+        }
+    }
+    Ok(corrections.missing)
+}
+
+/// Binds the address; `:PORT` means IPv6 and IPv4 on every interface, or
+/// IPv4 alone on a host without IPv6.
+async fn bind(address: ListenAddress) -> Result<TcpListener, Error> {
+    let listen_error = |source| Error::Listen {
+        address: address.to_string(),
+        source,
+    };
+    match address {
+        ListenAddress::Socket(socket) => TcpListener::bind(socket).await.map_err(listen_error),
+        ListenAddress::Any(port) => match TcpListener::bind((Ipv6Addr::UNSPECIFIED, port)).await {
+            Err(error) if error.kind() == std::io::ErrorKind::AddrNotAvailable => {
+                TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))
+                    .await
+                    .map_err(listen_error)
+            }
+            bound => bound.map_err(listen_error),
+        },
+    }
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").map_or_else(
+        |_| "unknown".to_owned(),
+        |release| release.trim().to_owned(),
+    )
+}

@@ -1,0 +1,483 @@
+//! Aggregates per state, role and port, and the Prometheus exposition.
+//!
+//! Changes update plain maps (no locks or label hashing per series on the
+//! hot path); a scrape turns them into metric families in O(series): the
+//! oldest socket of each series is the first of an ordered set.
+
+use std::collections::{BTreeSet, HashMap};
+
+use prometheus::{
+    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    proto::{Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType},
+};
+
+use crate::{
+    event::TcpState,
+    labels::{PortLabel, Role},
+    tracker::Change,
+};
+
+/// Upper bounds (seconds) of the state-duration histogram: 1 ms to 2 h, with
+/// a bucket edge just after TIME_WAIT's fixed 60 s (the timer fires up to a
+/// few seconds late) so "ended at its timer" stands out.
+pub const DURATION_BUCKETS: [f64; 22] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 65.0,
+    120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0,
+];
+
+type Series = (TcpState, Role, PortLabel);
+
+#[derive(Debug, Default)]
+struct DurationHistogram {
+    /// Per bucket (not cumulative), the last one for "above every bound".
+    counts: [u64; DURATION_BUCKETS.len() + 1],
+    sum_seconds: f64,
+}
+
+/// What the tracked sockets add up to.
+#[derive(Debug, Default)]
+pub struct Aggregates {
+    /// Sockets in each series, by (entry time, cookie): the count and the oldest.
+    sockets: HashMap<Series, BTreeSet<(u64, u64)>>,
+    durations: HashMap<Series, DurationHistogram>,
+    transitions: HashMap<(TcpState, TcpState, Role, PortLabel), u64>,
+    killed: HashMap<(Role, PortLabel), u64>,
+}
+
+impl Aggregates {
+    pub fn apply(&mut self, change: &Change) {
+        let (role, port, cookie) = (change.role, change.port, change.event.cookie);
+        if let Some((from, to)) = change.transition {
+            *self.transitions.entry((from, to, role, port)).or_default() += 1;
+        }
+        if let Some(left) = change.left {
+            let series = (left.state, role, port);
+            if let Some(set) = self.sockets.get_mut(&series) {
+                set.remove(&(left.since_ns, cookie));
+            }
+            if left.known {
+                let seconds = seconds(change.event.ts_ns.saturating_sub(left.since_ns));
+                let histogram = self.durations.entry(series).or_default();
+                let bucket = DURATION_BUCKETS.partition_point(|&bound| bound < seconds);
+                histogram.counts[bucket] += 1;
+                histogram.sum_seconds += seconds;
+            }
+            if change.killed && left.state == TcpState::TimeWait {
+                *self.killed.entry((role, port)).or_default() += 1;
+            }
+        }
+        if let Some(entered) = change.entered {
+            self.sockets
+                .entry((entered.state, role, port))
+                .or_default()
+                .insert((entered.since_ns, cookie));
+        }
+    }
+
+    /// Sockets now in `state` for `role` and `port`.
+    pub fn count(&self, state: TcpState, role: Role, port: PortLabel) -> usize {
+        self.sockets
+            .get(&(state, role, port))
+            .map_or(0, BTreeSet::len)
+    }
+
+    /// The socket-state metric families, as of `now_ns` (`CLOCK_BOOTTIME`).
+    pub fn families(&self, now_ns: u64) -> Vec<MetricFamily> {
+        let series_labels = |&(state, role, port): &Series| {
+            labels(&[
+                ("state", state.name()),
+                ("role", role.name()),
+                ("port", &port.to_string()),
+            ])
+        };
+        let mut sockets = family(
+            "tcptrace_sockets",
+            "Sockets currently in each TCP state (every state but CLOSE).",
+            MetricType::GAUGE,
+        );
+        let mut oldest = family(
+            "tcptrace_state_oldest_seconds",
+            "Age in its state of the oldest socket now in it (0 when none).",
+            MetricType::GAUGE,
+        );
+        for (series, set) in sorted(&self.sockets) {
+            let age = set
+                .first()
+                .map_or(0.0, |&(since, _)| seconds(now_ns.saturating_sub(since)));
+            sockets
+                .mut_metric()
+                .push(gauge(series_labels(series), sample(set.len() as u64)));
+            oldest.mut_metric().push(gauge(series_labels(series), age));
+        }
+
+        let mut durations = family(
+            "tcptrace_state_duration_seconds",
+            "Time sockets spent in a state, observed when they leave it.",
+            MetricType::HISTOGRAM,
+        );
+        for (series, histogram) in sorted(&self.durations) {
+            let mut metric = Metric::default();
+            metric.set_label(series_labels(series));
+            metric.set_histogram(histogram.to_proto());
+            durations.mut_metric().push(metric);
+        }
+
+        let mut transitions = family(
+            "tcptrace_state_transitions_total",
+            "TCP state transitions, TIME_WAIT ones derived from the timewait timer included.",
+            MetricType::COUNTER,
+        );
+        for (&(from, to, role, port), &count) in sorted(&self.transitions) {
+            let labels = labels(&[
+                ("from", from.name()),
+                ("to", to.name()),
+                ("role", role.name()),
+                ("port", &port.to_string()),
+            ]);
+            transitions.mut_metric().push(counter(labels, count));
+        }
+
+        let mut killed = family(
+            "tcptrace_time_wait_killed_total",
+            "TIME_WAIT sockets ended before their timer (reused, reset, namespace gone).",
+            MetricType::COUNTER,
+        );
+        for (&(role, port), &count) in sorted(&self.killed) {
+            let labels = labels(&[("role", role.name()), ("port", &port.to_string())]);
+            killed.mut_metric().push(counter(labels, count));
+        }
+        // The encoder rejects a family without samples (a counter nothing
+        // has incremented yet), as the registry's own gather() skips them.
+        [sockets, transitions, durations, oldest, killed]
+            .into_iter()
+            .filter(|family| !family.get_metric().is_empty())
+            .collect()
+    }
+}
+
+impl DurationHistogram {
+    fn to_proto(&self) -> Histogram {
+        let mut cumulative = 0;
+        let buckets = DURATION_BUCKETS
+            .iter()
+            .zip(self.counts)
+            .map(|(&bound, count)| {
+                cumulative += count;
+                let mut bucket = Bucket::default();
+                bucket.set_upper_bound(bound);
+                bucket.set_cumulative_count(cumulative);
+                bucket
+            })
+            .collect();
+        let mut histogram = Histogram::default();
+        histogram.set_bucket(buckets);
+        histogram.set_sample_count(self.counts.iter().sum());
+        histogram.set_sample_sum(self.sum_seconds);
+        histogram
+    }
+}
+
+/// Nanoseconds as seconds, a metric's unit.
+fn seconds(ns: u64) -> f64 {
+    sample(ns) / 1e9
+}
+
+/// A count as a sample value; exact below 2^53 (104 days in nanoseconds).
+#[expect(
+    clippy::cast_precision_loss,
+    reason = "Prometheus samples are f64 by definition"
+)]
+fn sample(value: u64) -> f64 {
+    value as f64
+}
+
+/// Map entries in label order, so scrapes list series stably.
+fn sorted<K: Ord, V>(map: &HashMap<K, V>) -> Vec<(&K, &V)> {
+    let mut entries: Vec<_> = map.iter().collect();
+    entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    entries
+}
+
+fn family(name: &str, help: &str, kind: MetricType) -> MetricFamily {
+    let mut family = MetricFamily::default();
+    family.set_name(name.to_owned());
+    family.set_help(help.to_owned());
+    family.set_field_type(kind);
+    family
+}
+
+fn labels(pairs: &[(&str, &str)]) -> Vec<LabelPair> {
+    pairs
+        .iter()
+        .map(|&(name, value)| {
+            let mut pair = LabelPair::default();
+            pair.set_name(name.to_owned());
+            pair.set_value(value.to_owned());
+            pair
+        })
+        .collect()
+}
+
+fn gauge(labels: Vec<LabelPair>, value: f64) -> Metric {
+    let mut gauge = Gauge::default();
+    gauge.set_value(value);
+    let mut metric = Metric::default();
+    metric.set_label(labels);
+    metric.set_gauge(gauge);
+    metric
+}
+
+fn counter(labels: Vec<LabelPair>, value: u64) -> Metric {
+    let mut counter = Counter::default();
+    counter.set_value(sample(value));
+    let mut metric = Metric::default();
+    metric.set_label(labels);
+    metric.set_counter(counter);
+    metric
+}
+
+/// The daemon's own health, in a prometheus registry.
+#[derive(Clone)]
+pub struct SelfMetrics {
+    registry: Registry,
+    pub events: IntCounterVec,
+    pub events_lost: IntCounter,
+    pub decode_errors: IntCounter,
+    pub program_attached: IntGaugeVec,
+    pub sockets_seeded: IntCounter,
+    pub reconcile_corrections: IntCounterVec,
+    pub tracked_sockets: IntGauge,
+    pub evictions: IntCounter,
+}
+
+impl SelfMetrics {
+    pub fn new(kernel_release: &str) -> Self {
+        let registry = Registry::new();
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(metric.clone()))
+                .expect("unique metric");
+            metric
+        };
+        let counter = |name: &str, help: &str| {
+            let metric = IntCounter::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(metric.clone()))
+                .expect("unique metric");
+            metric
+        };
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "tcptrace_build_info",
+                "Always 1: the running version and kernel.",
+            ),
+            &["version", "kernel"],
+        )
+        .expect("valid metric");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), kernel_release])
+            .set(1);
+        registry
+            .register(Box::new(build_info))
+            .expect("unique metric");
+        let program_attached = IntGaugeVec::new(
+            Opts::new(
+                "tcptrace_program_attached",
+                "1 if the BPF program is attached, 0 if not.",
+            ),
+            &["program"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(program_attached.clone()))
+            .expect("unique metric");
+        let tracked_sockets = IntGauge::new(
+            "tcptrace_tracked_sockets",
+            "Sockets tcptrace tracks now (bounded by --max-sockets).",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(tracked_sockets.clone()))
+            .expect("unique metric");
+        Self {
+            events: counter_vec(
+                "tcptrace_events_total",
+                "Events received from the kernel, by kind.",
+                &["kind"],
+            ),
+            events_lost: counter(
+                "tcptrace_events_lost_total",
+                "Events the kernel could not deliver (ring buffer full).",
+            ),
+            decode_errors: counter("tcptrace_decode_errors_total", "Malformed events."),
+            program_attached,
+            sockets_seeded: counter(
+                "tcptrace_sockets_seeded_total",
+                "Sockets found already open at start-up.",
+            ),
+            reconcile_corrections: counter_vec(
+                "tcptrace_reconcile_corrections_total",
+                "Drift between tracked and kernel state corrected by reconciliation.",
+                &["kind"],
+            ),
+            tracked_sockets,
+            evictions: counter(
+                "tcptrace_tracked_evictions_total",
+                "Sockets dropped from tracking because --max-sockets were tracked.",
+            ),
+            registry,
+        }
+    }
+
+    pub fn families(&self) -> Vec<MetricFamily> {
+        self.registry.gather()
+    }
+}
+
+/// The Prometheus text exposition of `families`.
+pub fn encode(families: &[MetricFamily]) -> Vec<u8> {
+    let mut buffer = Vec::with_capacity(16 * 1024);
+    if let Err(error) = TextEncoder::new().encode(families, &mut buffer) {
+        tracing::error!(%error, "metrics encoding failed");
+    }
+    buffer
+}
+
+/// `Content-Type` of [`encode`]'s output.
+pub const CONTENT_TYPE: &str = prometheus::TEXT_FORMAT;
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::{
+        event::{Comm, EventKind, Family, SocketEvent},
+        labels::PortPolicy,
+        tracker::Tracker,
+    };
+
+    const S: u64 = 1_000_000_000;
+
+    fn event(cookie: u64, secs: u64, kind: EventKind) -> SocketEvent {
+        SocketEvent {
+            ts_ns: secs * S,
+            cookie,
+            netns: 1,
+            family: Family::Ipv4,
+            saddr: Ipv4Addr::LOCALHOST.into(),
+            sport: 443,
+            daddr: Ipv4Addr::LOCALHOST.into(),
+            dport: 50000 + u16::try_from(cookie).expect("small"),
+            pid: 0,
+            tid: 0,
+            comm: Comm([0; 16]),
+            kind,
+        }
+    }
+
+    fn exposition(aggregates: &Aggregates, now_s: u64) -> String {
+        String::from_utf8(encode(&aggregates.families(now_s * S))).expect("UTF-8")
+    }
+
+    #[test]
+    fn gauges_oldest_and_durations_follow_the_sockets() {
+        use TcpState::{CloseWait, Established, LastAck, Listen};
+        let mut tracker = Tracker::new(PortPolicy::new(&[], 32768, 128), 100);
+        let mut aggregates = Aggregates::default();
+        let state = |old, new| EventKind::StateChange { old, new };
+        let mut events = vec![event(1, 0, state(TcpState::Close, Listen))];
+        // Three server sockets reach CLOSE_WAIT at 10 s, 20 s, 30 s.
+        for (cookie, at) in [(2, 10), (3, 20), (4, 30)] {
+            events.extend([
+                event(cookie, at - 1, state(Listen, TcpState::SynRecv)),
+                event(cookie, at - 1, state(TcpState::SynRecv, Established)),
+                event(cookie, at, state(Established, CloseWait)),
+            ]);
+        }
+        // The first leaves after 2 s.
+        events.push(event(2, 12, state(CloseWait, LastAck)));
+        for e in &events {
+            tracker.apply(e, &mut |c| aggregates.apply(c));
+        }
+
+        assert_eq!(
+            aggregates.count(CloseWait, Role::Server, PortLabel::Port(443)),
+            2
+        );
+        let text = exposition(&aggregates, 100);
+        let has = |line: &str| {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        };
+        has(r#"tcptrace_sockets{state="CLOSE_WAIT",role="server",port="443"} 2"#);
+        has(r#"tcptrace_sockets{state="LAST_ACK",role="server",port="443"} 1"#);
+        has(r#"tcptrace_sockets{state="LISTEN",role="server",port="443"} 1"#);
+        // Oldest CLOSE_WAIT entered at 20 s; now is 100 s.
+        has(r#"tcptrace_state_oldest_seconds{state="CLOSE_WAIT",role="server",port="443"} 80"#);
+        has(
+            r#"tcptrace_state_duration_seconds_bucket{state="CLOSE_WAIT",role="server",port="443",le="1"} 0"#,
+        );
+        has(
+            r#"tcptrace_state_duration_seconds_bucket{state="CLOSE_WAIT",role="server",port="443",le="2.5"} 1"#,
+        );
+        has(
+            r#"tcptrace_state_duration_seconds_bucket{state="CLOSE_WAIT",role="server",port="443",le="+Inf"} 1"#,
+        );
+        has(
+            r#"tcptrace_state_duration_seconds_sum{state="CLOSE_WAIT",role="server",port="443"} 2"#,
+        );
+        has(
+            r#"tcptrace_state_transitions_total{from="ESTABLISHED",to="CLOSE_WAIT",role="server",port="443"} 3"#,
+        );
+        has("# TYPE tcptrace_state_duration_seconds histogram");
+    }
+
+    #[test]
+    fn empty_series_report_zero_and_killed_time_wait_is_counted() {
+        let mut aggregates = Aggregates::default();
+        let mut tracker = Tracker::new(PortPolicy::new(&[], 32768, 128), 100);
+        let events = [
+            event(
+                1,
+                0,
+                EventKind::StateChange {
+                    old: TcpState::Established,
+                    new: TcpState::FinWait1,
+                },
+            ),
+            event(
+                1,
+                1,
+                EventKind::TimewaitStart {
+                    substate: TcpState::TimeWait,
+                },
+            ),
+            event(
+                1,
+                5,
+                EventKind::TimewaitCancel {
+                    substate: TcpState::TimeWait,
+                },
+            ),
+        ];
+        for e in &events {
+            tracker.apply(e, &mut |c| aggregates.apply(c));
+        }
+        tracker.tick(10 * S, &mut |c| aggregates.apply(c));
+        let text = exposition(&aggregates, 10);
+        for line in [
+            r#"tcptrace_sockets{state="TIME_WAIT",role="client",port="other"} 0"#,
+            r#"tcptrace_state_oldest_seconds{state="TIME_WAIT",role="client",port="other"} 0"#,
+            r#"tcptrace_time_wait_killed_total{role="client",port="other"} 1"#,
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+    }
+}

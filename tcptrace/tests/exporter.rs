@@ -1,0 +1,392 @@
+//! End-to-end: `tcptrace run` scraped over HTTP while real sockets in private
+//! namespaces reproduce the incidents it exists to explain.
+//!
+//! Metrics are host-wide (tracepoints see every namespace), so each scenario
+//! uses its own service port, which nothing else on a test host uses.
+#![expect(
+    clippy::float_cmp,
+    reason = "samples here are integer counts, asserted exactly"
+)]
+
+mod common;
+
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    thread,
+    time::{Duration, Instant},
+};
+
+use common::{Daemon, NetNs, Scrape, client_closes_first, leak_close_wait, server_closes_first};
+
+fn local(port: u16) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+}
+
+fn sockets(scrape: &Scrape, state: &str, role: &str, port: u16) -> f64 {
+    let port = port.to_string();
+    scrape.sum(
+        "tcptrace_sockets",
+        &[("state", state), ("role", role), ("port", &port)],
+    )
+}
+
+/// (count, sum) of the duration histogram of one series.
+fn durations(scrape: &Scrape, state: &str, role: &str, port: u16) -> (f64, f64) {
+    let port = port.to_string();
+    let labels = [("state", state), ("role", role), ("port", port.as_str())];
+    (
+        scrape.sum("tcptrace_state_duration_seconds_count", &labels),
+        scrape.sum("tcptrace_state_duration_seconds_sum", &labels),
+    )
+}
+
+#[test]
+fn endpoints_answer_and_the_metric_contract_holds() {
+    let daemon = Daemon::start(&[]);
+    assert_eq!(daemon.get("/-/healthy").0, 200);
+    assert_eq!(daemon.get("/-/ready").0, 200);
+    assert_eq!(daemon.get("/nope").0, 404);
+    let scrape = daemon.scrape();
+    for program in [
+        "inet_sock_set_state",
+        "timer_start",
+        "timer_expire_entry",
+        "timer_cancel",
+    ] {
+        assert_eq!(
+            scrape.sum("tcptrace_program_attached", &[("program", program)]),
+            1.0,
+            "{program} attached"
+        );
+    }
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("release");
+    assert_eq!(
+        scrape.sum("tcptrace_build_info", &[("kernel", release.trim())]),
+        1.0
+    );
+    assert_eq!(scrape.sum("tcptrace_events_lost_total", &[]), 0.0);
+    let (status, stderr) = daemon.stop();
+    assert!(status.success(), "{status}: {stderr}");
+}
+
+#[test]
+fn time_wait_on_the_closing_side_lasts_its_timer() {
+    let daemon = Daemon::start(&[]);
+    let netns = NetNs::new();
+    let (client_first, server_first, late_fin) = (18081, 18082, 18088);
+    netns.run(|| client_closes_first(local(client_first), 200));
+    netns.run(|| server_closes_first(local(server_first), 200));
+    // The server closes 100 ms after its peer: the client's socket first
+    // becomes a FIN_WAIT2 timewait socket, whose timer the late FIN re-arms
+    // as TIME_WAIT without any timer event.
+    let held = netns.run(|| leak_close_wait(local(late_fin), 50));
+    thread::sleep(Duration::from_millis(100));
+    drop(held);
+    let opened = Instant::now();
+
+    let scrape = daemon.wait_for("TIME_WAIT on each side", Duration::from_secs(10), |s| {
+        sockets(s, "TIME_WAIT", "client", client_first) == 200.0
+            && sockets(s, "TIME_WAIT", "server", server_first) == 200.0
+            && sockets(s, "TIME_WAIT", "client", late_fin) == 50.0
+    });
+    assert_eq!(netns.count_ss("time-wait", late_fin), 50);
+    assert_eq!(sockets(&scrape, "FIN_WAIT2", "client", late_fin), 0.0);
+    // The ground truth agrees, and nothing else was left behind.
+    assert_eq!(netns.count_ss("time-wait", client_first), 200);
+    assert_eq!(netns.count_ss("time-wait", server_first), 200);
+    assert_eq!(sockets(&scrape, "TIME_WAIT", "server", client_first), 0.0);
+    assert_eq!(sockets(&scrape, "TIME_WAIT", "client", server_first), 0.0);
+    assert_eq!(sockets(&scrape, "FIN_WAIT2", "client", client_first), 0.0);
+    let to_time_wait = |role, port: u16| {
+        let port = port.to_string();
+        scrape.sum(
+            "tcptrace_state_transitions_total",
+            &[("to", "TIME_WAIT"), ("role", role), ("port", &port)],
+        )
+    };
+    assert_eq!(to_time_wait("client", client_first), 200.0);
+    assert_eq!(to_time_wait("server", server_first), 200.0);
+
+    // TIME_WAIT lasts TCP_TIMEWAIT_LEN (60 s), plus the timer wheel's slack.
+    let scrape = daemon.wait_for("TIME_WAIT to expire", Duration::from_secs(90), |s| {
+        sockets(s, "TIME_WAIT", "client", client_first) == 0.0
+            && sockets(s, "TIME_WAIT", "server", server_first) == 0.0
+            && sockets(s, "TIME_WAIT", "client", late_fin) == 0.0
+    });
+    let waited = opened.elapsed();
+    assert!(
+        waited >= Duration::from_secs(59),
+        "expired after {waited:?}"
+    );
+    assert_eq!(netns.count_ss("time-wait", client_first), 0);
+    for (role, port, sockets) in [
+        ("client", client_first, 200.0),
+        ("server", server_first, 200.0),
+        ("client", late_fin, 50.0),
+    ] {
+        let (count, sum) = durations(&scrape, "TIME_WAIT", role, port);
+        assert_eq!(count, sockets, "{role} {port}: one duration per socket");
+        let mean = sum / count;
+        assert!(
+            (60.0..=65.0).contains(&mean),
+            "{role}: mean TIME_WAIT {mean} s"
+        );
+        let port = port.to_string();
+        let killed = scrape.sum(
+            "tcptrace_time_wait_killed_total",
+            &[("role", role), ("port", &port)],
+        );
+        assert_eq!(killed, 0.0, "{role}: all ended by their timer");
+    }
+    drop(netns);
+    let (status, stderr) = daemon.stop();
+    assert!(status.success(), "{status}: {stderr}");
+}
+
+#[test]
+fn close_wait_leak_shows_count_and_growing_age() {
+    let daemon = Daemon::start(&[]);
+    let netns = NetNs::new();
+    let (leaking, closing) = (18083, 18084);
+    let held = netns.run(|| leak_close_wait(local(leaking), 50));
+
+    let first = daemon.wait_for("50 CLOSE_WAIT", Duration::from_secs(10), |s| {
+        sockets(s, "CLOSE_WAIT", "server", leaking) == 50.0
+    });
+    assert_eq!(netns.count_ss("close-wait", leaking), 50);
+    let oldest = |s: &Scrape| {
+        let port = leaking.to_string();
+        s.sum(
+            "tcptrace_state_oldest_seconds",
+            &[("state", "CLOSE_WAIT"), ("role", "server"), ("port", &port)],
+        )
+    };
+    thread::sleep(Duration::from_secs(2));
+    let second = daemon.scrape();
+    let grew = oldest(&second) - oldest(&first);
+    assert!(
+        (1.5..3.0).contains(&grew),
+        "oldest age grew by {grew} s over 2 s"
+    );
+    assert_eq!(
+        durations(&second, "CLOSE_WAIT", "server", leaking).0,
+        0.0,
+        "none left"
+    );
+
+    // A server that closes 2 s after each client: 50 CLOSE_WAIT durations.
+    let held_closing = netns.run(|| leak_close_wait(local(closing), 50));
+    thread::sleep(Duration::from_secs(2));
+    drop(held_closing);
+    let scrape = daemon.wait_for("50 CLOSE_WAIT durations", Duration::from_secs(10), |s| {
+        durations(s, "CLOSE_WAIT", "server", closing).0 == 50.0
+    });
+    let (count, sum) = durations(&scrape, "CLOSE_WAIT", "server", closing);
+    let mean = sum / count;
+    assert!((2.0..=2.3).contains(&mean), "mean CLOSE_WAIT {mean} s");
+    assert_eq!(sockets(&scrape, "CLOSE_WAIT", "server", closing), 0.0);
+    assert_eq!(sockets(&scrape, "CLOSE_WAIT", "server", leaking), 50.0);
+
+    drop(held);
+    daemon.wait_for("the leak closed", Duration::from_secs(10), |s| {
+        sockets(s, "CLOSE_WAIT", "server", leaking) == 0.0
+    });
+    drop(netns);
+    let (status, stderr) = daemon.stop();
+    assert!(status.success(), "{status}: {stderr}");
+}
+
+#[test]
+fn orphaned_fin_wait2_ends_at_tcp_fin_timeout_not_time_wait() {
+    let daemon = Daemon::start(&[]);
+    let netns = NetNs::new();
+    netns.sysctl("net/ipv4/tcp_fin_timeout", "5");
+    let port = 18085;
+    // The clients close; the server never does: each client socket is an
+    // orphan in FIN_WAIT2 until tcp_fin_timeout.
+    let held = netns.run(|| leak_close_wait(local(port), 20));
+    let scrape = daemon.wait_for("20 FIN_WAIT2 durations", Duration::from_secs(20), |s| {
+        durations(s, "FIN_WAIT2", "client", port).0 == 20.0
+    });
+    let (count, sum) = durations(&scrape, "FIN_WAIT2", "client", port);
+    let mean = sum / count;
+    assert!((5.0..=6.0).contains(&mean), "mean FIN_WAIT2 {mean} s");
+    let port_label = port.to_string();
+    let into_time_wait = scrape.sum(
+        "tcptrace_state_transitions_total",
+        &[("to", "TIME_WAIT"), ("port", &port_label)],
+    );
+    assert_eq!(into_time_wait, 0.0, "never counted as TIME_WAIT");
+    assert_eq!(sockets(&scrape, "FIN_WAIT2", "client", port), 0.0);
+    drop(held);
+    drop(netns);
+    daemon.stop();
+}
+
+#[test]
+fn a_restarted_daemon_counts_the_sockets_it_missed() {
+    let netns = NetNs::new();
+    let (leaking, closing) = (18086, 18087);
+    let first = Daemon::start(&[]);
+    let held = netns.run(|| leak_close_wait(local(leaking), 100));
+    // Keep the listener of the TIME_WAIT connections open, as a running
+    // service would: it tells the restarted daemon which side is the server.
+    let listener = netns.run(|| std::net::TcpListener::bind(local(closing)).expect("bind"));
+    netns.run(|| {
+        for _ in 0..100 {
+            let client = std::net::TcpStream::connect(local(closing)).expect("connect");
+            let (mut accepted, _) = listener.accept().expect("accept");
+            drop(client);
+            let mut buf = [0u8; 1];
+            let _ = std::io::Read::read(&mut accepted, &mut buf);
+        }
+    });
+    first.wait_for("both piles", Duration::from_secs(10), |s| {
+        sockets(s, "CLOSE_WAIT", "server", leaking) == 100.0
+            && sockets(s, "TIME_WAIT", "client", closing) == 100.0
+    });
+    let (status, _) = first.stop();
+    assert!(status.success());
+
+    let second = Daemon::start(&[]);
+    let scrape = second.scrape(); // the first after /-/ready
+    assert_eq!(sockets(&scrape, "CLOSE_WAIT", "server", leaking), 100.0);
+    assert_eq!(sockets(&scrape, "TIME_WAIT", "client", closing), 100.0);
+    assert!(scrape.sum("tcptrace_sockets_seeded_total", &[]) >= 200.0);
+    // A TIME_WAIT socket's remaining timer tells when it began.
+    let port = closing.to_string();
+    let oldest = scrape.sum(
+        "tcptrace_state_oldest_seconds",
+        &[("state", "TIME_WAIT"), ("role", "client"), ("port", &port)],
+    );
+    assert!((0.0..60.0).contains(&oldest), "oldest TIME_WAIT {oldest} s");
+    drop(held);
+    drop(listener);
+    drop(netns);
+    second.stop();
+}
+
+#[test]
+fn two_thousand_client_ports_stay_within_the_label_budget() {
+    let daemon = Daemon::start(&["--max-ports", "16"]);
+    let netns = NetNs::new();
+    // 2,000 services, one connection each, kept open.
+    let held: Vec<_> = netns.run(|| {
+        (20_000..22_000)
+            .map(|port| {
+                let listener = std::net::TcpListener::bind(local(port)).expect("bind");
+                let client = std::net::TcpStream::connect(local(port)).expect("connect");
+                let (accepted, _) = listener.accept().expect("accept");
+                (listener, client, accepted)
+            })
+            .collect()
+    });
+    let scrape = daemon.wait_for("2,000 client connections", Duration::from_secs(20), |s| {
+        let test_ports = (20_000..22_000u16).map(|p| sockets(s, "ESTABLISHED", "client", p));
+        let labelled: f64 = test_ports.sum();
+        labelled
+            + s.sum(
+                "tcptrace_sockets",
+                &[
+                    ("state", "ESTABLISHED"),
+                    ("role", "client"),
+                    ("port", "other"),
+                ],
+            )
+            >= 2000.0
+    });
+    for role in ["client", "server"] {
+        let filter = [("role", role)];
+        let ports: std::collections::HashSet<&str> = scrape
+            .matching("tcptrace_sockets", &filter)
+            .filter_map(|(labels, _)| {
+                labels
+                    .iter()
+                    .find(|(k, _)| k == "port")
+                    .map(|(_, v)| v.as_str())
+            })
+            .collect();
+        assert!(
+            ports.len() <= 17,
+            "{role}: {} port labels: {ports:?}",
+            ports.len()
+        );
+        assert!(ports.contains("other"), "{role}: overflow lands in other");
+    }
+    let other = scrape.sum(
+        "tcptrace_sockets",
+        &[
+            ("state", "ESTABLISHED"),
+            ("role", "client"),
+            ("port", "other"),
+        ],
+    );
+    assert!(other >= 2000.0 - 16.0, "{other} client sockets in other");
+    drop(held);
+    drop(netns);
+    daemon.stop();
+}
+
+#[test]
+fn a_port_in_use_is_a_one_line_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = taken.local_addr().expect("address").to_string();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tcptrace"))
+        .args(["run", "--web.listen-address", &address])
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains(&address) && stderr.contains("--web.listen-address"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn promtool_accepts_a_scrape_taken_under_load() {
+    let daemon = Daemon::start(&[]);
+    let netns = NetNs::new();
+    let scrape = thread::scope(|scope| {
+        let churn = scope.spawn(|| {
+            netns.run(|| {
+                client_closes_first(local(18089), 1000);
+                server_closes_first(local(18090), 1000);
+            });
+        });
+        thread::sleep(Duration::from_millis(200));
+        let (status, body) = daemon.get("/metrics");
+        churn.join().expect("churn");
+        assert_eq!(status, 200);
+        body
+    });
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus) is installed by cargo xtask test");
+    std::io::Write::write_all(
+        &mut promtool.stdin.take().expect("stdin"),
+        scrape.as_bytes(),
+    )
+    .expect("feed promtool");
+    let out = promtool.wait_with_output().expect("promtool");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && report.trim().is_empty(),
+        "promtool: {report}"
+    );
+    assert!(
+        scrape.contains("tcptrace_state_transitions_total"),
+        "a busy scrape"
+    );
+    drop(netns);
+    daemon.stop();
+}
