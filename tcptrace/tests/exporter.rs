@@ -390,3 +390,35 @@ fn promtool_accepts_a_scrape_taken_under_load() {
     drop(netns);
     daemon.stop();
 }
+
+#[test]
+fn reconciliation_repairs_gauges_after_lost_events() {
+    // A ring buffer of one page overflows under this churn: events are lost
+    // for real, and the gauges drift until reconciliation reads the kernel.
+    let daemon = Daemon::start(&["--ring-buffer-size", "4K", "--reconcile-interval", "2s"]);
+    let netns = NetNs::new();
+    let (leaking, closing) = (18091, 18092);
+    let held = netns.run(|| {
+        let held = leak_close_wait(local(leaking), 300);
+        client_closes_first(local(closing), 300);
+        held
+    });
+    // Losses are counted on the daemon's one-second tick.
+    daemon.wait_for("lost events", Duration::from_secs(5), |s| {
+        s.sum("tcptrace_events_lost_total", &[]) > 0.0
+    });
+    let truth = (
+        netns.count_ss("close-wait", leaking),
+        netns.count_ss("time-wait", closing),
+    );
+    assert_eq!(truth, (300, 300));
+    let scrape = daemon.wait_for("gauges equal to ss", Duration::from_secs(10), |s| {
+        sockets(s, "CLOSE_WAIT", "server", leaking) == 300.0
+            && sockets(s, "TIME_WAIT", "client", closing) == 300.0
+    });
+    let corrections = scrape.sum("tcptrace_reconcile_corrections_total", &[]);
+    assert!(corrections > 0.0, "drift was corrected and counted");
+    drop(held);
+    drop(netns);
+    daemon.stop();
+}
