@@ -18,7 +18,22 @@ pub mod kind {
     /// A timewait socket's timer was cancelled: just before every expiry and
     /// re-arm, or, with neither following, the socket was killed early.
     pub const TIMEWAIT_CANCEL: u8 = 4;
+    /// `tcp_send_reset`: this host sent an RST. `arg` is the kernel's
+    /// `sk_rst_reason` when `flags` has [`super::FLAG_RESET_REASON`]. For a
+    /// reply to a packet no socket owns, `cookie` is 0 and the addresses are
+    /// the packet's, reversed (local first).
+    pub const RESET_SENT: u8 = 5;
+    /// `tcp_receive_reset`: the socket received an RST.
+    pub const RESET_RECEIVED: u8 = 6;
+    /// `inet_sk_error_report`: the socket got error `arg` (an errno).
+    pub const SOCKET_ERROR: u8 = 7;
+    /// `tcp_keepalive_timer` sent a keepalive probe; `arg` is the number of
+    /// unanswered probes now.
+    pub const KEEPALIVE_PROBE: u8 = 8;
 }
+
+/// `Event::flags`: `arg` holds a reset reason (kernels since 6.10 pass one).
+pub const FLAG_RESET_REASON: u8 = 1;
 
 /// Default size of the `EVENTS` ring buffer: at 104 bytes a record, room for
 /// ~40,000 events between two reads of the daemon.
@@ -54,7 +69,8 @@ pub struct Event {
     /// TCP states as the kernel numbers them (`TCP_ESTABLISHED` = 1 …).
     pub old_state: u8,
     pub new_state: u8,
-    pub pad: [u8; 7],
+    pub flags: u8,
+    pub pad: [u8; 6],
     /// `bpf_get_current_comm()`, NUL-padded.
     pub comm: [u8; 16],
 }
@@ -76,7 +92,8 @@ impl Event {
         kind: 0,
         old_state: 0,
         new_state: 0,
-        pad: [0; 7],
+        flags: 0,
+        pad: [0; 6],
         comm: [0; 16],
     };
 }
@@ -92,6 +109,8 @@ impl Event {
 pub struct KernelLayout {
     /// Address of `tw_timer_handler`, the function of every timewait timer.
     pub tw_timer_handler: u64,
+    /// Address of `tcp_keepalive_timer`, the function of `sk_timer`.
+    pub tcp_keepalive_timer: u64,
     /// `struct sock_common` members.
     pub common_family: u32,
     pub common_dport: u32,
@@ -106,8 +125,23 @@ pub struct KernelLayout {
     pub common_cookie: u32,
     /// `skc_state` (u8).
     pub common_state: u32,
-    /// `struct sock`: `sk_protocol` (u16).
+    /// `struct sock`: `sk_protocol` (u16), `sk_err` (int), `sk_timer`.
     pub sock_protocol: u32,
+    pub sock_err: u32,
+    pub sock_timer: u32,
+    /// `struct inet_connection_sock`: `icsk_probes_out` (u8).
+    pub icsk_probes_out: u32,
+    /// `struct sk_buff`: `head` (pointer), `transport_header` and
+    /// `network_header` (u16 offsets from head), `protocol` (be16), `dev`.
+    pub skb_head: u32,
+    pub skb_transport_header: u32,
+    pub skb_network_header: u32,
+    pub skb_protocol: u32,
+    pub skb_dev: u32,
+    /// `struct net_device`: `nd_net.net`.
+    pub dev_net: u32,
+    /// 1 if `tcp_send_reset` has its third argument, the reset reason.
+    pub send_reset_has_reason: u32,
     /// `struct inet_sock`: `inet_sport`. Used rather than `skc_num`, which is
     /// already 0 when a socket reaches CLOSE.
     pub inet_sport: u32,
@@ -121,7 +155,7 @@ pub struct KernelLayout {
     pub timer_function: u32,
 }
 
-const _: () = assert!(size_of::<KernelLayout>() == 72);
+const _: () = assert!(size_of::<KernelLayout>() == 120);
 
 // SAFETY: plain old data, `#[repr(C)]`, every bit pattern valid, padding explicit.
 #[cfg(feature = "user")]

@@ -12,10 +12,12 @@
     reason = "aya's program macros hand the context over by value"
 )]
 
+mod errors;
 mod maps;
+mod resets;
 mod socket;
 mod state;
-mod timewait;
+mod timers;
 
 #[cfg(not(test))]
 #[panic_handler]

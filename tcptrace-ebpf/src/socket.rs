@@ -35,6 +35,68 @@ pub fn full_socket_event(sk: *const u8, layout: &KernelLayout, kind: u8) -> Even
     event
 }
 
+/// An event of `kind` about a full socket reached by pointer arithmetic (from
+/// its timer): the helper does not accept such a pointer, so the cookie is
+/// read from the socket, which got it when its state last changed or when
+/// tcptrace read the kernel's sockets.
+#[inline(always)]
+pub fn derived_socket_event(sk: *const u8, layout: &KernelLayout, kind: u8) -> Event {
+    let mut event = common_event(sk, layout, kind);
+    event.cookie = read(sk, layout.common_cookie);
+    event.sport = u16::from_be(read(sk, layout.inet_sport));
+    event
+}
+
+/// The cookie of a socket of any kind: full sockets through the helper
+/// (which assigns one if needed), timewait and request sockets by reading
+/// the one they carry.
+#[inline(always)]
+pub fn cookie(sk: *const u8, layout: &KernelLayout) -> u64 {
+    let state: u8 = read(sk, layout.common_state);
+    if state == TCP_TIME_WAIT || state == TCP_NEW_SYN_RECV {
+        read(sk, layout.common_cookie)
+    } else {
+        // SAFETY: a non-NULL socket pointer handed over by the tracepoint.
+        unsafe { bpf_get_socket_cookie(sk.cast_mut().cast::<c_void>()) }
+    }
+}
+
+const TCP_TIME_WAIT: u8 = 6;
+const TCP_NEW_SYN_RECV: u8 = 12;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+
+/// An event about the connection of an incoming packet `skb`, seen from this
+/// host: local address and port are the packet's destination. IP header
+/// offsets are the protocols' own, not the kernel's.
+#[inline(always)]
+pub fn packet_event(skb: *const u8, layout: &KernelLayout, kind: u8) -> Event {
+    let mut event = task_event(kind);
+    let head: usize = read(skb, layout.skb_head);
+    let transport: u16 = read(skb, layout.skb_transport_header);
+    let network: u16 = read(skb, layout.skb_network_header);
+    let tcp = head.wrapping_add(usize::from(transport)) as *const u8;
+    let ip = head.wrapping_add(usize::from(network)) as *const u8;
+    event.dport = u16::from_be(read(tcp, 0));
+    event.sport = u16::from_be(read(tcp, 2));
+    let protocol = u16::from_be(read(skb, layout.skb_protocol));
+    if protocol == ETH_P_IP {
+        event.family = AF_INET;
+        let local: [u8; 4] = read(ip, 16);
+        let remote: [u8; 4] = read(ip, 12);
+        event.saddr[..4].copy_from_slice(&local);
+        event.daddr[..4].copy_from_slice(&remote);
+    } else if protocol == ETH_P_IPV6 {
+        event.family = AF_INET6;
+        event.saddr = read(ip, 24);
+        event.daddr = read(ip, 8);
+    }
+    let dev: usize = read(skb, layout.skb_dev);
+    let net: usize = read(dev as *const u8, layout.dev_net);
+    event.netns = read(net as *const u8, layout.net_ns_inum);
+    event
+}
+
 /// An event of `kind` about the timewait socket `tw`, which carries the
 /// cookie of the full socket it replaced.
 #[inline(always)]
@@ -46,15 +108,22 @@ pub fn timewait_event(tw: *const u8, layout: &KernelLayout, kind: u8) -> Event {
     event
 }
 
-/// The fields every socket kind shares through `struct sock_common`.
+/// An event of `kind` with the time and the task on the CPU.
 #[inline(always)]
-fn common_event(sk: *const u8, layout: &KernelLayout, kind: u8) -> Event {
+fn task_event(kind: u8) -> Event {
     let mut event = Event::ZERO;
     event.kind = kind;
     // SAFETY: helper without arguments.
     event.ts_ns = unsafe { bpf_ktime_get_boot_ns() };
     event.pid_tgid = bpf_get_current_pid_tgid();
     event.comm = bpf_get_current_comm().unwrap_or_default();
+    event
+}
+
+/// The fields every socket kind shares through `struct sock_common`.
+#[inline(always)]
+fn common_event(sk: *const u8, layout: &KernelLayout, kind: u8) -> Event {
+    let mut event = task_event(kind);
     event.family = read(sk, layout.common_family);
     event.dport = u16::from_be(read(sk, layout.common_dport));
     if event.family == AF_INET {

@@ -81,14 +81,19 @@ fn to_u32(value: u64, what: &str) -> Result<u32, BtfError> {
 /// The parts of a BTF type that tcptrace's queries need.
 #[derive(Debug)]
 enum Type {
-    /// Void (id 0), FWD, FUNC, `FUNC_PROTO`, VAR, `DECL_TAG`: never sized or entered.
+    /// Void (id 0), FWD, FUNC, VAR, `DECL_TAG`: never sized or entered.
     Opaque,
+    /// `FUNC_PROTO`: only its parameter count is kept.
+    FuncProto {
+        params: u32,
+    },
     Int {
         size: u32,
         bits: u32,
         bit_offset: u32,
     },
-    Ptr,
+    /// Pointer to the type with this id.
+    Ptr(u32),
     Array {
         elem: u32,
         nelems: u32,
@@ -126,6 +131,7 @@ pub struct Btf {
     /// First STRUCT/UNION definition per name (FWDs are never indexed).
     structs: HashMap<String, u32>,
     enums: HashMap<String, u32>,
+    typedefs: HashMap<String, u32>,
 }
 
 /// Bounds-checked little-endian cursor; `None` means "ran past the end".
@@ -205,7 +211,7 @@ fn decode(
                 bit_offset: (enc >> 16) & 0xff,
             }
         }
-        PTR => Type::Ptr,
+        PTR => Type::Ptr(size_or_type),
         ARRAY => {
             let (elem, _index_type, nelems) = (r.u32()?, r.u32()?, r.u32()?);
             Type::Array { elem, nelems }
@@ -257,7 +263,7 @@ fn decode(
         TYPEDEF | VOLATILE | CONST | RESTRICT | TYPE_TAG => Type::Alias(size_or_type),
         FUNC_PROTO => {
             r.skip(vlen, 8)?; // (name_off, type) per parameter
-            Type::Opaque
+            Type::FuncProto { params: vlen }
         }
         VAR | DECL_TAG => {
             r.skip(1, 4)?; // linkage / component_idx
@@ -335,6 +341,7 @@ impl Btf {
             strings: strings.to_vec(),
             structs: HashMap::new(),
             enums: HashMap::new(),
+            typedefs: HashMap::new(),
         };
         let mut r = Reader {
             buf: type_section,
@@ -364,6 +371,7 @@ impl Btf {
             let index = match (kind, &ty) {
                 (STRUCT | UNION, _) => Some(&mut btf.structs),
                 (_, Type::Enum { .. }) => Some(&mut btf.enums),
+                (TYPEDEF, _) => Some(&mut btf.typedefs),
                 _ => None,
             };
             if let Some(index) = index {
@@ -434,6 +442,26 @@ impl Btf {
             .collect()
     }
 
+    /// Number of arguments of the BTF tracepoint `name`, from its
+    /// `btf_trace_<name>` typedef (a pointer to a prototype whose first
+    /// parameter is the tracepoint's context, not an argument).
+    pub fn tracepoint_args(&self, name: &str) -> Result<u32, BtfError> {
+        let typedef = format!("btf_trace_{name}");
+        let &id = self
+            .typedefs
+            .get(&typedef)
+            .ok_or_else(|| type_not_found(&typedef))?;
+        match self.resolve(id)? {
+            &Type::Ptr(target) => match self.resolve(target)? {
+                Type::FuncProto { params } => Ok(params.saturating_sub(1)),
+                _ => Err(malformed(format!(
+                    "{typedef} does not point to a prototype"
+                ))),
+            },
+            _ => Err(malformed(format!("{typedef} is not a pointer"))),
+        }
+    }
+
     fn struct_id(&self, name: &str) -> Result<u32, BtfError> {
         self.structs
             .get(name)
@@ -472,7 +500,7 @@ impl Btf {
             | Type::Enum { size, .. }
             | Type::Sized(size) => Some(u64::from(*size)),
             // tcptrace only runs on 64-bit kernels.
-            Type::Ptr => Some(8),
+            Type::Ptr(_) => Some(8),
             Type::Array { elem, nelems } => match self.size_of(*elem, depth + 1)? {
                 Some(elem_size) => Some(
                     elem_size
@@ -482,7 +510,7 @@ impl Btf {
                 None => None,
             },
             // `resolve` never returns an Alias.
-            Type::Opaque | Type::Alias(_) => None,
+            Type::Opaque | Type::FuncProto { .. } | Type::Alias(_) => None,
         })
     }
 
@@ -628,6 +656,20 @@ mod tests {
         ));
         assert!(matches!(
             btf.struct_size("no_such_struct"),
+            Err(BtfError::TypeNotFound { .. })
+        ));
+    }
+
+    #[test]
+    fn kernel_tracepoint_arguments() {
+        let Some(btf) = kernel() else { return };
+        assert_eq!(btf.tracepoint_args("inet_sock_set_state").ok(), Some(3));
+        assert_eq!(btf.tracepoint_args("timer_cancel").ok(), Some(1));
+        assert_eq!(btf.tracepoint_args("tcp_receive_reset").ok(), Some(1));
+        // (sk, skb) before 6.10, (sk, skb, reason) since.
+        assert!(matches!(btf.tracepoint_args("tcp_send_reset"), Ok(2 | 3)));
+        assert!(matches!(
+            btf.tracepoint_args("no_such_tracepoint"),
             Err(BtfError::TypeNotFound { .. })
         ));
     }

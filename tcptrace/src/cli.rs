@@ -125,8 +125,14 @@ pub struct RunArgs {
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_sockets: usize,
 
+    /// Most network namespaces whose TCP settings are exported
+    /// (`tcptrace_sysctl`); those with the most sockets first.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    pub max_netns: usize,
+
     /// How often to compare the tracked sockets with the kernel's and
-    /// correct drift, e.g. 60s, 5m; 0 disables.
+    /// correct drift, and to re-read the TCP settings, e.g. 60s, 5m; 0
+    /// disables.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub reconcile_interval: Duration,
 }

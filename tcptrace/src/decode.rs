@@ -2,7 +2,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use tcptrace_common::{AF_INET, AF_INET6, Event, kind};
+use tcptrace_common::{AF_INET, AF_INET6, Event, FLAG_RESET_REASON, kind};
 
 use crate::event::{Comm, EventKind, Family, SocketEvent, TcpState};
 
@@ -46,6 +46,14 @@ pub fn decode(bytes: &[u8]) -> Result<SocketEvent, DecodeError> {
         kind::STATE_CHANGE => EventKind::StateChange {
             old: state(raw.old_state)?,
             new: state(raw.new_state)?,
+        },
+        kind::RESET_SENT => EventKind::ResetSent {
+            reason: (raw.flags & FLAG_RESET_REASON != 0).then_some(raw.arg),
+        },
+        kind::RESET_RECEIVED => EventKind::ResetReceived,
+        kind::SOCKET_ERROR => EventKind::SocketError { errno: raw.arg },
+        kind::KEEPALIVE_PROBE => EventKind::KeepaliveProbe {
+            unanswered: u8::try_from(raw.arg).unwrap_or(u8::MAX),
         },
         kind::TIMEWAIT_START | kind::TIMEWAIT_EXPIRE | kind::TIMEWAIT_CANCEL => {
             let substate = state(u8::try_from(raw.arg).unwrap_or(0))?;
@@ -172,6 +180,35 @@ mod tests {
         raw.kind = kind::TIMEWAIT_START;
         raw.arg = 0x106; // a substate must fit a byte
         assert_eq!(decode(&record(&raw)), Err(DecodeError::State(0)));
+    }
+
+    #[test]
+    fn decodes_resets_errors_and_probes() {
+        let decoded = |kind, arg, flags| {
+            let mut raw = sample();
+            (raw.kind, raw.arg, raw.flags) = (kind, arg, flags);
+            decode(&record(&raw)).expect("valid").kind
+        };
+        assert_eq!(
+            decoded(kind::RESET_SENT, 2, FLAG_RESET_REASON),
+            EventKind::ResetSent { reason: Some(2) }
+        );
+        assert_eq!(
+            decoded(kind::RESET_SENT, 0, 0),
+            EventKind::ResetSent { reason: None }
+        );
+        assert_eq!(
+            decoded(kind::RESET_RECEIVED, 0, 0),
+            EventKind::ResetReceived
+        );
+        assert_eq!(
+            decoded(kind::SOCKET_ERROR, 104, 0),
+            EventKind::SocketError { errno: 104 }
+        );
+        assert_eq!(
+            decoded(kind::KEEPALIVE_PROBE, 3, 0),
+            EventKind::KeepaliveProbe { unanswered: 3 }
+        );
     }
 
     #[test]

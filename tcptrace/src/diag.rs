@@ -365,7 +365,7 @@ pub fn dump_namespace(ns: &Namespace) -> Result<Vec<DiagSocket>, DiagError> {
 /// else on a short-lived helper thread that `setns()`es into it. The path is
 /// opened and its inode checked on the calling thread first (see
 /// [`dump_namespace`]).
-fn in_namespace<T: Send>(
+pub fn in_namespace<T: Send>(
     ns: &Namespace,
     job: impl FnOnce() -> Result<T, DiagError> + Send,
 ) -> Result<T, DiagError> {

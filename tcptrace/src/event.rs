@@ -113,6 +113,15 @@ pub enum EventKind {
     /// A timewait socket's timer was cancelled (before every expiry and
     /// re-arm, or alone when the socket was killed early).
     TimewaitCancel { substate: TcpState },
+    /// This host sent an RST; `reason` is the kernel's `sk_rst_reason` value
+    /// (kernels since 6.10). Cookie 0: no socket owned the packet answered.
+    ResetSent { reason: Option<u32> },
+    /// The socket received an RST.
+    ResetReceived,
+    /// The socket got an error (an errno).
+    SocketError { errno: u32 },
+    /// A keepalive probe went out; `unanswered` probes so far.
+    KeepaliveProbe { unanswered: u8 },
 }
 
 impl EventKind {
@@ -128,14 +137,22 @@ impl EventKind {
             Self::TimewaitStart { .. } => 1,
             Self::TimewaitExpire { .. } => 2,
             Self::TimewaitCancel { .. } => 3,
+            Self::ResetSent { .. } => 4,
+            Self::ResetReceived => 5,
+            Self::SocketError { .. } => 6,
+            Self::KeepaliveProbe { .. } => 7,
         }
     }
 
-    pub const NAMES: [&'static str; 4] = [
+    pub const NAMES: [&'static str; 8] = [
         "state_change",
         "timewait_start",
         "timewait_expire",
         "timewait_cancel",
+        "reset_sent",
+        "reset_received",
+        "socket_error",
+        "keepalive_probe",
     ];
 }
 
@@ -176,6 +193,35 @@ impl Comm {
         let len = self.0.iter().position(|&b| b == 0).unwrap_or(self.0.len());
         String::from_utf8_lossy(&self.0[..len])
     }
+}
+
+/// The symbolic name of an errno, as `errno(3)` lists it; `E<number>` for
+/// the ones a TCP socket does not report.
+pub fn errno_name(errno: u32) -> std::borrow::Cow<'static, str> {
+    const NAMES: [(i32, &str); 18] = [
+        (libc::ECONNRESET, "ECONNRESET"),
+        (libc::ECONNREFUSED, "ECONNREFUSED"),
+        (libc::ETIMEDOUT, "ETIMEDOUT"),
+        (libc::EPIPE, "EPIPE"),
+        (libc::EHOSTUNREACH, "EHOSTUNREACH"),
+        (libc::ENETUNREACH, "ENETUNREACH"),
+        (libc::ECONNABORTED, "ECONNABORTED"),
+        (libc::EHOSTDOWN, "EHOSTDOWN"),
+        (libc::ENETDOWN, "ENETDOWN"),
+        (libc::ENETRESET, "ENETRESET"),
+        (libc::EPROTO, "EPROTO"),
+        (libc::EMSGSIZE, "EMSGSIZE"),
+        (libc::ENOBUFS, "ENOBUFS"),
+        (libc::ENOMEM, "ENOMEM"),
+        (libc::EACCES, "EACCES"),
+        (libc::EPERM, "EPERM"),
+        (libc::EADDRNOTAVAIL, "EADDRNOTAVAIL"),
+        (libc::ENONET, "ENONET"),
+    ];
+    NAMES
+        .iter()
+        .find(|&&(number, _)| i64::from(number) == i64::from(errno))
+        .map_or_else(|| format!("E{errno}").into(), |&(_, name)| name.into())
 }
 
 impl fmt::Debug for Comm {

@@ -83,6 +83,23 @@ impl PortPolicy {
     }
 }
 
+impl PortPolicy {
+    /// The label `port` already has for `role`, or `other`: for ports that
+    /// must not claim a label, like those of resets to closed ports, which a
+    /// port scan would otherwise turn into thousands of series.
+    pub fn existing(&self, role: Role, port: u16) -> PortLabel {
+        let labelled = match &self.explicit {
+            Some(explicit) => explicit.contains(&port),
+            None => self.assigned[role as usize].contains(&port),
+        };
+        if labelled {
+            PortLabel::Port(port)
+        } else {
+            PortLabel::Other
+        }
+    }
+}
+
 /// The low end of `net.ipv4.ip_local_port_range` (the kernel's default if
 /// it cannot be read).
 pub fn ephemeral_port_low() -> u16 {

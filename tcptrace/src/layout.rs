@@ -7,13 +7,20 @@ use tcptrace_common::KernelLayout;
 
 use crate::btf::{Btf, BtfError};
 
+/// Kernel functions the timer programs recognise timers by.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TimerSymbols {
+    pub tw_timer_handler: u64,
+    pub tcp_keepalive_timer: u64,
+}
+
 /// Offsets of every member the programs read, each checked for the width the
 /// programs read it with: a kernel that changed a member's type fails here
 /// with its name rather than producing wrong numbers.
 ///
-/// `tw_timer_handler` is the address of that function (0 if unknown: the
-/// timewait hooks then match nothing).
-pub fn kernel_layout(btf: &Btf, tw_timer_handler: u64) -> Result<KernelLayout, BtfError> {
+/// `symbols` holds the addresses of the timer functions the programs filter
+/// on (0 if unknown: those hooks then match nothing).
+pub fn kernel_layout(btf: &Btf, symbols: TimerSymbols) -> Result<KernelLayout, BtfError> {
     let field = |ty: &str, path: &[&str], size: u32| -> Result<u32, BtfError> {
         let actual = btf.member_size(ty, path)?;
         if actual != size {
@@ -38,7 +45,8 @@ pub fn kernel_layout(btf: &Btf, tw_timer_handler: u64) -> Result<KernelLayout, B
     }
     let common = |member: &str, size: u32| field("sock_common", &[member], size);
     Ok(KernelLayout {
-        tw_timer_handler,
+        tw_timer_handler: symbols.tw_timer_handler,
+        tcp_keepalive_timer: symbols.tcp_keepalive_timer,
         common_family: common("skc_family", 2)?,
         common_dport: common("skc_dport", 2)?,
         common_daddr: common("skc_daddr", 4)?,
@@ -49,6 +57,16 @@ pub fn kernel_layout(btf: &Btf, tw_timer_handler: u64) -> Result<KernelLayout, B
         common_cookie: common("skc_cookie", 8)?,
         common_state: common("skc_state", 1)?,
         sock_protocol: field("sock", &["sk_protocol"], 2)?,
+        sock_err: field("sock", &["sk_err"], 4)?,
+        sock_timer: btf.member_offset("sock", &["sk_timer"])?,
+        icsk_probes_out: field("inet_connection_sock", &["icsk_probes_out"], 1)?,
+        skb_head: field("sk_buff", &["head"], 8)?,
+        skb_transport_header: field("sk_buff", &["transport_header"], 2)?,
+        skb_network_header: field("sk_buff", &["network_header"], 2)?,
+        skb_protocol: field("sk_buff", &["protocol"], 2)?,
+        skb_dev: field("sk_buff", &["dev"], 8)?,
+        dev_net: field("net_device", &["nd_net", "net"], 8)?,
+        send_reset_has_reason: u32::from(btf.tracepoint_args("tcp_send_reset")? >= 3),
         inet_sport: field("inet_sock", &["inet_sport"], 2)?,
         net_ns_inum: field("net", &["ns", "inum"], 4)?,
         tw_sport: field("inet_timewait_sock", &["tw_sport"], 2)?,
@@ -72,7 +90,11 @@ mod tests {
             return;
         }
         let btf = Btf::from_file(path).expect("kernel BTF");
-        let layout = kernel_layout(&btf, 1).expect("every member tcptrace reads exists");
+        let symbols = TimerSymbols {
+            tw_timer_handler: 1,
+            tcp_keepalive_timer: 2,
+        };
+        let layout = kernel_layout(&btf, symbols).expect("every member tcptrace reads exists");
         // Facts true of every Linux layout: addresses lead sock_common, the
         // IPv6 addresses follow each other, the timer sits inside the socket.
         assert_eq!(layout.common_daddr, 0);

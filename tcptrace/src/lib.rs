@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod output;
 pub mod probes;
 pub mod ring;
+pub mod sysctls;
 pub mod tracker;
 pub mod web;
 

@@ -12,9 +12,10 @@ use prometheus::{
 };
 
 use crate::{
-    event::TcpState,
+    event::{TcpState, errno_name},
     labels::{PortLabel, Role},
-    tracker::Change,
+    probes::ResetReasons,
+    tracker::{Change, Signal},
 };
 
 /// Upper bounds (seconds) of the state-duration histogram: 1 ms to 2 h, with
@@ -42,11 +43,43 @@ pub struct Aggregates {
     durations: HashMap<Series, DurationHistogram>,
     transitions: HashMap<(TcpState, TcpState, Role, PortLabel), u64>,
     killed: HashMap<(Role, PortLabel), u64>,
+    /// (sent, reason) or (received, None).
+    resets: HashMap<(bool, Option<u32>, Role, PortLabel), u64>,
+    errors: HashMap<(u32, Role, PortLabel), u64>,
+    keepalive_probes: HashMap<(Role, PortLabel), u64>,
+    keepalive_timeouts: HashMap<(Role, PortLabel), u64>,
+    reset_reasons: ResetReasons,
 }
 
 impl Aggregates {
+    /// `reset_reasons` names the running kernel's reset reasons.
+    pub fn new(reset_reasons: ResetReasons) -> Self {
+        Self {
+            reset_reasons,
+            ..Self::default()
+        }
+    }
+
     pub fn apply(&mut self, change: &Change) {
         let (role, port, cookie) = (change.role, change.port, change.event.cookie);
+        match change.signal {
+            Some(Signal::ResetSent { reason }) => {
+                *self.resets.entry((true, reason, role, port)).or_default() += 1;
+            }
+            Some(Signal::ResetReceived) => {
+                *self.resets.entry((false, None, role, port)).or_default() += 1;
+            }
+            Some(Signal::Error { errno }) => {
+                *self.errors.entry((errno, role, port)).or_default() += 1;
+            }
+            Some(Signal::KeepaliveProbe) => {
+                *self.keepalive_probes.entry((role, port)).or_default() += 1;
+            }
+            Some(Signal::KeepaliveTimeout) => {
+                *self.keepalive_timeouts.entry((role, port)).or_default() += 1;
+            }
+            None => {}
+        }
         if let Some((from, to)) = change.transition {
             *self.transitions.entry((from, to, role, port)).or_default() += 1;
         }
@@ -150,8 +183,61 @@ impl Aggregates {
         // has incremented yet), as the registry's own gather() skips them.
         [sockets, transitions, durations, oldest, killed]
             .into_iter()
+            .chain(self.signal_families())
             .filter(|family| !family.get_metric().is_empty())
             .collect()
+    }
+
+    /// Resets, errors and keepalive: what happened besides state changes.
+    fn signal_families(&self) -> [MetricFamily; 4] {
+        let mut resets = family(
+            "tcptrace_resets_total",
+            "RSTs sent and received, with the kernel's reason for those sent.",
+            MetricType::COUNTER,
+        );
+        for (&(sent, reason, role, port), &count) in sorted(&self.resets) {
+            let labels = labels(&[
+                ("direction", if sent { "sent" } else { "received" }),
+                ("reason", self.reset_reasons.name(reason)),
+                ("role", role.name()),
+                ("port", &port.to_string()),
+            ]);
+            resets.mut_metric().push(counter(labels, count));
+        }
+        let mut errors = family(
+            "tcptrace_socket_errors_total",
+            "Errors reported on sockets, by errno name.",
+            MetricType::COUNTER,
+        );
+        for (&(errno, role, port), &count) in sorted(&self.errors) {
+            let labels = labels(&[
+                ("error", &errno_name(errno)),
+                ("role", role.name()),
+                ("port", &port.to_string()),
+            ]);
+            errors.mut_metric().push(counter(labels, count));
+        }
+        let mut probes = family(
+            "tcptrace_keepalive_probes_total",
+            "Keepalive probes sent.",
+            MetricType::COUNTER,
+        );
+        let mut timeouts = family(
+            "tcptrace_keepalive_timeouts_total",
+            "Connections that died of unanswered keepalive probes (ETIMEDOUT).",
+            MetricType::COUNTER,
+        );
+        for (map, family) in [
+            (&self.keepalive_probes, &mut probes),
+            (&self.keepalive_timeouts, &mut timeouts),
+        ] {
+            for (&(role, port), &count) in sorted(map) {
+                let labels = labels(&[("role", role.name()), ("port", &port.to_string())]);
+                family.mut_metric().push(counter(labels, count));
+            }
+        }
+
+        [resets, errors, probes, timeouts]
     }
 }
 
@@ -333,6 +419,23 @@ impl SelfMetrics {
     pub fn families(&self) -> Vec<MetricFamily> {
         self.registry.gather()
     }
+}
+
+/// `tcptrace_sysctl`: the TCP settings of each namespace (by label).
+pub fn sysctl_family(settings: &[(String, crate::sysctls::Settings)]) -> Option<MetricFamily> {
+    let mut family = family(
+        "tcptrace_sysctl",
+        "TCP settings in force per network namespace (netns=\"host\" for the host's).",
+        MetricType::GAUGE,
+    );
+    for (netns, values) in settings {
+        for &(name, value) in values {
+            let labels = labels(&[("name", name), ("netns", netns)]);
+            #[expect(clippy::cast_precision_loss, reason = "sysctl values are small")]
+            family.mut_metric().push(gauge(labels, value as f64));
+        }
+    }
+    (!family.get_metric().is_empty()).then_some(family)
 }
 
 /// The Prometheus text exposition of `families`.

@@ -10,7 +10,9 @@ use serde::Serialize;
 
 use crate::{
     clock::{self, WallClock},
-    tracker::Change,
+    event::{EventKind, errno_name},
+    probes::ResetReasons,
+    tracker::{Change, Signal},
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -25,6 +27,7 @@ pub enum Format {
 #[derive(Serialize)]
 struct JsonEvent<'a> {
     ts: String,
+    /// `state`, `reset`, `error`, `keepalive_probe` or `keepalive_timeout`.
     event: &'static str,
     cookie: u64,
     netns: u32,
@@ -33,11 +36,25 @@ struct JsonEvent<'a> {
     sport: u16,
     daddr: IpAddr,
     dport: u16,
-    old: &'static str,
-    new: &'static str,
+    role: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    old: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    new: Option<&'static str>,
     /// Present (true) when a TIME_WAIT or FIN_WAIT2 socket ended before its timer.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     killed: bool,
+    /// Resets: `sent` or `received`, and the kernel's reason for those sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    direction: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+    /// Errors: the errno name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<Cow<'static, str>>,
+    /// Keepalive probes: how many are unanswered now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    probes: Option<u8>,
     pid: u32,
     tid: u32,
     comm: Cow<'a, str>,
@@ -46,11 +63,16 @@ struct JsonEvent<'a> {
 pub struct EventWriter<W> {
     out: W,
     format: Format,
+    reset_reasons: ResetReasons,
 }
 
 impl<W: Write> EventWriter<W> {
-    pub fn new(out: W, format: Format) -> Self {
-        Self { out, format }
+    pub fn new(out: W, format: Format, reset_reasons: ResetReasons) -> Self {
+        Self {
+            out,
+            format,
+            reset_reasons,
+        }
     }
 
     pub fn header(&mut self) -> io::Result<()> {
@@ -58,46 +80,83 @@ impl<W: Write> EventWriter<W> {
             Format::Json => Ok(()),
             Format::Text => writeln!(
                 self.out,
-                "{:<15}  {:>10}  {:>8}  {:>7}  {:<15}  {:<22}  {:<22}  TRANSITION",
+                "{:<15}  {:>10}  {:>8}  {:>7}  {:<15}  {:<22}  {:<22}  WHAT",
                 "TIME", "NETNS", "COOKIE", "PID", "COMM", "LOCAL", "REMOTE"
             ),
         }
     }
 
-    /// Writes one transition as one line; changes without one (discovered
-    /// or forgotten sockets) print nothing.
+    /// Writes one transition or signal as one line; changes with neither
+    /// (discovered or forgotten sockets) print nothing.
     pub fn write(&mut self, change: &Change, clock: WallClock) -> io::Result<()> {
-        let Some((old, new)) = change.transition else {
-            return Ok(());
-        };
-        let (old, new) = (old.name(), new.name());
         let event = &change.event;
+        let mut line = JsonEvent {
+            ts: String::new(),
+            event: "state",
+            cookie: event.cookie,
+            netns: event.netns,
+            family: event.family.name(),
+            saddr: event.saddr,
+            sport: event.sport,
+            daddr: event.daddr,
+            dport: event.dport,
+            role: change.role.name(),
+            old: None,
+            new: None,
+            killed: change.killed,
+            direction: None,
+            reason: None,
+            error: None,
+            probes: None,
+            pid: event.pid,
+            tid: event.tid,
+            comm: event.comm.as_str(),
+        };
+        let what = match (change.transition, change.signal) {
+            (Some((old, new)), _) => {
+                (line.old, line.new) = (Some(old.name()), Some(new.name()));
+                let killed = if change.killed { " (killed)" } else { "" };
+                format!("{old} -> {new}{killed}")
+            }
+            (None, Some(Signal::ResetSent { reason })) => {
+                let reason = self.reset_reasons.name(reason);
+                (line.event, line.direction, line.reason) = ("reset", Some("sent"), Some(reason));
+                format!("RST sent ({reason})")
+            }
+            (None, Some(Signal::ResetReceived)) => {
+                (line.event, line.direction) = ("reset", Some("received"));
+                "RST received".to_owned()
+            }
+            (None, Some(Signal::Error { errno })) => {
+                let name = errno_name(errno);
+                let what = format!("error {name}");
+                (line.event, line.error) = ("error", Some(name));
+                what
+            }
+            (None, Some(Signal::KeepaliveProbe)) => {
+                let probes = match event.kind {
+                    EventKind::KeepaliveProbe { unanswered } => unanswered,
+                    _ => 0,
+                };
+                (line.event, line.probes) = ("keepalive_probe", Some(probes));
+                format!("keepalive probe ({probes} unanswered)")
+            }
+            (None, Some(Signal::KeepaliveTimeout)) => {
+                line.event = "keepalive_timeout";
+                "keepalive timeout".to_owned()
+            }
+            (None, None) => return Ok(()),
+        };
         let unix_ns = clock.unix_ns(event.ts_ns);
         match self.format {
             Format::Json => {
-                let line = JsonEvent {
-                    ts: clock::rfc3339_micros(unix_ns),
-                    event: "state",
-                    cookie: event.cookie,
-                    netns: event.netns,
-                    family: event.family.name(),
-                    saddr: event.saddr,
-                    sport: event.sport,
-                    daddr: event.daddr,
-                    dport: event.dport,
-                    old,
-                    new,
-                    killed: change.killed,
-                    pid: event.pid,
-                    tid: event.tid,
-                    comm: event.comm.as_str(),
-                };
+                line.ts = clock::rfc3339_micros(unix_ns);
                 serde_json::to_writer(&mut self.out, &line)?;
                 self.out.write_all(b"\n")
             }
             Format::Text => writeln!(
                 self.out,
-                "{:<15}  {:>10}  {:>8}  {:>7}  {:<15}  {:<22}  {:<22}  {old} -> {new}{}",
+                "{:<15}  {:>10}  {:>8}  {:>7}  {:<15}  {:<22}  {:<22}  {what}",
                 clock::time_of_day_micros(unix_ns),
                 event.netns,
                 event.cookie,
@@ -105,7 +164,6 @@ impl<W: Write> EventWriter<W> {
                 event.comm.as_str(),
                 SocketAddr::new(event.saddr, event.sport).to_string(),
                 SocketAddr::new(event.daddr, event.dport).to_string(),
-                if change.killed { " (killed)" } else { "" },
             ),
         }
     }

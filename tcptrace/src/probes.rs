@@ -15,7 +15,11 @@ use aya::{
 };
 use tcptrace_common::DEFAULT_RING_BUFFER_BYTES;
 
-use crate::{btf, kallsyms, layout, ring::EventSource};
+use crate::{
+    btf, kallsyms,
+    layout::{self, TimerSymbols},
+    ring::EventSource,
+};
 
 const KALLSYMS: &str = "/proc/kallsyms";
 
@@ -40,6 +44,7 @@ pub struct Hook {
 }
 
 const TIMEWAIT_LOST: &str = "TIME_WAIT is not seen: closing sockets end at CLOSE, and orphaned FIN_WAIT2 durations are unknown";
+const RESETS_LOST: &str = "resets are not counted";
 
 pub const HOOKS: &[Hook] = &[
     Hook {
@@ -69,6 +74,35 @@ pub const HOOKS: &[Hook] = &[
         min_kernel: "5.12",
         symbol: Some("tw_timer_handler"),
         without: TIMEWAIT_LOST,
+    },
+    Hook {
+        program: "timer_expire_exit",
+        tracepoint: "timer_expire_exit",
+        min_kernel: "5.12",
+        symbol: Some("tcp_keepalive_timer"),
+        without: "keepalive probes are not counted",
+    },
+    Hook {
+        program: "tcp_send_reset",
+        tracepoint: "tcp_send_reset",
+        // The reset reason argument arrived in 6.10; before, reason="unknown".
+        min_kernel: "5.12",
+        symbol: None,
+        without: RESETS_LOST,
+    },
+    Hook {
+        program: "tcp_receive_reset",
+        tracepoint: "tcp_receive_reset",
+        min_kernel: "5.12",
+        symbol: None,
+        without: RESETS_LOST,
+    },
+    Hook {
+        program: "inet_sk_error_report",
+        tracepoint: "inet_sk_error_report",
+        min_kernel: "5.14",
+        symbol: None,
+        without: "socket errors (ECONNRESET, ETIMEDOUT …) and keepalive timeouts are not counted",
     },
 ];
 
@@ -143,6 +177,7 @@ pub enum ProbeError {
 pub struct Probes {
     ebpf: Ebpf,
     attached: Vec<(&'static Hook, bool)>,
+    reset_reasons: ResetReasons,
 }
 
 impl Probes {
@@ -152,10 +187,17 @@ impl Probes {
             return Err(ProbeError::EmptyObject);
         }
         let kernel_btf = btf::Btf::from_file(&config.btf_path)?;
-        let tw_timer_handler = kallsyms::address_of(Path::new(KALLSYMS), "tw_timer_handler")
-            .inspect_err(|reason| tracing::warn!("{reason}: {TIMEWAIT_LOST}"))
-            .unwrap_or(0);
-        let layout = layout::kernel_layout(&kernel_btf, tw_timer_handler)?;
+        let symbol = |name: &str| {
+            kallsyms::address_of(Path::new(KALLSYMS), name)
+                .inspect_err(|reason| tracing::warn!("{reason}; the hooks that need it stay off"))
+                .unwrap_or(0)
+        };
+        let symbols = TimerSymbols {
+            tw_timer_handler: symbol("tw_timer_handler"),
+            tcp_keepalive_timer: symbol("tcp_keepalive_timer"),
+        };
+        let layout = layout::kernel_layout(&kernel_btf, symbols)?;
+        let reset_reasons = reset_reason_names(&kernel_btf);
         let loader_btf =
             aya::Btf::parse_file(&config.btf_path, Endianness::default()).map_err(|source| {
                 ProbeError::LoaderBtf {
@@ -171,21 +213,33 @@ impl Probes {
             .map_err(|e| ProbeError::Object(Box::new(e)))?;
         let mut attached = Vec::with_capacity(HOOKS.len());
         for hook in HOOKS {
-            let ok = if hook.symbol.is_some() && tw_timer_handler == 0 {
-                false // already warned: nothing for it to match
-            } else {
-                match attach(&mut ebpf, hook, &loader_btf) {
+            let resolved = match hook.symbol {
+                Some("tw_timer_handler") => symbols.tw_timer_handler != 0,
+                Some(_) => symbols.tcp_keepalive_timer != 0,
+                None => true,
+            };
+            // An unresolved symbol was already warned about: nothing to match.
+            let ok = resolved
+                && match attach(&mut ebpf, hook, &loader_btf) {
                     Ok(()) => true,
                     Err(error) if !hook.without.is_empty() => {
-                        tracing::warn!("{error}; continuing without it: {}", hook.without);
+                        warn_without(hook, &error);
                         false
                     }
                     Err(error) => return Err(error),
-                }
-            };
+                };
             attached.push((hook, ok));
         }
-        Ok(Self { ebpf, attached })
+        Ok(Self {
+            ebpf,
+            attached,
+            reset_reasons,
+        })
+    }
+
+    /// The running kernel's names for its reset reasons.
+    pub fn reset_reasons(&self) -> &ResetReasons {
+        &self.reset_reasons
     }
 
     /// Every hook and whether it is attached.
@@ -210,6 +264,21 @@ impl Probes {
 
     fn take_map(&mut self, name: &'static str) -> Result<aya::maps::Map, ProbeError> {
         self.ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))
+    }
+}
+
+/// One line for an optional hook that did not attach; the verifier's log
+/// (dozens of lines) only at debug level.
+fn warn_without(hook: &Hook, error: &ProbeError) {
+    if let ProbeError::Verifier { error: io, log, .. } = error {
+        tracing::warn!(
+            "the kernel rejected BPF program {} ({io}); continuing without it: {} (--log-level debug shows the verifier log)",
+            hook.program,
+            hook.without
+        );
+        tracing::debug!("verifier log of {}:\n{log}", hook.program);
+    } else {
+        tracing::warn!("{error}; continuing without it: {}", hook.without);
     }
 }
 
@@ -241,6 +310,34 @@ fn attach(ebpf: &mut Ebpf, hook: &'static Hook, btf: &aya::Btf) -> Result<(), Pr
     })?;
     program.attach().map_err(attach_error)?;
     Ok(())
+}
+
+/// `enum sk_rst_reason` of the running kernel, value to name: its numbers
+/// change between kernel versions, so they are never compiled in.
+#[derive(Debug, Clone, Default)]
+pub struct ResetReasons(std::collections::HashMap<u32, String>);
+
+impl ResetReasons {
+    /// The label for a reason value: the kernel's name, lower-case, without
+    /// its `SK_RST_REASON_` prefix; `unknown` without one.
+    pub fn name(&self, reason: Option<u32>) -> &str {
+        reason
+            .and_then(|value| self.0.get(&value))
+            .map_or("unknown", String::as_str)
+    }
+}
+
+fn reset_reason_names(btf: &btf::Btf) -> ResetReasons {
+    let values = btf.enum_values("sk_rst_reason").unwrap_or_default();
+    ResetReasons(
+        values
+            .into_iter()
+            .filter_map(|(name, value)| {
+                let name = name.strip_prefix("SK_RST_REASON_").unwrap_or(&name);
+                Some((u32::try_from(value).ok()?, name.to_ascii_lowercase()))
+            })
+            .collect(),
+    )
 }
 
 // Capability numbers from linux/capability.h.

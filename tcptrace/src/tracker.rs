@@ -26,6 +26,9 @@ use crate::{
     labels::{PortLabel, PortPolicy, Role},
 };
 
+/// The errno of a connection that timed out (`ETIMEDOUT`).
+const ETIMEDOUT: u32 = libc::ETIMEDOUT.unsigned_abs();
+
 /// `TCP_TIMEWAIT_LEN`: a TIME_WAIT socket's timer, fixed in the kernel.
 const TIME_WAIT_NS: u64 = 60_000_000_000;
 
@@ -84,6 +87,37 @@ pub struct Change {
     pub entered: Option<Stay>,
     /// The socket left TIME_WAIT or FIN_WAIT2 before its timer.
     pub killed: bool,
+    /// Something that happened to the socket besides a state change.
+    pub signal: Option<Signal>,
+}
+
+/// What happened to a socket without changing its state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signal {
+    /// This host sent an RST (reason: the kernel's `sk_rst_reason` value).
+    ResetSent {
+        reason: Option<u32>,
+    },
+    ResetReceived,
+    Error {
+        errno: u32,
+    },
+    KeepaliveProbe,
+    /// The connection died of unanswered keepalive probes: ETIMEDOUT while
+    /// probes were outstanding.
+    KeepaliveTimeout,
+}
+
+/// How long an ended socket's labels are kept: the kernel reports a socket's
+/// error (ECONNRESET, ETIMEDOUT …) just after the socket reaches CLOSE.
+const ENDED_KEPT_NS: u64 = 5_000_000_000;
+
+/// What is kept of an ended socket for its last signals.
+#[derive(Debug, Clone, Copy)]
+struct Ended {
+    role: Role,
+    port: PortLabel,
+    keepalive_probes: u8,
 }
 
 /// What identifies a socket to a person.
@@ -108,6 +142,8 @@ struct Socket {
     timewait: bool,
     /// An unresolved timewait timer cancel (see [`CANCEL_GRACE_NS`]).
     cancel: Option<Box<SocketEvent>>,
+    /// Keepalive probes outstanding, as of the last probe.
+    keepalive_probes: u8,
 }
 
 /// Tracked sockets and the policy that labels them.
@@ -125,6 +161,9 @@ pub struct Tracker {
     /// Cookies that ended since a kernel dump began, so that the dump, which
     /// may predate their end, cannot bring them back.
     ended_during_dump: Option<HashSet<u64>>,
+    /// Recently ended sockets, for the signals that follow their end.
+    ended: HashMap<u64, Ended>,
+    ended_order: VecDeque<(u64, u64)>,
 }
 
 impl Tracker {
@@ -137,6 +176,8 @@ impl Tracker {
             max_sockets: max_sockets.max(1),
             evictions: 0,
             ended_during_dump: None,
+            ended: HashMap::new(),
+            ended_order: VecDeque::new(),
         }
     }
 
@@ -159,6 +200,17 @@ impl Tracker {
             EventKind::StateChange { old, new } => self.state_change(event, old, new, sink),
             EventKind::TimewaitStart { substate } => self.timewait_armed(event, substate, sink),
             EventKind::TimewaitExpire { .. } => self.timewait_ended(event, false, sink),
+            EventKind::ResetSent { reason } => {
+                self.signal(event, Signal::ResetSent { reason }, sink);
+            }
+            EventKind::ResetReceived => self.signal(event, Signal::ResetReceived, sink),
+            EventKind::SocketError { errno } => self.signal(event, Signal::Error { errno }, sink),
+            EventKind::KeepaliveProbe { unanswered } => {
+                if let Some(socket) = self.sockets.get_mut(&event.cookie) {
+                    socket.keepalive_probes = unanswered;
+                }
+                self.signal(event, Signal::KeepaliveProbe, sink);
+            }
             EventKind::TimewaitCancel { .. } => {
                 if let Some(socket) = self.sockets.get_mut(&event.cookie)
                     && socket.timewait
@@ -170,8 +222,63 @@ impl Tracker {
         }
     }
 
+    /// Reports a signal under the socket's labels: a tracked socket's, a
+    /// recently ended one's, or, for a packet no socket owned (cookie 0), the
+    /// server side of the port it was sent to, if that port has a label.
+    fn signal(&mut self, event: &SocketEvent, signal: Signal, sink: &mut impl FnMut(&Change)) {
+        let known = self.sockets.get(&event.cookie).map(|s| Ended {
+            role: s.role,
+            port: s.port,
+            keepalive_probes: s.keepalive_probes,
+        });
+        let known = known.or_else(|| self.ended.get(&event.cookie).copied());
+        let Ended {
+            role,
+            port,
+            keepalive_probes,
+        } = match known {
+            Some(known) => known,
+            None if event.cookie == 0 => Ended {
+                role: Role::Server,
+                port: self.policy.existing(Role::Server, event.sport),
+                keepalive_probes: 0,
+            },
+            None => {
+                let role = self.role_of(event.netns, event.sport);
+                let port = self.label(role, event.sport, event.dport);
+                Ended {
+                    role,
+                    port,
+                    keepalive_probes: 0,
+                }
+            }
+        };
+        let mut change = Change {
+            event: *event,
+            role,
+            port,
+            transition: None,
+            left: None,
+            entered: None,
+            killed: false,
+            signal: Some(signal),
+        };
+        sink(&change);
+        if signal == (Signal::Error { errno: ETIMEDOUT }) && keepalive_probes > 0 {
+            change.signal = Some(Signal::KeepaliveTimeout);
+            sink(&change);
+        }
+    }
+
     /// Resolves timewait cancels older than the grace period as kills.
     pub fn tick(&mut self, now_ns: u64, sink: &mut impl FnMut(&Change)) {
+        while let Some(&(ts_ns, cookie)) = self.ended_order.front() {
+            if ts_ns.saturating_add(ENDED_KEPT_NS) > now_ns {
+                break;
+            }
+            self.ended_order.pop_front();
+            self.ended.remove(&cookie);
+        }
         while let Some(&(ts_ns, cookie)) = self.cancels.front() {
             if ts_ns.saturating_add(CANCEL_GRACE_NS) > now_ns {
                 break;
@@ -221,6 +328,7 @@ impl Tracker {
                 left: None,
                 entered,
                 killed: false,
+                signal: None,
             });
             return;
         };
@@ -232,8 +340,8 @@ impl Tracker {
         socket.endpoints = endpoints(event);
         if let Some(stay) = entered {
             socket.stay = stay;
-        } else {
-            self.sockets.remove(&event.cookie);
+        } else if let Some(socket) = self.sockets.remove(&event.cookie) {
+            self.remember_ended(event, &socket);
             self.ended(event.cookie);
         }
         if left.state == TcpState::Listen && new != TcpState::Listen {
@@ -252,6 +360,7 @@ impl Tracker {
             left: Some(left),
             entered,
             killed: false,
+            signal: None,
         });
     }
 
@@ -284,6 +393,7 @@ impl Tracker {
                 left: None,
                 entered: Some(stay),
                 killed: false,
+                signal: None,
             });
             return;
         };
@@ -302,6 +412,7 @@ impl Tracker {
             left: Some(left),
             entered: Some(entered),
             killed: false,
+            signal: None,
         });
     }
 
@@ -314,6 +425,7 @@ impl Tracker {
         let Some(socket) = self.sockets.remove(&event.cookie) else {
             return;
         };
+        self.remember_ended(event, &socket);
         self.ended(event.cookie);
         sink(&Change {
             event: *event,
@@ -323,6 +435,7 @@ impl Tracker {
             left: Some(socket.stay),
             entered: None,
             killed,
+            signal: None,
         });
     }
 
@@ -348,6 +461,7 @@ impl Tracker {
                 endpoints: endpoints(event),
                 timewait,
                 cancel: None,
+                keepalive_probes: 0,
             },
         );
     }
@@ -381,7 +495,18 @@ impl Tracker {
             }),
             entered: None,
             killed: false,
+            signal: None,
         });
+    }
+
+    fn remember_ended(&mut self, event: &SocketEvent, socket: &Socket) {
+        let ended = Ended {
+            role: socket.role,
+            port: socket.port,
+            keepalive_probes: socket.keepalive_probes,
+        };
+        self.ended.insert(event.cookie, ended);
+        self.ended_order.push_back((event.ts_ns, event.cookie));
     }
 
     fn ended(&mut self, cookie: u64) {
@@ -504,6 +629,7 @@ impl Tracker {
             left: None,
             entered: Some(stay),
             killed: false,
+            signal: None,
         });
         true
     }
@@ -580,6 +706,7 @@ impl Tracker {
             left: Some(left),
             entered: Some(entered),
             killed: false,
+            signal: None,
         });
     }
 

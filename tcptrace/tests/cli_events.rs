@@ -264,7 +264,7 @@ fn text_format_prints_aligned_transitions() {
     let (status, _) = tracer.stop();
     assert!(status.success());
     assert!(
-        lines[0].starts_with("TIME") && lines[0].ends_with("TRANSITION"),
+        lines[0].starts_with("TIME") && lines[0].ends_with("WHAT"),
         "{}",
         lines[0]
     );
@@ -287,6 +287,6 @@ fn text_format_prints_aligned_transitions() {
         3
     );
     assert!(body.iter().all(|l| l.contains("127.0.0.1:8082")));
-    let column = lines[0].find("TRANSITION").expect("header");
+    let column = lines[0].find("WHAT").expect("header");
     assert!(body.iter().all(|l| l.len() > column), "aligned columns");
 }

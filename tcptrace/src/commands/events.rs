@@ -26,13 +26,16 @@ pub struct EventFilter {
 }
 
 impl EventFilter {
+    /// Transitions match by port and state; resets, errors and keepalive
+    /// signals by port, and only when no state was asked for.
     pub fn matches(&self, change: &Change) -> bool {
-        let Some((old, new)) = change.transition else {
-            return false;
-        };
         let port_ok = self.ports.is_empty() || self.ports.iter().any(|&p| change.event.has_port(p));
-        let state_ok =
-            self.states.is_empty() || self.states.contains(&old) || self.states.contains(&new);
+        let state_ok = match change.transition {
+            Some((old, new)) => {
+                self.states.is_empty() || self.states.contains(&old) || self.states.contains(&new)
+            }
+            None => change.signal.is_some() && self.states.is_empty(),
+        };
         port_ok && state_ok
     }
 }
@@ -48,7 +51,7 @@ pub async fn run(args: EventsArgs) -> Result<(), Error> {
     // The tracker only derives TIME_WAIT here; no labels are needed.
     let mut tracker = Tracker::new(PortPolicy::new(&[], 0, 0), args.max_sockets);
     let stdout = io::stdout();
-    let mut out = EventWriter::new(stdout.lock(), args.format);
+    let mut out = EventWriter::new(stdout.lock(), args.format, probes.reset_reasons().clone());
     let mut losses = LossReport::default();
     let mut batch = Batch::default();
     let mut tick = tokio::time::interval(Duration::from_secs(1));

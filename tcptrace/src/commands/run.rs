@@ -5,6 +5,7 @@
 //! batch of events and once per scrape.
 
 use std::{
+    collections::HashMap,
     net::{Ipv4Addr, Ipv6Addr},
     sync::{
         Arc, Mutex, MutexGuard,
@@ -25,6 +26,7 @@ use crate::{
     metrics::{self, Aggregates, SelfMetrics},
     probes::Probes,
     ring::Batch,
+    sysctls,
     tracker::Tracker,
     web::{self, Site},
 };
@@ -62,6 +64,8 @@ struct Exporter {
     state: Mutex<State>,
     metrics: SelfMetrics,
     ready: AtomicBool,
+    /// TCP settings by namespace label, as of the last reconciliation.
+    settings: Mutex<Vec<(String, sysctls::Settings)>>,
 }
 
 impl Exporter {
@@ -85,6 +89,12 @@ impl Site for Exporter {
             state.aggregates.families(clock::boot_ns())
         };
         families.extend(self.metrics.families());
+        let settings = self
+            .settings
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        families.extend(metrics::sysctl_family(&settings));
+        drop(settings);
         metrics::encode(&families)
     }
 
@@ -110,11 +120,13 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     let exporter = Arc::new(Exporter {
         state: Mutex::new(State {
             tracker: Tracker::new(policy, args.max_sockets),
-            aggregates: Aggregates::default(),
+            aggregates: Aggregates::new(probes.reset_reasons().clone()),
         }),
         metrics: metrics.clone(),
         ready: AtomicBool::new(false),
+        settings: Mutex::new(Vec::new()),
     });
+    let max_netns = args.max_netns;
 
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(web::serve(listener, exporter.clone(), async move {
@@ -126,7 +138,7 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     // the dump taken now completes the picture. Events already queued are
     // applied first, so the dump cannot resurrect a socket they closed.
     let mut batch = Batch::default();
-    let seeded = reconcile(&exporter, &mut source, &mut batch, true).await?;
+    let seeded = reconcile(&exporter, &mut source, &mut batch, true, max_netns).await?;
     tracing::info!(seeded, "ready: existing sockets read");
     exporter.ready.store(true, Ordering::Relaxed);
 
@@ -165,7 +177,7 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
                 }
             }
             _ = reconcile_tick.tick(), if reconcile_every.is_some() => {
-                if let Err(error) = reconcile(&exporter, &mut source, &mut batch, false).await {
+                if let Err(error) = reconcile(&exporter, &mut source, &mut batch, false, max_netns).await {
                     tracing::warn!("reconciliation skipped: {error}");
                 }
             }
@@ -183,15 +195,24 @@ async fn reconcile(
     source: &mut crate::ring::EventSource,
     batch: &mut Batch,
     seeding: bool,
+    max_netns: usize,
 ) -> Result<u64, Error> {
     let started_ns = clock::boot_ns();
     exporter.state().tracker.begin_reconcile();
-    let (sockets, failures) = tokio::task::spawn_blocking(diag::dump_all)
-        .await
-        .map_err(|e| Error::Io(std::io::Error::other(e)))?;
-    for (namespace, error) in failures {
-        tracing::debug!(path = %namespace.path.display(), %error, "namespace skipped");
-    }
+    let (sockets, settings) = tokio::task::spawn_blocking(move || {
+        let (sockets, failures) = diag::dump_all();
+        for (namespace, error) in failures {
+            tracing::debug!(path = %namespace.path.display(), %error, "namespace skipped");
+        }
+        let settings = read_settings(&sockets, max_netns);
+        (sockets, settings)
+    })
+    .await
+    .map_err(|e| Error::Io(std::io::Error::other(e)))?;
+    *exporter
+        .settings
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = settings;
     // Apply what happened during the dump before comparing with it.
     source.drain_now(batch);
     let mut state = exporter.state();
@@ -218,6 +239,41 @@ async fn reconcile(
         }
     }
     Ok(corrections.missing)
+}
+
+/// The TCP settings of the host's namespace and of every namespace with TCP
+/// sockets, those with the most first, up to `max_netns`; blocking.
+fn read_settings(
+    sockets: &[diag::DiagSocket],
+    max_netns: usize,
+) -> Vec<(String, sysctls::Settings)> {
+    let host = sysctls::host_namespace();
+    let mut counts: HashMap<u32, usize> = HashMap::new();
+    for socket in sockets {
+        *counts.entry(socket.netns).or_default() += 1;
+    }
+    let mut wanted: Vec<u32> = counts.keys().copied().collect();
+    wanted.sort_by_key(|inode| (Some(*inode) != host, std::cmp::Reverse(counts[inode])));
+    if let Some(host) = host.filter(|host| !counts.contains_key(host)) {
+        wanted.insert(0, host);
+    }
+    let (settings, failures) = sysctls::read_namespaces(&wanted, max_netns);
+    for (inode, error) in failures {
+        tracing::debug!(netns = inode, %error, "settings not read");
+    }
+    let label = |inode: u32| {
+        if Some(inode) == host {
+            "host".to_owned()
+        } else {
+            inode.to_string()
+        }
+    };
+    let mut labelled: Vec<(String, sysctls::Settings)> = settings
+        .into_iter()
+        .map(|(inode, values)| (label(inode), values))
+        .collect();
+    labelled.sort_by(|a, b| a.0.cmp(&b.0));
+    labelled
 }
 
 /// Binds the address; `:PORT` means IPv6 and IPv4 on every interface, or

@@ -106,6 +106,38 @@ impl NetNs {
         cmd
     }
 
+    /// A path that opens this namespace, for tools such as
+    /// `ip link set DEV netns PATH`.
+    pub fn path(&self) -> String {
+        format!("/proc/{}/fd/{}", std::process::id(), self.fd.as_raw_fd())
+    }
+
+    /// Runs `ip ARGS` inside the namespace; panics with its stderr on failure.
+    pub fn ip(&self, args: &[&str]) {
+        let out = self.command("ip").args(args).output().expect("run ip");
+        assert!(
+            out.status.success(),
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Reads an absolute kernel counter with `nstat` in this namespace.
+    pub fn nstat(&self, counter: &str) -> u64 {
+        let out = self
+            .command("nstat")
+            .args(["-az", counter])
+            .output()
+            .expect("run nstat");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|line| {
+                let mut fields = line.split_ascii_whitespace();
+                (fields.next()? == counter).then(|| fields.next()?.parse().ok())?
+            })
+            .unwrap_or_else(|| panic!("nstat has no {counter}"))
+    }
+
     /// Sets a per-namespace sysctl, e.g. `net/ipv4/tcp_fin_timeout`.
     pub fn sysctl(&self, name: &str, value: &str) {
         let path = format!("/proc/sys/{name}");

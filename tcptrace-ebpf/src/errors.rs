@@ -1,0 +1,23 @@
+//! `inet_sk_error_report`: a socket got an error (ECONNRESET, ETIMEDOUT …).
+
+use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
+use tcptrace_common::kind;
+
+use crate::{maps, socket};
+
+#[btf_tracepoint(function = "inet_sk_error_report")]
+pub fn inet_sk_error_report(ctx: BtfTracePointContext) -> i32 {
+    let sk: *const u8 = ctx.arg(0);
+    if sk.is_null() {
+        return 0;
+    }
+    let layout = maps::layout();
+    if socket::protocol(sk, &layout) != socket::IPPROTO_TCP {
+        return 0;
+    }
+    let mut event = socket::full_socket_event(sk, &layout, kind::SOCKET_ERROR);
+    let errno: i32 = socket::read(sk, layout.sock_err);
+    event.arg = errno.unsigned_abs();
+    maps::emit(&event);
+    0
+}

@@ -1,0 +1,391 @@
+//! End-to-end: resets with the kernel's reason, socket errors, keepalive
+//! probes and timeouts, and the TCP settings per namespace, from `tcptrace
+//! run`'s metrics, against real sockets in private namespaces.
+#![expect(
+    clippy::float_cmp,
+    reason = "samples here are integer counts, asserted exactly"
+)]
+
+mod common;
+
+use std::{
+    io::{Read, Write},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd,
+    thread,
+    time::Duration,
+};
+
+use common::{Daemon, NetNs, Scrape};
+
+fn local(port: u16) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+}
+
+fn count(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    scrape.sum(name, labels)
+}
+
+fn set_option(stream: &TcpStream, level: libc::c_int, name: libc::c_int, value: libc::c_int) {
+    // SAFETY: a valid socket fd and a correctly sized int option.
+    let ret = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            level,
+            name,
+            (&raw const value).cast(),
+            libc::socklen_t::try_from(size_of::<libc::c_int>()).expect("fits"),
+        )
+    };
+    assert_eq!(ret, 0, "setsockopt: {}", std::io::Error::last_os_error());
+}
+
+fn keepalive(stream: &TcpStream, idle: i32, interval: i32, probes: i32) {
+    set_option(stream, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1);
+    set_option(stream, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, idle);
+    set_option(stream, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, interval);
+    set_option(stream, libc::IPPROTO_TCP, libc::TCP_KEEPCNT, probes);
+}
+
+#[test]
+fn connecting_to_a_closed_port_counts_resets_and_refusals() {
+    let port = 18095;
+    let daemon = Daemon::start(&["--port", &port.to_string()]);
+    let netns = NetNs::new();
+    netns.run(|| {
+        for _ in 0..30 {
+            let refused = TcpStream::connect(local(port)).expect_err("nothing listens");
+            assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+        }
+    });
+    let p = port.to_string();
+    let sent = [
+        ("direction", "sent"),
+        ("reason", "no_socket"),
+        ("role", "server"),
+        ("port", p.as_str()),
+    ];
+    let refused = [
+        ("error", "ECONNREFUSED"),
+        ("role", "client"),
+        ("port", p.as_str()),
+    ];
+    daemon.wait_for("30 resets and 30 refusals", Duration::from_secs(10), |s| {
+        count(s, "tcptrace_resets_total", &sent) == 30.0
+            && count(s, "tcptrace_socket_errors_total", &refused) == 30.0
+    });
+    let scrape = daemon.scrape();
+    let received = [
+        ("direction", "received"),
+        ("role", "client"),
+        ("port", p.as_str()),
+    ];
+    assert_eq!(count(&scrape, "tcptrace_resets_total", &received), 30.0);
+    drop(netns);
+    daemon.stop();
+}
+
+#[test]
+fn closing_with_linger_zero_resets_both_ends() {
+    let port = 18096;
+    let daemon = Daemon::start(&[]);
+    let netns = NetNs::new();
+    let held = netns.run(|| {
+        let listener = TcpListener::bind(local(port)).expect("bind");
+        let accepted: Vec<TcpStream> = (0..20)
+            .map(|_| {
+                let client = TcpStream::connect(local(port)).expect("connect");
+                let (accepted, _) = listener.accept().expect("accept");
+                let linger = libc::linger {
+                    l_onoff: 1,
+                    l_linger: 0,
+                };
+                // SAFETY: a valid socket fd and a correctly sized linger.
+                let ret = unsafe {
+                    libc::setsockopt(
+                        client.as_raw_fd(),
+                        libc::SOL_SOCKET,
+                        libc::SO_LINGER,
+                        (&raw const linger).cast(),
+                        libc::socklen_t::try_from(size_of::<libc::linger>()).expect("fits"),
+                    )
+                };
+                assert_eq!(ret, 0);
+                drop(client); // close with SO_LINGER {1, 0}: an RST, no FIN
+                accepted
+            })
+            .collect();
+        (listener, accepted)
+    });
+    let p = port.to_string();
+    let scrape = daemon.wait_for("20 resets each way", Duration::from_secs(10), |s| {
+        count(
+            s,
+            "tcptrace_resets_total",
+            &[("direction", "sent"), ("role", "client"), ("port", &p)],
+        ) == 20.0
+            && count(
+                s,
+                "tcptrace_resets_total",
+                &[("direction", "received"), ("role", "server"), ("port", &p)],
+            ) == 20.0
+    });
+    // Every RST has the same reason, and it is the kernel's, not "unknown".
+    let reasons: Vec<String> = scrape
+        .samples
+        .iter()
+        .filter(|s| {
+            s.name == "tcptrace_resets_total"
+                && s.labels.contains(&("direction".into(), "sent".into()))
+                && s.labels.contains(&("port".into(), p.clone()))
+        })
+        .filter_map(|s| {
+            s.labels
+                .iter()
+                .find(|(k, _)| k == "reason")
+                .map(|(_, v)| v.clone())
+        })
+        .collect();
+    assert_eq!(reasons.len(), 1, "one reason: {reasons:?}");
+    assert_ne!(reasons[0], "unknown");
+    let errors = [
+        ("error", "ECONNRESET"),
+        ("role", "server"),
+        ("port", p.as_str()),
+    ];
+    assert_eq!(
+        count(&scrape, "tcptrace_socket_errors_total", &errors),
+        20.0
+    );
+    drop(held);
+    drop(netns);
+    daemon.stop();
+}
+
+#[test]
+fn a_pooled_connection_the_server_closed_resets_on_use() {
+    let port = 18097;
+    let daemon = Daemon::start(&[]);
+    let netns = NetNs::new();
+    netns.run(|| {
+        let listener = TcpListener::bind(local(port)).expect("bind");
+        let pool: Vec<TcpStream> = (0..10)
+            .map(|_| {
+                let client = TcpStream::connect(local(port)).expect("connect");
+                let (server_end, _) = listener.accept().expect("accept");
+                drop(server_end); // the server's idle timeout: it closes first
+                client
+            })
+            .collect();
+        thread::sleep(Duration::from_millis(200)); // the pool's sockets sit in CLOSE_WAIT
+        for mut client in pool {
+            client
+                .write_all(b"GET / HTTP/1.1\r\n\r\n")
+                .expect("the kernel queues it");
+            thread::sleep(Duration::from_millis(20)); // the server's RST comes back
+            let mut buf = [0u8; 16];
+            let read = client.read(&mut buf);
+            assert!(matches!(read, Err(_) | Ok(0)), "{read:?}");
+        }
+    });
+    let p = port.to_string();
+    let scrape = daemon.wait_for("10 resets each way", Duration::from_secs(10), |s| {
+        count(
+            s,
+            "tcptrace_resets_total",
+            &[("direction", "sent"), ("role", "server"), ("port", &p)],
+        ) == 10.0
+            && count(
+                s,
+                "tcptrace_resets_total",
+                &[("direction", "received"), ("role", "client"), ("port", &p)],
+            ) == 10.0
+    });
+    // What the client's kernel reports for an RST in CLOSE_WAIT.
+    let client_errors = count(
+        &scrape,
+        "tcptrace_socket_errors_total",
+        &[("role", "client"), ("port", &p)],
+    );
+    let broken_or_reset = count(
+        &scrape,
+        "tcptrace_socket_errors_total",
+        &[("role", "client"), ("port", &p), ("error", "EPIPE")],
+    ) + count(
+        &scrape,
+        "tcptrace_socket_errors_total",
+        &[("role", "client"), ("port", &p), ("error", "ECONNRESET")],
+    );
+    assert_eq!((client_errors, broken_or_reset), (10.0, 10.0));
+    let close_wait = [
+        ("state", "CLOSE_WAIT"),
+        ("role", "client"),
+        ("port", p.as_str()),
+    ];
+    assert_eq!(
+        count(
+            &scrape,
+            "tcptrace_state_duration_seconds_count",
+            &close_wait
+        ),
+        10.0
+    );
+    drop(netns);
+    daemon.stop();
+}
+
+#[test]
+fn keepalive_probes_equal_the_kernels_count() {
+    let port = 18098;
+    let daemon = Daemon::start(&[]);
+    let netns = NetNs::new();
+    let before = netns.nstat("TcpExtTCPKeepAlive");
+    let held = netns.run(|| {
+        let listener = TcpListener::bind(local(port)).expect("bind");
+        let pairs: Vec<(TcpStream, TcpStream)> = (0..10)
+            .map(|_| {
+                let client = TcpStream::connect(local(port)).expect("connect");
+                keepalive(&client, 1, 1, 9);
+                (client, listener.accept().expect("accept").0)
+            })
+            .collect();
+        (listener, pairs)
+    });
+    thread::sleep(Duration::from_secs(6));
+    let sent = netns.nstat("TcpExtTCPKeepAlive") - before;
+    assert!(sent >= 40, "the kernel sent {sent} probes in 6 s");
+    let p = port.to_string();
+    let labels = [("role", "client"), ("port", p.as_str())];
+    // Probes keep going; compare the kernel's count and ours at one moment.
+    drop(held);
+    let kernel = netns.nstat("TcpExtTCPKeepAlive") - before;
+    let scrape = daemon.wait_for("every probe", Duration::from_secs(5), |s| {
+        count(s, "tcptrace_keepalive_probes_total", &labels)
+            >= f64::from(u32::try_from(kernel).expect("small"))
+    });
+    let counted = count(&scrape, "tcptrace_keepalive_probes_total", &labels);
+    assert_eq!(
+        counted,
+        f64::from(u32::try_from(kernel).expect("small")),
+        "probes"
+    );
+    assert_eq!(
+        count(&scrape, "tcptrace_keepalive_timeouts_total", &labels),
+        0.0
+    );
+    drop(netns);
+    daemon.stop();
+}
+
+#[test]
+fn keepalive_timeouts_behind_a_dead_link() {
+    let port = 18099;
+    let daemon = Daemon::start(&[]);
+    let (client_ns, server_ns) = (NetNs::new(), NetNs::new());
+    // Two hosts joined by a veth pair, inside namespaces this test owns.
+    client_ns.ip(&[
+        "link",
+        "add",
+        "ka-client",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "ka-server",
+    ]);
+    client_ns.ip(&["link", "set", "ka-server", "netns", &server_ns.path()]);
+    client_ns.ip(&["addr", "add", "192.0.2.1/30", "dev", "ka-client"]);
+    client_ns.ip(&["link", "set", "ka-client", "up"]);
+    server_ns.ip(&["addr", "add", "192.0.2.2/30", "dev", "ka-server"]);
+    server_ns.ip(&["link", "set", "ka-server", "up"]);
+    let server = SocketAddr::from(([192, 0, 2, 2], port));
+    let listener = server_ns.run(|| TcpListener::bind(server).expect("bind"));
+    let (clients, accepted) = client_ns.run(|| {
+        let clients: Vec<TcpStream> = (0..10)
+            .map(|_| {
+                let client =
+                    TcpStream::connect_timeout(&server, Duration::from_secs(5)).expect("connect");
+                keepalive(&client, 1, 1, 2);
+                client
+            })
+            .collect();
+        let accepted: Vec<TcpStream> = (0..10)
+            .map(|_| listener.accept().expect("accept").0)
+            .collect();
+        (clients, accepted)
+    });
+    // The peer vanishes, as behind a NAT that dropped the flow.
+    server_ns.ip(&["link", "set", "ka-server", "down"]);
+    let p = port.to_string();
+    let labels = [("role", "client"), ("port", p.as_str())];
+    let scrape = daemon.wait_for("10 keepalive timeouts", Duration::from_secs(20), |s| {
+        count(s, "tcptrace_keepalive_timeouts_total", &labels) == 10.0
+    });
+    let timed_out = [
+        ("error", "ETIMEDOUT"),
+        ("role", "client"),
+        ("port", p.as_str()),
+    ];
+    assert_eq!(
+        count(&scrape, "tcptrace_socket_errors_total", &timed_out),
+        10.0
+    );
+    let reset = [
+        ("direction", "sent"),
+        ("reason", "tcp_keepalive_timeout"),
+        ("role", "client"),
+        ("port", p.as_str()),
+    ];
+    assert_eq!(
+        count(&scrape, "tcptrace_resets_total", &reset),
+        10.0,
+        "the kernel's reason (>= 6.12)"
+    );
+    assert_eq!(
+        count(&scrape, "tcptrace_keepalive_probes_total", &labels),
+        20.0,
+        "2 probes each"
+    );
+    drop((clients, accepted, listener));
+    drop((client_ns, server_ns));
+    daemon.stop();
+}
+
+#[test]
+fn tcp_settings_are_read_per_namespace() {
+    let daemon = Daemon::start(&["--reconcile-interval", "1s"]);
+    let netns = NetNs::new();
+    netns.sysctl("net/ipv4/tcp_keepalive_time", "300");
+    let _listener = netns.run(|| TcpListener::bind(local(18100)).expect("bind"));
+    let inode = netns.inode().to_string();
+    let name = [("name", "net.ipv4.tcp_keepalive_time")];
+    let scrape = daemon.wait_for("the namespace's settings", Duration::from_secs(10), |s| {
+        count(s, "tcptrace_sysctl", &[name[0], ("netns", &inode)]) == 300.0
+    });
+    let host: f64 = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_keepalive_time")
+        .expect("host setting")
+        .trim()
+        .parse()
+        .expect("number");
+    assert_eq!(
+        count(&scrape, "tcptrace_sysctl", &[name[0], ("netns", "host")]),
+        host
+    );
+    for setting in [
+        "net.ipv4.tcp_fin_timeout",
+        "net.ipv4.tcp_tw_reuse",
+        "net.ipv4.tcp_max_tw_buckets",
+        "net.ipv4.ip_local_port_range_low",
+        "net.ipv4.ip_local_port_range_high",
+        "net.ipv4.tcp_rfc1337",
+        "net.ipv4.tcp_keepalive_intvl",
+        "net.ipv4.tcp_keepalive_probes",
+    ] {
+        let found = scrape
+            .matching("tcptrace_sysctl", &[("name", setting), ("netns", &inode)])
+            .count();
+        assert_eq!(found, 1, "{setting}");
+    }
+    drop(netns);
+    daemon.stop();
+}
