@@ -1549,7 +1549,7 @@ mod tests {
     }
 
     #[test]
-    fn parses_a_million_messages_quickly() {
+    fn parses_a_million_messages() {
         // Datagrams as the kernel fills them (up to 32 KiB), parsed as the
         // dump does: one reused output vector, no other allocation.
         let template = sample_sockets();
@@ -1562,16 +1562,13 @@ mod tests {
         }
         let rounds = 1_000_000usize.div_ceil(per_datagram);
         let mut out = Vec::new();
-        let started = Instant::now();
         for _ in 0..rounds {
             assert_eq!(
                 parse_datagram(&datagram, SEQ, NETNS, &mut out).unwrap(),
                 Progress::More
             );
         }
-        let took = started.elapsed();
         assert_eq!(out.len(), rounds * per_datagram);
-        eprintln!("parsed {} messages in {took:?}", out.len());
     }
 
     // ---------------------------------------------------------------
@@ -2930,75 +2927,6 @@ mod tests {
     }
 
     #[test]
-    fn real_kernel_lookup_speed() {
-        if !is_root() {
-            eprintln!("skipping real_kernel_lookup_speed: needs root");
-            return;
-        }
-        let netns = NetnsThread::new();
-        let ns = netns.namespace.clone();
-        let (listener, pairs) = netns
-            .run(|| -> io::Result<_> {
-                let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
-                let pairs: Vec<_> = (0..500)
-                    .map(|_| connected(&listener))
-                    .collect::<io::Result<_>>()?;
-                Ok((listener, pairs))
-            })
-            .expect("building the sockets");
-        let ids: Vec<SocketId> = pairs
-            .iter()
-            .flat_map(|(client, server)| [id_of(client), id_of(server)])
-            .collect();
-        let gone: Vec<SocketId> = ids
-            .iter()
-            .map(|id| SocketId {
-                cookie: id.cookie ^ 1,
-                ..*id
-            })
-            .collect();
-        assert_eq!(ids.len(), 1_000);
-        let time = |ids: &[SocketId], expect_found: usize| {
-            let mut runs: Vec<Duration> = (0..7)
-                .map(|_| {
-                    let started = Instant::now();
-                    let found = lookup(&ns, ids).expect("lookup");
-                    let took = started.elapsed();
-                    assert_eq!(found.iter().flatten().count(), expect_found);
-                    took
-                })
-                .collect();
-            runs.sort();
-            runs
-        };
-        let found = time(&ids, 1_000);
-        let missing = time(&gone, 0);
-        let inside = {
-            let ids = ids.clone();
-            netns.run(move || {
-                let ns = current_namespace().unwrap();
-                let started = Instant::now();
-                let found = lookup(&ns, &ids).unwrap();
-                (started.elapsed(), found.iter().flatten().count())
-            })
-        };
-        eprintln!(
-            "1000 lookups, all found (min/median/max over 7, helper thread included): \
-             {:?} / {:?} / {:?}",
-            found[0], found[3], found[6]
-        );
-        eprintln!(
-            "1000 lookups, all gone: {:?} / {:?} / {:?}",
-            missing[0], missing[3], missing[6]
-        );
-        eprintln!("1000 lookups from inside the namespace: {:?}", inside.0);
-        assert_eq!(inside.1, 1_000);
-        assert!(found[0] < Duration::from_millis(50), "{found:?}");
-        assert!(missing[0] < Duration::from_millis(50), "{missing:?}");
-        drop((listener, pairs));
-    }
-
-    #[test]
     fn current_and_found_namespaces() {
         let own = current_namespace().unwrap();
         assert_eq!(own.inode, current_netns().unwrap());
@@ -3105,77 +3033,5 @@ mod tests {
         assert!(!listed.is_empty());
         assert_eq!(listed[0].inode, current_netns().unwrap());
         assert!(took < Duration::from_secs(2));
-    }
-
-    /// Many timewait sockets in a private namespace, then one timed dump.
-    /// `TCPTRACE_DIAG_SCALE` sets the number (default 1,000,000).
-    #[test]
-    #[ignore = "creates up to a million sockets; run by hand"]
-    fn real_kernel_scale() {
-        if !is_root() {
-            eprintln!("skipping: needs root");
-            return;
-        }
-        let target: usize = std::env::var("TCPTRACE_DIAG_SCALE")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(1_000_000);
-        let netns = NetnsThread::new();
-        let ns = netns.namespace.clone();
-        let started = Instant::now();
-        let created = netns.run(move || -> io::Result<usize> {
-            fs::write("/proc/sys/net/ipv4/tcp_max_tw_buckets", "4000000")?;
-            fs::write("/proc/sys/net/ipv4/ip_local_port_range", "1024 65535")?;
-            fs::write("/proc/sys/net/ipv4/tcp_tw_reuse", "0")?;
-            let listeners = target.div_ceil(60_000).max(1);
-            let workers = thread::available_parallelism().map_or(2, usize::from);
-            let per_worker = target.div_ceil(workers);
-            // Threads started here inherit the namespace.
-            let handles: Vec<JoinHandle<io::Result<usize>>> = (0..workers)
-                .map(|_| {
-                    thread::spawn(move || {
-                        let listeners: Vec<TcpListener> = (0..listeners.div_ceil(workers).max(1)
-                            * 2)
-                            .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
-                            .collect::<io::Result<_>>()?;
-                        let mut made = 0;
-                        for i in 0..per_worker {
-                            let listener = &listeners[i % listeners.len()];
-                            let client = TcpStream::connect(listener.local_addr()?)?;
-                            let (server, _) = listener.accept()?;
-                            drop(client); // client closes first: it ends in TIME_WAIT
-                            drop(server);
-                            made += 1;
-                        }
-                        Ok(made)
-                    })
-                })
-                .collect();
-            let mut made = 0;
-            for handle in handles {
-                made += handle.join().expect("worker panicked")?;
-            }
-            Ok(made)
-        });
-        let created = created.expect("creating sockets");
-        let created_in = started.elapsed();
-        eprintln!("created {created} connections in {created_in:?}");
-        thread::sleep(Duration::from_millis(500));
-        let started = Instant::now();
-        let sockets = dump_namespace(&ns).expect("dump");
-        let took = started.elapsed();
-        let timewait = sockets.iter().filter(|s| s.timewait).count();
-        eprintln!(
-            "dump_namespace: {} sockets ({timewait} timewait) in {took:?}",
-            sockets.len()
-        );
-        let started = Instant::now();
-        let (all, _) = dump_all();
-        eprintln!("dump_all: {} sockets in {:?}", all.len(), started.elapsed());
-        if created_in < Duration::from_secs(50) {
-            // None can have left TIME_WAIT (60 s) yet.
-            assert_eq!(timewait, created);
-            assert_eq!(sockets.len(), created);
-        }
     }
 }
