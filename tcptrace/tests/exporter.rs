@@ -127,6 +127,7 @@ fn time_wait_on_the_closing_side_lasts_its_timer() {
         let (count, sum) = durations(&scrape, "TIME_WAIT", role, port);
         assert_eq!(count, sockets, "{role} {port}: one duration per socket");
         let mean = sum / count;
+        eprintln!("{role} {port}: mean TIME_WAIT {mean:.3} s over {count} sockets");
         assert!(
             (60.0..=65.0).contains(&mean),
             "{role}: mean TIME_WAIT {mean} s"
