@@ -111,6 +111,9 @@ pub struct KernelLayout {
     pub tw_timer_handler: u64,
     /// Address of `tcp_keepalive_timer`, the function of `sk_timer`.
     pub tcp_keepalive_timer: u64,
+    /// Bytes waiting in the ring buffer from which a record wakes the reader;
+    /// below it the reader finds the records on its next poll.
+    pub ring_wakeup_bytes: u64,
     /// `struct sock_common` members.
     pub common_family: u32,
     pub common_dport: u32,
@@ -155,7 +158,7 @@ pub struct KernelLayout {
     pub timer_function: u32,
 }
 
-const _: () = assert!(size_of::<KernelLayout>() == 120);
+const _: () = assert!(size_of::<KernelLayout>() == 128);
 
 // SAFETY: plain old data, `#[repr(C)]`, every bit pattern valid, padding explicit.
 #[cfg(feature = "user")]

@@ -1,6 +1,7 @@
 //! The maps shared with userspace and the one way events leave the kernel.
 
 use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     macros::map,
     maps::{PerCpuArray, RingBuf},
 };
@@ -19,6 +20,7 @@ static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 static LAYOUT: KernelLayout = KernelLayout {
     tw_timer_handler: 0,
     tcp_keepalive_timer: 0,
+    ring_wakeup_bytes: 0,
     common_family: 0,
     common_dport: 0,
     common_daddr: 0,
@@ -55,9 +57,19 @@ pub fn layout() -> KernelLayout {
 }
 
 /// Sends `event` to userspace, or counts it as lost when the buffer is full.
+///
+/// Waking the reader for every record costs more than the record itself (an
+/// `irq_work` per event while the reader keeps up), so only a buffer filling
+/// up wakes it; otherwise it drains on its own short poll.
 #[inline(always)]
 pub fn emit(event: &Event) {
-    if EVENTS.output(event, 0).is_err()
+    let wakeup_bytes = layout().ring_wakeup_bytes;
+    let flags = if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= wakeup_bytes {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    if EVENTS.output(event, u64::from(flags)).is_err()
         && let Some(lost) = LOST.get_ptr_mut(0)
     {
         // SAFETY: per-CPU slot, so no other writer while this program runs.

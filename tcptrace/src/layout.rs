@@ -47,6 +47,7 @@ pub fn kernel_layout(btf: &Btf, symbols: TimerSymbols) -> Result<KernelLayout, B
     Ok(KernelLayout {
         tw_timer_handler: symbols.tw_timer_handler,
         tcp_keepalive_timer: symbols.tcp_keepalive_timer,
+        ring_wakeup_bytes: 0, // set by the loader, which knows the ring's size
         common_family: common("skc_family", 2)?,
         common_dport: common("skc_dport", 2)?,
         common_daddr: common("skc_daddr", 4)?,

@@ -7,8 +7,8 @@
 use std::collections::{BTreeSet, HashMap};
 
 use prometheus::{
-    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
-    proto::{Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType},
+    Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    proto::{self, Bucket, Counter, Histogram, LabelPair, Metric, MetricFamily, MetricType},
 };
 
 use crate::{
@@ -305,7 +305,7 @@ fn labels(pairs: &[(&str, &str)]) -> Vec<LabelPair> {
 }
 
 fn gauge(labels: Vec<LabelPair>, value: f64) -> Metric {
-    let mut gauge = Gauge::default();
+    let mut gauge = proto::Gauge::default();
     gauge.set_value(value);
     let mut metric = Metric::default();
     metric.set_label(labels);
@@ -334,6 +334,7 @@ pub struct SelfMetrics {
     pub reconcile_corrections: IntCounterVec,
     pub tracked_sockets: IntGauge,
     pub evictions: IntCounter,
+    pub reconcile_seconds: Gauge,
 }
 
 impl SelfMetrics {
@@ -386,7 +387,16 @@ impl SelfMetrics {
         registry
             .register(Box::new(tracked_sockets.clone()))
             .expect("unique metric");
+        let reconcile_seconds = Gauge::new(
+            "tcptrace_reconcile_duration_seconds",
+            "How long the last reading of the kernel's sockets took.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(reconcile_seconds.clone()))
+            .expect("unique metric");
         Self {
+            reconcile_seconds,
             events: counter_vec(
                 "tcptrace_events_total",
                 "Events received from the kernel, by kind.",
@@ -419,6 +429,30 @@ impl SelfMetrics {
     pub fn families(&self) -> Vec<MetricFamily> {
         self.registry.gather()
     }
+}
+
+/// The programs' own cost, from [`crate::probes::Probes::run_stats`].
+pub fn program_families(stats: &[(&str, u64, std::time::Duration)]) -> [MetricFamily; 2] {
+    let mut runs = family(
+        "tcptrace_program_runs_total",
+        "Runs of each BPF program (counted while kernel.bpf_stats_enabled=1).",
+        MetricType::COUNTER,
+    );
+    let mut seconds = family(
+        "tcptrace_program_run_seconds_total",
+        "Time spent in each BPF program (counted while kernel.bpf_stats_enabled=1).",
+        MetricType::COUNTER,
+    );
+    for &(program, count, time) in stats {
+        runs.mut_metric()
+            .push(counter(labels(&[("program", program)]), count));
+        let mut metric = counter(labels(&[("program", program)]), 0);
+        let mut value = Counter::default();
+        value.set_value(time.as_secs_f64());
+        metric.set_counter(value);
+        seconds.mut_metric().push(metric);
+    }
+    [runs, seconds]
 }
 
 /// `tcptrace_sysctl`: the TCP settings of each namespace (by label).

@@ -196,7 +196,8 @@ impl Probes {
             tw_timer_handler: symbol("tw_timer_handler"),
             tcp_keepalive_timer: symbol("tcp_keepalive_timer"),
         };
-        let layout = layout::kernel_layout(&kernel_btf, symbols)?;
+        let mut layout = layout::kernel_layout(&kernel_btf, symbols)?;
+        layout.ring_wakeup_bytes = u64::from(config.ring_buffer_bytes / 4);
         let reset_reasons = reset_reason_names(&kernel_btf);
         let loader_btf =
             aya::Btf::parse_file(&config.btf_path, Endianness::default()).map_err(|source| {
@@ -240,6 +241,20 @@ impl Probes {
     /// The running kernel's names for its reset reasons.
     pub fn reset_reasons(&self) -> &ResetReasons {
         &self.reset_reasons
+    }
+
+    /// For each attached program: its name, the kernel's count of runs and
+    /// their total time. Both stay 0 unless `kernel.bpf_stats_enabled` is 1
+    /// (the kernel only keeps them then: they cost a clock read per run).
+    pub fn run_stats(&self) -> Vec<(&'static str, u64, std::time::Duration)> {
+        self.attached
+            .iter()
+            .filter(|(_, attached)| *attached)
+            .filter_map(|(hook, _)| {
+                let info = self.ebpf.program(hook.program)?.info().ok()?;
+                Some((hook.program, info.run_count(), info.run_time()))
+            })
+            .collect()
     }
 
     /// Every hook and whether it is attached.

@@ -10,6 +10,9 @@ use crate::{
     event::SocketEvent,
 };
 
+/// How long a record may wait in the ring buffer before the reader drains it.
+pub const POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// The kernel's event stream and its loss counter.
 pub struct EventSource {
     ring: AsyncFd<RingBuf<MapData>>,
@@ -34,17 +37,25 @@ impl EventSource {
 
     /// Waits for events, then drains the buffer completely into `batch`
     /// (which is cleared first). Returns with at least one record.
+    ///
+    /// The programs wake the reader only once a quarter of the buffer is
+    /// waiting (see `emit` in the BPF crate), so it also drains every
+    /// [`POLL_INTERVAL`]: no record waits longer than that.
     pub async fn next_batch(&mut self, batch: &mut Batch) -> io::Result<()> {
         batch.events.clear();
         batch.decode_errors.clear();
         loop {
-            let mut guard = self.ring.readable_mut().await?;
-            let ring = guard.get_inner_mut();
-            drain(ring, batch);
-            // Clear readiness, then drain once more: a record committed
-            // between the first drain and the clear raised no new wake-up.
-            guard.clear_ready();
-            drain(guard.get_inner_mut(), batch);
+            match tokio::time::timeout(POLL_INTERVAL, self.ring.readable_mut()).await {
+                Ok(guard) => {
+                    let mut guard = guard?;
+                    drain(guard.get_inner_mut(), batch);
+                    // Clear readiness, then drain once more: a record
+                    // committed in between raised no new wake-up.
+                    guard.clear_ready();
+                    drain(guard.get_inner_mut(), batch);
+                }
+                Err(_elapsed) => drain(self.ring.get_mut(), batch),
+            }
             if !batch.events.is_empty() || !batch.decode_errors.is_empty() {
                 return Ok(());
             }

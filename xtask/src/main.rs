@@ -4,6 +4,8 @@
 //! needs (see `toolchain.env`), so a fresh Debian 12 machine needs nothing
 //! installed by hand.
 
+mod bench;
+mod churn;
 mod cmd;
 mod pins;
 mod setup;
@@ -26,6 +28,9 @@ tasks:
                      (default ARGS: run, the exporter)
   test [-- ARGS]     rustfmt check, clippy -D warnings (host and BPF crates),
                      then every test; ARGS go to the test binaries
+  bench [--quick]    tcptrace against baseline, tcpstates, bpftrace and
+                     node_exporter under loopback churn, then its cost with
+                     many sockets open; about 10 minutes (--quick: 2)
 ";
 
 fn main() -> ExitCode {
@@ -79,6 +84,28 @@ fn run_task(args: Vec<String>) -> Result<(), String> {
             setup::ensure_debian_packages(setup::TEST_PACKAGES)?;
             test(&root, &pins, &passthrough)
         }
+        Some("bench") => {
+            only(&["--quick"])?;
+            setup::ensure_build_tools(&pins)?;
+            setup::ensure_debian_packages(setup::BENCH_PACKAGES)?;
+            build(&root, &pins, false)?;
+            let quick = flags.iter().any(|f| f == "--quick");
+            let plan = if quick {
+                bench::Plan::quick()
+            } else {
+                bench::Plan::full()
+            };
+            let xtask = env::current_exe().map_err(|e| format!("own path: {e}"))?;
+            let report = bench::run(&root.join("target/release/tcptrace"), &xtask, &plan)?;
+            let path = bench::report_path(&root);
+            let _ = std::fs::create_dir_all(path.parent().unwrap_or(&root));
+            std::fs::write(&path, &report).map_err(|e| format!("{}: {e}", path.display()))?;
+            println!("\n{report}\n[bench] report written to {}", path.display());
+            Ok(())
+        }
+        // The bench's workloads, run by `bench` in namespaces of their own.
+        Some("churn") => churn::churn(flags),
+        Some("hold") => churn::hold(flags),
         Some("help" | "-h" | "--help") => {
             print!("{USAGE}");
             Ok(())

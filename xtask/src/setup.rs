@@ -11,6 +11,15 @@ use crate::{cmd, pins::Pins};
 /// (`prometheus` brings promtool, which lints the exposition.)
 pub const TEST_PACKAGES: &[&str] = &["iproute2", "prometheus"];
 
+/// The peers the benchmark compares tcptrace with.
+pub const BENCH_PACKAGES: &[&str] = &[
+    "iproute2",
+    "util-linux",
+    "libbpf-tools",
+    "bpftrace",
+    "prometheus-node-exporter",
+];
+
 pub fn ensure_build_tools(pins: &Pins) -> Result<(), String> {
     ensure_toolchain(&pins.rust_host, &["clippy", "rustfmt"])?;
     ensure_toolchain(&pins.rust_bpf, &["rust-src", "clippy"])?;

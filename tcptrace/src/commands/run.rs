@@ -66,6 +66,9 @@ struct Exporter {
     ready: AtomicBool,
     /// TCP settings by namespace label, as of the last reconciliation.
     settings: Mutex<Vec<(String, sysctls::Settings)>>,
+    /// The attached programs (their event source already taken), for their
+    /// run statistics; dropped last, which detaches them.
+    probes: Mutex<Probes>,
 }
 
 impl Exporter {
@@ -95,6 +98,12 @@ impl Site for Exporter {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         families.extend(metrics::sysctl_family(&settings));
         drop(settings);
+        let stats = self
+            .probes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .run_stats();
+        families.extend(metrics::program_families(&stats));
         metrics::encode(&families)
     }
 
@@ -117,14 +126,16 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     }
     let mut source = probes.event_source()?;
     let policy = PortPolicy::new(&args.ports, labels::ephemeral_port_low(), args.max_ports);
+    let reset_reasons = probes.reset_reasons().clone();
     let exporter = Arc::new(Exporter {
         state: Mutex::new(State {
             tracker: Tracker::new(policy, args.max_sockets),
-            aggregates: Aggregates::new(probes.reset_reasons().clone()),
+            aggregates: Aggregates::new(reset_reasons),
         }),
         metrics: metrics.clone(),
         ready: AtomicBool::new(false),
         settings: Mutex::new(Vec::new()),
+        probes: Mutex::new(probes),
     });
     let max_netns = args.max_netns;
 
@@ -224,6 +235,9 @@ async fn reconcile(
     let corrections = tracker.reconcile(&sockets, started_ns, clock::boot_ns(), &mut |change| {
         aggregates.apply(change);
     });
+    #[expect(clippy::cast_precision_loss, reason = "a duration in seconds")]
+    let took = clock::boot_ns().saturating_sub(started_ns) as f64 / 1e9;
+    exporter.metrics.reconcile_seconds.set(took);
     if seeding {
         exporter.metrics.sockets_seeded.inc_by(corrections.missing);
     } else {

@@ -1,0 +1,583 @@
+//! `cargo xtask bench`: tcptrace against the tools SREs would use instead.
+//!
+//! Every tool runs in turn under the same churn (A, B, C, … A, B, C …), so a
+//! drift of the machine's speed hits all of them alike; medians are quoted.
+//! The churn runs in a network namespace of its own, on loopback.
+#![expect(
+    clippy::cast_precision_loss,
+    reason = "report arithmetic on counts far below 2^52"
+)]
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    fs,
+    io::{Read, Write},
+    net::TcpStream,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+/// How much work one bench run does.
+pub struct Plan {
+    pub churn_seconds: f64,
+    pub repetitions: usize,
+    pub threads: usize,
+    /// Tracked-socket counts for the scale runs.
+    pub scales: Vec<usize>,
+}
+
+impl Plan {
+    pub fn quick() -> Self {
+        Self {
+            churn_seconds: 1.5,
+            repetitions: 5,
+            threads: 2,
+            scales: vec![10_000],
+        }
+    }
+
+    pub fn full() -> Self {
+        Self {
+            churn_seconds: 10.0,
+            repetitions: 7,
+            threads: 2,
+            scales: vec![10_000, 100_000],
+        }
+    }
+}
+
+const TOOLS: [&str; 5] = [
+    "baseline",
+    "tcptrace",
+    "tcpstates",
+    "bpftrace",
+    "node_exporter",
+];
+const TCPTRACE_ADDRESS: &str = "127.0.0.1:19101";
+const NODE_EXPORTER_ADDRESS: &str = "127.0.0.1:19102";
+/// Transitions per churn connection: five on each end.
+const TRANSITIONS_PER_CONNECTION: f64 = 10.0;
+
+/// The bpftrace peer: per-port state durations aggregated in maps, what a
+/// person would write to get tcptrace's histograms without it.
+const BPFTRACE_PROGRAM: &str = r"
+tracepoint:sock:inet_sock_set_state /args->protocol == 6/ {
+    $sk = args->skaddr;
+    $since = @since[$sk];
+    if ($since != 0) { @duration_ms[args->oldstate, args->sport] = hist((nsecs - $since) / 1000000); }
+    if (args->newstate == 7) { delete(@since[$sk]); } else { @since[$sk] = nsecs; }
+}";
+
+/// One tool's run under one churn.
+#[derive(Debug, Default, Clone)]
+struct Run {
+    connections: u64,
+    seconds: f64,
+    cpu_seconds: f64,
+    peak_rss_kib: u64,
+    /// tcptrace only: its metrics after the run.
+    lost: f64,
+    state_events: f64,
+    program_runs: BTreeMap<String, (f64, f64)>,
+}
+
+pub fn run(tcptrace: &Path, xtask: &Path, plan: &Plan) -> Result<String, String> {
+    mount_tracefs()?;
+    let _stats = BpfStats::enable()?;
+    let clock_ticks: f64 = command_output("getconf", &["CLK_TCK"])?
+        .trim()
+        .parse()
+        .map_err(|_| "getconf CLK_TCK")?;
+    let mut runs: BTreeMap<&str, Vec<Run>> = BTreeMap::new();
+    for repetition in 0..plan.repetitions {
+        let close = if repetition % 2 == 0 {
+            "client"
+        } else {
+            "server"
+        };
+        for tool in TOOLS {
+            let run = measure(tool, tcptrace, xtask, plan, close, clock_ticks)?;
+            println!(
+                "[bench] {tool:<14} {close}-first  {:>8.0} conn/s  cpu {:.3} s",
+                run.connections as f64 / run.seconds,
+                run.cpu_seconds
+            );
+            runs.entry(tool).or_default().push(run);
+        }
+    }
+    let mut report = throughput_report(&runs, plan);
+    for &sockets in &plan.scales {
+        report.push_str(&scale(tcptrace, xtask, sockets)?);
+    }
+    Ok(report)
+}
+
+fn measure(
+    tool: &str,
+    tcptrace: &Path,
+    xtask: &Path,
+    plan: &Plan,
+    close: &str,
+    clock_ticks: f64,
+) -> Result<Run, String> {
+    let mut child = start(tool, tcptrace)?;
+    let scraping = Arc::new(AtomicBool::new(true));
+    let scraper = scrape_url(tool).map(|address| {
+        let scraping = scraping.clone();
+        thread::spawn(move || {
+            while scraping.load(Ordering::Relaxed) {
+                let _ = http_get(address, "/metrics");
+                thread::sleep(Duration::from_secs(1));
+            }
+        })
+    });
+    let cpu_before = child
+        .as_ref()
+        .map_or(Ok(0.0), |c| cpu_seconds(c.0.id(), clock_ticks))?;
+    let out = command_output(
+        "unshare",
+        &[
+            "--net",
+            "--",
+            &xtask.to_string_lossy(),
+            "churn",
+            &plan.churn_seconds.to_string(),
+            &plan.threads.to_string(),
+            close,
+        ],
+    )?;
+    // Let the tracer drain what the churn left in flight.
+    thread::sleep(Duration::from_millis(500));
+    let mut run = Run::default();
+    let mut fields = out.split_ascii_whitespace();
+    while let (Some(key), Some(value)) = (fields.next(), fields.next()) {
+        match key {
+            "connections" => run.connections = value.parse().unwrap_or(0),
+            "seconds" => run.seconds = value.parse().unwrap_or(0.0),
+            _ => {}
+        }
+    }
+    if let Some(child) = &child {
+        run.cpu_seconds = cpu_seconds(child.0.id(), clock_ticks)? - cpu_before;
+        run.peak_rss_kib = status_kib(child.0.id(), "VmHWM:");
+    }
+    scraping.store(false, Ordering::Relaxed);
+    if let Some(scraper) = scraper {
+        let _ = scraper.join();
+    }
+    if tool == "tcptrace" {
+        let metrics = http_get(TCPTRACE_ADDRESS, "/metrics").unwrap_or_default();
+        run.lost = sample(&metrics, "tcptrace_events_lost_total", "");
+        run.state_events = sample(&metrics, "tcptrace_events_total", "kind=\"state_change\"");
+        for line in metrics
+            .lines()
+            .filter(|l| l.starts_with("tcptrace_program_run"))
+        {
+            let Some(program) = line.split('"').nth(1) else {
+                continue;
+            };
+            let value: f64 = line
+                .rsplit(' ')
+                .next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0.0);
+            let entry = run.program_runs.entry(program.to_owned()).or_default();
+            if line.starts_with("tcptrace_program_runs_total") {
+                entry.0 = value;
+            } else {
+                entry.1 = value;
+            }
+        }
+    }
+    if let Some(mut child) = child.take() {
+        child.stop();
+    }
+    if run.connections == 0 {
+        return Err(format!("the churn under {tool} made no connection: {out}"));
+    }
+    Ok(run)
+}
+
+/// A tool under test, stopped by SIGINT (each flushes and exits on it) and
+/// killed if it lingers.
+struct Tool(Child);
+
+impl Tool {
+    fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.0.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Tool {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            self.stop();
+        }
+    }
+}
+
+fn start(tool: &str, tcptrace: &Path) -> Result<Option<Tool>, String> {
+    let spawn = |cmd: &mut Command| {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map(Tool)
+            .map_err(|e| format!("cannot start {tool}: {e}"))
+    };
+    let tool = match tool {
+        "baseline" => return Ok(None),
+        "tcptrace" => {
+            let child = spawn(Command::new(tcptrace).args([
+                "run",
+                "--web.listen-address",
+                TCPTRACE_ADDRESS,
+            ]))?;
+            wait_until(|| {
+                http_get(TCPTRACE_ADDRESS, "/-/ready").is_some_and(|b| b.contains("ready"))
+            })?;
+            child
+        }
+        "tcpstates" => {
+            let child = spawn(&mut Command::new("tcpstates"))?;
+            thread::sleep(Duration::from_secs(2)); // attaches within a second here
+            child
+        }
+        "bpftrace" => {
+            let child = spawn(Command::new("bpftrace").args(["-e", BPFTRACE_PROGRAM]))?;
+            thread::sleep(Duration::from_secs(3)); // compiles, then attaches
+            child
+        }
+        "node_exporter" => {
+            let child = spawn(Command::new("prometheus-node-exporter").args([
+                "--collector.disable-defaults",
+                "--collector.tcpstat",
+                &format!("--web.listen-address={NODE_EXPORTER_ADDRESS}"),
+            ]))?;
+            wait_until(|| http_get(NODE_EXPORTER_ADDRESS, "/metrics").is_some())?;
+            child
+        }
+        other => return Err(format!("unknown tool {other}")),
+    };
+    Ok(Some(tool))
+}
+
+fn scrape_url(tool: &str) -> Option<&'static str> {
+    match tool {
+        "tcptrace" => Some(TCPTRACE_ADDRESS),
+        "node_exporter" => Some(NODE_EXPORTER_ADDRESS),
+        _ => None,
+    }
+}
+
+fn wait_until(ready: impl Fn() -> bool) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ready() {
+        if Instant::now() > deadline {
+            return Err("a tool did not become ready within 60 s".into());
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// The median of the runs' values, and the lowest and highest.
+fn spread(mut values: Vec<f64>) -> (f64, f64, f64) {
+    values.sort_by(f64::total_cmp);
+    let median = if values.is_empty() {
+        0.0
+    } else {
+        values[values.len() / 2]
+    };
+    let (low, high) = (
+        values.first().copied().unwrap_or(0.0),
+        values.last().copied().unwrap_or(0.0),
+    );
+    (median, low, high)
+}
+
+fn throughput_report(runs: &BTreeMap<&str, Vec<Run>>, plan: &Plan) -> String {
+    let mut report = String::new();
+    let baseline = &runs["baseline"];
+    let _ = writeln!(
+        report,
+        "### Churn: {} runs of {} s per tool, {} client/server loops, client-first and server-first alternating\n",
+        plan.repetitions, plan.churn_seconds, plan.threads
+    );
+    let _ = writeln!(
+        report,
+        "| tool | connections/s (median, min–max) | vs baseline (median of per-run ratios) | tracer CPU s per million transitions | tracer peak RSS |"
+    );
+    let _ = writeln!(report, "|---|---|---|---|---|");
+    for tool in TOOLS {
+        let tool_runs = &runs[tool];
+        let rate = spread(
+            tool_runs
+                .iter()
+                .map(|r| r.connections as f64 / r.seconds)
+                .collect(),
+        );
+        let ratio = spread(
+            tool_runs
+                .iter()
+                .zip(baseline)
+                .map(|(r, b)| {
+                    (r.connections as f64 / r.seconds) / (b.connections as f64 / b.seconds)
+                })
+                .collect(),
+        );
+        let cpu = spread(
+            tool_runs
+                .iter()
+                .map(|r| r.cpu_seconds / (r.connections as f64 * TRANSITIONS_PER_CONNECTION / 1e6))
+                .collect(),
+        );
+        let rss = tool_runs.iter().map(|r| r.peak_rss_kib).max().unwrap_or(0);
+        let (cpu_text, rss_text) = if tool == "baseline" {
+            ("–".to_owned(), "–".to_owned())
+        } else {
+            (
+                format!("{:.2} ({:.2}–{:.2})", cpu.0, cpu.1, cpu.2),
+                format!("{:.1} MiB", rss as f64 / 1024.0),
+            )
+        };
+        let _ = writeln!(
+            report,
+            "| {tool} | {:.0} ({:.0}–{:.0}) | {:.3} ({:.3}–{:.3}) | {cpu_text} | {rss_text} |",
+            rate.0, rate.1, rate.2, ratio.0, ratio.1, ratio.2
+        );
+    }
+    let tcptrace = &runs["tcptrace"];
+    let lost: f64 = tcptrace.iter().map(|r| r.lost).sum();
+    let events: f64 = tcptrace.iter().map(|r| r.state_events).sum();
+    let transitions: f64 = tcptrace
+        .iter()
+        .map(|r| r.connections as f64 * TRANSITIONS_PER_CONNECTION)
+        .sum();
+    let _ = writeln!(
+        report,
+        "\ntcptrace: {lost} events lost; {events} state-change events for {transitions} transitions made by the churn (the rest of the host adds a few).\n"
+    );
+    let _ = writeln!(
+        report,
+        "| tcptrace BPF program | runs | ns per run |\n|---|---|---|"
+    );
+    let mut programs: BTreeMap<&str, (f64, f64)> = BTreeMap::new();
+    for run in tcptrace {
+        for (program, (count, seconds)) in &run.program_runs {
+            let entry = programs.entry(program).or_default();
+            entry.0 += count;
+            entry.1 += seconds;
+        }
+    }
+    for (program, (count, seconds)) in programs {
+        let per_run = if count > 0.0 {
+            seconds * 1e9 / count
+        } else {
+            0.0
+        };
+        let _ = writeln!(report, "| {program} | {count:.0} | {per_run:.0} |");
+    }
+    report
+}
+
+/// Start-up, memory and scrape cost with `sockets` sockets already open.
+fn scale(tcptrace: &Path, xtask: &Path, sockets: usize) -> Result<String, String> {
+    // Tracked sockets per connection: 2 ESTABLISHED, 2 for CLOSE_WAIT (the
+    // peer is an orphaned FIN_WAIT2), 1 TIME_WAIT. ESTABLISHED and CLOSE_WAIT
+    // hold file descriptors, TIME_WAIT none, so large scales are mostly
+    // TIME_WAIT: the open-file limit (RLIMIT_NOFILE) bounds the rest.
+    let (established, close_wait) = if sockets <= 30_000 {
+        (sockets / 5, sockets / 5)
+    } else {
+        (4_000, 4_000)
+    };
+    let time_wait = sockets - 2 * established - 2 * close_wait;
+    let mut holder = Tool(
+        Command::new("unshare")
+            .args(["--net", "--"])
+            .arg(xtask)
+            .args([
+                "hold",
+                &established.to_string(),
+                &close_wait.to_string(),
+                &time_wait.to_string(),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("cannot start the socket holder: {e}"))?,
+    );
+    let mut stdout = holder.0.stdout.take().ok_or("holder stdout")?;
+    let mut ready = [0u8; 6];
+    stdout
+        .read_exact(&mut ready)
+        .map_err(|e| format!("the socket holder failed: {e}"))?;
+
+    let started = Instant::now();
+    let mut daemon = Tool(
+        Command::new(tcptrace)
+            .args(["run", "--web.listen-address", TCPTRACE_ADDRESS])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start tcptrace: {e}"))?,
+    );
+    wait_until(|| http_get(TCPTRACE_ADDRESS, "/-/ready").is_some_and(|b| b.contains("ready")))?;
+    let startup = started.elapsed();
+    let mut latencies = Vec::with_capacity(100);
+    let mut size = 0;
+    for _ in 0..100 {
+        let began = Instant::now();
+        let body = http_get(TCPTRACE_ADDRESS, "/metrics").unwrap_or_default();
+        latencies.push(began.elapsed().as_secs_f64() * 1000.0);
+        size = body.len();
+    }
+    let metrics = http_get(TCPTRACE_ADDRESS, "/metrics").unwrap_or_default();
+    let tracked = sample(&metrics, "tcptrace_tracked_sockets", "");
+    let reconcile = sample(&metrics, "tcptrace_reconcile_duration_seconds", "");
+    let rss = status_kib(daemon.0.id(), "VmRSS:");
+    daemon.stop();
+    holder.stop();
+    latencies.sort_by(f64::total_cmp);
+    Ok(format!(
+        "\n### Scale: about {sockets} sockets ({established} ESTABLISHED, {close_wait} CLOSE_WAIT and {time_wait} TIME_WAIT connections)\n\n\
+         | tracked sockets | start-up to /-/ready | daemon RSS | /metrics p50 | /metrics p99 | /metrics size | one reconciliation pass |\n\
+         |---|---|---|---|---|---|---|\n\
+         | {tracked:.0} | {:.2} s | {:.1} MiB | {:.2} ms | {:.2} ms | {:.0} KiB | {:.3} s |\n",
+        startup.as_secs_f64(),
+        rss as f64 / 1024.0,
+        latencies[49],
+        latencies[98],
+        size as f64 / 1024.0,
+        reconcile,
+    ))
+}
+
+/// A sample's value from a Prometheus exposition (0 if absent).
+fn sample(metrics: &str, name: &str, labels: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|line| {
+            line.starts_with(name)
+                && line[name.len()..].starts_with(['{', ' '])
+                && line.contains(labels)
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn http_get(address: &str, path: &str) -> Option<String> {
+    let mut stream = TcpStream::connect(address).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response.starts_with("HTTP/1.1 200").then(|| {
+        response
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_owned())
+    })?
+}
+
+fn cpu_seconds(pid: u32, clock_ticks: f64) -> Result<f64, String> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| e.to_string())?;
+    // Fields after the command name (which may contain spaces): utime is
+    // field 14 and stime field 15 of the whole line.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_ascii_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    Ok((ticks(11) + ticks(12)) / clock_ticks)
+}
+
+fn status_kib(pid: u32, field: &str) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with(field))?;
+            line.split_ascii_whitespace().nth(1)?.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
+fn command_output(program: &str, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(program)
+        .args(args)
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot run {program}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("{program} {args:?} failed ({})", out.status));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Tracepoint-based peers need tracefs, which this kernel does not mount.
+fn mount_tracefs() -> Result<(), String> {
+    if Path::new("/sys/kernel/tracing/events").exists() {
+        return Ok(());
+    }
+    let status = Command::new("mount")
+        .args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"])
+        .status()
+        .map_err(|e| format!("mount: {e}"))?;
+    status
+        .success()
+        .then_some(())
+        .ok_or_else(|| "cannot mount tracefs".into())
+}
+
+/// `kernel.bpf_stats_enabled` on for the bench, restored afterwards.
+struct BpfStats {
+    before: String,
+}
+
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+impl BpfStats {
+    fn enable() -> Result<Self, String> {
+        let before = fs::read_to_string(BPF_STATS).map_err(|e| format!("{BPF_STATS}: {e}"))?;
+        fs::write(BPF_STATS, "1").map_err(|e| format!("{BPF_STATS}: {e}"))?;
+        Ok(Self { before })
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = fs::write(BPF_STATS, self.before.trim());
+    }
+}
+
+/// Where the report is written, besides stdout.
+pub fn report_path(root: &Path) -> PathBuf {
+    root.join("target/bench/report.md")
+}

@@ -1,0 +1,140 @@
+//! The benchmark's workloads, run as `xtask churn` and `xtask hold` inside a
+//! network namespace of their own (`unshare --net`), on loopback only.
+
+use std::{
+    io::{Read, Write},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
+
+/// Which end closes first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Close {
+    Client,
+    Server,
+}
+
+/// `xtask churn SECONDS THREADS client|server`: each thread opens a
+/// connection to its own listener, exchanges 8 bytes each way and closes,
+/// until the time is up. Prints `connections N seconds S`.
+pub fn churn(args: &[String]) -> Result<(), String> {
+    let [seconds, threads, close] = args else {
+        return Err("usage: xtask churn SECONDS THREADS client|server".into());
+    };
+    let seconds: f64 = seconds.parse().map_err(|_| "SECONDS: a number")?;
+    let threads: u16 = threads.parse().map_err(|_| "THREADS: a number")?;
+    let close = match close.as_str() {
+        "client" => Close::Client,
+        "server" => Close::Server,
+        _ => return Err("close: client or server".into()),
+    };
+    loopback_up()?;
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let started = Instant::now();
+    let workers: Vec<_> = (0..threads)
+        .map(|i| thread::spawn(move || connect_loop(20_000 + i, deadline, close)))
+        .collect();
+    let mut connections = 0u64;
+    for worker in workers {
+        connections += worker.join().map_err(|_| "a churn thread panicked")??;
+    }
+    println!(
+        "connections {connections} seconds {:.3}",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn connect_loop(port: u16, deadline: Instant, close: Close) -> Result<u64, String> {
+    let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let listener = TcpListener::bind(address).map_err(|e| format!("bind {address}: {e}"))?;
+    let mut count = 0;
+    let io = |e: std::io::Error| e.to_string();
+    while Instant::now() < deadline {
+        let mut client = TcpStream::connect(address).map_err(io)?;
+        let (mut server, _) = listener.accept().map_err(io)?;
+        let mut buf = [0u8; 8];
+        client.write_all(b"request!").map_err(io)?;
+        server.read_exact(&mut buf).map_err(io)?;
+        server.write_all(b"response").map_err(io)?;
+        client.read_exact(&mut buf).map_err(io)?;
+        let (first, mut second) = match close {
+            Close::Client => (client, server),
+            Close::Server => (server, client),
+        };
+        drop(first);
+        let _ = second.read(&mut buf); // the FIN
+        drop(second);
+        count += 1;
+    }
+    Ok(count)
+}
+
+/// `xtask hold ESTABLISHED CLOSE_WAIT TIME_WAIT`: opens that many connections
+/// of each kind, prints `ready`, and keeps them until killed. Every
+/// connection tracks two sockets except a TIME_WAIT one (the closing side's
+/// timewait socket only).
+pub fn hold(args: &[String]) -> Result<(), String> {
+    let [established, close_wait, time_wait] = args else {
+        return Err("usage: xtask hold ESTABLISHED CLOSE_WAIT TIME_WAIT".into());
+    };
+    let count = |s: &String| s.parse::<usize>().map_err(|_| format!("{s}: a count"));
+    let (established, close_wait, time_wait) =
+        (count(established)?, count(close_wait)?, count(time_wait)?);
+    loopback_up()?;
+    // More ephemeral ports than the default 28,000, in this namespace only.
+    std::fs::write("/proc/sys/net/ipv4/ip_local_port_range", "1024 65535")
+        .map_err(|e| format!("ip_local_port_range: {e}"))?;
+    // Kept open until the process is killed: the loop at the end never returns.
+    let mut kept = Vec::new();
+    let mut listeners = Vec::new();
+    let io = |e: std::io::Error| e.to_string();
+    // A listener per 20,000 connections keeps accept queues and 4-tuples apart.
+    for (kind, total) in [(0, established), (1, close_wait), (2, time_wait)] {
+        let mut left = total;
+        let mut port = 30_000 + kind * 1000;
+        while left > 0 {
+            let batch = left.min(20_000);
+            let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).map_err(io)?;
+            let address = listener.local_addr().map_err(io)?;
+            for _ in 0..batch {
+                let client = TcpStream::connect(address).map_err(io)?;
+                let (server, _) = listener.accept().map_err(io)?;
+                match kind {
+                    0 => kept.extend([client, server]),
+                    1 => {
+                        drop(client); // the server end stays in CLOSE_WAIT
+                        kept.push(server);
+                    }
+                    _ => {
+                        drop(client);
+                        let mut server = server;
+                        let _ = server.read(&mut [0u8; 1]);
+                        drop(server); // the client end goes to TIME_WAIT
+                    }
+                }
+            }
+            listeners.push(listener);
+            left -= batch;
+            port += 1;
+        }
+    }
+    println!("ready");
+    std::io::stdout().flush().map_err(io)?;
+    loop {
+        thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+fn loopback_up() -> Result<(), String> {
+    let status = Command::new("ip")
+        .args(["link", "set", "lo", "up"])
+        .status()
+        .map_err(|e| format!("ip: {e}"))?;
+    status
+        .success()
+        .then_some(())
+        .ok_or_else(|| "ip link set lo up failed".into())
+}
