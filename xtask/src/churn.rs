@@ -91,10 +91,11 @@ pub fn hold(args: &[String]) -> Result<(), String> {
     let mut kept = Vec::new();
     let mut listeners = Vec::new();
     let io = |e: std::io::Error| e.to_string();
-    // A listener per 20,000 connections keeps accept queues and 4-tuples apart.
+    // A listener per 20,000 connections keeps 4-tuples apart. Listener ports
+    // sit below 1024, outside the ephemeral range clients take ports from.
     for (kind, total) in [(0, established), (1, close_wait), (2, time_wait)] {
         let mut left = total;
-        let mut port = 30_000 + kind * 1000;
+        let mut port = 100 + kind * 100;
         while left > 0 {
             let batch = left.min(20_000);
             let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).map_err(io)?;

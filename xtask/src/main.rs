@@ -100,7 +100,7 @@ fn run_task(args: Vec<String>) -> Result<(), String> {
             let path = bench::report_path(&root);
             let _ = std::fs::create_dir_all(path.parent().unwrap_or(&root));
             std::fs::write(&path, &report).map_err(|e| format!("{}: {e}", path.display()))?;
-            println!("\n{report}\n[bench] report written to {}", path.display());
+            println!("[bench] report written to {}", path.display());
             Ok(())
         }
         // The bench's workloads, run by `bench` in namespaces of their own.
