@@ -13,6 +13,7 @@ pub mod commands;
 pub mod decode;
 pub mod diag;
 pub mod event;
+pub mod fasthash;
 pub mod kallsyms;
 pub mod labels;
 pub mod layout;

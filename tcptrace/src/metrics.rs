@@ -4,7 +4,7 @@
 //! hot path); a scrape turns them into metric families in O(series): the
 //! oldest socket of each series is the first of an ordered set.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 use prometheus::{
     Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
@@ -13,6 +13,7 @@ use prometheus::{
 
 use crate::{
     event::{TcpState, errno_name},
+    fasthash::FastMap,
     labels::{PortLabel, Role},
     probes::ResetReasons,
     tracker::{Change, Signal},
@@ -39,15 +40,15 @@ struct DurationHistogram {
 #[derive(Debug, Default)]
 pub struct Aggregates {
     /// Sockets in each series, by (entry time, cookie): the count and the oldest.
-    sockets: HashMap<Series, BTreeSet<(u64, u64)>>,
-    durations: HashMap<Series, DurationHistogram>,
-    transitions: HashMap<(TcpState, TcpState, Role, PortLabel), u64>,
-    killed: HashMap<(Role, PortLabel), u64>,
+    sockets: FastMap<Series, BTreeSet<(u64, u64)>>,
+    durations: FastMap<Series, DurationHistogram>,
+    transitions: FastMap<(TcpState, TcpState, Role, PortLabel), u64>,
+    killed: FastMap<(Role, PortLabel), u64>,
     /// (sent, reason) or (received, None).
-    resets: HashMap<(bool, Option<u32>, Role, PortLabel), u64>,
-    errors: HashMap<(u32, Role, PortLabel), u64>,
-    keepalive_probes: HashMap<(Role, PortLabel), u64>,
-    keepalive_timeouts: HashMap<(Role, PortLabel), u64>,
+    resets: FastMap<(bool, Option<u32>, Role, PortLabel), u64>,
+    errors: FastMap<(u32, Role, PortLabel), u64>,
+    keepalive_probes: FastMap<(Role, PortLabel), u64>,
+    keepalive_timeouts: FastMap<(Role, PortLabel), u64>,
     reset_reasons: ResetReasons,
 }
 
@@ -278,7 +279,7 @@ fn sample(value: u64) -> f64 {
 }
 
 /// Map entries in label order, so scrapes list series stably.
-fn sorted<K: Ord, V>(map: &HashMap<K, V>) -> Vec<(&K, &V)> {
+fn sorted<K: Ord, V>(map: &FastMap<K, V>) -> Vec<(&K, &V)> {
     let mut entries: Vec<_> = map.iter().collect();
     entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
     entries

@@ -15,14 +15,12 @@
 //! TIME_WAIT (60 s re-armed as 60 s). So sockets in that substate are looked
 //! up in the kernel ([`Tracker::fin_wait2_timewaits`], [`Tracker::looked_up`]).
 
-use std::{
-    collections::{HashMap, HashSet, VecDeque},
-    net::IpAddr,
-};
+use std::{collections::VecDeque, net::IpAddr};
 
 use crate::{
     diag::DiagSocket,
     event::{Comm, EventKind, Family, SocketEvent, TcpState},
+    fasthash::{FastMap, FastSet},
     labels::{PortLabel, PortPolicy, Role},
 };
 
@@ -149,10 +147,10 @@ struct Socket {
 /// Tracked sockets and the policy that labels them.
 #[derive(Debug)]
 pub struct Tracker {
-    sockets: HashMap<u64, Socket>,
+    sockets: FastMap<u64, Socket>,
     /// Listening (netns, port) pairs, to tell the role of a socket first seen
     /// mid-life; the value counts listeners (`SO_REUSEPORT`).
-    listeners: HashMap<(u32, u16), u32>,
+    listeners: FastMap<(u32, u16), u32>,
     policy: PortPolicy,
     /// Cancels awaiting resolution, oldest first: (time, cookie).
     cancels: VecDeque<(u64, u64)>,
@@ -160,23 +158,23 @@ pub struct Tracker {
     evictions: u64,
     /// Cookies that ended since a kernel dump began, so that the dump, which
     /// may predate their end, cannot bring them back.
-    ended_during_dump: Option<HashSet<u64>>,
+    ended_during_dump: Option<FastSet<u64>>,
     /// Recently ended sockets, for the signals that follow their end.
-    ended: HashMap<u64, Ended>,
+    ended: FastMap<u64, Ended>,
     ended_order: VecDeque<(u64, u64)>,
 }
 
 impl Tracker {
     pub fn new(policy: PortPolicy, max_sockets: usize) -> Self {
         Self {
-            sockets: HashMap::new(),
-            listeners: HashMap::new(),
+            sockets: FastMap::default(),
+            listeners: FastMap::default(),
             policy,
             cancels: VecDeque::new(),
             max_sockets: max_sockets.max(1),
             evictions: 0,
             ended_during_dump: None,
-            ended: HashMap::new(),
+            ended: FastMap::default(),
             ended_order: VecDeque::new(),
         }
     }
@@ -517,7 +515,7 @@ impl Tracker {
 
     /// Call just before reading the kernel's sockets for [`Tracker::reconcile`].
     pub fn begin_reconcile(&mut self) {
-        self.ended_during_dump = Some(HashSet::new());
+        self.ended_during_dump = Some(FastSet::default());
     }
 
     /// Makes the tracked sockets match a kernel dump that began at
@@ -533,7 +531,7 @@ impl Tracker {
         sink: &mut impl FnMut(&Change),
     ) -> Corrections {
         let ended = self.ended_during_dump.take().unwrap_or_default();
-        let in_dump: HashMap<u64, &DiagSocket> = dump.iter().map(|s| (s.cookie, s)).collect();
+        let in_dump: FastMap<u64, &DiagSocket> = dump.iter().map(|s| (s.cookie, s)).collect();
         let mut corrections = Corrections::default();
         let stale: Vec<(u64, bool)> = self
             .sockets
@@ -718,7 +716,7 @@ impl Tracker {
     }
 
     /// Listening (netns, port) pairs known now.
-    pub fn listening(&self) -> HashSet<(u32, u16)> {
+    pub fn listening(&self) -> FastSet<(u32, u16)> {
         self.listeners.keys().copied().collect()
     }
 }
