@@ -4,7 +4,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use tcptrace_common::{AF_INET, AF_INET6, Event, FLAG_RESET_REASON, kind};
 
-use crate::event::{Comm, EventKind, Family, SocketEvent, TcpState};
+use crate::event::{Comm, Endpoints, EventKind, Family, SocketEvent, TcpState};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -70,12 +70,14 @@ pub fn decode(bytes: &[u8]) -> Result<SocketEvent, DecodeError> {
     Ok(SocketEvent {
         ts_ns: raw.ts_ns,
         cookie: raw.cookie,
-        netns: raw.netns,
-        family,
-        saddr,
-        sport: raw.sport,
-        daddr,
-        dport: raw.dport,
+        endpoints: Endpoints {
+            netns: raw.netns,
+            family,
+            saddr,
+            sport: raw.sport,
+            daddr,
+            dport: raw.dport,
+        },
         pid,
         tid,
         comm: Comm(raw.comm),
@@ -123,10 +125,13 @@ mod tests {
         assert_eq!(event.ts_ns, 42);
         assert_eq!(event.cookie, 7);
         assert_eq!((event.pid, event.tid), (1234, 1235));
-        assert_eq!(event.family, Family::Ipv4);
-        assert_eq!(event.saddr, IpAddr::from([127, 0, 0, 1]));
-        assert_eq!(event.daddr, IpAddr::from([10, 1, 2, 3]));
-        assert_eq!((event.sport, event.dport), (8080, 51000));
+        assert_eq!(event.endpoints.family, Family::Ipv4);
+        assert_eq!(event.endpoints.saddr, IpAddr::from([127, 0, 0, 1]));
+        assert_eq!(event.endpoints.daddr, IpAddr::from([10, 1, 2, 3]));
+        assert_eq!(
+            (event.endpoints.sport, event.endpoints.dport),
+            (8080, 51000)
+        );
         assert_eq!(
             event.kind,
             EventKind::StateChange {
@@ -144,9 +149,9 @@ mod tests {
         raw.saddr = Ipv6Addr::LOCALHOST.octets();
         raw.daddr = "2001:db8::1".parse::<Ipv6Addr>().unwrap().octets();
         let event = decode(&record(&raw)).expect("valid record");
-        assert_eq!(event.family, Family::Ipv6);
-        assert_eq!(event.saddr, IpAddr::V6(Ipv6Addr::LOCALHOST));
-        assert_eq!(event.daddr.to_string(), "2001:db8::1");
+        assert_eq!(event.endpoints.family, Family::Ipv6);
+        assert_eq!(event.endpoints.saddr, IpAddr::V6(Ipv6Addr::LOCALHOST));
+        assert_eq!(event.endpoints.daddr.to_string(), "2001:db8::1");
     }
 
     #[test]

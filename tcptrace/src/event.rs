@@ -156,18 +156,26 @@ impl EventKind {
     ];
 }
 
+/// What identifies a socket to a person: its network namespace and both ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Endpoints {
+    pub netns: u32,
+    pub family: Family,
+    /// Local address and port.
+    pub saddr: IpAddr,
+    pub sport: u16,
+    /// Remote address and port.
+    pub daddr: IpAddr,
+    pub dport: u16,
+}
+
 /// One kernel event about one socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SocketEvent {
     /// `CLOCK_BOOTTIME` nanoseconds.
     pub ts_ns: u64,
     pub cookie: u64,
-    pub netns: u32,
-    pub family: Family,
-    pub saddr: IpAddr,
-    pub sport: u16,
-    pub daddr: IpAddr,
-    pub dport: u16,
+    pub endpoints: Endpoints,
     /// Process and thread on the CPU when the kernel produced the event; for
     /// events raised in softirq this is whatever was running (often 0).
     pub pid: u32,
@@ -179,7 +187,7 @@ pub struct SocketEvent {
 impl SocketEvent {
     /// True if either end of the connection uses `port`.
     pub fn has_port(&self, port: u16) -> bool {
-        self.sport == port || self.dport == port
+        self.endpoints.sport == port || self.endpoints.dport == port
     }
 }
 

@@ -8,8 +8,8 @@ use std::collections::HashMap;
 
 use crate::{
     diag::{self, DiagSocket, Namespace, SocketId},
+    event::Endpoints,
     event::Family,
-    tracker::Endpoints,
 };
 
 /// What to look up and where namespaces were found before.

@@ -491,7 +491,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        event::{Comm, EventKind, Family, SocketEvent},
+        event::{Comm, Endpoints, EventKind, Family, SocketEvent},
         labels::PortPolicy,
         tracker::Tracker,
     };
@@ -502,12 +502,14 @@ mod tests {
         SocketEvent {
             ts_ns: secs * S,
             cookie,
-            netns: 1,
-            family: Family::Ipv4,
-            saddr: Ipv4Addr::LOCALHOST.into(),
-            sport: 443,
-            daddr: Ipv4Addr::LOCALHOST.into(),
-            dport: 50000 + u16::try_from(cookie).expect("small"),
+            endpoints: Endpoints {
+                netns: 1,
+                family: Family::Ipv4,
+                saddr: Ipv4Addr::LOCALHOST.into(),
+                sport: 443,
+                daddr: Ipv4Addr::LOCALHOST.into(),
+                dport: 50000 + u16::try_from(cookie).expect("small"),
+            },
             pid: 0,
             tid: 0,
             comm: Comm([0; 16]),

@@ -15,11 +15,11 @@
 //! TIME_WAIT (60 s re-armed as 60 s). So sockets in that substate are looked
 //! up in the kernel ([`Tracker::fin_wait2_timewaits`], [`Tracker::looked_up`]).
 
-use std::{collections::VecDeque, net::IpAddr};
+use std::collections::VecDeque;
 
 use crate::{
     diag::DiagSocket,
-    event::{Comm, EventKind, Family, SocketEvent, TcpState},
+    event::{Comm, Endpoints, EventKind, Family, SocketEvent, TcpState},
     fasthash::{FastMap, FastSet},
     labels::{PortLabel, PortPolicy, Role},
 };
@@ -116,17 +116,6 @@ struct Ended {
     role: Role,
     port: PortLabel,
     keepalive_probes: u8,
-}
-
-/// What identifies a socket to a person.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Endpoints {
-    pub netns: u32,
-    pub family: Family,
-    pub saddr: IpAddr,
-    pub sport: u16,
-    pub daddr: IpAddr,
-    pub dport: u16,
 }
 
 #[derive(Debug)]
@@ -238,12 +227,12 @@ impl Tracker {
             Some(known) => known,
             None if event.cookie == 0 => Ended {
                 role: Role::Server,
-                port: self.policy.existing(Role::Server, event.sport),
+                port: self.policy.existing(Role::Server, event.endpoints.sport),
                 keepalive_probes: 0,
             },
             None => {
-                let role = self.role_of(event.netns, event.sport);
-                let port = self.label(role, event.sport, event.dport);
+                let role = self.role_of(event.endpoints.netns, event.endpoints.sport);
+                let port = self.label(role, event.endpoints.sport, event.endpoints.dport);
                 Ended {
                     role,
                     port,
@@ -305,9 +294,9 @@ impl Tracker {
             let role = match (old, new) {
                 (TcpState::Close, TcpState::SynSent) => Role::Client,
                 (TcpState::Listen, TcpState::SynRecv) | (_, TcpState::Listen) => Role::Server,
-                _ => self.role_of(event.netns, event.sport),
+                _ => self.role_of(event.endpoints.netns, event.endpoints.sport),
             };
-            let port = self.label(role, event.sport, event.dport);
+            let port = self.label(role, event.endpoints.sport, event.endpoints.dport);
             match entered {
                 Some(stay) => self.insert(event, stay, role, port, false, sink),
                 None => self.ended(event.cookie),
@@ -315,7 +304,7 @@ impl Tracker {
             if new == TcpState::Listen {
                 *self
                     .listeners
-                    .entry((event.netns, event.sport))
+                    .entry((event.endpoints.netns, event.endpoints.sport))
                     .or_default() += 1;
             }
             sink(&Change {
@@ -335,7 +324,7 @@ impl Tracker {
         }
         let left = socket.stay;
         let (role, port) = (socket.role, socket.port);
-        socket.endpoints = endpoints(event);
+        socket.endpoints = event.endpoints;
         if let Some(stay) = entered {
             socket.stay = stay;
         } else if let Some(socket) = self.sockets.remove(&event.cookie) {
@@ -343,11 +332,11 @@ impl Tracker {
             self.ended(event.cookie);
         }
         if left.state == TcpState::Listen && new != TcpState::Listen {
-            self.forget_listener(event.netns, event.sport);
+            self.forget_listener(event.endpoints.netns, event.endpoints.sport);
         } else if new == TcpState::Listen && left.state != TcpState::Listen {
             *self
                 .listeners
-                .entry((event.netns, event.sport))
+                .entry((event.endpoints.netns, event.endpoints.sport))
                 .or_default() += 1;
         }
         sink(&Change {
@@ -376,8 +365,8 @@ impl Tracker {
         let Some(socket) = self.sockets.get_mut(&event.cookie) else {
             // A timewait socket whose history was missed: track it from now,
             // without a duration to observe.
-            let role = self.role_of(event.netns, event.sport);
-            let port = self.label(role, event.sport, event.dport);
+            let role = self.role_of(event.endpoints.netns, event.endpoints.sport);
+            let port = self.label(role, event.endpoints.sport, event.endpoints.dport);
             let stay = Stay {
                 known: false,
                 ..entered
@@ -456,7 +445,7 @@ impl Tracker {
                 stay,
                 role,
                 port,
-                endpoints: endpoints(event),
+                endpoints: event.endpoints,
                 timewait,
                 cancel: None,
                 keepalive_probes: 0,
@@ -721,17 +710,6 @@ impl Tracker {
     }
 }
 
-fn endpoints(event: &SocketEvent) -> Endpoints {
-    Endpoints {
-        netns: event.netns,
-        family: event.family,
-        saddr: event.saddr,
-        sport: event.sport,
-        daddr: event.daddr,
-        dport: event.dport,
-    }
-}
-
 impl Endpoints {
     /// A synthetic event standing for this socket, for changes no kernel
     /// event caused (eviction, reconciliation, lookups).
@@ -739,12 +717,7 @@ impl Endpoints {
         SocketEvent {
             ts_ns: stay.since_ns,
             cookie,
-            netns: self.netns,
-            family: self.family,
-            saddr: self.saddr,
-            sport: self.sport,
-            daddr: self.daddr,
-            dport: self.dport,
+            endpoints: self,
             pid: 0,
             tid: 0,
             comm: Comm([0; 16]),
@@ -772,12 +745,14 @@ mod tests {
         SocketEvent {
             ts_ns: ms * MS,
             cookie,
-            netns: 1,
-            family: Family::Ipv4,
-            saddr: Ipv4Addr::LOCALHOST.into(),
-            sport,
-            daddr: Ipv4Addr::LOCALHOST.into(),
-            dport,
+            endpoints: Endpoints {
+                netns: 1,
+                family: Family::Ipv4,
+                saddr: Ipv4Addr::LOCALHOST.into(),
+                sport,
+                daddr: Ipv4Addr::LOCALHOST.into(),
+                dport,
+            },
             pid: 0,
             tid: 0,
             comm: Comm([0; 16]),

@@ -61,7 +61,8 @@ fn every_transition_of_ipv4_and_ipv6_connections() {
     assert_eq!(tracer.lost(), 0, "events lost");
     assert_eq!(tracer.decode_errors(), 0, "malformed events");
 
-    let (v4_events, v6_events): (Vec<_>, Vec<_>) = events.iter().partition(|e| e.saddr.is_ipv4());
+    let (v4_events, v6_events): (Vec<_>, Vec<_>) =
+        events.iter().partition(|e| e.endpoints.saddr.is_ipv4());
     check_connections(&v4_events, &v4, IpAddr::V4(Ipv4Addr::LOCALHOST), "ipv4");
     check_connections(&v6_events, &v6, IpAddr::V6(Ipv6Addr::LOCALHOST), "ipv6");
 }
@@ -75,7 +76,7 @@ fn is_state_change(event: &SocketEvent) -> bool {
 fn check_connections(events: &[&SocketEvent], truth: &[Connection], addr: IpAddr, family: &str) {
     let mut by_cookie: BTreeMap<u64, Vec<&SocketEvent>> = BTreeMap::new();
     for event in events {
-        assert_eq!(event.family.name(), family);
+        assert_eq!(event.endpoints.family.name(), family);
         by_cookie.entry(event.cookie).or_default().push(event);
     }
     for socket in by_cookie.values_mut() {
@@ -95,28 +96,32 @@ fn check_connections(events: &[&SocketEvent], truth: &[Connection], addr: IpAddr
     for (cookie, socket) in &by_cookie {
         let seen = transitions(socket);
         for event in socket {
-            assert_eq!(event.saddr, addr, "{family} cookie {cookie}: local address");
+            assert_eq!(
+                event.endpoints.saddr, addr,
+                "{family} cookie {cookie}: local address"
+            );
         }
         if seen == LISTENER {
             listeners += 1;
-            assert!(socket.iter().all(|e| e.sport == server_port));
+            assert!(socket.iter().all(|e| e.endpoints.sport == server_port));
         } else if seen == CLIENT {
             // The local port is chosen after CLOSE -> SYN_SENT.
-            let port = socket[1].sport;
+            let port = socket[1].endpoints.sport;
             assert!(
                 client_ports.contains(&port),
                 "{family}: unknown client port {port}"
             );
             assert!(clients.insert(port), "{family}: client port {port} twice");
             for event in socket {
-                assert_eq!(event.dport, server_port);
-                assert_eq!(event.daddr, addr);
+                assert_eq!(event.endpoints.dport, server_port);
+                assert_eq!(event.endpoints.daddr, addr);
                 assert!(
-                    event.sport == port || (event.sport == 0 && socket[0].ts_ns == event.ts_ns)
+                    event.endpoints.sport == port
+                        || (event.endpoints.sport == 0 && socket[0].ts_ns == event.ts_ns)
                 );
             }
         } else if seen == SERVER {
-            let port = socket[0].dport;
+            let port = socket[0].endpoints.dport;
             assert!(
                 client_ports.contains(&port),
                 "{family}: server peer port {port}"
@@ -126,8 +131,11 @@ fn check_connections(events: &[&SocketEvent], truth: &[Connection], addr: IpAddr
                 "{family}: server socket for {port} twice"
             );
             for event in socket {
-                assert_eq!((event.sport, event.dport), (server_port, port));
-                assert_eq!(event.daddr, addr);
+                assert_eq!(
+                    (event.endpoints.sport, event.endpoints.dport),
+                    (server_port, port)
+                );
+                assert_eq!(event.endpoints.daddr, addr);
             }
         } else {
             panic!("{family} cookie {cookie}: unexpected sequence {seen:?}");

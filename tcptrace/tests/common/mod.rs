@@ -255,10 +255,12 @@ impl Tracer {
                         .await;
                         if let Ok(result) = read {
                             result.expect("ring buffer read");
-                            events
-                                .lock()
-                                .expect("lock")
-                                .extend(batch.events.drain(..).filter(|e| e.netns == netns));
+                            events.lock().expect("lock").extend(
+                                batch
+                                    .events
+                                    .drain(..)
+                                    .filter(|e| e.endpoints.netns == netns),
+                            );
                             *decode_errors.lock().expect("lock") += batch.decode_errors.len();
                         }
                         *lost.lock().expect("lock") = source.lost();
