@@ -394,16 +394,19 @@ fn promtool_accepts_a_scrape_taken_under_load() {
 
 #[test]
 fn reconciliation_repairs_gauges_after_lost_events() {
-    // A ring buffer of one page overflows under this churn: events are lost
-    // for real, and the gauges drift until reconciliation reads the kernel.
+    // A ring buffer of one page fills while the daemon is frozen (as on a
+    // CPU-starved host): events are lost for real, and the gauges drift
+    // until reconciliation reads the kernel.
     let daemon = Daemon::start(&["--ring-buffer-size", "4K", "--reconcile-interval", "2s"]);
     let netns = NetNs::new();
     let (leaking, closing) = (18091, 18092);
+    daemon.pause(true);
     let held = netns.run(|| {
         let held = leak_close_wait(local(leaking), 300);
         client_closes_first(local(closing), 300);
         held
     });
+    daemon.pause(false);
     // Losses are counted on the daemon's one-second tick.
     daemon.wait_for("lost events", Duration::from_secs(5), |s| {
         s.sum("tcptrace_events_lost_total", &[]) > 0.0

@@ -558,6 +558,15 @@ impl Daemon {
         }
     }
 
+    /// Freezes the daemon (SIGSTOP), as a CPU-starved host would, or lets it
+    /// go on (SIGCONT).
+    pub fn pause(&self, paused: bool) {
+        signal(
+            &self.child.0,
+            if paused { libc::SIGSTOP } else { libc::SIGCONT },
+        );
+    }
+
     /// SIGTERM; returns the exit status and stderr.
     pub fn stop(mut self) -> (std::process::ExitStatus, String) {
         signal(&self.child.0, libc::SIGTERM);
