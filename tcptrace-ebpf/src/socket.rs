@@ -35,11 +35,11 @@ impl Reader for Probed {
     }
 }
 
-/// Plain loads from a socket pointer a tracepoint handed over (a trusted BTF
-/// pointer): the verifier checks each load against the kernel's own type,
-/// knowing the offset because it comes from the read-only `LAYOUT`, and the
-/// load costs a fraction of a helper call. Only for offsets inside `struct
-/// sock` (the verifier rejects any beyond it).
+/// Plain loads from a pointer a tracepoint handed over (a trusted BTF
+/// pointer, e.g. its socket or timer): the verifier checks each load against
+/// the kernel's own type, knowing the offset because it comes from the
+/// read-only `LAYOUT`, and the load costs a fraction of a helper call. Only
+/// for offsets inside the pointed-to struct (the verifier rejects any beyond).
 pub struct Trusted;
 
 impl Reader for Trusted {

@@ -7,7 +7,8 @@
 //!   probe went out when `icsk_probes_out` rose while the handler ran.
 //!
 //! These programs run for every kernel timer, so the filter comes first:
-//! one read and two comparisons for a timer that is not ours.
+//! one plain load from the timer the tracepoint hands over (no helper call)
+//! and two comparisons for a timer that is not ours.
 
 use aya_ebpf::{
     macros::{btf_tracepoint, map},
@@ -16,7 +17,10 @@ use aya_ebpf::{
 };
 use tcptrace_common::{KernelLayout, kind};
 
-use crate::{maps, socket};
+use crate::{
+    maps,
+    socket::{self, Reader, Trusted},
+};
 
 /// The keepalive timer running on this CPU, from entry to exit (timer
 /// handlers do not nest on a CPU): its address and the probe count before.
@@ -56,7 +60,7 @@ pub fn timer_cancel(ctx: BtfTracePointContext) -> i32 {
 pub fn timer_expire_entry(ctx: BtfTracePointContext) -> i32 {
     let timer: *const u8 = ctx.arg(0);
     let layout = maps::layout();
-    let function: u64 = socket::read(timer, layout.timer_function);
+    let function: u64 = Trusted::get(timer, layout.timer_function);
     if function == 0 {
         return 0;
     }
@@ -106,9 +110,10 @@ pub fn timer_expire_exit(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
+/// `timer` must be the tracepoint's own argument (a trusted pointer).
 #[inline(always)]
 fn is_timewait_timer(timer: *const u8, layout: &KernelLayout) -> bool {
-    let function: u64 = socket::read(timer, layout.timer_function);
+    let function: u64 = Trusted::get(timer, layout.timer_function);
     function != 0 && function == layout.tw_timer_handler
 }
 
