@@ -1163,6 +1163,16 @@ mod tests {
     use std::thread::JoinHandle;
     use std::time::{Duration, Instant};
 
+    /// A deterministic pseudo-random stream (xorshift64) for garbage input.
+    fn xorshift(mut state: u64) -> impl FnMut() -> u64 {
+        move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        }
+    }
+
     // ---------------------------------------------------------------
     // Hand-built replies
     // ---------------------------------------------------------------
@@ -1528,13 +1538,7 @@ mod tests {
             }
         }
         // Pseudo-random buffers, with and without a plausible first header.
-        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = xorshift(0x9e37_79b9_7f4a_7c15_u64);
         for round in 0..20_000 {
             let len = usize::try_from(next() % 512).unwrap();
             let mut buf: Vec<u8> = (0..len).map(|_| next().to_le_bytes()[0]).collect();
@@ -1863,13 +1867,7 @@ mod tests {
         for len in 0..whole.len() {
             let _ = run(&whole[..len]);
         }
-        let mut state = 0x2545_f491_4f6c_dd1d_u64;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = xorshift(0x2545_f491_4f6c_dd1d_u64);
         for round in 0..20_000 {
             let len = usize::try_from(next() % 512).unwrap();
             let mut buf: Vec<u8> = (0..len).map(|_| next().to_le_bytes()[0]).collect();

@@ -341,87 +341,88 @@ pub struct SelfMetrics {
 impl SelfMetrics {
     pub fn new(kernel_release: &str) -> Self {
         let registry = Registry::new();
-        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
-            let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry
-                .register(Box::new(metric.clone()))
-                .expect("unique metric");
-            metric
-        };
-        let counter = |name: &str, help: &str| {
-            let metric = IntCounter::new(name, help).expect("valid metric");
-            registry
-                .register(Box::new(metric.clone()))
-                .expect("unique metric");
-            metric
-        };
-        let build_info = IntGaugeVec::new(
-            Opts::new(
-                "tcptrace_build_info",
-                "Always 1: the running version and kernel.",
+        let build_info: IntGaugeVec = registered(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "tcptrace_build_info",
+                    "Always 1: the running version and kernel.",
+                ),
+                &["version", "kernel"],
             ),
-            &["version", "kernel"],
-        )
-        .expect("valid metric");
+        );
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION"), kernel_release])
             .set(1);
-        registry
-            .register(Box::new(build_info))
-            .expect("unique metric");
-        let program_attached = IntGaugeVec::new(
-            Opts::new(
-                "tcptrace_program_attached",
-                "1 if the BPF program is attached, 0 if not.",
-            ),
-            &["program"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(program_attached.clone()))
-            .expect("unique metric");
-        let tracked_sockets = IntGauge::new(
-            "tcptrace_tracked_sockets",
-            "Sockets tcptrace tracks now (bounded by --max-sockets).",
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(tracked_sockets.clone()))
-            .expect("unique metric");
-        let reconcile_seconds = Gauge::new(
-            "tcptrace_reconcile_duration_seconds",
-            "How long the last reading of the kernel's sockets took.",
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(reconcile_seconds.clone()))
-            .expect("unique metric");
         Self {
-            reconcile_seconds,
-            events: counter_vec(
-                "tcptrace_events_total",
-                "Events received from the kernel, by kind.",
-                &["kind"],
+            events: registered(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "tcptrace_events_total",
+                        "Events received from the kernel, by kind.",
+                    ),
+                    &["kind"],
+                ),
             ),
-            events_lost: counter(
-                "tcptrace_events_lost_total",
-                "Events the kernel could not deliver (ring buffer full).",
+            events_lost: registered(
+                &registry,
+                IntCounter::new(
+                    "tcptrace_events_lost_total",
+                    "Events the kernel could not deliver (ring buffer full).",
+                ),
             ),
-            decode_errors: counter("tcptrace_decode_errors_total", "Malformed events."),
-            program_attached,
-            sockets_seeded: counter(
-                "tcptrace_sockets_seeded_total",
-                "Sockets found already open at start-up.",
+            decode_errors: registered(
+                &registry,
+                IntCounter::new("tcptrace_decode_errors_total", "Malformed events."),
             ),
-            reconcile_corrections: counter_vec(
-                "tcptrace_reconcile_corrections_total",
-                "Drift between tracked and kernel state corrected by reconciliation.",
-                &["kind"],
+            program_attached: registered(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "tcptrace_program_attached",
+                        "1 if the BPF program is attached, 0 if not.",
+                    ),
+                    &["program"],
+                ),
             ),
-            tracked_sockets,
-            evictions: counter(
-                "tcptrace_tracked_evictions_total",
-                "Sockets dropped from tracking because --max-sockets were tracked.",
+            sockets_seeded: registered(
+                &registry,
+                IntCounter::new(
+                    "tcptrace_sockets_seeded_total",
+                    "Sockets found already open at start-up.",
+                ),
+            ),
+            reconcile_corrections: registered(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "tcptrace_reconcile_corrections_total",
+                        "Drift between tracked and kernel state corrected by reconciliation.",
+                    ),
+                    &["kind"],
+                ),
+            ),
+            tracked_sockets: registered(
+                &registry,
+                IntGauge::new(
+                    "tcptrace_tracked_sockets",
+                    "Sockets tcptrace tracks now (bounded by --max-sockets).",
+                ),
+            ),
+            evictions: registered(
+                &registry,
+                IntCounter::new(
+                    "tcptrace_tracked_evictions_total",
+                    "Sockets dropped from tracking because --max-sockets were tracked.",
+                ),
+            ),
+            reconcile_seconds: registered(
+                &registry,
+                Gauge::new(
+                    "tcptrace_reconcile_duration_seconds",
+                    "How long the last reading of the kernel's sockets took.",
+                ),
             ),
             registry,
         }
@@ -471,6 +472,19 @@ pub fn sysctl_family(settings: &[(String, crate::sysctls::Settings)]) -> Option<
         }
     }
     (!family.get_metric().is_empty()).then_some(family)
+}
+
+/// Registers a metric built from constant, valid names (so neither step can
+/// fail) and returns the handle the daemon updates.
+fn registered<M>(registry: &Registry, metric: prometheus::Result<M>) -> M
+where
+    M: prometheus::core::Collector + Clone + 'static,
+{
+    let metric = metric.expect("valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique metric");
+    metric
 }
 
 /// The Prometheus text exposition of `families`.

@@ -26,25 +26,26 @@ fn count(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
     scrape.sum(name, labels)
 }
 
-fn set_option(stream: &TcpStream, level: libc::c_int, name: libc::c_int, value: libc::c_int) {
-    // SAFETY: a valid socket fd and a correctly sized int option.
+/// `setsockopt` with a value of the option's own type (int, `linger` …).
+fn set_option<T>(stream: &TcpStream, level: libc::c_int, name: libc::c_int, value: &T) {
+    // SAFETY: a valid socket fd and a value of the size passed.
     let ret = unsafe {
         libc::setsockopt(
             stream.as_raw_fd(),
             level,
             name,
-            (&raw const value).cast(),
-            libc::socklen_t::try_from(size_of::<libc::c_int>()).expect("fits"),
+            std::ptr::from_ref(value).cast(),
+            libc::socklen_t::try_from(size_of::<T>()).expect("fits"),
         )
     };
     assert_eq!(ret, 0, "setsockopt: {}", std::io::Error::last_os_error());
 }
 
 fn keepalive(stream: &TcpStream, idle: i32, interval: i32, probes: i32) {
-    set_option(stream, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1);
-    set_option(stream, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, idle);
-    set_option(stream, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, interval);
-    set_option(stream, libc::IPPROTO_TCP, libc::TCP_KEEPCNT, probes);
+    set_option(stream, libc::SOL_SOCKET, libc::SO_KEEPALIVE, &1i32);
+    set_option(stream, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, &idle);
+    set_option(stream, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, &interval);
+    set_option(stream, libc::IPPROTO_TCP, libc::TCP_KEEPCNT, &probes);
 }
 
 #[test]
@@ -100,17 +101,7 @@ fn closing_with_linger_zero_resets_both_ends() {
                     l_onoff: 1,
                     l_linger: 0,
                 };
-                // SAFETY: a valid socket fd and a correctly sized linger.
-                let ret = unsafe {
-                    libc::setsockopt(
-                        client.as_raw_fd(),
-                        libc::SOL_SOCKET,
-                        libc::SO_LINGER,
-                        (&raw const linger).cast(),
-                        libc::socklen_t::try_from(size_of::<libc::linger>()).expect("fits"),
-                    )
-                };
-                assert_eq!(ret, 0);
+                set_option(&client, libc::SOL_SOCKET, libc::SO_LINGER, &linger);
                 drop(client); // close with SO_LINGER {1, 0}: an RST, no FIN
                 accepted
             })
