@@ -5,7 +5,7 @@ use std::{path::PathBuf, time::Duration};
 use clap::{Args, Parser, Subcommand};
 use tcptrace_common::DEFAULT_RING_BUFFER_BYTES;
 
-use crate::{event::TcpState, output::Format, probes::ProbeConfig};
+use crate::{event::TcpState, output::Format, probes::ProbeConfig, stale::StaleSetting};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -46,6 +46,13 @@ pub enum Command {
     /// Covers every network namespace (containers included). JSON Lines by
     /// default; stop with Ctrl-C.
     Events(EventsArgs),
+    /// List sockets with their state, age and owning process.
+    ///
+    /// Asks a running `tcptrace run` (ages, stale flags); without one,
+    /// reads the kernel once (ages known for TIME_WAIT only). Owners come
+    /// from /proc/<pid>/fd, or for orphaned sockets from the task that
+    /// closed them.
+    Sockets(SocketsArgs),
 }
 
 /// Options of every command that loads the BPF programs.
@@ -135,7 +142,59 @@ pub struct RunArgs {
     /// disables.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub reconcile_interval: Duration,
+
+    /// Age at which a socket in CLOSE_WAIT, FIN_WAIT2 or LAST_ACK is stale:
+    /// counted in `tcptrace_stale_sockets` with its owning process, and
+    /// warned about. One value for all three, or STATE=DURATION for one
+    /// (repeat), e.g. `--stale-after 60s --stale-after CLOSE_WAIT=5m`.
+    #[arg(long, value_name = "[STATE=]DURATION", default_value = "60s")]
+    pub stale_after: Vec<StaleSetting>,
+
+    /// Most distinct `process` label values of `tcptrace_stale_sockets`:
+    /// the processes with the most stale sockets; the rest are "other".
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    pub max_processes: usize,
+
+    /// Serve the socket list (/api/v1/sockets: addresses, pids, command
+    /// lines) to every client, not only to loopback ones.
+    #[arg(long = "web.enable-api")]
+    pub enable_api: bool,
 }
+
+#[derive(Debug, Args)]
+pub struct SocketsArgs {
+    /// Where `tcptrace run` serves (its --web.listen-address).
+    #[arg(long, value_name = "HOST:PORT", default_value = DEFAULT_DAEMON_ADDRESS)]
+    pub address: std::net::SocketAddr,
+
+    /// Only sockets in this state (repeat or comma-separate).
+    #[arg(long = "state", value_name = "STATE", value_delimiter = ',')]
+    pub states: Vec<TcpState>,
+
+    /// Only sockets at least this long in their state, e.g. 30s, 5m.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub min_age: Option<Duration>,
+
+    /// Only sockets with this port at either end.
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: Option<u16>,
+
+    /// Only stale sockets (see `tcptrace run --stale-after`); needs the daemon.
+    #[arg(long)]
+    pub stale: bool,
+
+    /// Print JSON (the daemon's /api/v1/sockets format) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Most sockets listed, oldest first.
+    #[arg(long, value_name = "N", default_value_t = crate::api::DEFAULT_LIMIT,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=crate::api::MAX_LIMIT as u64))]
+    pub limit: usize,
+}
+
+/// Where the commands that read a daemon find it by default.
+pub const DEFAULT_DAEMON_ADDRESS: &str = "127.0.0.1:10091";
 
 /// `:10091`: every interface. The Prometheus exporter range 9100-9999 is
 /// fully allocated; 10091 sits just above it.

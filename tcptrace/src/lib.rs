@@ -6,8 +6,10 @@
 //! by [`diag`] added), which feed the [`metrics`] served by [`web`], or the
 //! event stream ([`output`]).
 
+pub mod api;
 pub mod btf;
 pub mod cli;
+pub mod client;
 pub mod clock;
 pub mod commands;
 pub mod decode;
@@ -20,8 +22,10 @@ pub mod layout;
 pub mod lookups;
 pub mod metrics;
 pub mod output;
+pub mod owners;
 pub mod probes;
 pub mod ring;
+pub mod stale;
 pub mod sysctls;
 pub mod tracker;
 pub mod web;
@@ -33,6 +37,11 @@ pub enum Error {
     Probe(#[from] probes::ProbeError),
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Client(#[from] client::ClientError),
+    /// A combination of options that cannot work; exit code 2.
+    #[error("{0}")]
+    Usage(String),
     #[error("cannot listen on {address}: {source} (choose another with --web.listen-address)")]
     Listen {
         address: String,
@@ -45,5 +54,6 @@ pub async fn run(cli: cli::Cli) -> Result<(), Error> {
     match cli.command {
         cli::Command::Events(args) => commands::events::run(args).await,
         cli::Command::Run(args) => commands::run::run(args).await,
+        cli::Command::Sockets(args) => commands::sockets::run(args).await,
     }
 }

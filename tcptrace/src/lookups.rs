@@ -45,7 +45,7 @@ impl Lookups {
 
     /// Namespaces that cannot be entered are skipped: their sockets stay as
     /// they are until their timer's events or reconciliation settle them.
-    fn find_blocking(&mut self, pending: &[(u64, Endpoints)]) -> Vec<(u64, DiagSocket)> {
+    pub fn find_blocking(&mut self, pending: &[(u64, Endpoints)]) -> Vec<(u64, DiagSocket)> {
         let mut by_netns: HashMap<u32, Vec<(u64, SocketId)>> = HashMap::new();
         for &(cookie, endpoints) in pending {
             by_netns

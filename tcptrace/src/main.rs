@@ -40,6 +40,10 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(tcptrace::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e @ tcptrace::Error::Usage(_)) => {
+            eprintln!("tcptrace: {e}");
+            ExitCode::from(2)
+        }
         Err(e) => {
             eprintln!("tcptrace: {e}");
             ExitCode::FAILURE

@@ -12,6 +12,7 @@ use prometheus::{
 };
 
 use crate::{
+    api::PortSummary,
     event::{TcpState, errno_name},
     fasthash::FastMap,
     labels::{PortLabel, Role},
@@ -113,6 +114,69 @@ impl Aggregates {
         self.sockets
             .get(&(state, role, port))
             .map_or(0, BTreeSet::len)
+    }
+
+    /// Sockets in `state` that entered it at or before `cutoff_ns`, oldest
+    /// first within each series: (role, port, entry time, cookie).
+    pub fn entered_before(
+        &self,
+        state: TcpState,
+        cutoff_ns: u64,
+    ) -> impl Iterator<Item = (Role, PortLabel, u64, u64)> + '_ {
+        self.sockets
+            .iter()
+            .filter(move |((series_state, _, _), _)| *series_state == state)
+            .flat_map(move |(&(_, role, port), set)| {
+                set.range(..=(cutoff_ns, u64::MAX))
+                    .map(move |&(since, cookie)| (role, port, since, cookie))
+            })
+    }
+
+    /// Per role and port: sockets by state and the running totals, for the
+    /// live views (`tcptrace top`, the web page).
+    pub fn ports(&self, now_ns: u64) -> Vec<PortSummary> {
+        fn entry(
+            ports: &mut FastMap<(Role, PortLabel), PortSummary>,
+            role: Role,
+            port: PortLabel,
+        ) -> &mut PortSummary {
+            ports.entry((role, port)).or_insert_with(|| PortSummary {
+                role: role.name().to_owned(),
+                port: port.to_string(),
+                ..PortSummary::default()
+            })
+        }
+        let mut ports: FastMap<(Role, PortLabel), PortSummary> = FastMap::default();
+        for (&(state, role, port), set) in &self.sockets {
+            let summary = entry(&mut ports, role, port);
+            if !set.is_empty() {
+                summary
+                    .sockets
+                    .insert(state.name().to_owned(), set.len() as u64);
+            }
+            if state == TcpState::CloseWait {
+                summary.oldest_close_wait_seconds = set
+                    .first()
+                    .map_or(0.0, |&(since, _)| seconds(now_ns.saturating_sub(since)));
+            }
+        }
+        for (&(_, _, role, port), &count) in &self.transitions {
+            entry(&mut ports, role, port).transitions += count;
+        }
+        for (&(sent, _, role, port), &count) in &self.resets {
+            let summary = entry(&mut ports, role, port);
+            if sent {
+                summary.resets_sent += count;
+            } else {
+                summary.resets_received += count;
+            }
+        }
+        for (&(role, port), &count) in &self.keepalive_probes {
+            entry(&mut ports, role, port).keepalive_probes += count;
+        }
+        let mut ports: Vec<_> = ports.into_iter().collect();
+        ports.sort_unstable_by_key(|&(key, _)| key);
+        ports.into_iter().map(|(_, summary)| summary).collect()
     }
 
     /// The socket-state metric families, as of `now_ns` (`CLOCK_BOOTTIME`).
@@ -265,7 +329,7 @@ impl DurationHistogram {
 }
 
 /// Nanoseconds as seconds, a metric's unit.
-fn seconds(ns: u64) -> f64 {
+pub(crate) fn seconds(ns: u64) -> f64 {
     sample(ns) / 1e9
 }
 
@@ -274,7 +338,7 @@ fn seconds(ns: u64) -> f64 {
     clippy::cast_precision_loss,
     reason = "Prometheus samples are f64 by definition"
 )]
-fn sample(value: u64) -> f64 {
+pub(crate) fn sample(value: u64) -> f64 {
     value as f64
 }
 
@@ -285,7 +349,7 @@ fn sorted<K: Ord, V>(map: &FastMap<K, V>) -> Vec<(&K, &V)> {
     entries
 }
 
-fn family(name: &str, help: &str, kind: MetricType) -> MetricFamily {
+pub(crate) fn family(name: &str, help: &str, kind: MetricType) -> MetricFamily {
     let mut family = MetricFamily::default();
     family.set_name(name.to_owned());
     family.set_help(help.to_owned());
@@ -293,7 +357,7 @@ fn family(name: &str, help: &str, kind: MetricType) -> MetricFamily {
     family
 }
 
-fn labels(pairs: &[(&str, &str)]) -> Vec<LabelPair> {
+pub(crate) fn labels(pairs: &[(&str, &str)]) -> Vec<LabelPair> {
     pairs
         .iter()
         .map(|&(name, value)| {
@@ -305,7 +369,7 @@ fn labels(pairs: &[(&str, &str)]) -> Vec<LabelPair> {
         .collect()
 }
 
-fn gauge(labels: Vec<LabelPair>, value: f64) -> Metric {
+pub(crate) fn gauge(labels: Vec<LabelPair>, value: f64) -> Metric {
     let mut gauge = proto::Gauge::default();
     gauge.set_value(value);
     let mut metric = Metric::default();

@@ -22,6 +22,7 @@ use crate::{
     event::{Comm, Endpoints, EventKind, Family, SocketEvent, TcpState},
     fasthash::{FastMap, FastSet},
     labels::{PortLabel, PortPolicy, Role},
+    owners::{Task, in_task_context},
 };
 
 /// The errno of a connection that timed out (`ETIMEDOUT`).
@@ -131,6 +132,18 @@ struct Socket {
     cancel: Option<Box<SocketEvent>>,
     /// Keepalive probes outstanding, as of the last probe.
     keepalive_probes: u8,
+    /// The task of the last transition made in process context.
+    task: Option<Task>,
+}
+
+/// A tracked socket, as the stale report and the API show it.
+#[derive(Debug, Clone, Copy)]
+pub struct Tracked {
+    pub stay: Stay,
+    pub role: Role,
+    pub port: PortLabel,
+    pub endpoints: Endpoints,
+    pub task: Option<Task>,
 }
 
 /// Tracked sockets and the policy that labels them.
@@ -298,7 +311,12 @@ impl Tracker {
             };
             let port = self.label(role, event.endpoints.sport, event.endpoints.dport);
             match entered {
-                Some(stay) => self.insert(event, stay, role, port, false, sink),
+                Some(stay) => {
+                    self.insert(event, stay, role, port, false, sink);
+                    if let Some(socket) = self.sockets.get_mut(&event.cookie) {
+                        socket.task = task_of(event, old, new);
+                    }
+                }
                 None => self.ended(event.cookie),
             }
             if new == TcpState::Listen {
@@ -325,6 +343,9 @@ impl Tracker {
         let left = socket.stay;
         let (role, port) = (socket.role, socket.port);
         socket.endpoints = event.endpoints;
+        if let Some(task) = task_of(event, old, new) {
+            socket.task = Some(task);
+        }
         if let Some(stay) = entered {
             socket.stay = stay;
         } else if let Some(socket) = self.sockets.remove(&event.cookie) {
@@ -449,6 +470,7 @@ impl Tracker {
                 timewait,
                 cancel: None,
                 keepalive_probes: 0,
+                task: None,
             },
         );
     }
@@ -704,10 +726,34 @@ impl Tracker {
             .map(|(&cookie, s)| (cookie, s.stay.state))
     }
 
+    /// A tracked socket by cookie.
+    pub fn socket(&self, cookie: u64) -> Option<Tracked> {
+        self.sockets.get(&cookie).map(|s| Tracked {
+            stay: s.stay,
+            role: s.role,
+            port: s.port,
+            endpoints: s.endpoints,
+            task: s.task,
+        })
+    }
+
+    pub fn contains(&self, cookie: u64) -> bool {
+        self.sockets.contains_key(&cookie)
+    }
+
     /// Listening (netns, port) pairs known now.
     pub fn listening(&self) -> FastSet<(u32, u16)> {
         self.listeners.keys().copied().collect()
     }
+}
+
+/// The task behind a transition, when the kernel made it in that task's
+/// system call.
+fn task_of(event: &SocketEvent, old: TcpState, new: TcpState) -> Option<Task> {
+    (event.pid != 0 && in_task_context(old, new)).then_some(Task {
+        pid: event.pid,
+        comm: event.comm,
+    })
 }
 
 impl Endpoints {

@@ -1,9 +1,12 @@
-//! The HTTP endpoint: `/metrics`, `/-/healthy`, `/-/ready`.
+//! The HTTP endpoint: `/metrics`, `/-/healthy`, `/-/ready`, the JSON API
+//! ([`crate::api`]) and a page for browsers at `/`.
 //!
 //! Small and defensive: GET and HEAD only, a bounded request head read
 //! within a deadline, and a cap on connections served at once.
 
-use std::{convert::Infallible, future::Future, io, sync::Arc, time::Duration};
+use std::{
+    convert::Infallible, future::Future, io, net::SocketAddr, pin::Pin, sync::Arc, time::Duration,
+};
 
 use http_body_util::Full;
 use hyper::{
@@ -16,13 +19,25 @@ use hyper::{
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{net::TcpListener, sync::Semaphore};
 
+use crate::api::{self, SocketQuery};
+
+/// A response body still being computed.
+pub type Pending = Pin<Box<dyn Future<Output = Vec<u8>> + Send>>;
+
 /// What the endpoint serves.
 pub trait Site: Send + Sync + 'static {
     /// The Prometheus text exposition.
     fn metrics(&self) -> Vec<u8>;
     /// Whether every program is attached and start-up seeding finished.
     fn ready(&self) -> bool;
+    /// [`api::Overview`] as JSON.
+    fn overview(&self) -> Vec<u8>;
+    /// [`api::SocketList`] as JSON; owners may need looking up first.
+    fn sockets(self: Arc<Self>, query: SocketQuery) -> Pending;
 }
+
+/// The page at `/`: self-contained, it reads the JSON API.
+static INDEX_HTML: &str = include_str!("index.html");
 
 /// Connections served at once; more wait in the kernel's accept queue.
 const MAX_CONNECTIONS: usize = 64;
@@ -32,9 +47,12 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_HEAD_BYTES: usize = 16 * 1024;
 
 /// Serves `site` on `listener` until `shutdown` resolves.
+/// Serves `site` on `listener` until `shutdown` resolves; the socket list
+/// goes to loopback clients only unless `expose_sockets`.
 pub async fn serve(
     listener: TcpListener,
     site: Arc<dyn Site>,
+    expose_sockets: bool,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
@@ -44,7 +62,7 @@ pub async fn serve(
             () = &mut shutdown => return Ok(()),
             permit = permits.clone().acquire_owned() => permit.expect("semaphore never closed"),
         };
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             () = &mut shutdown => return Ok(()),
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -59,8 +77,11 @@ pub async fn serve(
         let site = site.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request| {
-                let response = respond(site.as_ref(), &request);
-                async move { Ok::<_, Infallible>(response) }
+                let site = site.clone();
+                async move {
+                    let response = respond(site, request, peer, expose_sockets).await;
+                    Ok::<_, Infallible>(response)
+                }
             });
             let served = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -76,7 +97,12 @@ pub async fn serve(
     }
 }
 
-fn respond(site: &dyn Site, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+async fn respond(
+    site: Arc<dyn Site>,
+    request: Request<Incoming>,
+    peer: SocketAddr,
+    expose_sockets: bool,
+) -> Response<Full<Bytes>> {
     if request.method() != Method::GET && request.method() != Method::HEAD {
         let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
         response
@@ -85,34 +111,56 @@ fn respond(site: &dyn Site, request: &Request<Incoming>) -> Response<Full<Bytes>
         return response;
     }
     match request.uri().path() {
-        "/metrics" => {
-            let mut response = Response::new(Full::new(Bytes::from(site.metrics())));
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                header::HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
-            );
-            response
-        }
+        "/metrics" => body(
+            StatusCode::OK,
+            crate::metrics::CONTENT_TYPE,
+            site.metrics().into(),
+        ),
         "/-/healthy" => text(StatusCode::OK, "tcptrace is healthy\n"),
         "/-/ready" if site.ready() => text(StatusCode::OK, "tcptrace is ready\n"),
         "/-/ready" => text(
             StatusCode::SERVICE_UNAVAILABLE,
             "tcptrace is starting: attaching programs and reading existing sockets\n",
         ),
-        "/" => text(
+        "/" => body(
             StatusCode::OK,
-            "tcptrace\n\n/metrics    Prometheus metrics\n/-/healthy  liveness\n/-/ready    readiness\n",
+            "text/html; charset=utf-8",
+            INDEX_HTML.into(),
         ),
+        api::OVERVIEW_PATH => json(StatusCode::OK, site.overview()),
+        api::SOCKETS_PATH if !expose_sockets && !peer.ip().to_canonical().is_loopback() => text(
+            StatusCode::FORBIDDEN,
+            "the socket list shows addresses and command lines: it is served to loopback clients only (start tcptrace with --web.enable-api to serve it to every client)\n",
+        ),
+        api::SOCKETS_PATH => match SocketQuery::parse(request.uri().query().unwrap_or_default()) {
+            Ok(query) => json(StatusCode::OK, site.sockets(query).await),
+            Err(error) => json(
+                StatusCode::BAD_REQUEST,
+                serde_json::to_vec(&serde_json::json!({ "error": error })).unwrap_or_default(),
+            ),
+        },
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }
 
-fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+fn json(status: StatusCode, content: Vec<u8>) -> Response<Full<Bytes>> {
+    body(status, "application/json", content.into())
+}
+
+fn body(status: StatusCode, content_type: &'static str, content: Bytes) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(content));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
-        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+        header::HeaderValue::from_static(content_type),
     );
     response
+}
+
+fn text(status: StatusCode, content: &'static str) -> Response<Full<Bytes>> {
+    body(
+        status,
+        "text/plain; charset=utf-8",
+        Bytes::from_static(content.as_bytes()),
+    )
 }

@@ -8,8 +8,10 @@ use std::{env, path::PathBuf, process::Command};
 use crate::{cmd, pins::Pins};
 
 /// Debian packages the test suite drives as ground truth or as peers.
-/// (`prometheus` brings promtool, which lints the exposition.)
-pub const TEST_PACKAGES: &[&str] = &["iproute2", "prometheus"];
+/// (`prometheus` brings promtool, which lints the exposition; python3 runs
+/// the leaking services of the owner tests; chromium and tmux drive the web
+/// page and `tcptrace top` as a person would.)
+pub const TEST_PACKAGES: &[&str] = &["iproute2", "prometheus", "python3", "chromium", "tmux"];
 
 /// The peers the benchmark compares tcptrace with.
 pub const BENCH_PACKAGES: &[&str] = &[

@@ -2,6 +2,7 @@
 
 pub mod events;
 pub mod run;
+pub mod sockets;
 
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() -> std::io::Result<()> {

@@ -6,35 +6,40 @@
 
 use std::{
     collections::HashMap,
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::{
         Arc, Mutex, MutexGuard,
         atomic::{AtomicBool, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use tokio::net::TcpListener;
 
 use crate::{
     Error,
+    api::{Overview, SocketList, SocketQuery, SocketRecord},
     cli::{ListenAddress, RunArgs},
     clock, diag,
-    event::EventKind,
+    event::{Endpoints, EventKind, TcpState},
     labels::{self, PortPolicy},
     lookups::Lookups,
     metrics::{self, Aggregates, SelfMetrics},
+    owners::{self, Owner, Owners, Task},
     probes::Probes,
     ring::Batch,
+    stale::{self, StaleAfter, StaleReport, StaleSocket},
     sysctls,
     tracker::Tracker,
-    web::{self, Site},
+    web::{self, Pending, Site},
 };
 
-/// The tracked sockets and what they add up to.
+/// The tracked sockets, what they add up to, and who holds the stale ones.
 struct State {
     tracker: Tracker,
     aggregates: Aggregates,
+    owners: Owners,
+    stale: StaleReport,
 }
 
 impl State {
@@ -42,6 +47,7 @@ impl State {
         let Self {
             tracker,
             aggregates,
+            ..
         } = self;
         let mut kinds = [0u64; EventKind::NAMES.len()];
         for event in &batch.events {
@@ -57,6 +63,91 @@ impl State {
             .decode_errors
             .inc_by(batch.decode_errors.len() as u64);
     }
+
+    /// The stale sockets now, with what finding their owners needs.
+    fn stale_now(&self, now_ns: u64) -> Vec<(StaleSocket, Endpoints, Option<Task>)> {
+        stale::stale_sockets(&self.aggregates, &self.stale.after, now_ns)
+            .into_iter()
+            .filter_map(|socket| {
+                let tracked = self.tracker.socket(socket.cookie)?;
+                Some((socket, tracked.endpoints, tracked.task))
+            })
+            .collect()
+    }
+
+    /// The sockets `query` selects, oldest in its state first, up to its
+    /// limit; and how many matched in all.
+    fn select(
+        &self,
+        query: &SocketQuery,
+        now_ns: u64,
+    ) -> (Vec<(SocketRecord, Endpoints, Option<Task>)>, usize) {
+        let min_age = u64::try_from(query.min_age.as_nanos()).unwrap_or(u64::MAX);
+        let Some(cutoff) = now_ns.checked_sub(min_age) else {
+            return (Vec::new(), 0);
+        };
+        let mut selected = Vec::new();
+        for state in TcpState::ALL {
+            for (role, port, since_ns, cookie) in self.aggregates.entered_before(state, cutoff) {
+                let Some(tracked) = self.tracker.socket(cookie) else {
+                    continue;
+                };
+                let endpoints = tracked.endpoints;
+                let label = port.to_string();
+                if !query.selects(state, [endpoints.sport, endpoints.dport], &label) {
+                    continue;
+                }
+                let age_ns = now_ns.saturating_sub(since_ns);
+                let stale = self
+                    .stale
+                    .after
+                    .of(state)
+                    .is_some_and(|after| u128::from(age_ns) >= after.as_nanos());
+                if query.stale && !stale {
+                    continue;
+                }
+                let record = SocketRecord {
+                    cookie,
+                    state: state.name().to_owned(),
+                    age_seconds: Some(metrics::seconds(age_ns)),
+                    age_exact: tracked.stay.known,
+                    stale,
+                    role: role.name().to_owned(),
+                    port: label,
+                    local: SocketAddr::new(endpoints.saddr, endpoints.sport),
+                    remote: SocketAddr::new(endpoints.daddr, endpoints.dport),
+                    netns: endpoints.netns,
+                    pid: None,
+                    comm: None,
+                    cmdline: None,
+                    cgroup: None,
+                    owner: None,
+                };
+                selected.push((record, endpoints, tracked.task));
+            }
+        }
+        let total = selected.len();
+        selected.sort_by(|a, b| {
+            b.0.age_seconds
+                .partial_cmp(&a.0.age_seconds)
+                .unwrap_or(std::cmp::Ordering::Equal)
+        });
+        selected.truncate(query.limit);
+        (selected, total)
+    }
+}
+
+/// Finds owners on a blocking thread (it reads `/proc` and asks the kernel).
+async fn find_owners(sockets: Vec<(u64, Endpoints, Option<Task>)>) -> Vec<(u64, Option<Owner>)> {
+    if sockets.is_empty() {
+        return Vec::new();
+    }
+    tokio::task::spawn_blocking(move || owners::find(&sockets))
+        .await
+        .unwrap_or_else(|error| {
+            tracing::warn!(%error, "owner lookup thread failed");
+            Vec::new()
+        })
 }
 
 /// What the HTTP endpoint serves.
@@ -89,7 +180,9 @@ impl Site for Exporter {
             self.metrics
                 .tracked_sockets
                 .set(i64::try_from(state.tracker.len()).unwrap_or(i64::MAX));
-            state.aggregates.families(clock::boot_ns())
+            let mut families = state.aggregates.families(clock::boot_ns());
+            families.push(state.stale.family());
+            families
         };
         families.extend(self.metrics.families());
         let settings = self
@@ -109,6 +202,56 @@ impl Site for Exporter {
 
     fn ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
+    }
+
+    fn overview(&self) -> Vec<u8> {
+        let state = self.state();
+        let overview = Overview {
+            ports: state.aggregates.ports(clock::boot_ns()),
+            stale: state.stale.groups().to_vec(),
+            stale_after_seconds: state
+                .stale
+                .after
+                .iter()
+                .map(|(state, after)| (state.name().to_owned(), after.as_secs_f64()))
+                .collect(),
+            events_lost: self.metrics.events_lost.get(),
+        };
+        drop(state);
+        serde_json::to_vec(&overview).unwrap_or_default()
+    }
+
+    fn sockets(self: Arc<Self>, query: SocketQuery) -> Pending {
+        Box::pin(async move {
+            let now = Instant::now();
+            let (selected, total, unresolved) = {
+                let state = self.state();
+                let (selected, total) = state.select(&query, clock::boot_ns());
+                let unresolved: Vec<_> = selected
+                    .iter()
+                    .filter(|(record, _, _)| state.owners.stale(record.cookie, now))
+                    .map(|(record, endpoints, task)| (record.cookie, *endpoints, *task))
+                    .collect();
+                (selected, total, unresolved)
+            };
+            let found = find_owners(unresolved).await;
+            let selected: Vec<SocketRecord> = {
+                let mut state = self.state();
+                state.owners.store(now, found);
+                selected
+                    .into_iter()
+                    .map(|(mut record, _, _)| {
+                        record.set_owner(state.owners.get(record.cookie));
+                        record
+                    })
+                    .collect()
+            };
+            serde_json::to_vec(&SocketList {
+                sockets: selected,
+                total,
+            })
+            .unwrap_or_default()
+        })
     }
 }
 
@@ -131,6 +274,8 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
         state: Mutex::new(State {
             tracker: Tracker::new(policy, args.max_sockets),
             aggregates: Aggregates::new(reset_reasons),
+            owners: Owners::default(),
+            stale: StaleReport::new(StaleAfter::new(&args.stale_after), args.max_processes),
         }),
         metrics: metrics.clone(),
         ready: AtomicBool::new(false),
@@ -140,9 +285,14 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     let max_netns = args.max_netns;
 
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let server = tokio::spawn(web::serve(listener, exporter.clone(), async move {
-        let _ = stop_rx.wait_for(|stop| *stop).await;
-    }));
+    let server = tokio::spawn(web::serve(
+        listener,
+        exporter.clone(),
+        args.enable_api,
+        async move {
+            let _ = stop_rx.wait_for(|stop| *stop).await;
+        },
+    ));
     tracing::info!("serving http://{address}/metrics");
 
     // Programs are attached: every socket opened from here on is seen, so
@@ -173,19 +323,22 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
             _ = tick.tick() => {
                 let pending = {
                     let mut state = exporter.state();
-                    let State { tracker, aggregates } = &mut *state;
+                    let State { tracker, aggregates, .. } = &mut *state;
                     tracker.tick(clock::boot_ns(), &mut |change| aggregates.apply(change));
                     metrics.evictions.inc_by(tracker.evictions() - metrics.evictions.get());
                     metrics.events_lost.inc_by(source.lost().saturating_sub(metrics.events_lost.get()));
                     tracker.fin_wait2_timewaits()
                 };
                 let found = lookups.find(pending).await;
-                let now_ns = clock::boot_ns();
-                let mut state = exporter.state();
-                let State { tracker, aggregates } = &mut *state;
-                for (cookie, socket) in &found {
-                    tracker.looked_up(*cookie, socket, now_ns, &mut |change| aggregates.apply(change));
+                {
+                    let now_ns = clock::boot_ns();
+                    let mut state = exporter.state();
+                    let State { tracker, aggregates, .. } = &mut *state;
+                    for (cookie, socket) in &found {
+                        tracker.looked_up(*cookie, socket, now_ns, &mut |change| aggregates.apply(change));
+                    }
                 }
+                report_stale(&exporter).await;
             }
             _ = reconcile_tick.tick(), if reconcile_every.is_some() => {
                 if let Err(error) = reconcile(&exporter, &mut source, &mut batch, false, max_netns).await {
@@ -197,6 +350,37 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     let _ = stop_tx.send(true);
     let _ = server.await;
     result
+}
+
+/// Finds the owners of newly stale sockets and regroups the stale report.
+async fn report_stale(exporter: &Exporter) {
+    let now = Instant::now();
+    let (candidates, unresolved) = {
+        let state = exporter.state();
+        let candidates = state.stale_now(clock::boot_ns());
+        let unresolved: Vec<_> = candidates
+            .iter()
+            .filter(|(socket, _, _)| state.owners.stale(socket.cookie, now))
+            .map(|&(socket, endpoints, task)| (socket.cookie, endpoints, task))
+            .collect();
+        (candidates, unresolved)
+    };
+    let found = find_owners(unresolved).await;
+    let mut guard = exporter.state();
+    let State {
+        tracker,
+        owners,
+        stale: report,
+        ..
+    } = &mut *guard;
+    owners.store(now, found);
+    owners.retain(|cookie| tracker.contains(cookie));
+    let stale: Vec<StaleSocket> = candidates
+        .into_iter()
+        .map(|(socket, _, _)| socket)
+        .filter(|socket| tracker.contains(socket.cookie))
+        .collect();
+    report.update(&stale, owners, clock::boot_ns(), now);
 }
 
 /// Reads every socket of every network namespace and makes the tracked
@@ -231,6 +415,7 @@ async fn reconcile(
     let State {
         tracker,
         aggregates,
+        ..
     } = &mut *state;
     let corrections = tracker.reconcile(&sockets, started_ns, clock::boot_ns(), &mut |change| {
         aggregates.apply(change);

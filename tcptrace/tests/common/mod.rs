@@ -161,6 +161,22 @@ impl NetNs {
         );
         String::from_utf8_lossy(&out.stdout).lines().count()
     }
+
+    /// Waits (bounded) until `ss` shows `count` sockets in `state` on `port`.
+    pub fn wait_for_ss(&self, state: &str, port: u16, count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let seen = self.count_ss(state, port);
+            if seen == count {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ss shows {seen} sockets in {state} on port {port}, not {count}"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 impl Drop for NetNs {
@@ -484,9 +500,14 @@ pub struct Daemon {
 impl Daemon {
     /// Starts the exporter and waits (bounded) until `/-/ready` says 200.
     pub fn start(args: &[&str]) -> Self {
+        Self::start_at("127.0.0.1:0", args)
+    }
+
+    /// [`Daemon::start`] listening on `listen` (HOST:PORT).
+    pub fn start_at(listen: &str, args: &[&str]) -> Self {
         let mut child = ChildGuard(
             Command::new(env!("CARGO_BIN_EXE_tcptrace"))
-                .args(["run", "--web.listen-address", "127.0.0.1:0"])
+                .args(["run", "--web.listen-address", listen])
                 .args(args)
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::piped())
@@ -585,8 +606,41 @@ impl Daemon {
 
 /// A one-shot HTTP/1.1 GET over a plain socket: (status, body).
 pub fn http_get(address: SocketAddr, path: &str) -> (u16, String) {
+    let stream = TcpStream::connect(address).expect("connect to tcptrace");
+    http_get_over(stream, path)
+}
+
+/// [`http_get`] from a chosen local IPv4 address.
+pub fn http_get_from(source: std::net::Ipv4Addr, address: SocketAddr, path: &str) -> (u16, String) {
+    use std::os::fd::FromRawFd;
+    let SocketAddr::V4(target) = address else {
+        panic!("IPv4 only");
+    };
+    let sockaddr = |ip: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::sa_family_t::try_from(libc::AF_INET).expect("fits"),
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let len = libc::socklen_t::try_from(size_of::<libc::sockaddr_in>()).expect("fits");
+    // SAFETY: plain syscalls on a socket this function owns; the addresses
+    // outlive the calls.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", io::Error::last_os_error());
+        let stream = TcpStream::from_raw_fd(fd);
+        let local = sockaddr(source, 0);
+        check(libc::bind(fd, (&raw const local).cast(), len)).expect("bind source");
+        let remote = sockaddr(*target.ip(), target.port());
+        check(libc::connect(fd, (&raw const remote).cast(), len)).expect("connect");
+        http_get_over(stream, path)
+    }
+}
+
+fn http_get_over(mut stream: TcpStream, path: &str) -> (u16, String) {
     use std::io::Write;
-    let mut stream = TcpStream::connect(address).expect("connect to tcptrace");
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
@@ -688,5 +742,150 @@ impl Scrape {
                         .all(|(k, v)| s.labels.iter().any(|(lk, lv)| lk == k && lv == v))
             })
             .map(|s| (s.labels.as_slice(), s.value))
+    }
+}
+
+/// A cgroup made for one test, removed when dropped (after its processes
+/// have exited).
+pub struct Cgroup {
+    /// As `/proc/<pid>/cgroup` names it, e.g. `/tcptrace-test-123-a`.
+    pub path: String,
+    dir: std::path::PathBuf,
+}
+
+impl Cgroup {
+    /// In the unified (v2) hierarchy: /sys/fs/cgroup on a v2 host, or
+    /// /sys/fs/cgroup/unified on a hybrid one.
+    pub fn new(name: &str) -> Self {
+        let root = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+            .into_iter()
+            .find(|root| std::path::Path::new(root).join("cgroup.procs").exists())
+            .expect("a cgroup v2 hierarchy");
+        let path = format!("/tcptrace-test-{}-{name}", std::process::id());
+        let dir = std::path::Path::new(root).join(&path[1..]);
+        std::fs::create_dir(&dir).expect("create cgroup");
+        Self { path, dir }
+    }
+
+    pub fn procs_file(&self) -> String {
+        self.dir.join("cgroup.procs").display().to_string()
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        // The kernel refuses while a process is still leaving it.
+        for _ in 0..100 {
+            if std::fs::remove_dir(&self.dir).is_ok() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// A service that leaks: a separate process (its own pid, comm and cgroup)
+/// listening on a port in a namespace, keeping every connection it accepts
+/// open after the peer closed, so each sits in CLOSE_WAIT until told.
+const LEAKER: &str = r#"
+import os, socket, sys
+name, port, count, cgroup = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+with open(cgroup, "w") as procs:
+    procs.write(str(os.getpid()))
+with open("/proc/self/comm", "w") as comm:
+    comm.write(name)
+listener = socket.socket()
+listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+listener.bind(("127.0.0.1", port))
+listener.listen(count)
+print("listening", flush=True)
+held = [listener.accept()[0] for _ in range(count)]
+print("accepted", flush=True)
+sys.stdin.readline()
+for conn in held:
+    conn.close()
+print("closed", flush=True)
+sys.stdin.readline()
+"#;
+
+/// A running [`LEAKER`]; killed by its PID when dropped, then its cgroup
+/// removed.
+pub struct Leaker {
+    child: ChildGuard,
+    stdout: io::BufReader<std::process::ChildStdout>,
+    pub name: String,
+    pub port: u16,
+    pub cgroup: Cgroup,
+    /// Its arguments joined by spaces, as `/proc/<pid>/cmdline` has them.
+    pub cmdline: String,
+}
+
+impl Leaker {
+    /// Starts `name` on 127.0.0.1:`port` in `netns`, and connects `count`
+    /// clients whose ends are closed: the leaker holds `count` CLOSE_WAIT
+    /// sockets when this returns.
+    pub fn start(netns: &NetNs, name: &str, port: u16, count: usize) -> Self {
+        let cgroup = Cgroup::new(name);
+        let args = [
+            "/usr/bin/python3",
+            "-c",
+            LEAKER,
+            name,
+            &port.to_string(),
+            &count.to_string(),
+            &cgroup.procs_file(),
+        ]
+        .map(str::to_owned);
+        let mut child = ChildGuard(
+            netns
+                .command(&args[0])
+                .args(&args[1..])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("start python3 (installed by cargo xtask test)"),
+        );
+        let stdout = io::BufReader::new(child.0.stdout.take().expect("stdout"));
+        let mut leaker = Self {
+            child,
+            stdout,
+            name: name.to_owned(),
+            port,
+            cgroup,
+            cmdline: args.join(" "),
+        };
+        leaker.expect("listening");
+        let server: SocketAddr = ([127, 0, 0, 1], port).into();
+        let clients: Vec<TcpStream> = netns.run(|| {
+            (0..count)
+                .map(|_| TcpStream::connect(server).expect("connect to the leaker"))
+                .collect()
+        });
+        leaker.expect("accepted");
+        drop(clients);
+        netns.wait_for_ss("close-wait", port, count);
+        leaker
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.0.id()
+    }
+
+    /// Closes every socket it holds and waits until it has.
+    pub fn close_all(&mut self) {
+        use std::io::Write;
+        let stdin = self.child.0.stdin.as_mut().expect("stdin");
+        stdin.write_all(b"close\n").expect("tell the leaker");
+        stdin.flush().expect("flush");
+        self.expect("closed");
+    }
+
+    fn expect(&mut self, word: &str) {
+        use std::io::BufRead;
+        let mut line = String::new();
+        // Bounded: the leaker's own steps are all local and quick; a dead
+        // leaker gives EOF.
+        self.stdout.read_line(&mut line).expect("read the leaker");
+        assert_eq!(line.trim(), word, "leaker {} said {line:?}", self.name);
     }
 }
