@@ -1,0 +1,153 @@
+//! End-to-end: the page at `/`, opened in headless Chromium as a person
+//! without Grafana would, shows the leaking port and process.
+
+mod common;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use common::{ChildGuard, Daemon, Leaker, NetNs};
+
+const PORT: u16 = 8082;
+const LEAKED: usize = 7;
+
+/// Runs headless Chromium on `url` with `args` (bounded); returns stdout.
+fn chromium(url: &str, args: &[&str], profile: &Path) -> String {
+    let mut child = ChildGuard(
+        Command::new("chromium")
+            .args([
+                "--headless",
+                "--no-sandbox", // tests run as root
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                // No connections beyond the page: this machine has no network.
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--window-size=1400,1000",
+                // Lets the page's own fetches and refreshes run before the
+                // DOM is dumped or the screenshot taken.
+                "--virtual-time-budget=6000",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .args(args)
+            .arg(url)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chromium (installed by cargo xtask test)"),
+    );
+    let stdout = child.0.stdout.take().expect("stdout");
+    let reader = thread::spawn(move || std::io::read_to_string(stdout).unwrap_or_default());
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        if let Some(status) = child.0.try_wait().expect("wait") {
+            assert!(status.success(), "chromium exited with {status}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "chromium did not finish in 90 s");
+        thread::sleep(Duration::from_millis(50));
+    }
+    reader.join().expect("stdout reader")
+}
+
+/// The rows of the table with this id, each a list of cell texts.
+fn table_rows(dom: &str, id: &str) -> Vec<Vec<String>> {
+    let start = dom
+        .find(&format!("<table id=\"{id}\""))
+        .unwrap_or_else(|| panic!("no table {id} in the page"));
+    let table = &dom[start..];
+    let table = &table[..table.find("</table>").expect("table end")];
+    let body = &table[table.find("<tbody>").expect("tbody")..];
+    body.split("<tr")
+        .skip(1)
+        .map(|row| {
+            row.split("<td")
+                .skip(1)
+                .map(|cell| {
+                    let text = &cell[cell.find('>').expect("cell start") + 1..];
+                    text[..text.find("</td>").expect("cell end")].to_owned()
+                })
+                .collect()
+        })
+        .collect()
+}
+
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn web_page_lists_the_leaking_port_and_process() {
+    let ns = NetNs::new();
+    let daemon = Daemon::start(&["--stale-after", "1s", "--port", &PORT.to_string()]);
+    let leaker = Leaker::start(&ns, "leaky-web", PORT, LEAKED);
+    daemon.wait_for("the stale group", Duration::from_secs(10), |scrape| {
+        scrape.sum(
+            "tcptrace_stale_sockets",
+            &[("state", "CLOSE_WAIT"), ("process", "leaky-web")],
+        ) > 0.5
+    });
+
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let profile = TempDir(out.join(format!("chromium-profile-{}", std::process::id())));
+    let url = format!("http://{}/", daemon.address);
+    let dom = chromium(&url, &["--dump-dom"], &profile.0);
+
+    let ports = table_rows(&dom, "ports");
+    let server = ports
+        .iter()
+        .find(|row| row[0] == "server" && row[1] == PORT.to_string())
+        .unwrap_or_else(|| panic!("no server row for {PORT}: {ports:?}"));
+    // Columns: role, port, then ESTABLISHED … LISTEN; CLOSE_WAIT is the 9th.
+    assert_eq!(server[8], LEAKED.to_string(), "{server:?}");
+    assert_eq!(server[10], "1", "the listener: {server:?}");
+
+    let stale = table_rows(&dom, "stale");
+    let group = stale
+        .iter()
+        .find(|row| row[3] == "leaky-web")
+        .unwrap_or_else(|| panic!("no stale group of leaky-web: {stale:?}"));
+    assert_eq!(group[..3], ["CLOSE_WAIT", "server", &PORT.to_string()]);
+    assert_eq!(group[4], leaker.pid().to_string());
+    assert_eq!(group[5], LEAKED.to_string());
+
+    // The page is served from loopback here, so the socket list shows too.
+    let sockets = table_rows(&dom, "stale-sockets");
+    let held: Vec<_> = sockets.iter().filter(|row| row[7] == "leaky-web").collect();
+    assert_eq!(held.len(), LEAKED, "{sockets:?}");
+    for row in held {
+        assert_eq!(row[6], leaker.pid().to_string());
+        assert_eq!(row[8], leaker.cgroup.path);
+        assert!(
+            row[4].ends_with(&format!(":{PORT}")),
+            "local address {}",
+            row[4]
+        );
+    }
+
+    // A screenshot, for a person to look at.
+    let screenshot = out.join("tcptrace-web.png");
+    let _ = std::fs::remove_file(&screenshot);
+    chromium(
+        &url,
+        &[&format!("--screenshot={}", screenshot.display())],
+        &profile.0,
+    );
+    let png = std::fs::read(&screenshot).expect("the screenshot");
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "a PNG");
+    assert!(
+        png.len() > 20_000,
+        "a page, not a blank: {} bytes",
+        png.len()
+    );
+}
