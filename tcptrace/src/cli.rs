@@ -53,6 +53,12 @@ pub enum Command {
     /// from /proc/<pid>/fd, or for orphaned sockets from the task that
     /// closed them.
     Sockets(SocketsArgs),
+    /// Live full-screen view of a running `tcptrace run`, per port.
+    ///
+    /// Sockets in the main states, transitions, resets and keepalive probes
+    /// per second, the oldest CLOSE_WAIT, and the processes holding stale
+    /// sockets. Keys: q quits, ←/→ choose the sort column, r reverses.
+    Top(TopArgs),
 }
 
 /// Options of every command that loads the BPF programs.
@@ -191,6 +197,25 @@ pub struct SocketsArgs {
     #[arg(long, value_name = "N", default_value_t = crate::api::DEFAULT_LIMIT,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=crate::api::MAX_LIMIT as u64))]
     pub limit: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// Where `tcptrace run` serves (its --web.listen-address).
+    #[arg(long, value_name = "HOST:PORT", default_value = DEFAULT_DAEMON_ADDRESS)]
+    pub address: std::net::SocketAddr,
+
+    /// Time between refreshes, e.g. 1s, 500ms.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_refresh)]
+    pub interval: Duration,
+}
+
+fn parse_refresh(text: &str) -> Result<Duration, String> {
+    let interval = parse_duration(text)?;
+    if interval < Duration::from_millis(100) {
+        return Err(format!("{text} is too short: at least 100ms"));
+    }
+    Ok(interval)
 }
 
 /// Where the commands that read a daemon find it by default.

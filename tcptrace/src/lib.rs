@@ -55,5 +55,6 @@ pub async fn run(cli: cli::Cli) -> Result<(), Error> {
         cli::Command::Events(args) => commands::events::run(args).await,
         cli::Command::Run(args) => commands::run::run(args).await,
         cli::Command::Sockets(args) => commands::sockets::run(args).await,
+        cli::Command::Top(args) => commands::top::run(args).await,
     }
 }

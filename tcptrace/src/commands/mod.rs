@@ -3,6 +3,7 @@
 pub mod events;
 pub mod run;
 pub mod sockets;
+pub mod top;
 
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() -> std::io::Result<()> {
