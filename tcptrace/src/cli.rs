@@ -5,7 +5,9 @@ use std::{path::PathBuf, time::Duration};
 use clap::{Args, Parser, Subcommand};
 use tcptrace_common::DEFAULT_RING_BUFFER_BYTES;
 
-use crate::{event::TcpState, output::Format, probes::ProbeConfig, stale::StaleSetting};
+use crate::{
+    doctor::ReportFormat, event::TcpState, output::Format, probes::ProbeConfig, stale::StaleSetting,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -59,6 +61,19 @@ pub enum Command {
     /// per second, the oldest CLOSE_WAIT, and the processes holding stale
     /// sockets. Keys: q quits, ←/→ choose the sort column, r reverses.
     Top(TopArgs),
+    /// Check whether tcptrace can run here, and explain what is missing.
+    ///
+    /// Reports the kernel version, its BTF, each BPF hook (loaded and
+    /// attached for real, then detached), the capabilities held, tracefs,
+    /// and the TCP settings of tcptrace's own network namespace and of every
+    /// other one with TCP sockets, with a note where a value is a known trap.
+    /// Each check is one line starting with ok, note (worth knowing, changes
+    /// nothing for tcptrace), warn (tcptrace runs without the part named) or
+    /// fail (it cannot run).
+    ///
+    /// Exit code: 0 tcptrace can run fully, 1 it runs without some part
+    /// (a warn), 2 it cannot run (a fail).
+    Doctor(DoctorArgs),
 }
 
 /// Options of every command that loads the BPF programs.
@@ -110,6 +125,16 @@ pub struct EventsArgs {
     #[arg(long, value_name = "N", default_value_t = 1 << 20,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_sockets: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    #[command(flatten)]
+    pub probe: ProbeArgs,
+
+    /// Report format.
+    #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+    pub format: ReportFormat,
 }
 
 #[derive(Debug, Args)]

@@ -10,6 +10,26 @@ pub fn address_of(kallsyms: &Path, name: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("kernel symbol {name} not found in {}", kallsyms.display()))?
 }
 
+/// Whether `kallsyms` shows this process real addresses. The kernel shows
+/// zeros unless the reader holds `CAP_SYSLOG` or `kernel.kptr_restrict` is 0
+/// with `kernel.perf_event_paranoid` at most 1; at `kptr_restrict` 2, always.
+pub fn addresses_visible(kallsyms: &Path) -> Result<bool, String> {
+    let text = fs::read_to_string(kallsyms)
+        .map_err(|e| format!("cannot read {}: {e}", kallsyms.display()))?;
+    Ok(any_address(&text))
+}
+
+/// Some symbols (per-CPU ones) sit at 0 even when addresses are shown, so
+/// one non-zero address is the sign.
+fn any_address(text: &str) -> bool {
+    text.lines().any(|line| {
+        line.split_ascii_whitespace()
+            .next()
+            .and_then(|address| u64::from_str_radix(address, 16).ok())
+            .is_some_and(|address| address != 0)
+    })
+}
+
 /// Looks `name` up in kallsyms text: `None` if absent, an error if hidden.
 fn find(text: &str, name: &str) -> Option<Result<u64, String>> {
     let address = text.lines().find_map(|line| {
@@ -50,6 +70,17 @@ mod tests {
                 .unwrap_err()
                 .contains("kptr_restrict")
         );
+    }
+
+    #[test]
+    fn visibility_needs_one_real_address() {
+        assert!(any_address(
+            "0000000000000000 A fixed_percpu_data\nffffffff81000000 T _stext\n"
+        ));
+        assert!(!any_address(
+            "0000000000000000 A fixed_percpu_data\n0000000000000000 T _stext\n"
+        ));
+        assert!(!any_address(""));
     }
 
     #[test]

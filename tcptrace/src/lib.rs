@@ -8,12 +8,14 @@
 
 pub mod api;
 pub mod btf;
+pub mod capabilities;
 pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod commands;
 pub mod decode;
 pub mod diag;
+pub mod doctor;
 pub mod event;
 pub mod fasthash;
 pub mod kallsyms;
@@ -49,12 +51,80 @@ pub enum Error {
     },
 }
 
+/// How a command that ran to its end wants the process to exit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// It did its work.
+    Done,
+    /// `tcptrace doctor` finished: its verdict is the exit code.
+    Checked(doctor::Verdict),
+}
+
+impl Outcome {
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Self::Done => 0,
+            Self::Checked(verdict) => verdict.exit_code(),
+        }
+    }
+}
+
 /// Runs the parsed command line to completion.
-pub async fn run(cli: cli::Cli) -> Result<(), Error> {
+pub async fn run(cli: cli::Cli) -> Result<Outcome, Error> {
     match cli.command {
-        cli::Command::Events(args) => commands::events::run(args).await,
-        cli::Command::Run(args) => commands::run::run(args).await,
-        cli::Command::Sockets(args) => commands::sockets::run(args).await,
-        cli::Command::Top(args) => commands::top::run(args).await,
+        cli::Command::Events(args) => commands::events::run(args).await.map(|()| Outcome::Done),
+        cli::Command::Run(args) => commands::run::run(args).await.map(|()| Outcome::Done),
+        cli::Command::Sockets(args) => commands::sockets::run(args).await.map(|()| Outcome::Done),
+        cli::Command::Top(args) => commands::top::run(args).await.map(|()| Outcome::Done),
+        // Blocking, on purpose: nothing else runs meanwhile.
+        cli::Command::Doctor(args) => commands::doctor::run(&args).map(Outcome::Checked),
+    }
+}
+
+/// An error and its causes on one line, each said once: a cause already part
+/// of the message is not repeated, and multi-line details (verifier logs) are
+/// left out.
+pub fn one_line(error: &dyn std::error::Error) -> String {
+    let first_line =
+        |e: &dyn std::error::Error| e.to_string().lines().next().unwrap_or_default().to_owned();
+    let mut text = first_line(error);
+    let mut cause = error.source();
+    while let Some(error) = cause {
+        let line = first_line(error);
+        if !text.contains(&line) {
+            text.push_str(": ");
+            text.push_str(&line);
+        }
+        cause = error.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_line_says_each_cause_once() {
+        let io = std::io::Error::from_raw_os_error(libc::EACCES);
+        let btf = btf::BtfError::Io {
+            path: "/sys/kernel/btf/vmlinux".into(),
+            source: io,
+        };
+        let probe = probes::ProbeError::Btf(btf);
+        assert_eq!(
+            one_line(&probe),
+            "cannot read kernel BTF at /sys/kernel/btf/vmlinux: Permission denied (os error 13)"
+        );
+        let verifier = probes::ProbeError::Verifier {
+            program: "timer_start",
+            min_kernel: "5.12",
+            error: std::io::Error::from_raw_os_error(libc::EPERM),
+            log: "0: R1=ctx\n1: invalid access".to_owned(),
+        };
+        assert_eq!(
+            one_line(&verifier),
+            "the kernel rejected BPF program timer_start (needs Linux >= 5.12): Operation not permitted (os error 1)"
+        );
     }
 }

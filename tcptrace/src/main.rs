@@ -3,7 +3,8 @@ use std::{io::IsTerminal, process::ExitCode};
 use clap::Parser;
 use tcptrace::cli::{Cli, LogFormat};
 
-/// Exit codes: 0 success, 1 tcptrace could not do its work, 2 bad usage.
+/// Exit codes: 0 success, 1 tcptrace could not do its work, 2 bad usage;
+/// `doctor` exits with its verdict (0 ready, 1 degraded, 2 cannot run).
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -39,7 +40,7 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(tcptrace::run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(outcome) => ExitCode::from(outcome.exit_code()),
         Err(e @ tcptrace::Error::Usage(_)) => {
             eprintln!("tcptrace: {e}");
             ExitCode::from(2)

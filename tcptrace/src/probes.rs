@@ -16,7 +16,9 @@ use aya::{
 use tcptrace_common::DEFAULT_RING_BUFFER_BYTES;
 
 use crate::{
-    btf, kallsyms,
+    btf,
+    capabilities::Capabilities,
+    kallsyms,
     layout::{self, TimerSymbols},
     ring::EventSource,
 };
@@ -177,6 +179,8 @@ pub enum ProbeError {
 pub struct Probes {
     ebpf: Ebpf,
     attached: Vec<(&'static Hook, bool)>,
+    /// Why each hook that is not attached is not, by program name.
+    not_attached: Vec<(&'static str, String)>,
     reset_reasons: ResetReasons,
 }
 
@@ -187,10 +191,13 @@ impl Probes {
             return Err(ProbeError::EmptyObject);
         }
         let kernel_btf = btf::Btf::from_file(&config.btf_path)?;
-        let symbol = |name: &str| {
-            kallsyms::address_of(Path::new(KALLSYMS), name)
-                .inspect_err(|reason| tracing::warn!("{reason}; the hooks that need it stay off"))
-                .unwrap_or(0)
+        let mut unresolved: Vec<(&str, String)> = Vec::new();
+        let mut symbol = |name: &'static str| {
+            kallsyms::address_of(Path::new(KALLSYMS), name).unwrap_or_else(|reason| {
+                tracing::warn!("{reason}; the hooks that need it stay off");
+                unresolved.push((name, reason));
+                0
+            })
         };
         let symbols = TimerSymbols {
             tw_timer_handler: symbol("tw_timer_handler"),
@@ -213,27 +220,32 @@ impl Probes {
             .load(OBJECT)
             .map_err(|e| ProbeError::Object(Box::new(e)))?;
         let mut attached = Vec::with_capacity(HOOKS.len());
+        let mut not_attached = Vec::new();
         for hook in HOOKS {
-            let resolved = match hook.symbol {
-                Some("tw_timer_handler") => symbols.tw_timer_handler != 0,
-                Some(_) => symbols.tcp_keepalive_timer != 0,
-                None => true,
-            };
-            // An unresolved symbol was already warned about: nothing to match.
-            let ok = resolved
-                && match attach(&mut ebpf, hook, &loader_btf) {
-                    Ok(()) => true,
+            let unresolved_symbol = hook
+                .symbol
+                .and_then(|name| unresolved.iter().find(|(missing, _)| *missing == name));
+            let outcome = match unresolved_symbol {
+                // Already warned about: the program would match nothing.
+                Some((_, reason)) => Err(reason.clone()),
+                None => match attach(&mut ebpf, hook, &loader_btf) {
+                    Ok(()) => Ok(()),
                     Err(error) if !hook.without.is_empty() => {
                         warn_without(hook, &error);
-                        false
+                        Err(crate::one_line(&error))
                     }
                     Err(error) => return Err(error),
-                };
-            attached.push((hook, ok));
+                },
+            };
+            attached.push((hook, outcome.is_ok()));
+            if let Err(reason) = outcome {
+                not_attached.push((hook.program, reason));
+            }
         }
         Ok(Self {
             ebpf,
             attached,
+            not_attached,
             reset_reasons,
         })
     }
@@ -260,6 +272,15 @@ impl Probes {
     /// Every hook and whether it is attached.
     pub fn attached(&self) -> &[(&'static Hook, bool)] {
         &self.attached
+    }
+
+    /// Why the hook of `program` is not attached, on one line; `None` if it
+    /// is.
+    pub fn why_not_attached(&self, program: &str) -> Option<&str> {
+        self.not_attached
+            .iter()
+            .find(|(name, _)| *name == program)
+            .map(|(_, reason)| reason.as_str())
     }
 
     /// Takes the event stream; there is one per `Probes`.
@@ -355,31 +376,22 @@ fn reset_reason_names(btf: &btf::Btf) -> ResetReasons {
     )
 }
 
-// Capability numbers from linux/capability.h.
-const CAP_SYS_ADMIN: u32 = 21;
-const CAP_PERFMON: u32 = 38;
-const CAP_BPF: u32 = 39;
-
 /// Fails early, naming what is missing, instead of with a bare EPERM from the
 /// first `bpf()` call.
 fn check_privileges() -> Result<(), ProbeError> {
-    let Some(effective) = effective_capabilities(Path::new("/proc/self/status")) else {
+    let Some(effective) = Capabilities::effective() else {
         return Ok(()); // cannot tell: let the kernel decide
     };
-    let has = |cap: u32| effective & (1 << cap) != 0;
-    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
+    let missing = effective.missing_for_bpf();
+    if missing.is_empty() {
         return Ok(());
     }
-    let missing: Vec<&str> = [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")]
-        .into_iter()
-        .filter(|&(cap, _)| !has(cap))
-        .map(|(_, name)| name)
-        .collect();
     Err(ProbeError::Privileges(missing.join(", ")))
 }
 
-fn effective_capabilities(status: &Path) -> Option<u64> {
-    let text = fs::read_to_string(status).ok()?;
-    let hex = text.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
-    u64::from_str_radix(hex.trim(), 16).ok()
+/// The running kernel's release (`uname -r`), if it can be read.
+pub fn kernel_release() -> Option<String> {
+    fs::read_to_string("/proc/sys/kernel/osrelease")
+        .ok()
+        .map(|release| release.trim().to_owned())
 }

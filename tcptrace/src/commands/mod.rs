@@ -1,5 +1,6 @@
 //! One module per subcommand; each is a plain async function over its args.
 
+pub mod doctor;
 pub mod events;
 pub mod run;
 pub mod sockets;

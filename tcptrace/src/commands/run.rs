@@ -26,7 +26,7 @@ use crate::{
     lookups::Lookups,
     metrics::{self, Aggregates, SelfMetrics},
     owners::{self, Owner, Owners, Task},
-    probes::Probes,
+    probes::{Probes, kernel_release},
     ring::Batch,
     stale::{self, StaleAfter, StaleReport, StaleSocket},
     sysctls,
@@ -260,7 +260,8 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     let listener = bind(args.listen_address).await?;
     let address = listener.local_addr()?;
     let mut probes = Probes::load(&args.probe.config())?;
-    let metrics = SelfMetrics::new(&kernel_release());
+    let release = kernel_release();
+    let metrics = SelfMetrics::new(release.as_deref().unwrap_or("unknown"));
     for (hook, attached) in probes.attached() {
         metrics
             .program_attached
@@ -493,11 +494,4 @@ async fn bind(address: ListenAddress) -> Result<TcpListener, Error> {
             bound => bound.map_err(listen_error),
         },
     }
-}
-
-fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease").map_or_else(
-        |_| "unknown".to_owned(),
-        |release| release.trim().to_owned(),
-    )
 }
