@@ -244,12 +244,9 @@ impl Aggregates {
             let labels = labels(&[("role", role.name()), ("port", &port.to_string())]);
             killed.mut_metric().push(counter(labels, count));
         }
-        // The encoder rejects a family without samples (a counter nothing
-        // has incremented yet), as the registry's own gather() skips them.
         [sockets, transitions, durations, oldest, killed]
             .into_iter()
             .chain(self.signal_families())
-            .filter(|family| !family.get_metric().is_empty())
             .collect()
     }
 
@@ -554,8 +551,14 @@ where
 /// The Prometheus text exposition of `families`.
 pub fn encode(families: &[MetricFamily]) -> Vec<u8> {
     let mut buffer = Vec::with_capacity(16 * 1024);
-    if let Err(error) = TextEncoder::new().encode(families, &mut buffer) {
-        tracing::error!(%error, "metrics encoding failed");
+    let encoder = TextEncoder::new();
+    // The encoder rejects a family without samples (a gauge with nothing to
+    // show yet); one family at a time, so that such a family, or any other
+    // failure, costs only itself.
+    for family in families.iter().filter(|f| !f.get_metric().is_empty()) {
+        if let Err(error) = encoder.encode(std::slice::from_ref(family), &mut buffer) {
+            tracing::error!(%error, family = family.name(), "metrics encoding failed");
+        }
     }
     buffer
 }
@@ -566,6 +569,17 @@ pub const CONTENT_TYPE: &str = prometheus::TEXT_FORMAT;
 #[cfg(test)]
 mod tests {
     use std::net::Ipv4Addr;
+
+    /// A family with nothing to show yet is left out, and costs no other.
+    #[test]
+    fn empty_families_are_skipped() {
+        let empty = family("tcptrace_empty", "Nothing yet.", MetricType::GAUGE);
+        let mut full = family("tcptrace_full", "Something.", MetricType::GAUGE);
+        full.mut_metric().push(gauge(labels(&[("a", "b")]), 1.0));
+        let text = String::from_utf8(encode(&[empty, full])).unwrap();
+        assert!(!text.contains("tcptrace_empty"), "{text}");
+        assert!(text.contains("tcptrace_full{a=\"b\"} 1"), "{text}");
+    }
 
     use super::*;
     use crate::{
