@@ -40,13 +40,22 @@ pub trait Site: Send + Sync + 'static {
 static INDEX_HTML: &str = include_str!("index.html");
 
 /// Connections served at once; more wait in the kernel's accept queue.
-const MAX_CONNECTIONS: usize = 64;
+/// High enough that hundreds of idle or slow clients cannot crowd out a
+/// scrape; each costs a task and at most [`MAX_HEAD_BYTES`] of buffer, so
+/// all of them stay under 20 MiB.
+const MAX_CONNECTIONS: usize = 1024;
 /// A client must send its request head within this time.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest request head accepted (hyper's minimum buffer is 8 KiB).
 const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// Longest life of a connection, keep-alive included: a client that stops
+/// reading its response cannot hold a connection for ever. Prometheus
+/// simply opens a new one.
+const MAX_CONNECTION_TIME: Duration = Duration::from_secs(60);
+/// Pause after a failed accept (out of file descriptors, say), so that the
+/// loop does not spin while the condition lasts.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// Serves `site` on `listener` until `shutdown` resolves.
 /// Serves `site` on `listener` until `shutdown` resolves; the socket list
 /// goes to loopback clients only unless `expose_sockets`.
 pub async fn serve(
@@ -70,6 +79,7 @@ pub async fn serve(
                 // must not end the server.
                 Err(error) => {
                     tracing::debug!(%error, "accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
                     continue;
                 }
             },
@@ -83,14 +93,15 @@ pub async fn serve(
                     Ok::<_, Infallible>(response)
                 }
             });
-            let served = http1::Builder::new()
+            let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
                 .max_buf_size(MAX_HEAD_BYTES)
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-            if let Err(error) = served {
-                tracing::debug!(%error, "HTTP connection ended with an error");
+                .serve_connection(TokioIo::new(stream), service);
+            match tokio::time::timeout(MAX_CONNECTION_TIME, connection).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::debug!(%error, "HTTP connection ended with an error"),
+                Err(_) => tracing::debug!(%peer, "HTTP connection closed after its time"),
             }
             drop(permit);
         });

@@ -256,6 +256,7 @@ impl Site for Exporter {
 }
 
 pub async fn run(args: RunArgs) -> Result<(), Error> {
+    raise_open_file_limit();
     // Bind first: a port in use is the likeliest mistake, and cheap to report.
     let listener = bind(args.listen_address).await?;
     let address = listener.local_addr()?;
@@ -493,5 +494,25 @@ async fn bind(address: ListenAddress) -> Result<TcpListener, Error> {
             }
             bound => bound.map_err(listen_error),
         },
+    }
+}
+
+/// Raises the soft limit on open files to the hard one: HTTP clients,
+/// netlink sockets and namespace files all count, and the usual soft limit
+/// (1024) is below what the HTTP server allows at once.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls on a struct this function owns.
+    let raised = unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) == 0 && {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &raw const limit) == 0
+        }
+    };
+    if !raised {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "open-file limit left as it was");
     }
 }

@@ -546,6 +546,10 @@ impl Daemon {
         daemon
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.0.id()
+    }
+
     /// (status, body) of a GET.
     pub fn get(&self, path: &str) -> (u16, String) {
         http_get(self.address, path)

@@ -1,0 +1,157 @@
+//! End-to-end: the HTTP endpoint under abuse. Hundreds of slow clients and
+//! thousands of malformed or oversized requests must not keep a scrape from
+//! being answered, grow memory without bound, or end the daemon.
+
+mod common;
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    thread,
+    time::{Duration, Instant},
+};
+
+use common::Daemon;
+
+const SLOW_CLIENTS: usize = 500;
+const BAD_REQUESTS: usize = 10_000;
+
+/// The daemon's resident memory in KiB, from /proc.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .expect("VmRSS")
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fd dir")
+        .count()
+}
+
+/// A scrape as a well-behaved client makes it: (status, time taken).
+fn timed_scrape(address: SocketAddr) -> (u16, Duration) {
+    let started = Instant::now();
+    let (status, body) = common::http_get(address, "/metrics");
+    assert!(body.contains("tcptrace_build_info"), "a full scrape");
+    (status, started.elapsed())
+}
+
+/// The `i`-th bad request: garbage, oversized heads, wrong methods and
+/// versions, each on its own connection.
+fn bad_request(i: usize) -> Vec<u8> {
+    match i % 10 {
+        0 => (0..512)
+            .map(|b| u8::try_from((b * 7 + i) % 256).unwrap())
+            .collect(),
+        1 => format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(64 * 1024)).into_bytes(),
+        2 => {
+            let headers = (0..2000).fold(String::new(), |mut headers, n| {
+                use std::fmt::Write as _;
+                let _ = write!(headers, "X-{n}: {n}\r\n");
+                headers
+            });
+            format!("GET /metrics HTTP/1.1\r\n{headers}\r\n").into_bytes()
+        }
+        3 => b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello".to_vec(),
+        4 => b"GET /metrics HTTP/9.9\r\n\r\n".to_vec(),
+        5 => b"GET\0/\0HTTP/1.1\r\n\r\n".to_vec(),
+        6 => b"GET /api/v1/sockets?state=%ZZ&limit=-1&port=99999 HTTP/1.1\r\nHost: x\r\n\r\n"
+            .to_vec(),
+        7 => {
+            b"GET /metrics HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n".to_vec()
+        }
+        8 => b"\r\n\r\n\r\n".to_vec(),
+        _ => format!("GET /{i} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").into_bytes(),
+    }
+}
+
+/// Sends one bad request and reads what comes back (bounded).
+fn send_bad(address: SocketAddr, request: &[u8]) {
+    let Ok(mut stream) = TcpStream::connect(address) else {
+        return;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
+    // The server may close before reading everything: that is its right.
+    let _ = stream.write_all(request);
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let mut sink = Vec::new();
+    let _ = stream.take(1 << 20).read_to_end(&mut sink);
+}
+
+#[test]
+fn the_endpoint_survives_slow_and_malformed_clients() {
+    let daemon = Daemon::start(&[]);
+    let pid = daemon.pid();
+    assert_eq!(timed_scrape(daemon.address).0, 200);
+    let rss_before = rss_kib(pid);
+    let fds_before = open_fds(pid);
+
+    // Slow clients: each sends half a request head and then nothing.
+    let slow: Vec<TcpStream> = (0..SLOW_CLIENTS)
+        .map(|_| {
+            let mut stream = TcpStream::connect(daemon.address).expect("connect");
+            stream
+                .write_all(b"GET /metrics HTTP/1.1\r\nHost: slow\r\n")
+                .expect("half a head");
+            stream
+        })
+        .collect();
+    // The daemon has accepted them all by the time it answers this.
+    let (status, took) = timed_scrape(daemon.address);
+    assert_eq!(status, 200);
+    assert!(
+        took < Duration::from_secs(1),
+        "a scrape took {took:?} behind {SLOW_CLIENTS} slow clients"
+    );
+
+    // Bad requests from four clients at once, slow ones still connected.
+    let address = daemon.address;
+    let senders: Vec<_> = (0..4)
+        .map(|worker| {
+            thread::spawn(move || {
+                for i in (worker..BAD_REQUESTS).step_by(4) {
+                    send_bad(address, &bad_request(i));
+                }
+            })
+        })
+        .collect();
+    for sender in senders {
+        sender.join().expect("sender");
+    }
+    let (status, took) = timed_scrape(daemon.address);
+    assert_eq!(status, 200);
+    assert!(
+        took < Duration::from_secs(1),
+        "a scrape took {took:?} after the bad requests"
+    );
+
+    // Memory stays bounded: 500 idle connections and 10,000 bad requests
+    // cost less than 32 MiB, and their file descriptors go with them.
+    let rss_after = rss_kib(pid);
+    assert!(
+        rss_after < rss_before + 32 * 1024,
+        "RSS grew from {rss_before} KiB to {rss_after} KiB"
+    );
+    drop(slow);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while open_fds(pid) > fds_before + 8 {
+        assert!(
+            Instant::now() < deadline,
+            "{} fds open, {fds_before} before",
+            open_fds(pid)
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+
+    // The daemon still answers everything and ends cleanly.
+    assert_eq!(daemon.get("/-/healthy").0, 200);
+    assert_eq!(daemon.get("/api/v1/overview").0, 200);
+    let (status, stderr) = daemon.stop();
+    assert!(status.success(), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
