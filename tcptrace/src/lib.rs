@@ -1,7 +1,9 @@
 //! tcptrace: TCP socket states traced with eBPF.
 //!
 //! Data flows one way: kernel hooks ([`probes`]) fill a ring buffer, read by
-//! [`ring`] and typed by [`decode`] into [`event`]s; the [`tracker`] turns
+//! [`ring`] and typed by [`decode`] into [`event`]s (with [`handshake`]
+//! giving each new connection's first transition its own identity on
+//! kernels that report it too early); the [`tracker`] turns
 //! them into per-socket changes (TIME_WAIT derived, sockets found at start-up
 //! by [`diag`] added), which feed the [`metrics`] served by [`web`], or the
 //! event stream ([`output`]).
@@ -18,6 +20,7 @@ pub mod diag;
 pub mod doctor;
 pub mod event;
 pub mod fasthash;
+pub mod handshake;
 pub mod kallsyms;
 pub mod labels;
 pub mod layout;

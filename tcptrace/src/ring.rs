@@ -8,6 +8,7 @@ use tokio::io::{Interest, unix::AsyncFd};
 use crate::{
     decode::{DecodeError, decode},
     event::SocketEvent,
+    handshake::Handshakes,
 };
 
 /// How long a record may wait in the ring buffer before the reader drains it.
@@ -17,6 +18,7 @@ pub const POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(
 pub struct EventSource {
     ring: AsyncFd<RingBuf<MapData>>,
     lost: PerCpuArray<MapData, u64>,
+    handshakes: Handshakes,
 }
 
 /// What one wake-up of the reader produced.
@@ -32,7 +34,11 @@ impl EventSource {
         // SAFETY: the fd belongs to `ring`, which the AsyncFd owns from here
         // on, so it stays open for as long as it is registered.
         let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }?;
-        Ok(Self { ring, lost })
+        Ok(Self {
+            ring,
+            lost,
+            handshakes: Handshakes::default(),
+        })
     }
 
     /// Waits for events, then drains the buffer completely into `batch`
@@ -48,13 +54,13 @@ impl EventSource {
             match tokio::time::timeout(POLL_INTERVAL, self.ring.readable_mut()).await {
                 Ok(guard) => {
                     let mut guard = guard?;
-                    drain(guard.get_inner_mut(), batch);
+                    drain(guard.get_inner_mut(), &mut self.handshakes, batch);
                     // Clear readiness, then drain once more: a record
                     // committed in between raised no new wake-up.
                     guard.clear_ready();
-                    drain(guard.get_inner_mut(), batch);
+                    drain(guard.get_inner_mut(), &mut self.handshakes, batch);
                 }
-                Err(_elapsed) => drain(self.ring.get_mut(), batch),
+                Err(_elapsed) => drain(self.ring.get_mut(), &mut self.handshakes, batch),
             }
             if !batch.events.is_empty() || !batch.decode_errors.is_empty() {
                 return Ok(());
@@ -64,7 +70,7 @@ impl EventSource {
 
     /// Takes whatever is in the buffer now, without waiting.
     pub fn drain_now(&mut self, batch: &mut Batch) {
-        drain(self.ring.get_mut(), batch);
+        drain(self.ring.get_mut(), &mut self.handshakes, batch);
     }
 
     /// Events the kernel could not deliver since load (ring buffer full),
@@ -76,10 +82,13 @@ impl EventSource {
     }
 }
 
-fn drain(ring: &mut RingBuf<MapData>, batch: &mut Batch) {
+/// Decodes every record waiting; early handshake transitions get their
+/// connection's identity here (see [`crate::handshake`]), so every reader
+/// sees the same events on every kernel.
+fn drain(ring: &mut RingBuf<MapData>, handshakes: &mut Handshakes, batch: &mut Batch) {
     while let Some(record) = ring.next() {
         match decode(&record) {
-            Ok(event) => batch.events.push(event),
+            Ok(event) => handshakes.repair(event, &mut batch.events),
             Err(error) => batch.decode_errors.push(error),
         }
     }
