@@ -109,7 +109,7 @@ impl Event {
 pub struct KernelLayout {
     /// Address of `tw_timer_handler`, the function of every timewait timer.
     pub tw_timer_handler: u64,
-    /// Address of `tcp_keepalive_timer`, the function of `sk_timer`.
+    /// Address of `tcp_keepalive_timer`, the function of the keepalive timer.
     pub tcp_keepalive_timer: u64,
     /// Bytes waiting in the ring buffer from which a record wakes the reader;
     /// below it the reader finds the records on its next poll.
@@ -128,10 +128,13 @@ pub struct KernelLayout {
     pub common_cookie: u32,
     /// `skc_state` (u8).
     pub common_state: u32,
-    /// `struct sock`: `sk_protocol` (u16), `sk_err` (int), `sk_timer`.
+    /// `struct sock`: `sk_protocol` (u16), `sk_err` (int).
     pub sock_protocol: u32,
     pub sock_err: u32,
-    pub sock_timer: u32,
+    /// The timer `tcp_keepalive_timer` runs from, from the socket's start:
+    /// `inet_connection_sock.icsk_keepalive_timer` where the kernel has one,
+    /// else `sock.sk_timer`.
+    pub keepalive_timer: u32,
     /// `struct inet_connection_sock`: `icsk_probes_out` (u8).
     pub icsk_probes_out: u32,
     /// `struct sk_buff`: `head` (pointer), `transport_header` and

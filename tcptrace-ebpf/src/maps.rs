@@ -32,7 +32,7 @@ static LAYOUT: KernelLayout = KernelLayout {
     common_state: 0,
     sock_protocol: 0,
     sock_err: 0,
-    sock_timer: 0,
+    keepalive_timer: 0,
     icsk_probes_out: 0,
     skb_head: 0,
     skb_transport_header: 0,

@@ -3,8 +3,10 @@
 //! - A timewait socket's `tw_timer` (function `tw_timer_handler`): when
 //!   `tcp_time_wait()` replaces a closing socket, arming it starts TIME_WAIT
 //!   (or an orphaned FIN_WAIT2); its firing ends it.
-//! - A full socket's `sk_timer` (function `tcp_keepalive_timer`): a keepalive
-//!   probe went out when `icsk_probes_out` rose while the handler ran.
+//! - A full socket's keepalive timer (function `tcp_keepalive_timer`;
+//!   `sk_timer`, or `icsk_keepalive_timer` on kernels that have it): a
+//!   keepalive probe went out when `icsk_probes_out` rose while the handler
+//!   ran.
 //!
 //! These programs run for every kernel timer, so the filter comes first:
 //! one plain load from the timer the tracepoint hands over (no helper call)
@@ -69,7 +71,7 @@ pub fn timer_expire_entry(ctx: BtfTracePointContext) -> i32 {
     } else if function == layout.tcp_keepalive_timer
         && let Some(run) = KEEPALIVE_RUNS.get_ptr_mut(0)
     {
-        let sk = timer.wrapping_sub(layout.sock_timer as usize);
+        let sk = timer.wrapping_sub(layout.keepalive_timer as usize);
         let probes: u8 = socket::read(sk, layout.icsk_probes_out);
         // SAFETY: per-CPU slot, and no other timer handler runs on this CPU
         // until this one exits.
@@ -100,7 +102,7 @@ pub fn timer_expire_exit(ctx: BtfTracePointContext) -> i32 {
     // SAFETY: as above.
     unsafe { (*run).timer = 0 };
     let layout = maps::layout();
-    let sk = timer.wrapping_sub(layout.sock_timer as usize);
+    let sk = timer.wrapping_sub(layout.keepalive_timer as usize);
     let probes: u8 = socket::read(sk, layout.icsk_probes_out);
     if u64::from(probes) > probes_before {
         let mut event = socket::derived_socket_event(sk, &layout, kind::KEEPALIVE_PROBE);

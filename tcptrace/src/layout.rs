@@ -59,7 +59,7 @@ pub fn kernel_layout(btf: &Btf, symbols: TimerSymbols) -> Result<KernelLayout, B
         common_state: common("skc_state", 1)?,
         sock_protocol: field("sock", &["sk_protocol"], 2)?,
         sock_err: field("sock", &["sk_err"], 4)?,
-        sock_timer: btf.member_offset("sock", &["sk_timer"])?,
+        keepalive_timer: keepalive_timer(btf)?,
         icsk_probes_out: field("inet_connection_sock", &["icsk_probes_out"], 1)?,
         skb_head: field("sk_buff", &["head"], 8)?,
         skb_transport_header: field("sk_buff", &["transport_header"], 2)?,
@@ -75,6 +75,19 @@ pub fn kernel_layout(btf: &Btf, symbols: TimerSymbols) -> Result<KernelLayout, B
         tw_timer: btf.member_offset("inet_timewait_sock", &["tw_timer"])?,
         timer_function: field("timer_list", &["function"], 8)?,
     })
+}
+
+/// Where, from the socket's start, the timer `tcp_keepalive_timer` runs
+/// from sits. Kernels with "tcp: introduce icsk->icsk_keepalive_timer" run
+/// it from that member; the change reached stable kernels too (Debian 12's
+/// 6.1.192 and 6.12.117 have it; 6.18.44 does not). Before, `sk_timer`.
+/// Taken from the wrong one, the socket the programs read is hundreds of
+/// bytes off and no probe is ever seen.
+fn keepalive_timer(btf: &Btf) -> Result<u32, BtfError> {
+    match btf.member_offset("inet_connection_sock", &["icsk_keepalive_timer"]) {
+        Err(BtfError::MemberNotFound { .. }) => btf.member_offset("sock", &["sk_timer"]),
+        found => found,
+    }
 }
 
 #[cfg(test)]
@@ -103,5 +116,6 @@ mod tests {
         assert_eq!(layout.common_v6_rcv_saddr, layout.common_v6_daddr + 16);
         assert!(layout.tw_timer < btf.struct_size("inet_timewait_sock").expect("size"));
         assert!(layout.inet_sport >= btf.struct_size("sock").expect("size"));
+        assert!(layout.keepalive_timer < btf.struct_size("tcp_sock").expect("size"));
     }
 }
