@@ -69,7 +69,10 @@ impl EventsProcess {
         }
     }
 
-    /// Collects stdout lines until `count` of them satisfy `keep` (bounded).
+    /// Collects stdout lines until `count` of them satisfy `keep`, or
+    /// `timeout` runs out: the caller checks how many came after `stop`, so
+    /// that a shortfall is reported with what tcptrace said on stderr
+    /// (events lost, for one).
     fn collect(&self, count: usize, timeout: Duration, keep: impl Fn(&str) -> bool) -> Vec<String> {
         let deadline = Instant::now() + timeout;
         let mut kept = Vec::new();
@@ -78,10 +81,7 @@ impl EventsProcess {
             match self.lines.recv_timeout(left) {
                 Ok(line) if keep(&line) => kept.push(line),
                 Ok(_) => {}
-                Err(e) => panic!(
-                    "only {} of {count} lines within {timeout:?} ({e})",
-                    kept.len()
-                ),
+                Err(_) => return kept,
             }
         }
         // Anything beyond the expected lines would show up here.
@@ -163,7 +163,7 @@ fn port_filter_shows_every_transition_and_nothing_else() {
     assert_eq!(
         lines.len(),
         102,
-        "10 connections x 10 transitions + listener"
+        "10 connections x 10 transitions + listener; stderr: {stderr}"
     );
     let events: Vec<Value> = lines
         .iter()
@@ -243,13 +243,15 @@ fn ten_thousand_connections_lose_no_event() {
     let netns = NetNs::new();
     let count = 10_000;
     netns.run(|| client_closes_first(SocketAddr::from((Ipv4Addr::LOCALHOST, 8081)), count));
-    let lines = tracer.collect(
-        count * 10 + 2,
-        Duration::from_secs(120),
-        in_netns(netns.inode()),
-    );
+    // Every transition up to TIME_WAIT. Where making the connections takes
+    // over 60 s (an emulated VM), the first TIME_WAITs end before the last
+    // connection closes: those ends are not counted.
+    let in_test = in_netns(netns.inode());
+    let lines = tracer.collect(count * 10 + 2, Duration::from_secs(300), |line| {
+        in_test(line) && !line.contains(r#""old":"TIME_WAIT""#)
+    });
     let (status, stderr) = tracer.stop();
-    assert_eq!(lines.len(), count * 10 + 2);
+    assert_eq!(lines.len(), count * 10 + 2, "stderr: {stderr}");
     assert!(status.success(), "exit status {status}; stderr: {stderr}");
     assert!(!stderr.contains("lost"), "losses reported: {stderr}");
 }
@@ -261,8 +263,9 @@ fn text_format_prints_aligned_transitions() {
     let netns = NetNs::new();
     netns.run(|| client_closes_first(SocketAddr::from((Ipv4Addr::LOCALHOST, 8082)), 3));
     let lines = tracer.collect(1 + 3 * 2, Duration::from_secs(20), |_| true);
-    let (status, _) = tracer.stop();
+    let (status, stderr) = tracer.stop();
     assert!(status.success());
+    assert!(!lines.is_empty(), "no output; stderr: {stderr}");
     assert!(
         lines[0].starts_with("TIME") && lines[0].ends_with("WHAT"),
         "{}",

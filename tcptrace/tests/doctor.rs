@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{ChildGuard, NetNs};
+use common::{ChildGuard, NetNs, kernel_at_least};
 use serde_json::Value;
 use tcptrace::probes::HOOKS;
 
@@ -63,14 +63,42 @@ fn doctor(args: &[&str]) -> Command {
     cmd
 }
 
+/// What the doctor must conclude on this kernel with every hook attached:
+/// before Linux 6.10 `tcp_send_reset` has no reason argument, the one part
+/// tcptrace runs without there (exit 1, with that single warning).
+struct Expected {
+    code: i32,
+    verdict: &'static str,
+    warnings: &'static [&'static str],
+}
+
+fn expected() -> Expected {
+    if kernel_at_least(6, 10) {
+        Expected {
+            code: 0,
+            verdict: "ok   tcptrace can run fully here (exit 0)",
+            warnings: &[],
+        }
+    } else {
+        Expected {
+            code: 1,
+            verdict: "warn tcptrace can run, without what the warn lines above name (exit 1)",
+            warnings: &[
+                "warn reset reasons: tcp_send_reset has no reason argument on this kernel (it arrived in Linux 6.10); without it: resets sent count with reason=\"unknown\"",
+            ],
+        }
+    }
+}
+
 fn json(ran: &Ran) -> Value {
     serde_json::from_str(&ran.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", ran.stdout))
 }
 
 #[test]
 fn this_host_is_ready_with_every_hook_attached() {
+    let expected = expected();
     let ran = run(doctor(&[]));
-    assert_eq!(ran.code, 0, "{}{}", ran.stdout, ran.stderr);
+    assert_eq!(ran.code, expected.code, "{}{}", ran.stdout, ran.stderr);
     for hook in HOOKS {
         let line = format!(
             "ok   {}: attached (needs Linux >= {})\n",
@@ -78,21 +106,27 @@ fn this_host_is_ready_with_every_hook_attached() {
         );
         assert!(ran.stdout.contains(&line), "no {line:?} in\n{}", ran.stdout);
     }
-    for bad in ["warn ", "fail "] {
+    let warnings: Vec<&str> = ran
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("warn ") && !l.starts_with("warn tcptrace can run"))
+        .collect();
+    assert_eq!(warnings, expected.warnings, "{}", ran.stdout);
+    assert!(
+        !ran.stdout.lines().any(|l| l.starts_with("fail ")),
+        "{}",
+        ran.stdout
+    );
+    if expected.warnings.is_empty() {
         assert!(
-            !ran.stdout.lines().any(|l| l.starts_with(bad)),
-            "{}",
             ran.stdout
+                .contains("ok   reset reasons: tcp_send_reset carries them; ")
         );
     }
-    assert!(
-        ran.stdout
-            .contains("ok   reset reasons: tcp_send_reset carries them; ")
-    );
     assert!(ran.stdout.contains("TCP settings: netns host (inode "));
     assert!(
         ran.stdout
-            .ends_with("Verdict\nok   tcptrace can run fully here (exit 0)\n\n"),
+            .ends_with(&format!("Verdict\n{}\n\n", expected.verdict)),
         "{}",
         ran.stdout
     );
@@ -100,11 +134,17 @@ fn this_host_is_ready_with_every_hook_attached() {
 
 #[test]
 fn json_lists_every_hook_and_the_verdict() {
+    let expected = expected();
     let ran = run(doctor(&["--format", "json"]));
-    assert_eq!(ran.code, 0, "{}{}", ran.stdout, ran.stderr);
+    assert_eq!(ran.code, expected.code, "{}{}", ran.stdout, ran.stderr);
     let report = json(&ran);
-    assert_eq!(report["verdict"], "ready");
-    assert_eq!(report["exit_code"], 0);
+    let verdict = if expected.code == 0 {
+        "ready"
+    } else {
+        "degraded"
+    };
+    assert_eq!(report["verdict"], verdict);
+    assert_eq!(report["exit_code"], expected.code);
     let hooks = report["hooks"].as_array().expect("hooks array");
     let listed: Vec<&str> = hooks
         .iter()
@@ -162,8 +202,9 @@ fn each_namespace_gets_notes_for_its_own_settings() {
     let _listeners = (default_keepalive.run(listen), short_keepalive.run(listen));
     let idle = NetNs::new(); // no sockets: counted, not shown
 
+    let code = expected().code;
     let ran = run(doctor(&["--format", "json"]));
-    assert_eq!(ran.code, 0, "{}{}", ran.stdout, ran.stderr);
+    assert_eq!(ran.code, code, "{}{}", ran.stdout, ran.stderr);
     let report = json(&ran);
     let keepalive = "net.ipv4.tcp_keepalive_time";
 
@@ -185,7 +226,7 @@ fn each_namespace_gets_notes_for_its_own_settings() {
 
     // The same in the text report, under each namespace's heading.
     let ran = run(doctor(&[]));
-    assert_eq!(ran.code, 0, "{}{}", ran.stdout, ran.stderr);
+    assert_eq!(ran.code, code, "{}{}", ran.stdout, ran.stderr);
     let section = |inode: u32| {
         let heading = format!("TCP settings: netns {inode} (");
         let start = ran

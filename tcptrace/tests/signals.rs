@@ -16,7 +16,17 @@ use std::{
     time::Duration,
 };
 
-use common::{Daemon, NetNs, Scrape};
+use common::{Daemon, NetNs, Scrape, kernel_at_least, kernel_version};
+
+/// Whether `tcp_send_reset` fires for resets no full socket sends: those
+/// answering a closed port, or a timewait socket. Before Linux 6.10 (the
+/// kernel change "fully support `trace_tcp_send_reset`", in the release that
+/// also added the reason argument) the kernel sends them without raising
+/// it, so tcptrace cannot count them (seen on 6.1; counted on 6.12 and
+/// 6.18).
+fn resets_without_full_socket_traced() -> bool {
+    kernel_at_least(6, 10)
+}
 
 fn local(port: u16) -> SocketAddr {
     SocketAddr::from((Ipv4Addr::LOCALHOST, port))
@@ -60,6 +70,7 @@ fn connecting_to_a_closed_port_counts_resets_and_refusals() {
         }
     });
     let p = port.to_string();
+    let traced = resets_without_full_socket_traced();
     let sent = [
         ("direction", "sent"),
         ("reason", "no_socket"),
@@ -72,10 +83,17 @@ fn connecting_to_a_closed_port_counts_resets_and_refusals() {
         ("port", p.as_str()),
     ];
     daemon.wait_for("30 resets and 30 refusals", Duration::from_secs(10), |s| {
-        count(s, "tcptrace_resets_total", &sent) == 30.0
+        (!traced || count(s, "tcptrace_resets_total", &sent) == 30.0)
             && count(s, "tcptrace_socket_errors_total", &refused) == 30.0
     });
     let scrape = daemon.scrape();
+    let sent_any = [("direction", "sent"), ("port", p.as_str())];
+    assert_eq!(
+        count(&scrape, "tcptrace_resets_total", &sent_any),
+        if traced { 30.0 } else { 0.0 },
+        "resets sent for a closed port, on Linux {:?}",
+        kernel_version()
+    );
     let received = [
         ("direction", "received"),
         ("role", "client"),
@@ -138,7 +156,12 @@ fn closing_with_linger_zero_resets_both_ends() {
         })
         .collect();
     assert_eq!(reasons.len(), 1, "one reason: {reasons:?}");
-    assert_ne!(reasons[0], "unknown");
+    // tcp_send_reset carries the reason since Linux 6.10.
+    if kernel_at_least(6, 10) {
+        assert_ne!(reasons[0], "unknown");
+    } else {
+        assert_eq!(reasons[0], "unknown");
+    }
     let errors = [
         ("error", "ECONNRESET"),
         ("role", "server"),
@@ -180,12 +203,19 @@ fn a_pooled_connection_the_server_closed_resets_on_use() {
         }
     });
     let p = port.to_string();
+    // The server's end is a timewait socket by then: its RST is seen only
+    // where the kernel traces resets without a full socket.
+    let sent = if resets_without_full_socket_traced() {
+        10.0
+    } else {
+        0.0
+    };
     let scrape = daemon.wait_for("10 resets each way", Duration::from_secs(10), |s| {
         count(
             s,
             "tcptrace_resets_total",
             &[("direction", "sent"), ("role", "server"), ("port", &p)],
-        ) == 10.0
+        ) == sent
             && count(
                 s,
                 "tcptrace_resets_total",
@@ -321,16 +351,25 @@ fn keepalive_timeouts_behind_a_dead_link() {
         count(&scrape, "tcptrace_socket_errors_total", &timed_out),
         10.0
     );
-    let reset = [
+    // The kernel names this reset's reason since 6.12 (seen on 6.12 and
+    // 6.18); before 6.10 it has none (seen on 6.1). In between it gives
+    // reasons, but no kernel of those is tested here, so only the count is.
+    let reason = match kernel_version() {
+        version if version >= (6, 12) => Some("tcp_keepalive_timeout"),
+        version if version < (6, 10) => Some("unknown"),
+        _ => None,
+    };
+    let mut reset = vec![
         ("direction", "sent"),
-        ("reason", "tcp_keepalive_timeout"),
         ("role", "client"),
         ("port", p.as_str()),
     ];
+    reset.extend(reason.map(|reason| ("reason", reason)));
     assert_eq!(
         count(&scrape, "tcptrace_resets_total", &reset),
         10.0,
-        "the kernel's reason (>= 6.12)"
+        "resets with reason {reason:?} on Linux {:?}",
+        kernel_version()
     );
     assert_eq!(
         count(&scrape, "tcptrace_keepalive_probes_total", &labels),
