@@ -7,8 +7,11 @@
 mod bench;
 mod churn;
 mod cmd;
+mod cpio;
+mod kernels;
 mod pins;
 mod setup;
+mod vm;
 
 use std::{
     env,
@@ -16,6 +19,7 @@ use std::{
     process::{Command, ExitCode},
 };
 
+use kernels::KernelSpec;
 use pins::Pins;
 
 const USAGE: &str = "\
@@ -26,8 +30,14 @@ tasks:
   build [--debug]    build the tcptrace binary (release unless --debug)
   run [-- ARGS]      build, then run `tcptrace ARGS` in the foreground
                      (default ARGS: run, the exporter)
-  test [-- ARGS]     rustfmt check, clippy -D warnings (host and BPF crates),
-                     then every test; ARGS go to the test binaries
+  test [--kernel K]... [-- ARGS]
+                     rustfmt check, clippy -D warnings (host and BPF crates),
+                     then the tests on each kernel K: `host` (the running
+                     kernel: every test), `debian-6.1` (Debian 12's own
+                     kernel) or `debian-6.12` (its newer LTS), fetched once,
+                     or the path of a bzImage: each booted in a VM for the
+                     integration tests. Default: host and debian-6.1. ARGS
+                     go to the test binaries
   bench [--quick]    tcptrace against baseline, tcpstates, bpftrace and
                      node_exporter under loopback churn, then its cost with
                      many sockets open; about 10 minutes (--quick: 2)
@@ -79,10 +89,13 @@ fn run_task(args: Vec<String>) -> Result<(), String> {
             cmd::run(Command::new(root.join("target/release/tcptrace")).args(args))
         }
         Some("test") => {
-            only(&[])?;
+            let kernels = kernel_flags(flags)?;
             setup::ensure_build_tools(&pins)?;
             setup::ensure_debian_packages(setup::TEST_PACKAGES)?;
-            test(&root, &pins, &passthrough)
+            if kernels.iter().any(|k| *k != KernelSpec::Host) {
+                setup::ensure_debian_packages(vm::PACKAGES)?;
+            }
+            test(&root, &pins, &kernels, &passthrough)
         }
         Some("bench") => {
             only(&["--quick"])?;
@@ -113,6 +126,30 @@ fn run_task(args: Vec<String>) -> Result<(), String> {
         Some(other) => Err(format!("unknown task {other:?}\n{USAGE}")),
         None => Err(format!("no task given\n{USAGE}")),
     }
+}
+
+/// The kernels `test` runs on: each `--kernel K` (or `--kernel=K`) in
+/// order, by default the host's and Debian 12's.
+fn kernel_flags(flags: &[String]) -> Result<Vec<KernelSpec>, String> {
+    let mut kernels = Vec::new();
+    let mut flags = flags.iter();
+    while let Some(flag) = flags.next() {
+        let value = match flag.strip_prefix("--kernel=") {
+            Some(value) => value,
+            None if flag == "--kernel" => flags
+                .next()
+                .ok_or(format!("--kernel needs a value\n{USAGE}"))?,
+            None => return Err(format!("unknown option {flag:?} for \"test\"\n{USAGE}")),
+        };
+        let spec = KernelSpec::parse(value);
+        if !kernels.contains(&spec) {
+            kernels.push(spec);
+        }
+    }
+    if kernels.is_empty() {
+        kernels = vec![KernelSpec::Host, KernelSpec::parse("debian-6.1")];
+    }
+    Ok(kernels)
 }
 
 fn workspace_root() -> PathBuf {
@@ -156,7 +193,12 @@ fn build(root: &Path, pins: &Pins, debug: bool) -> Result<(), String> {
     cmd::run(&mut build)
 }
 
-fn test(root: &Path, pins: &Pins, test_args: &[String]) -> Result<(), String> {
+fn test(
+    root: &Path,
+    pins: &Pins,
+    kernels: &[KernelSpec],
+    test_args: &[String],
+) -> Result<(), String> {
     step("rustfmt --check");
     cmd::run(cargo(root, &pins.rust_host).args(["fmt", "--all", "--check"]))?;
 
@@ -177,21 +219,82 @@ fn test(root: &Path, pins: &Pins, test_args: &[String]) -> Result<(), String> {
             .args(["--", "-D", "warnings"]),
     )?;
 
-    // Release profile: the same artifacts `build` makes, so the BPF programs
-    // are compiled once for both. Integration tests share one kernel and
-    // network namespaces, so they run one at a time.
-    step("tests (unit, integration against the running kernel, end-to-end)");
-    cmd::run(
-        cargo(root, &pins.rust_host)
-            .args([
-                "test",
-                "--release",
-                "--workspace",
-                "--exclude",
-                "tcptrace-ebpf",
-            ])
-            .arg("--")
-            .arg("--test-threads=1")
-            .args(test_args),
-    )
+    // Every kernel is tested even when one fails: the matrix is the result.
+    let mut failures = Vec::new();
+    if kernels.contains(&KernelSpec::Host) {
+        // Release profile: the same artifacts `build` makes, so the BPF
+        // programs are compiled once for both. Integration tests share one
+        // kernel and network namespaces, so they run one at a time.
+        step("tests (unit, integration against the running kernel, end-to-end)");
+        let host = cmd::run(
+            test_command(root, pins)
+                .arg("--")
+                .arg("--test-threads=1")
+                .args(test_args),
+        );
+        failures.extend(host.err().map(|e| format!("host: {e}")));
+    }
+    let guests: Vec<&KernelSpec> = kernels.iter().filter(|k| **k != KernelSpec::Host).collect();
+    if !guests.is_empty() {
+        step("building the test binaries for the VMs");
+        let binaries = test_binaries(root, pins)?;
+        let target = target_dir(root);
+        let layout = vm::Layout {
+            cache: target.join("vm"),
+            target,
+            package: root.join("tcptrace"),
+        };
+        for spec in guests {
+            let outcome = kernels::prepare(spec, &layout.cache)
+                .and_then(|kernel| vm::run(&kernel, &binaries, test_args, &layout));
+            failures.extend(outcome.err().map(|e| format!("{}: {e}", spec.name())));
+        }
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(failures.join("\n"))
+    }
+}
+
+/// `cargo test` over the workspace in the release profile.
+fn test_command(root: &Path, pins: &Pins) -> Command {
+    let mut test = cargo(root, &pins.rust_host);
+    test.args([
+        "test",
+        "--release",
+        "--workspace",
+        "--exclude",
+        "tcptrace-ebpf",
+    ]);
+    test
+}
+
+/// Builds the test binaries (as the host run does, so nothing is compiled
+/// twice) and returns the integration tests' ones, from cargo's JSON
+/// messages.
+fn test_binaries(root: &Path, pins: &Pins) -> Result<Vec<vm::TestBinary>, String> {
+    let messages = cmd::stdout(test_command(root, pins).args([
+        "--no-run",
+        "--message-format",
+        "json-render-diagnostics",
+    ]))?;
+    Ok(messages
+        .lines()
+        .filter(|line| line.contains("\"kind\":[\"test\"]"))
+        .filter_map(|line| {
+            let path = cmd::json_string(line, "executable")?;
+            let name = cmd::json_string(line.split("\"target\":").nth(1)?, "name")?;
+            Some(vm::TestBinary {
+                name,
+                path: PathBuf::from(path),
+            })
+        })
+        .collect())
+}
+
+/// Cargo's target directory: `CARGO_TARGET_DIR` (relative to the
+/// workspace), else `target/`.
+fn target_dir(root: &Path) -> PathBuf {
+    env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), |dir| root.join(dir))
 }

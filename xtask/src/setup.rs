@@ -29,7 +29,7 @@ pub fn ensure_build_tools(pins: &Pins) -> Result<(), String> {
     ensure_bpf_linker(pins)
 }
 
-fn step(what: &str, outcome: &str) {
+pub fn step(what: &str, outcome: &str) {
     println!("[setup] {what:<52} {outcome}");
 }
 
