@@ -785,17 +785,7 @@ mod tests {
     const ALL: u64 = (1 << 41) - 1;
 
     fn settings(keepalive_time: i64) -> Settings {
-        vec![
-            ("net.ipv4.tcp_keepalive_time", keepalive_time),
-            ("net.ipv4.tcp_keepalive_intvl", 75),
-            ("net.ipv4.tcp_keepalive_probes", 9),
-            ("net.ipv4.tcp_fin_timeout", 60),
-            ("net.ipv4.tcp_tw_reuse", 2),
-            ("net.ipv4.tcp_max_tw_buckets", 131_072),
-            ("net.ipv4.tcp_rfc1337", 0),
-            ("net.ipv4.ip_local_port_range_low", 32768),
-            ("net.ipv4.ip_local_port_range_high", 60999),
-        ]
+        sysctls::with_defaults(&[("net.ipv4.tcp_keepalive_time", keepalive_time)])
     }
 
     /// A host where everything works, with the kernel's default settings

@@ -191,32 +191,34 @@ pub fn host_namespace() -> Option<u32> {
     u32::try_from(inode).ok()
 }
 
+/// The kernel's defaults (on a host with 256 Ki established-hash buckets),
+/// with `overrides` applied: a fixture for the tests that read settings.
+#[cfg(test)]
+pub(crate) fn with_defaults(overrides: &[(&'static str, i64)]) -> Settings {
+    let mut settings: Settings = vec![
+        ("net.ipv4.tcp_keepalive_time", 7200),
+        ("net.ipv4.tcp_keepalive_intvl", 75),
+        ("net.ipv4.tcp_keepalive_probes", 9),
+        ("net.ipv4.tcp_fin_timeout", 60),
+        ("net.ipv4.tcp_tw_reuse", 2),
+        ("net.ipv4.tcp_max_tw_buckets", 131_072),
+        ("net.ipv4.tcp_rfc1337", 0),
+        (PORT_RANGE_LOW, 32768),
+        (PORT_RANGE_HIGH, 60999),
+    ];
+    for &(name, value) in overrides {
+        settings
+            .iter_mut()
+            .find(|(n, _)| *n == name)
+            .expect("known")
+            .1 = value;
+    }
+    settings
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn with(overrides: &[(&'static str, i64)]) -> Settings {
-        // The kernel's defaults on a host with 256 Ki established-hash buckets.
-        let mut settings: Settings = vec![
-            ("net.ipv4.tcp_keepalive_time", 7200),
-            ("net.ipv4.tcp_keepalive_intvl", 75),
-            ("net.ipv4.tcp_keepalive_probes", 9),
-            ("net.ipv4.tcp_fin_timeout", 60),
-            ("net.ipv4.tcp_tw_reuse", 2),
-            ("net.ipv4.tcp_max_tw_buckets", 131_072),
-            ("net.ipv4.tcp_rfc1337", 0),
-            (PORT_RANGE_LOW, 32768),
-            (PORT_RANGE_HIGH, 60999),
-        ];
-        for &(name, value) in overrides {
-            settings
-                .iter_mut()
-                .find(|(n, _)| *n == name)
-                .expect("known")
-                .1 = value;
-        }
-        settings
-    }
 
     fn note_on(settings: &Settings, setting: &str) -> Option<String> {
         notes(settings)
@@ -227,7 +229,8 @@ mod tests {
 
     #[test]
     fn default_keepalive_is_flagged_with_its_detection_time() {
-        let text = note_on(&with(&[]), "net.ipv4.tcp_keepalive_time").expect("a note at 7200");
+        let text =
+            note_on(&with_defaults(&[]), "net.ipv4.tcp_keepalive_time").expect("a note at 7200");
         assert!(text.contains("after 7200 s idle"), "{text}");
         assert!(text.contains("AWS NAT gateway 350 s"), "{text}");
         assert!(text.contains("TCP_KEEPIDLE"), "{text}");
@@ -235,7 +238,7 @@ mod tests {
         assert!(text.contains("noticed after 7875 s"), "{text}");
         assert!(
             note_on(
-                &with(&[("net.ipv4.tcp_keepalive_time", 9000)]),
+                &with_defaults(&[("net.ipv4.tcp_keepalive_time", 9000)]),
                 "net.ipv4.tcp_keepalive_time"
             )
             .is_some()
@@ -244,14 +247,14 @@ mod tests {
 
     #[test]
     fn lowered_keepalive_is_not_flagged() {
-        let settings = with(&[("net.ipv4.tcp_keepalive_time", 300)]);
+        let settings = with_defaults(&[("net.ipv4.tcp_keepalive_time", 300)]);
         assert_eq!(note_on(&settings, "net.ipv4.tcp_keepalive_time"), None);
     }
 
     #[test]
     fn fin_timeout_note_says_time_wait_is_fixed() {
         let text = note_on(
-            &with(&[("net.ipv4.tcp_fin_timeout", 15)]),
+            &with_defaults(&[("net.ipv4.tcp_fin_timeout", 15)]),
             "net.ipv4.tcp_fin_timeout",
         )
         .expect("always explained");
@@ -264,19 +267,20 @@ mod tests {
     #[test]
     fn port_range_caps_connections_per_destination() {
         // 28,232 ports / 60 s.
-        let text = note_on(&with(&[]), PORT_RANGE).expect("always explained");
+        let text = note_on(&with_defaults(&[]), PORT_RANGE).expect("always explained");
         assert!(text.starts_with("28232 local ports for outgoing"), "{text}");
         assert!(
             text.contains("about 470 new connections per second"),
             "{text}"
         );
         assert!(text.contains("tcp_tw_reuse=1 lifts this"), "{text}");
-        let reuse = note_on(&with(&[("net.ipv4.tcp_tw_reuse", 1)]), PORT_RANGE).expect("note");
+        let reuse =
+            note_on(&with_defaults(&[("net.ipv4.tcp_tw_reuse", 1)]), PORT_RANGE).expect("note");
         assert!(
             !reuse.contains("tcp_tw_reuse"),
             "reuse is on already: {reuse}"
         );
-        let narrow = with(&[(PORT_RANGE_LOW, 60000), (PORT_RANGE_HIGH, 60599)]);
+        let narrow = with_defaults(&[(PORT_RANGE_LOW, 60000), (PORT_RANGE_HIGH, 60599)]);
         let text = note_on(&narrow, PORT_RANGE).expect("note");
         assert!(
             text.contains("about 10 new connections per second"),
@@ -286,10 +290,10 @@ mod tests {
 
     #[test]
     fn small_time_wait_table_and_no_reuse_are_flagged() {
-        let defaults = with(&[]);
+        let defaults = with_defaults(&[]);
         assert_eq!(note_on(&defaults, "net.ipv4.tcp_max_tw_buckets"), None);
         assert_eq!(note_on(&defaults, "net.ipv4.tcp_tw_reuse"), None);
-        let small = with(&[
+        let small = with_defaults(&[
             ("net.ipv4.tcp_max_tw_buckets", 5000),
             ("net.ipv4.tcp_tw_reuse", 0),
         ]);
@@ -302,11 +306,11 @@ mod tests {
 
     #[test]
     fn rfc1337_explains_killed_time_waits() {
-        let text = note_on(&with(&[]), "net.ipv4.tcp_rfc1337").expect("0 is the default");
+        let text = note_on(&with_defaults(&[]), "net.ipv4.tcp_rfc1337").expect("0 is the default");
         assert!(text.contains("tcptrace_time_wait_killed_total"), "{text}");
         assert_eq!(
             note_on(
-                &with(&[("net.ipv4.tcp_rfc1337", 1)]),
+                &with_defaults(&[("net.ipv4.tcp_rfc1337", 1)]),
                 "net.ipv4.tcp_rfc1337"
             ),
             None
