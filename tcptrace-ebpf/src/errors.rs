@@ -15,8 +15,13 @@ pub fn inet_sk_error_report(ctx: BtfTracePointContext) -> i32 {
     if socket::protocol(sk, &layout) != socket::IPPROTO_TCP {
         return 0;
     }
-    let mut event = socket::full_socket_event(sk, &layout, kind::SOCKET_ERROR);
     let errno: i32 = socket::read(sk, layout.sock_err);
+    // A failed connect() takes the error (sock_error() clears it), then
+    // tcp_disconnect() reports again with none: that is no error.
+    if errno == 0 {
+        return 0;
+    }
+    let mut event = socket::full_socket_event(sk, &layout, kind::SOCKET_ERROR);
     event.arg = errno.unsigned_abs();
     maps::emit(&event);
     0

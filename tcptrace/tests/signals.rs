@@ -100,6 +100,14 @@ fn connecting_to_a_closed_port_counts_resets_and_refusals() {
         ("port", p.as_str()),
     ];
     assert_eq!(count(&scrape, "tcptrace_resets_total", &received), 30.0);
+    // Each failed connect is also disconnected by the kernel, which reports
+    // that with no error set: not an error.
+    let errors_any = [("port", p.as_str())];
+    assert_eq!(
+        count(&scrape, "tcptrace_socket_errors_total", &errors_any),
+        30.0,
+        "only the refusals"
+    );
     drop(netns);
     daemon.stop();
 }
