@@ -68,8 +68,11 @@ impl EventSource {
         }
     }
 
-    /// Takes whatever is in the buffer now, without waiting.
+    /// Takes whatever is in the buffer now, without waiting, into `batch`
+    /// (which is cleared first: its events were already applied).
     pub fn drain_now(&mut self, batch: &mut Batch) {
+        batch.events.clear();
+        batch.decode_errors.clear();
         drain(self.ring.get_mut(), &mut self.handshakes, batch);
     }
 

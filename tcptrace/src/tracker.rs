@@ -543,11 +543,24 @@ impl Tracker {
     ) -> Corrections {
         let ended = self.ended_during_dump.take().unwrap_or_default();
         let in_dump: FastMap<u64, &DiagSocket> = dump.iter().map(|s| (s.cookie, s)).collect();
+        // A FIN_WAIT2 timewait socket that got its peer's FIN moved to
+        // TIME_WAIT with no event (see `looked_up`): not drift.
+        let moved: Vec<u64> = self
+            .fin_wait2_timewaits()
+            .into_iter()
+            .map(|(cookie, _)| cookie)
+            .filter(|cookie| in_dump.contains_key(cookie))
+            .collect();
+        for cookie in moved {
+            self.looked_up(cookie, in_dump[&cookie], now_ns, sink);
+        }
         let mut corrections = Corrections::default();
         let stale: Vec<(u64, bool)> = self
             .sockets
             .iter()
             .filter(|(_, socket)| socket.stay.since_ns < started_ns)
+            // A cancelled timer is resolved by `tick`, after its grace.
+            .filter(|(_, socket)| socket.cancel.is_none())
             .filter_map(|(&cookie, socket)| match in_dump.get(&cookie) {
                 None => Some((cookie, false)),
                 Some(seen) => (TcpState::from_kernel(seen.state) != Some(socket.stay.state))
@@ -914,6 +927,12 @@ mod tests {
         let mut changes = Vec::new();
         tracker.tick(5000 * MS + CANCEL_GRACE_NS - 1, &mut |c| changes.push(*c));
         assert!(changes.is_empty(), "still within the grace period");
+        // A reconciliation meanwhile no longer finds it: that is the kill
+        // still to be resolved, not drift.
+        tracker.begin_reconcile();
+        let corrections = tracker.reconcile(&[], 5000 * MS, 5001 * MS, &mut |c| changes.push(*c));
+        assert_eq!(corrections, Corrections::default());
+        assert!(changes.is_empty());
         tracker.tick(5000 * MS + CANCEL_GRACE_NS, &mut |c| changes.push(*c));
         assert_eq!(transitions(&changes), [(TimeWait, Close)]);
         assert!(changes[0].killed);
@@ -955,8 +974,9 @@ mod tests {
         assert_eq!(tracker.states().collect::<Vec<_>>(), [(3, TimeWait)]);
     }
 
-    #[test]
-    fn a_silent_re_arm_is_found_by_lookup() {
+    /// Socket 8, a client of port 443 closed first and orphaned at 2 ms: a
+    /// timewait socket in FIN_WAIT2.
+    fn tracker_with_fin_wait2_timewait() -> Tracker {
         let mut tracker = tracker();
         run(
             &mut tracker,
@@ -973,6 +993,12 @@ mod tests {
                 event(8, 2, state(FinWait2, Close), 40000, 443),
             ],
         );
+        tracker
+    }
+
+    #[test]
+    fn a_silent_re_arm_is_found_by_lookup() {
+        let mut tracker = tracker_with_fin_wait2_timewait();
         let pending = tracker.fin_wait2_timewaits();
         assert_eq!(pending.len(), 1);
         assert_eq!(
@@ -1007,6 +1033,18 @@ mod tests {
         assert_eq!(changes[0].entered.map(|s| s.since_ns), Some(700 * MS));
         assert_eq!(changes[0].event.ts_ns, 700 * MS, "FIN_WAIT2 lasted 698 ms");
         assert!(tracker.fin_wait2_timewaits().is_empty());
+
+        // A reconciliation that finds the move first reports it the same way,
+        // as a transition, not as drift.
+        let mut tracker = tracker_with_fin_wait2_timewait();
+        tracker.begin_reconcile();
+        let mut changes = Vec::new();
+        let corrections =
+            tracker.reconcile(&[found], 900 * MS, 1_000 * MS, &mut |c| changes.push(*c));
+        assert_eq!(corrections, Corrections::default());
+        assert_eq!(transitions(&changes), [(FinWait2, TimeWait)]);
+        assert_eq!(changes[0].entered.map(|s| s.since_ns), Some(700 * MS));
+        assert_eq!(tracker.states().collect::<Vec<_>>(), [(8, TimeWait)]);
     }
 
     #[test]

@@ -426,3 +426,71 @@ fn reconciliation_repairs_gauges_after_lost_events() {
     drop(netns);
     daemon.stop();
 }
+
+#[test]
+fn reconciling_during_churn_counts_each_transition_once() {
+    // Reconciliation applies the events that arrived during its dump before
+    // comparing: those, and only those, not the batch applied before it.
+    let daemon = Daemon::start(&["--reconcile-interval", "1s"]);
+    let netns = NetNs::new();
+    // Every connection ends in a TIME_WAIT of its own: none is reused.
+    netns.sysctl("net/ipv4/tcp_tw_reuse", "0");
+    let port = 18093;
+    // Five seconds of steady churn: every batch the daemon reads holds some
+    // of it when a reconciliation starts.
+    let started = Instant::now();
+    let mut rounds: u32 = 0;
+    while started.elapsed() < Duration::from_secs(5) {
+        netns.run(|| client_closes_first(local(port), 5));
+        rounds += 1;
+        thread::sleep(Duration::from_millis(5));
+    }
+    let connections = f64::from(rounds * 5);
+    let transitions = |s: &Scrape, to: &str, role: &str| {
+        let port = port.to_string();
+        s.sum(
+            "tcptrace_state_transitions_total",
+            &[("to", to), ("role", role), ("port", &port)],
+        )
+    };
+    let scrape = daemon.wait_for("every client in TIME_WAIT", Duration::from_secs(10), |s| {
+        sockets(s, "TIME_WAIT", "client", port) == connections
+    });
+    assert!(
+        scrape.sum("tcptrace_reconcile_duration_seconds", &[]) > 0.0,
+        "reconciliation ran"
+    );
+    assert_eq!(
+        transitions(&scrape, "ESTABLISHED", "client"),
+        connections,
+        "{}",
+        scrape.summary()
+    );
+    assert_eq!(
+        transitions(&scrape, "ESTABLISHED", "server"),
+        connections,
+        "{}",
+        scrape.summary()
+    );
+    assert_eq!(
+        transitions(&scrape, "TIME_WAIT", "client"),
+        connections,
+        "{}",
+        scrape.summary()
+    );
+    assert_eq!(
+        transitions(&scrape, "LAST_ACK", "server"),
+        connections,
+        "{}",
+        scrape.summary()
+    );
+    assert_eq!(netns.count_ss("time-wait", port), rounds as usize * 5);
+    assert_eq!(
+        scrape.sum("tcptrace_reconcile_corrections_total", &[]),
+        0.0,
+        "nothing was missed, so nothing drifted: {}",
+        scrape.summary()
+    );
+    drop(netns);
+    daemon.stop();
+}
