@@ -95,6 +95,8 @@ fn stale_sockets_are_named_by_their_owners() {
     // The clients' ends: orphaned in FIN_WAIT2 by this test's own close. A's
     // were seen closing, so the closing task names them; B's were found
     // already orphaned, with nothing to name them.
+    ns_a.wait_for_ss("fin-wait-2", PORT, 25);
+    ns_b.wait_for_ss("fin-wait-2", PORT, 5);
     let me = std::fs::read_to_string("/proc/self/comm").expect("own comm");
     daemon.wait_for("stale FIN_WAIT2 clients", Duration::from_secs(10), |s| {
         stale(s, "FIN_WAIT2", "client", me.trim()) == 25.0

@@ -732,12 +732,21 @@ impl Scrape {
         Self { samples }
     }
 
-    /// The non-zero socket-state samples, for failure messages.
+    /// For failure messages: the non-zero gauges, and the daemon's own
+    /// counters that explain a gauge gone wrong (lost or malformed events).
     pub fn summary(&self) -> String {
         use std::fmt::Write;
+        const SUMMARY: [&str; 6] = [
+            "tcptrace_sockets",
+            "tcptrace_events_total",
+            "tcptrace_events_lost_total",
+            "tcptrace_decode_errors_total",
+            "tcptrace_reconcile_corrections_total",
+            "tcptrace_tracked_evictions_total",
+        ];
         self.samples
             .iter()
-            .filter(|s| s.name.starts_with("tcptrace_sockets") && s.value != 0.0)
+            .filter(|s| SUMMARY.iter().any(|name| s.name.starts_with(name)) && s.value != 0.0)
             .fold(String::new(), |mut out, s| {
                 let _ = writeln!(out, "{}{:?} {}", s.name, s.labels, s.value);
                 out
