@@ -219,6 +219,11 @@ fn test(
             .args(["--", "-D", "warnings"]),
     )?;
 
+    // The rules' unit tests, the dashboard's queries and the service unit,
+    // checked against promtool, systemd-analyze and tcptrace's own names.
+    step("deploy/ (promtool, systemd-analyze)");
+    cmd::run(Command::new("python3").arg(root.join("deploy/check.py")))?;
+
     // Every kernel is tested even when one fails: the matrix is the result.
     let mut failures = Vec::new();
     if kernels.contains(&KernelSpec::Host) {
