@@ -11,12 +11,13 @@ mod common;
 use std::{
     io::{Read, Write},
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
-    os::fd::AsRawFd,
     thread,
     time::Duration,
 };
 
-use common::{Daemon, NetNs, Scrape, kernel_at_least, kernel_version};
+use common::{
+    Daemon, DeadLink, NetNs, Scrape, keepalive, kernel_at_least, kernel_version, set_option,
+};
 
 /// Whether `tcp_send_reset` fires for resets no full socket sends: those
 /// answering a closed port, or a timewait socket. Before Linux 6.10 (the
@@ -34,28 +35,6 @@ fn local(port: u16) -> SocketAddr {
 
 fn count(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
     scrape.sum(name, labels)
-}
-
-/// `setsockopt` with a value of the option's own type (int, `linger` …).
-fn set_option<T>(stream: &TcpStream, level: libc::c_int, name: libc::c_int, value: &T) {
-    // SAFETY: a valid socket fd and a value of the size passed.
-    let ret = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            level,
-            name,
-            std::ptr::from_ref(value).cast(),
-            libc::socklen_t::try_from(size_of::<T>()).expect("fits"),
-        )
-    };
-    assert_eq!(ret, 0, "setsockopt: {}", std::io::Error::last_os_error());
-}
-
-fn keepalive(stream: &TcpStream, idle: i32, interval: i32, probes: i32) {
-    set_option(stream, libc::SOL_SOCKET, libc::SO_KEEPALIVE, &1i32);
-    set_option(stream, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, &idle);
-    set_option(stream, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, &interval);
-    set_option(stream, libc::IPPROTO_TCP, libc::TCP_KEEPCNT, &probes);
 }
 
 #[test]
@@ -310,41 +289,8 @@ fn keepalive_probes_equal_the_kernels_count() {
 fn keepalive_timeouts_behind_a_dead_link() {
     let port = 18099;
     let daemon = Daemon::start(&[]);
-    let (client_ns, server_ns) = (NetNs::new(), NetNs::new());
-    // Two hosts joined by a veth pair, inside namespaces this test owns.
-    client_ns.ip(&[
-        "link",
-        "add",
-        "ka-client",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "ka-server",
-    ]);
-    client_ns.ip(&["link", "set", "ka-server", "netns", &server_ns.path()]);
-    client_ns.ip(&["addr", "add", "192.0.2.1/30", "dev", "ka-client"]);
-    client_ns.ip(&["link", "set", "ka-client", "up"]);
-    server_ns.ip(&["addr", "add", "192.0.2.2/30", "dev", "ka-server"]);
-    server_ns.ip(&["link", "set", "ka-server", "up"]);
-    let server = SocketAddr::from(([192, 0, 2, 2], port));
-    let listener = server_ns.run(|| TcpListener::bind(server).expect("bind"));
-    let (clients, accepted) = client_ns.run(|| {
-        let clients: Vec<TcpStream> = (0..10)
-            .map(|_| {
-                let client =
-                    TcpStream::connect_timeout(&server, Duration::from_secs(5)).expect("connect");
-                keepalive(&client, 1, 1, 2);
-                client
-            })
-            .collect();
-        let accepted: Vec<TcpStream> = (0..10)
-            .map(|_| listener.accept().expect("accept").0)
-            .collect();
-        (clients, accepted)
-    });
-    // The peer vanishes, as behind a NAT that dropped the flow.
-    server_ns.ip(&["link", "set", "ka-server", "down"]);
+    let link = DeadLink::new(port, 10);
+    link.cut();
     let p = port.to_string();
     let labels = [("role", "client"), ("port", p.as_str())];
     let scrape = daemon.wait_for("10 keepalive timeouts", Duration::from_secs(20), |s| {
@@ -384,8 +330,7 @@ fn keepalive_timeouts_behind_a_dead_link() {
         20.0,
         "2 probes each"
     );
-    drop((clients, accepted, listener));
-    drop((client_ns, server_ns));
+    drop(link);
     daemon.stop();
 }
 

@@ -920,3 +920,88 @@ impl Leaker {
         assert_eq!(line.trim(), word, "leaker {} said {line:?}", self.name);
     }
 }
+
+/// `setsockopt` with a value of the option's own type (int, `linger` …).
+pub fn set_option<T>(stream: &TcpStream, level: libc::c_int, name: libc::c_int, value: &T) {
+    // SAFETY: a valid socket fd and a value of the size passed.
+    let ret = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            level,
+            name,
+            std::ptr::from_ref(value).cast(),
+            libc::socklen_t::try_from(size_of::<T>()).expect("fits"),
+        )
+    };
+    assert_eq!(ret, 0, "setsockopt: {}", io::Error::last_os_error());
+}
+
+/// Turns keepalive on: first probe after `idle` s, then every `interval` s,
+/// `probes` unanswered ones before the kernel gives up.
+pub fn keepalive(stream: &TcpStream, idle: i32, interval: i32, probes: i32) {
+    set_option(stream, libc::SOL_SOCKET, libc::SO_KEEPALIVE, &1i32);
+    set_option(stream, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, &idle);
+    set_option(stream, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, &interval);
+    set_option(stream, libc::IPPROTO_TCP, libc::TCP_KEEPCNT, &probes);
+}
+
+/// Two hosts joined by a veth pair, each in a namespace of its own, with
+/// `count` connections from 192.0.2.1 to 192.0.2.2:`port` whose clients
+/// send keepalive probes after 1 s idle, every second, 2 before giving up.
+/// [`DeadLink::cut`] makes the server vanish, as behind a NAT that dropped
+/// the flows: each client then times out after its 2 unanswered probes.
+pub struct DeadLink {
+    // Sockets before namespaces: dropped first.
+    pub clients: Vec<TcpStream>,
+    pub accepted: Vec<TcpStream>,
+    pub listener: TcpListener,
+    pub client_ns: NetNs,
+    pub server_ns: NetNs,
+}
+
+impl DeadLink {
+    pub fn new(port: u16, count: usize) -> Self {
+        let (client_ns, server_ns) = (NetNs::new(), NetNs::new());
+        client_ns.ip(&[
+            "link",
+            "add",
+            "ka-client",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "ka-server",
+        ]);
+        client_ns.ip(&["link", "set", "ka-server", "netns", &server_ns.path()]);
+        client_ns.ip(&["addr", "add", "192.0.2.1/30", "dev", "ka-client"]);
+        client_ns.ip(&["link", "set", "ka-client", "up"]);
+        server_ns.ip(&["addr", "add", "192.0.2.2/30", "dev", "ka-server"]);
+        server_ns.ip(&["link", "set", "ka-server", "up"]);
+        let server = SocketAddr::from(([192, 0, 2, 2], port));
+        let listener = server_ns.run(|| TcpListener::bind(server).expect("bind"));
+        let clients: Vec<TcpStream> = client_ns.run(|| {
+            (0..count)
+                .map(|_| {
+                    let client = TcpStream::connect_timeout(&server, Duration::from_secs(5))
+                        .expect("connect");
+                    keepalive(&client, 1, 1, 2);
+                    client
+                })
+                .collect()
+        });
+        let accepted = (0..count)
+            .map(|_| listener.accept().expect("accept").0)
+            .collect();
+        Self {
+            clients,
+            accepted,
+            listener,
+            client_ns,
+            server_ns,
+        }
+    }
+
+    pub fn cut(&self) {
+        self.server_ns.ip(&["link", "set", "ka-server", "down"]);
+    }
+}
