@@ -39,6 +39,7 @@ pub const GUEST_TESTS: &[&str] = &[
     "signals",
     "exporter",
     "owners",
+    "lifecycle",
 ];
 
 /// Modules loaded at boot, with what they need first, where the kernel has

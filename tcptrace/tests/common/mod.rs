@@ -568,6 +568,11 @@ impl Daemon {
         self.child.0.id()
     }
 
+    /// The process, e.g. for [`signal`].
+    pub fn child(&self) -> &Child {
+        &self.child.0
+    }
+
     /// (status, body) of a GET.
     pub fn get(&self, path: &str) -> (u16, String) {
         http_get(self.address, path)

@@ -1,0 +1,137 @@
+//! End-to-end: what a killed, restarted or doubled `tcptrace run` leaves in
+//! the kernel, counted from the kernel's own list of loaded BPF programs.
+//!
+//! tcptrace pins nothing: its programs hang on the file descriptors of its
+//! links, so the kernel frees them when the process ends, however it ends.
+//! A second instance on another address loads programs and maps of its own
+//! and counts the same sockets; on the same address it stops with one line.
+#![expect(
+    clippy::float_cmp,
+    reason = "samples here are integer counts, asserted exactly"
+)]
+
+mod common;
+
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    thread,
+    time::{Duration, Instant},
+};
+
+use common::{Daemon, NetNs, Scrape, leak_close_wait, signal};
+use tcptrace::probes::HOOKS;
+
+/// The kernel keeps 15 characters of a program's name.
+const NAME_LEN: usize = 15;
+
+/// BPF programs loaded now, host-wide, with one of tcptrace's names.
+fn tcptrace_programs() -> usize {
+    let names: Vec<&str> = HOOKS
+        .iter()
+        .map(|hook| &hook.program[..hook.program.len().min(NAME_LEN)])
+        .collect();
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|program| {
+            program
+                .name_as_str()
+                .is_some_and(|name| names.contains(&name))
+        })
+        .count()
+}
+
+/// Waits (bounded) until `count` of them are loaded: the kernel frees a
+/// program after its last reference goes, asynchronously.
+fn wait_for_programs(count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let loaded = tcptrace_programs();
+        if loaded == count {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{loaded} tcptrace programs loaded, not {count}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn close_wait(scrape: &Scrape, port: u16) -> f64 {
+    let port = port.to_string();
+    scrape.sum(
+        "tcptrace_sockets",
+        &[("state", "CLOSE_WAIT"), ("role", "server"), ("port", &port)],
+    )
+}
+
+#[test]
+fn sigkill_leaves_nothing_and_a_restart_works() {
+    let before = tcptrace_programs();
+    let first = Daemon::start(&[]);
+    let attached = tcptrace_programs() - before;
+    assert_eq!(attached, HOOKS.len(), "every hook attached on this kernel");
+
+    signal(first.child(), libc::SIGKILL);
+    wait_for_programs(before);
+
+    let port = 18130;
+    let netns = NetNs::new();
+    let held = netns.run(|| leak_close_wait(SocketAddr::from((Ipv4Addr::LOCALHOST, port)), 20));
+    let second = Daemon::start(&[]);
+    assert_eq!(tcptrace_programs(), before + HOOKS.len());
+    second.wait_for(
+        "the restarted daemon's count",
+        Duration::from_secs(10),
+        |s| close_wait(s, port) == 20.0,
+    );
+    let (status, stderr) = second.stop();
+    assert!(status.success(), "{status}: {stderr}");
+    wait_for_programs(before);
+    drop((held, netns));
+    drop(first);
+}
+
+#[test]
+fn a_second_instance_counts_alike_and_never_disturbs_the_first() {
+    let before = tcptrace_programs();
+    let first = Daemon::start(&[]);
+
+    // On the first one's address: one line naming the flag, exit 1, and the
+    // first one keeps its programs.
+    let address = first.address.to_string();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tcptrace"))
+        .args(["run", "--web.listen-address", &address])
+        .output()
+        .expect("run a second tcptrace");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("--web.listen-address"), "{stderr}");
+    wait_for_programs(before + HOOKS.len());
+
+    // On another address: both run, each with its own programs, and count
+    // the same sockets.
+    let second = Daemon::start(&[]);
+    assert_eq!(tcptrace_programs(), before + 2 * HOOKS.len());
+    let port = 18131;
+    let netns = NetNs::new();
+    let held = netns.run(|| leak_close_wait(SocketAddr::from((Ipv4Addr::LOCALHOST, port)), 30));
+    for daemon in [&first, &second] {
+        daemon.wait_for("30 CLOSE_WAIT", Duration::from_secs(10), |s| {
+            close_wait(s, port) == 30.0
+        });
+    }
+    let (status, stderr) = second.stop();
+    assert!(status.success(), "{status}: {stderr}");
+    wait_for_programs(before + HOOKS.len());
+    // The first is unaffected by the second's end.
+    drop(held);
+    first.wait_for("the leak closed", Duration::from_secs(10), |s| {
+        close_wait(s, port) == 0.0
+    });
+    let (status, stderr) = first.stop();
+    assert!(status.success(), "{status}: {stderr}");
+    wait_for_programs(before);
+    drop(netns);
+}
