@@ -13,6 +13,7 @@
 mod common;
 
 use std::{
+    collections::BTreeSet,
     net::{Ipv4Addr, SocketAddr},
     thread,
     time::{Duration, Instant},
@@ -24,8 +25,11 @@ use tcptrace::probes::HOOKS;
 /// The kernel keeps 15 characters of a program's name.
 const NAME_LEN: usize = 15;
 
-/// BPF programs loaded now, host-wide, with one of tcptrace's names.
-fn tcptrace_programs() -> usize {
+/// IDs of the BPF programs loaded now, host-wide, with one of tcptrace's
+/// names. Those of a daemon are the IDs that appear when it starts: IDs are
+/// never reused, and a daemon that ended earlier may still be in the list
+/// for a few seconds while the kernel frees its programs.
+fn tcptrace_programs() -> BTreeSet<u32> {
     let names: Vec<&str> = HOOKS
         .iter()
         .map(|hook| &hook.program[..hook.program.len().min(NAME_LEN)])
@@ -37,24 +41,43 @@ fn tcptrace_programs() -> usize {
                 .name_as_str()
                 .is_some_and(|name| names.contains(&name))
         })
-        .count()
+        .map(|program| program.id())
+        .collect()
 }
 
-/// Waits (bounded) until `count` of them are loaded: the kernel frees a
+/// Starts a daemon; returns it with the programs it loaded.
+fn start() -> (Daemon, BTreeSet<u32>) {
+    let before = tcptrace_programs();
+    let daemon = Daemon::start(&[]);
+    let loaded: BTreeSet<u32> = tcptrace_programs().difference(&before).copied().collect();
+    assert_eq!(
+        loaded.len(),
+        HOOKS.len(),
+        "every hook attached on this kernel"
+    );
+    (daemon, loaded)
+}
+
+/// Waits (bounded) until none of `programs` is loaded: the kernel frees a
 /// program after its last reference goes, asynchronously.
-fn wait_for_programs(count: usize) {
-    let deadline = Instant::now() + Duration::from_secs(10);
+fn wait_until_freed(programs: &BTreeSet<u32>) {
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let loaded = tcptrace_programs();
-        if loaded == count {
+        let left = tcptrace_programs().intersection(programs).count();
+        if left == 0 {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "{loaded} tcptrace programs loaded, not {count}"
+            "{left} of {} programs still loaded after 30 s",
+            programs.len()
         );
-        thread::sleep(Duration::from_millis(50));
+        thread::sleep(Duration::from_millis(100));
     }
+}
+
+fn still_loaded(programs: &BTreeSet<u32>) -> bool {
+    programs.is_subset(&tcptrace_programs())
 }
 
 fn close_wait(scrape: &Scrape, port: u16) -> f64 {
@@ -67,19 +90,14 @@ fn close_wait(scrape: &Scrape, port: u16) -> f64 {
 
 #[test]
 fn sigkill_leaves_nothing_and_a_restart_works() {
-    let before = tcptrace_programs();
-    let first = Daemon::start(&[]);
-    let attached = tcptrace_programs() - before;
-    assert_eq!(attached, HOOKS.len(), "every hook attached on this kernel");
-
+    let (first, first_programs) = start();
     signal(first.child(), libc::SIGKILL);
-    wait_for_programs(before);
+    wait_until_freed(&first_programs);
 
     let port = 18130;
     let netns = NetNs::new();
     let held = netns.run(|| leak_close_wait(SocketAddr::from((Ipv4Addr::LOCALHOST, port)), 20));
-    let second = Daemon::start(&[]);
-    assert_eq!(tcptrace_programs(), before + HOOKS.len());
+    let (second, second_programs) = start();
     second.wait_for(
         "the restarted daemon's count",
         Duration::from_secs(10),
@@ -87,15 +105,14 @@ fn sigkill_leaves_nothing_and_a_restart_works() {
     );
     let (status, stderr) = second.stop();
     assert!(status.success(), "{status}: {stderr}");
-    wait_for_programs(before);
+    wait_until_freed(&second_programs);
     drop((held, netns));
     drop(first);
 }
 
 #[test]
 fn a_second_instance_counts_alike_and_never_disturbs_the_first() {
-    let before = tcptrace_programs();
-    let first = Daemon::start(&[]);
+    let (first, first_programs) = start();
 
     // On the first one's address: one line naming the flag, exit 1, and the
     // first one keeps its programs.
@@ -108,12 +125,12 @@ fn a_second_instance_counts_alike_and_never_disturbs_the_first() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("--web.listen-address"), "{stderr}");
-    wait_for_programs(before + HOOKS.len());
+    assert!(still_loaded(&first_programs));
 
     // On another address: both run, each with its own programs, and count
     // the same sockets.
-    let second = Daemon::start(&[]);
-    assert_eq!(tcptrace_programs(), before + 2 * HOOKS.len());
+    let (second, second_programs) = start();
+    assert!(first_programs.is_disjoint(&second_programs));
     let port = 18131;
     let netns = NetNs::new();
     let held = netns.run(|| leak_close_wait(SocketAddr::from((Ipv4Addr::LOCALHOST, port)), 30));
@@ -124,14 +141,15 @@ fn a_second_instance_counts_alike_and_never_disturbs_the_first() {
     }
     let (status, stderr) = second.stop();
     assert!(status.success(), "{status}: {stderr}");
-    wait_for_programs(before + HOOKS.len());
+    wait_until_freed(&second_programs);
     // The first is unaffected by the second's end.
+    assert!(still_loaded(&first_programs));
     drop(held);
     first.wait_for("the leak closed", Duration::from_secs(10), |s| {
         close_wait(s, port) == 0.0
     });
     let (status, stderr) = first.stop();
     assert!(status.success(), "{status}: {stderr}");
-    wait_for_programs(before);
+    wait_until_freed(&first_programs);
     drop(netns);
 }
