@@ -139,6 +139,12 @@ pub struct DoctorArgs {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
+    /// TOML file with any of these flags, without their dashes (`port =
+    /// [443]`, `stale-after = "5m"`, `web.listen-address = "…"`); flags
+    /// given here win over the file's.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
     #[command(flatten)]
     pub probe: ProbeArgs,
 

@@ -15,6 +15,7 @@ pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod commands;
+pub mod config;
 pub mod decode;
 pub mod diag;
 pub mod doctor;

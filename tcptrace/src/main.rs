@@ -1,25 +1,14 @@
-use std::{io::IsTerminal, process::ExitCode};
+use std::{ffi::OsString, io::IsTerminal, process::ExitCode};
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use tcptrace::cli::{Cli, LogFormat};
 
 /// Exit codes: 0 success, 1 tcptrace could not do its work, 2 bad usage;
 /// `doctor` exits with its verdict (0 ready, 1 degraded, 2 cannot run).
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match parse(std::env::args_os().collect()) {
         Ok(cli) => cli,
-        Err(e) if !e.use_stderr() => {
-            let _ = e.print(); // --help, --version
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            // clap's first line names the problem; the rest is usage text.
-            let message = e.to_string();
-            let first = message.lines().next().unwrap_or_default();
-            let first = first.strip_prefix("error: ").unwrap_or(first);
-            eprintln!("tcptrace: {first} (see tcptrace --help)");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -50,4 +39,27 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The command line, with `run --config`'s file merged in. Usage errors are
+/// printed on one line.
+fn parse(args: Vec<OsString>) -> Result<Cli, ExitCode> {
+    let usage = |e: clap::Error| {
+        if !e.use_stderr() {
+            let _ = e.print(); // --help, --version
+            return ExitCode::SUCCESS;
+        }
+        // clap's first line names the problem; the rest is usage text.
+        let message = e.to_string();
+        let first = message.lines().next().unwrap_or_default();
+        let first = first.strip_prefix("error: ").unwrap_or(first);
+        eprintln!("tcptrace: {first} (see tcptrace --help)");
+        ExitCode::from(2)
+    };
+    let matches = Cli::command().try_get_matches_from(&args).map_err(usage)?;
+    let args = tcptrace::config::with_config_file(args, &matches).map_err(|e| {
+        eprintln!("tcptrace: {e}");
+        ExitCode::from(2)
+    })?;
+    Cli::try_parse_from(args).map_err(usage)
 }

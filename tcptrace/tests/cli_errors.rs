@@ -77,3 +77,68 @@ fn help_and_version_exit_0() {
         assert!(!out.stdout.is_empty());
     }
 }
+
+/// The long names of `tcptrace run`'s flags that take a value, globals
+/// included, except those whose value is only checked when used (a path).
+fn run_flags_with_values() -> Vec<String> {
+    use clap::CommandFactory;
+    let mut command = tcptrace::cli::Cli::command();
+    command.build();
+    let run = command.find_subcommand("run").expect("run");
+    let flags: Vec<String> = run
+        .get_arguments()
+        .filter(|arg| arg.get_action().takes_values())
+        .filter_map(|arg| arg.get_long().map(str::to_owned))
+        .filter(|long| !["btf", "config"].contains(&long.as_str()))
+        .collect();
+    assert!(flags.len() >= 10, "{flags:?}");
+    flags
+}
+
+#[test]
+fn every_run_flag_with_a_wrong_value_exits_2_naming_it() {
+    for flag in run_flags_with_values() {
+        let option = format!("--{flag}");
+        let (code, stderr) = run(&mut tcptrace(&["run", &option, "bogus"]));
+        assert_eq!(code, 2, "{option}: {stderr}");
+        assert_one_line(&stderr, &option);
+    }
+}
+
+#[test]
+fn config_file_errors_exit_2_naming_the_line_and_the_key() {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("config-errors");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("tcptrace.toml");
+    let path = file.to_string_lossy().into_owned();
+    let with = |text: &str| {
+        std::fs::write(&file, text).expect("write the file");
+        run(&mut tcptrace(&["run", "--config", &path]))
+    };
+    // Every key with a wrong value, on line 2.
+    for key in run_flags_with_values() {
+        let (code, stderr) = with(&format!("# tcptrace\n{key} = \"bogus\"\n"));
+        assert_eq!(code, 2, "{key}: {stderr}");
+        assert_one_line(&stderr, &format!("{path}:2: {key}: "));
+    }
+    for (text, needle) in [
+        (
+            "[web]\nlisten-adress = \"127.0.0.1:1\"",
+            ":2: web.listen-adress: no such setting",
+        ),
+        ("web.enable-api = 1", ":1: web.enable-api: is a switch"),
+        ("\nport = [443,\n", ":2: unclosed array"),
+    ] {
+        let (code, stderr) = with(text);
+        assert_eq!(code, 2, "{text}: {stderr}");
+        assert_one_line(&stderr, needle);
+    }
+    let (code, stderr) = run(&mut tcptrace(&[
+        "run",
+        "--config",
+        "/nonexistent/tcptrace.toml",
+    ]));
+    assert_eq!(code, 2, "{stderr}");
+    assert_one_line(&stderr, "/nonexistent/tcptrace.toml: cannot read it");
+    std::fs::remove_dir_all(&dir).expect("clean up");
+}

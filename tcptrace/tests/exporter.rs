@@ -494,3 +494,37 @@ fn reconciling_during_churn_counts_each_transition_once() {
     drop(netns);
     daemon.stop();
 }
+
+#[test]
+fn a_config_file_sets_flags_and_the_command_line_wins() {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("config-daemon");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("tcptrace.toml");
+    // The file asks for an address that is taken: the command line's must
+    // win, or the daemon cannot start.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = 18094;
+    std::fs::write(
+        &file,
+        format!(
+            "stale-after = \"1s\"\nport = [{port}]\n\n[web]\nlisten-address = \"{}\"\n",
+            taken.local_addr().expect("address")
+        ),
+    )
+    .expect("write the file");
+    let daemon = Daemon::start(&["--config", &file.to_string_lossy()]);
+    assert_ne!(Some(daemon.address), taken.local_addr().ok());
+    let netns = NetNs::new();
+    let held = netns.run(|| leak_close_wait(local(port), 4));
+    // Stale after the file's 1 s, not the default minute.
+    let p = port.to_string();
+    daemon.wait_for("4 stale CLOSE_WAIT", Duration::from_secs(10), |s| {
+        s.sum(
+            "tcptrace_stale_sockets",
+            &[("state", "CLOSE_WAIT"), ("port", &p)],
+        ) == 4.0
+    });
+    drop((held, netns));
+    daemon.stop();
+    std::fs::remove_dir_all(&dir).expect("clean up");
+}
