@@ -153,3 +153,41 @@ fn a_second_instance_counts_alike_and_never_disturbs_the_first() {
     wait_until_freed(&first_programs);
     drop(netns);
 }
+
+#[test]
+fn once_attached_it_keeps_only_the_capabilities_it_still_needs() {
+    // Sockets in a namespace of their own, open before the daemon starts:
+    // it reads them after dropping capabilities, from inside the namespace.
+    let port = 18132;
+    let netns = NetNs::new();
+    let held = netns.run(|| leak_close_wait(SocketAddr::from((Ipv4Addr::LOCALHOST, port)), 3));
+    let (daemon, _) = start();
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", daemon.pid())).expect("its status");
+    let set = |name: &str| {
+        let hex = status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .unwrap_or_else(|| panic!("{name} in {status}"));
+        u64::from_str_radix(hex.trim(), 16).expect("hex")
+    };
+    // CAP_DAC_READ_SEARCH (2), CAP_SYS_PTRACE (19), CAP_SYS_ADMIN (21).
+    let kept = 1 << 2 | 1 << 19 | 1 << 21;
+    assert_eq!(set("CapEff:"), kept, "effective");
+    assert_eq!(set("CapPrm:"), kept, "permitted");
+    assert_eq!(
+        set("CapBnd:"),
+        kept,
+        "bounding (started as root, so it could)"
+    );
+    assert_eq!(set("CapAmb:"), 0, "ambient");
+    assert_eq!(set("CapInh:") & !kept, 0, "inheritable");
+    daemon.wait_for(
+        "the 3 CLOSE_WAIT found at start",
+        Duration::from_secs(10),
+        |s| close_wait(s, port) == 3.0,
+    );
+    drop((held, netns));
+    let (status, stderr) = daemon.stop();
+    assert!(status.success(), "{status}: {stderr}");
+}

@@ -19,6 +19,7 @@ use tokio::net::TcpListener;
 use crate::{
     Error,
     api::{Overview, SocketList, SocketQuery, SocketRecord},
+    capabilities,
     cli::{ListenAddress, RunArgs},
     clock, diag,
     event::{Endpoints, EventKind, TcpState},
@@ -270,6 +271,7 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
             .set(i64::from(*attached));
     }
     let mut source = probes.event_source()?;
+    drop_capabilities();
     let policy = PortPolicy::new(&args.ports, labels::ephemeral_port_low(), args.max_ports);
     let reset_reasons = probes.reset_reasons().clone();
     let exporter = Arc::new(Exporter {
@@ -352,6 +354,15 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     let _ = stop_tx.send(true);
     let _ = server.await;
     result
+}
+
+/// Programs are attached and maps open: from here on, tcptrace needs only
+/// what reconciliation and owner lookups do (see README, "Capabilities").
+fn drop_capabilities() {
+    match capabilities::keep_only(capabilities::KEPT_AFTER_ATTACH) {
+        Ok(left) => tracing::info!(kept = ?left.names(), "capabilities dropped after attaching"),
+        Err(error) => tracing::warn!("capabilities could not be dropped: {error}"),
+    }
 }
 
 /// Finds the owners of newly stale sockets and regroups the stale report.
