@@ -196,6 +196,13 @@ pub struct RunArgs {
     /// lines) to every client, not only to loopback ones.
     #[arg(long = "web.enable-api")]
     pub enable_api: bool,
+
+    /// TOML file turning on TLS (`[tls_server_config]`: `cert_file`,
+    /// `key_file`) and basic authentication (`[basic_auth_users]`: user =
+    /// bcrypt hash) for every path, as the Prometheus exporter toolkit's
+    /// web config does.
+    #[arg(long = "web.config.file", value_name = "FILE")]
+    pub web_config_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -197,7 +197,7 @@ fn scalar(value: &DeValue<'_>) -> Option<String> {
 }
 
 /// The 1-based line of a byte offset.
-fn line_of(text: &str, offset: usize) -> usize {
+pub(crate) fn line_of(text: &str, offset: usize) -> usize {
     text.get(..offset).unwrap_or(text).matches('\n').count() + 1
 }
 

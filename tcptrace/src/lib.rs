@@ -35,6 +35,7 @@ pub mod stale;
 pub mod sysctls;
 pub mod tracker;
 pub mod web;
+pub mod web_config;
 
 /// Any failure of a command, worded for the person who ran it.
 #[derive(Debug, thiserror::Error)]

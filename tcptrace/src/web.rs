@@ -19,7 +19,10 @@ use hyper::{
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{net::TcpListener, sync::Semaphore};
 
-use crate::api::{self, SocketQuery};
+use crate::{
+    api::{self, SocketQuery},
+    web_config::WebSecurity,
+};
 
 /// A response body still being computed.
 pub type Pending = Pin<Box<dyn Future<Output = Vec<u8>> + Send>>;
@@ -57,11 +60,13 @@ const MAX_CONNECTION_TIME: Duration = Duration::from_secs(60);
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Serves `site` on `listener` until `shutdown` resolves; the socket list
-/// goes to loopback clients only unless `expose_sockets`.
+/// goes to loopback clients only unless `expose_sockets`. `security` may
+/// require TLS and a user.
 pub async fn serve(
     listener: TcpListener,
     site: Arc<dyn Site>,
     expose_sockets: bool,
+    security: Arc<WebSecurity>,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
@@ -84,28 +89,80 @@ pub async fn serve(
                 }
             },
         };
-        let site = site.clone();
+        let (site, security) = (site.clone(), security.clone());
         tokio::spawn(async move {
-            let service = service_fn(move |request| {
-                let site = site.clone();
-                async move {
-                    let response = respond(site, request, peer, expose_sockets).await;
-                    Ok::<_, Infallible>(response)
+            let served = async {
+                match &security.tls {
+                    // The handshake counts against the head's deadline.
+                    Some(tls) => match tokio::time::timeout(HEADER_TIMEOUT, tls.accept(stream))
+                        .await
+                    {
+                        Ok(Ok(stream)) => {
+                            connection(stream, site, security.clone(), peer, expose_sockets).await;
+                        }
+                        Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    },
+                    None => connection(stream, site, security.clone(), peer, expose_sockets).await,
                 }
-            });
-            let connection = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .max_buf_size(MAX_HEAD_BYTES)
-                .serve_connection(TokioIo::new(stream), service);
-            match tokio::time::timeout(MAX_CONNECTION_TIME, connection).await {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => tracing::debug!(%error, "HTTP connection ended with an error"),
-                Err(_) => tracing::debug!(%peer, "HTTP connection closed after its time"),
+            };
+            if tokio::time::timeout(MAX_CONNECTION_TIME, served)
+                .await
+                .is_err()
+            {
+                tracing::debug!(%peer, "HTTP connection closed after its time");
             }
             drop(permit);
         });
     }
+}
+
+/// Serves HTTP/1 requests on one connection, plain or TLS.
+async fn connection<S>(
+    stream: S,
+    site: Arc<dyn Site>,
+    security: Arc<WebSecurity>,
+    peer: SocketAddr,
+    expose_sockets: bool,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |request: Request<Incoming>| {
+        let (site, security) = (site.clone(), security.clone());
+        async move {
+            if let Some(auth) = &security.auth {
+                let header = request
+                    .headers()
+                    .get(header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok());
+                if !auth.allows(header).await {
+                    return Ok::<_, Infallible>(unauthorized());
+                }
+            }
+            Ok(respond(site, request, peer, expose_sockets).await)
+        }
+    });
+    let served = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
+    if let Err(error) = served {
+        tracing::debug!(%error, "HTTP connection ended with an error");
+    }
+}
+
+fn unauthorized() -> Response<Full<Bytes>> {
+    let mut response = text(
+        StatusCode::UNAUTHORIZED,
+        "a user and password are required\n",
+    );
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Basic realm=\"tcptrace\""),
+    );
+    response
 }
 
 async fn respond(

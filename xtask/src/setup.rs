@@ -8,10 +8,20 @@ use std::{env, path::PathBuf, process::Command};
 use crate::{cmd, pins::Pins};
 
 /// Debian packages the test suite drives as ground truth or as peers.
-/// (`prometheus` brings promtool, which lints the exposition; python3 runs
-/// the leaking services of the owner tests; chromium and tmux drive the web
-/// page and `tcptrace top` as a person would.)
-pub const TEST_PACKAGES: &[&str] = &["iproute2", "prometheus", "python3", "chromium", "tmux"];
+/// (`prometheus` brings promtool, which lints the exposition, and the server
+/// the dashboard and alerts are evaluated by; python3 runs the leaking
+/// services of the owner tests; chromium and tmux drive the web page and
+/// `tcptrace top` as a person would; openssl and curl make a certificate
+/// and speak TLS with basic auth to the endpoint.)
+pub const TEST_PACKAGES: &[&str] = &[
+    "iproute2",
+    "prometheus",
+    "python3",
+    "chromium",
+    "tmux",
+    "openssl",
+    "curl",
+];
 
 /// The peers the benchmark compares tcptrace with.
 pub const BENCH_PACKAGES: &[&str] = &[

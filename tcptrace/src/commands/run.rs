@@ -33,6 +33,7 @@ use crate::{
     sysctls,
     tracker::Tracker,
     web::{self, Pending, Site},
+    web_config::WebSecurity,
 };
 
 /// The tracked sockets, what they add up to, and who holds the stale ones.
@@ -258,6 +259,12 @@ impl Site for Exporter {
 
 pub async fn run(args: RunArgs) -> Result<(), Error> {
     raise_open_file_limit();
+    let security = web_security(args.web_config_file.as_deref())?;
+    let scheme = if security.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     // Bind first: a port in use is the likeliest mistake, and cheap to report.
     let listener = bind(args.listen_address).await?;
     let address = listener.local_addr()?;
@@ -293,11 +300,12 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
         listener,
         exporter.clone(),
         args.enable_api,
+        Arc::new(security),
         async move {
             let _ = stop_rx.wait_for(|stop| *stop).await;
         },
     ));
-    tracing::info!("serving http://{address}/metrics");
+    tracing::info!("serving {scheme}://{address}/metrics");
 
     // Programs are attached: every socket opened from here on is seen, so
     // the dump taken now completes the picture. Events already queued are
@@ -354,6 +362,14 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     let _ = stop_tx.send(true);
     let _ = server.await;
     result
+}
+
+/// What `--web.config.file` asks of clients; nothing without it.
+fn web_security(path: Option<&std::path::Path>) -> Result<WebSecurity, Error> {
+    path.map_or_else(
+        || Ok(WebSecurity::default()),
+        |path| WebSecurity::load(path).map_err(|e| Error::Usage(e.to_string())),
+    )
 }
 
 /// Programs are attached and maps open: from here on, tcptrace needs only

@@ -521,8 +521,9 @@ impl Daemon {
         Self::start_at("127.0.0.1:0", args)
     }
 
-    /// [`Daemon::start`] listening on `listen` (HOST:PORT).
-    pub fn start_at(listen: &str, args: &[&str]) -> Self {
+    /// [`Daemon::start_at`] but returning as soon as it listens, before it
+    /// is ready, without speaking plain HTTP to it.
+    pub fn spawn_at(listen: &str, args: &[&str]) -> Self {
         let mut child = ChildGuard(
             Command::new(env!("CARGO_BIN_EXE_tcptrace"))
                 .args(["run", "--web.listen-address", listen])
@@ -537,7 +538,12 @@ impl Daemon {
         let stderr = thread::spawn(move || {
             let mut all = String::new();
             for line in io::BufRead::lines(io::BufReader::new(stderr)).map_while(Result::ok) {
-                if let Some(rest) = line.split("serving http://").nth(1) {
+                // "serving http://ADDRESS/metrics", or https.
+                let url = line
+                    .split("serving ")
+                    .nth(1)
+                    .and_then(|u| u.split_once("://"));
+                if let Some((_, rest)) = url {
                     let address = rest.split('/').next().unwrap_or_default().to_owned();
                     let _ = address_tx.send(address);
                 }
@@ -551,11 +557,16 @@ impl Daemon {
             .expect("tcptrace run did not report its address within 30 s")
             .parse()
             .expect("an address");
-        let daemon = Self {
+        Self {
             child,
             address,
             stderr: Some(stderr),
-        };
+        }
+    }
+
+    /// [`Daemon::start`] listening on `listen` (HOST:PORT).
+    pub fn start_at(listen: &str, args: &[&str]) -> Self {
+        let daemon = Self::spawn_at(listen, args);
         let deadline = Instant::now() + Duration::from_secs(60);
         while daemon.get("/-/ready").0 != 200 {
             assert!(Instant::now() < deadline, "not ready within 60 s");
