@@ -91,10 +91,7 @@ struct Run {
 pub fn run(tcptrace: &Path, xtask: &Path, plan: &Plan) -> Result<String, String> {
     mount_tracefs()?;
     let _stats = BpfStats::enable()?;
-    let clock_ticks: f64 = command_output("getconf", &["CLK_TCK"])?
-        .trim()
-        .parse()
-        .map_err(|_| "getconf CLK_TCK")?;
+    let clock_ticks = clock_ticks()?;
     let mut runs: BTreeMap<&str, Vec<Run>> = BTreeMap::new();
     for repetition in 0..plan.repetitions {
         let close = if repetition % 2 == 0 {
@@ -213,10 +210,10 @@ fn measure(
 
 /// A tool under test, stopped by SIGINT (each flushes and exits on it) and
 /// killed if it lingers.
-struct Tool(Child);
+pub struct Tool(pub Child);
 
 impl Tool {
-    fn stop(&mut self) {
+    pub fn stop(&mut self) {
         let _ = Command::new("kill")
             .args(["-INT", &self.0.id().to_string()])
             .status();
@@ -294,7 +291,7 @@ fn scrape_url(tool: &str) -> Option<&'static str> {
     }
 }
 
-fn wait_until(ready: impl Fn() -> bool) -> Result<(), String> {
+pub fn wait_until(ready: impl Fn() -> bool) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !ready() {
         if Instant::now() > deadline {
@@ -479,7 +476,7 @@ fn scale(tcptrace: &Path, xtask: &Path, sockets: usize) -> Result<String, String
 }
 
 /// A sample's value from a Prometheus exposition (0 if absent).
-fn sample(metrics: &str, name: &str, labels: &str) -> f64 {
+pub fn sample(metrics: &str, name: &str, labels: &str) -> f64 {
     metrics
         .lines()
         .filter(|line| {
@@ -491,7 +488,7 @@ fn sample(metrics: &str, name: &str, labels: &str) -> f64 {
         .sum()
 }
 
-fn http_get(address: &str, path: &str) -> Option<String> {
+pub fn http_get(address: &str, path: &str) -> Option<String> {
     let mut stream = TcpStream::connect(address).ok()?;
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
@@ -510,7 +507,7 @@ fn http_get(address: &str, path: &str) -> Option<String> {
     })?
 }
 
-fn cpu_seconds(pid: u32, clock_ticks: f64) -> Result<f64, String> {
+pub fn cpu_seconds(pid: u32, clock_ticks: f64) -> Result<f64, String> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| e.to_string())?;
     // Fields after the command name (which may contain spaces): utime is
     // field 14 and stime field 15 of the whole line.
@@ -525,7 +522,7 @@ fn cpu_seconds(pid: u32, clock_ticks: f64) -> Result<f64, String> {
     Ok((ticks(11) + ticks(12)) / clock_ticks)
 }
 
-fn status_kib(pid: u32, field: &str) -> u64 {
+pub fn status_kib(pid: u32, field: &str) -> u64 {
     fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|status| {
@@ -533,6 +530,14 @@ fn status_kib(pid: u32, field: &str) -> u64 {
             line.split_ascii_whitespace().nth(1)?.parse().ok()
         })
         .unwrap_or(0)
+}
+
+/// Clock ticks per second, the unit of `/proc/<pid>/stat` CPU times.
+pub fn clock_ticks() -> Result<f64, String> {
+    command_output("getconf", &["CLK_TCK"])?
+        .trim()
+        .parse()
+        .map_err(|_| "getconf CLK_TCK".to_owned())
 }
 
 fn command_output(program: &str, args: &[&str]) -> Result<String, String> {

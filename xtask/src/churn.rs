@@ -51,25 +51,30 @@ fn connect_loop(port: u16, deadline: Instant, close: Close) -> Result<u64, Strin
     let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let listener = TcpListener::bind(address).map_err(|e| format!("bind {address}: {e}"))?;
     let mut count = 0;
-    let io = |e: std::io::Error| e.to_string();
     while Instant::now() < deadline {
-        let mut client = TcpStream::connect(address).map_err(io)?;
-        let (mut server, _) = listener.accept().map_err(io)?;
-        let mut buf = [0u8; 8];
-        client.write_all(b"request!").map_err(io)?;
-        server.read_exact(&mut buf).map_err(io)?;
-        server.write_all(b"response").map_err(io)?;
-        client.read_exact(&mut buf).map_err(io)?;
-        let (first, mut second) = match close {
-            Close::Client => (client, server),
-            Close::Server => (server, client),
-        };
-        drop(first);
-        let _ = second.read(&mut buf); // the FIN
-        drop(second);
+        one_connection(&listener, close).map_err(|e| e.to_string())?;
         count += 1;
     }
     Ok(count)
+}
+
+/// A connection to `listener` that exchanges 8 bytes each way, then closes,
+/// `close` first.
+pub fn one_connection(listener: &TcpListener, close: Close) -> std::io::Result<()> {
+    let mut client = TcpStream::connect(listener.local_addr()?)?;
+    let (mut server, _) = listener.accept()?;
+    let mut buf = [0u8; 8];
+    client.write_all(b"request!")?;
+    server.read_exact(&mut buf)?;
+    server.write_all(b"response")?;
+    client.read_exact(&mut buf)?;
+    let (first, mut second) = match close {
+        Close::Client => (client, server),
+        Close::Server => (server, client),
+    };
+    drop(first);
+    let _ = second.read(&mut buf); // the FIN
+    Ok(())
 }
 
 /// `xtask hold ESTABLISHED CLOSE_WAIT TIME_WAIT`: opens that many connections
@@ -129,7 +134,7 @@ pub fn hold(args: &[String]) -> Result<(), String> {
     }
 }
 
-fn loopback_up() -> Result<(), String> {
+pub fn loopback_up() -> Result<(), String> {
     let status = Command::new("ip")
         .args(["link", "set", "lo", "up"])
         .status()

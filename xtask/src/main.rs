@@ -11,6 +11,7 @@ mod cpio;
 mod kernels;
 mod pins;
 mod setup;
+mod soak;
 mod vm;
 
 use std::{
@@ -41,6 +42,8 @@ tasks:
   bench [--quick]    tcptrace against baseline, tcpstates, bpftrace and
                      node_exporter under loopback churn, then its cost with
                      many sockets open; about 10 minutes (--quick: 2)
+  soak [--minutes N] tcptrace run under mixed churn for N minutes (10),
+                     sampling its memory, fds and tracked sockets
 ";
 
 fn main() -> ExitCode {
@@ -116,8 +119,27 @@ fn run_task(args: Vec<String>) -> Result<(), String> {
             println!("[bench] report written to {}", path.display());
             Ok(())
         }
-        // The bench's workloads, run by `bench` in namespaces of their own.
+        Some("soak") => {
+            let minutes = match flags {
+                [] => 10,
+                [flag, value] if flag == "--minutes" => {
+                    value.parse().map_err(|_| "--minutes: a whole number")?
+                }
+                _ => return Err(format!("soak takes only --minutes N\n{USAGE}")),
+            };
+            setup::ensure_build_tools(&pins)?;
+            build(&root, &pins, false)?;
+            let xtask = env::current_exe().map_err(|e| format!("own path: {e}"))?;
+            let report = soak::run(&root.join("target/release/tcptrace"), &xtask, minutes)?;
+            let path = root.join("target/soak/report.md");
+            let _ = std::fs::create_dir_all(path.parent().unwrap_or(&root));
+            std::fs::write(&path, &report).map_err(|e| format!("{}: {e}", path.display()))?;
+            println!("\n{report}\n[soak] report written to {}", path.display());
+            Ok(())
+        }
+        // The workloads of bench and soak, run in namespaces of their own.
         Some("churn") => churn::churn(flags),
+        Some("mixed") => soak::mixed(flags),
         Some("hold") => churn::hold(flags),
         Some("help" | "-h" | "--help") => {
             print!("{USAGE}");
