@@ -568,6 +568,15 @@ impl Tracker {
             })
             .collect();
         for (cookie, drifted) in stale {
+            if let Some(socket) = self.sockets.get(&cookie) {
+                tracing::debug!(
+                    cookie,
+                    tracked = socket.stay.state.name(),
+                    found = in_dump.get(&cookie).map(|s| s.state),
+                    endpoints = ?socket.endpoints,
+                    "reconciliation: tracked socket differs from the kernel's"
+                );
+            }
             self.forget(cookie, sink);
             if drifted {
                 corrections.state += 1;
@@ -575,12 +584,24 @@ impl Tracker {
                 corrections.vanished += 1;
             }
         }
-        // Listeners first: they decide the role of the others.
+        // Listeners first: they decide the role of the others. Handshakes
+        // in flight (SYN_RECV: request sockets) are left to the events that
+        // make them connections: the connection's cookie is not always the
+        // request's (Linux 6.1 gives it a new one), so one tracked from the
+        // dump could outlive its handshake as a ghost.
         let (listeners, others): (Vec<&DiagSocket>, Vec<&DiagSocket>) = dump
             .iter()
+            .filter(|s| s.state != TcpState::SynRecv as u8)
             .filter(|s| !self.sockets.contains_key(&s.cookie) && !ended.contains(&s.cookie))
             .partition(|s| s.state == TcpState::Listen as u8);
         for socket in listeners.into_iter().chain(others) {
+            tracing::trace!(
+                cookie = socket.cookie,
+                found = socket.state,
+                sport = socket.sport,
+                dport = socket.dport,
+                "reconciliation: untracked socket found in the kernel"
+            );
             if self.discover(socket, now_ns, sink) {
                 corrections.missing += 1;
             }
@@ -1045,6 +1066,32 @@ mod tests {
         assert_eq!(transitions(&changes), [(FinWait2, TimeWait)]);
         assert_eq!(changes[0].entered.map(|s| s.since_ns), Some(700 * MS));
         assert_eq!(tracker.states().collect::<Vec<_>>(), [(8, TimeWait)]);
+    }
+
+    #[test]
+    fn handshakes_in_a_dump_are_left_to_their_events() {
+        let mut tracker = tracker();
+        let socket = |cookie, state: TcpState, timer| DiagSocket {
+            netns: 1,
+            cookie,
+            state: state as u8,
+            timewait: false,
+            family: tcptrace_common::AF_INET,
+            saddr: Ipv4Addr::LOCALHOST.into(),
+            sport: 443,
+            daddr: Ipv4Addr::LOCALHOST.into(),
+            dport: 40000 + u16::try_from(cookie).expect("small"),
+            inode: 0,
+            uid: 0,
+            timer,
+            expires_ms: 0,
+            retrans: 0,
+        };
+        let dump = [socket(9, SynRecv, 1), socket(10, Established, 0)];
+        tracker.begin_reconcile();
+        let corrections = tracker.reconcile(&dump, 0, MS, &mut |_| {});
+        assert_eq!(corrections.missing, 1);
+        assert_eq!(tracker.states().collect::<Vec<_>>(), [(10, Established)]);
     }
 
     #[test]

@@ -431,7 +431,7 @@ fn reconciliation_repairs_gauges_after_lost_events() {
 fn reconciling_during_churn_counts_each_transition_once() {
     // Reconciliation applies the events that arrived during its dump before
     // comparing: those, and only those, not the batch applied before it.
-    let daemon = Daemon::start(&["--reconcile-interval", "1s"]);
+    let daemon = Daemon::start(&["--reconcile-interval", "1s", "--log-level", "trace"]);
     let netns = NetNs::new();
     // Every connection ends in a TIME_WAIT of its own: none is reused.
     netns.sysctl("net/ipv4/tcp_tw_reuse", "0");
@@ -485,14 +485,20 @@ fn reconciling_during_churn_counts_each_transition_once() {
         scrape.summary()
     );
     assert_eq!(netns.count_ss("time-wait", port), rounds as usize * 5);
-    assert_eq!(
-        scrape.sum("tcptrace_reconcile_corrections_total", &[]),
-        0.0,
-        "nothing was missed, so nothing drifted: {}",
-        scrape.summary()
-    );
+    let corrections = scrape.sum("tcptrace_reconcile_corrections_total", &[]);
     drop(netns);
-    daemon.stop();
+    let (_, stderr) = daemon.stop();
+    let found: Vec<&str> = stderr
+        .lines()
+        .filter(|line| line.contains("reconciliation:") && line.contains("18093"))
+        .collect();
+    assert_eq!(
+        corrections,
+        0.0,
+        "nothing was missed, so nothing drifted: {}{}",
+        scrape.summary(),
+        found.join("\n")
+    );
 }
 
 #[test]

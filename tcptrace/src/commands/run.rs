@@ -437,7 +437,12 @@ async fn reconcile(
         .settings
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner) = settings;
-    // Apply what happened during the dump before comparing with it.
+    // Apply what happened during the dump before comparing with it. A
+    // record a program is still writing holds back the ones behind it, so
+    // the buffer is read once more after a moment.
+    source.drain_now(batch);
+    exporter.state().apply_batch(batch, &exporter.metrics);
+    tokio::time::sleep(crate::ring::POLL_INTERVAL).await;
     source.drain_now(batch);
     let mut state = exporter.state();
     state.apply_batch(batch, &exporter.metrics);
