@@ -59,7 +59,8 @@ pub fn run(
         Command::new("unshare")
             .args(["--net", "--"])
             .arg(xtask)
-            .args(["mixed", &seconds.to_string()])
+            // It outlasts the last sample, then is stopped.
+            .args(["mixed", &(seconds + 2 * SAMPLE_EVERY.as_secs()).to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
