@@ -13,7 +13,6 @@ mod common;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    io::{Read, Write},
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -89,22 +88,8 @@ impl Prometheus {
         prometheus
     }
 
-    /// (status, body) of a GET. HTTP/1.0, so the body is never chunked.
     fn get(&self, path: &str) -> (u16, String) {
-        let mut stream = TcpStream::connect(self.address).expect("connect to Prometheus");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("timeout");
-        write!(stream, "GET {path} HTTP/1.0\r\nHost: prometheus\r\n\r\n").expect("send");
-        let mut response = String::new();
-        stream.read_to_string(&mut response).expect("read");
-        let status = response
-            .split_ascii_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .expect("status code");
-        let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-        (status, body.to_owned())
+        common::http_get(self.address, path)
     }
 
     fn api(&self, path: &str) -> Value {

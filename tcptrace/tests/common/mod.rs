@@ -642,9 +642,9 @@ impl Daemon {
     }
 }
 
-/// A one-shot HTTP/1.1 GET over a plain socket: (status, body).
+/// A one-shot HTTP GET over a plain socket: (status, body).
 pub fn http_get(address: SocketAddr, path: &str) -> (u16, String) {
-    let stream = TcpStream::connect(address).expect("connect to tcptrace");
+    let stream = TcpStream::connect(address).expect("connect");
     http_get_over(stream, path)
 }
 
@@ -682,11 +682,9 @@ fn http_get_over(mut stream: TcpStream, path: &str) -> (u16, String) {
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
-    )
-    .expect("send");
+    // HTTP/1.0: the answer is never chunked (Go servers such as Prometheus
+    // chunk large HTTP/1.1 bodies).
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").expect("send");
     let mut response = String::new();
     stream.read_to_string(&mut response).expect("read response");
     let status = response
