@@ -58,7 +58,7 @@ fn parse(args: Vec<OsString>) -> Result<Cli, ExitCode> {
     };
     let matches = Cli::command().try_get_matches_from(&args).map_err(usage)?;
     let args = tcptrace::config::with_config_file(args, &matches).map_err(|e| {
-        eprintln!("tcptrace: {e}");
+        eprintln!("tcptrace: --config {e}");
         ExitCode::from(2)
     })?;
     Cli::try_parse_from(args).map_err(usage)

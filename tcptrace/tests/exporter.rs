@@ -507,7 +507,8 @@ fn reconciling_during_churn_counts_each_transition_once() {
 
 #[test]
 fn a_config_file_sets_flags_and_the_command_line_wins() {
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("config-daemon");
+    // Not under target/: the VMs mount it read-only.
+    let dir = std::env::temp_dir().join(format!("tcptrace-config-daemon-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let file = dir.join("tcptrace.toml");
     // The file asks for an address that is taken: the command line's must

@@ -253,8 +253,11 @@ fn test(
         // programs are compiled once for both. Integration tests share one
         // kernel and network namespaces, so they run one at a time.
         step("tests (unit, integration against the running kernel, end-to-end)");
+        // Every test binary runs even after one fails: one CI run shows
+        // every failure.
         let host = cmd::run(
             test_command(root, pins)
+                .arg("--no-fail-fast")
                 .arg("--")
                 .arg("--test-threads=1")
                 .args(test_args),

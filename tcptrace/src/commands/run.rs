@@ -368,7 +368,7 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
 fn web_security(path: Option<&std::path::Path>) -> Result<WebSecurity, Error> {
     path.map_or_else(
         || Ok(WebSecurity::default()),
-        |path| WebSecurity::load(path).map_err(|e| Error::Usage(e.to_string())),
+        |path| WebSecurity::load(path).map_err(|e| Error::Usage(format!("--web.config.file {e}"))),
     )
 }
 
