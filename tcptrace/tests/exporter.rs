@@ -16,7 +16,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Daemon, NetNs, Scrape, client_closes_first, leak_close_wait, server_closes_first};
+use common::{
+    Daemon, NetNs, Scrape, client_closes_first, leak_close_wait, one_line_failure,
+    server_closes_first,
+};
 
 fn local(port: u16) -> SocketAddr {
     SocketAddr::from((Ipv4Addr::LOCALHOST, port))
@@ -332,13 +335,8 @@ fn two_thousand_client_ports_stay_within_the_label_budget() {
 fn a_port_in_use_is_a_one_line_error() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let address = taken.local_addr().expect("address").to_string();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tcptrace"))
-        .args(["run", "--web.listen-address", &address])
-        .output()
-        .expect("run");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    let (code, stderr) = one_line_failure(&["run", "--web.listen-address", &address]);
+    assert_eq!(code, Some(1), "{stderr}");
     assert!(
         stderr.contains(&address) && stderr.contains("--web.listen-address"),
         "{stderr}"

@@ -19,7 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Daemon, NetNs, Scrape, leak_close_wait, signal};
+use common::{Daemon, NetNs, Scrape, leak_close_wait, one_line_failure, signal};
 use tcptrace::probes::HOOKS;
 
 /// The kernel keeps 15 characters of a program's name.
@@ -117,13 +117,8 @@ fn a_second_instance_counts_alike_and_never_disturbs_the_first() {
     // On the first one's address: one line naming the flag, exit 1, and the
     // first one keeps its programs.
     let address = first.address.to_string();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tcptrace"))
-        .args(["run", "--web.listen-address", &address])
-        .output()
-        .expect("run a second tcptrace");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    let (code, stderr) = one_line_failure(&["run", "--web.listen-address", &address]);
+    assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("--web.listen-address"), "{stderr}");
     assert!(still_loaded(&first_programs));
 

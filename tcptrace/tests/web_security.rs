@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::Daemon;
+use common::{Daemon, one_line_failure};
 
 /// A directory of this test's own, removed when dropped.
 struct Scratch(PathBuf);
@@ -139,13 +139,8 @@ fn a_bad_web_config_is_one_line_and_exit_2() {
         ("[tls]\n", ":1: tls: no such section"),
     ] {
         std::fs::write(&config, text).expect("write");
-        let out = Command::new(env!("CARGO_BIN_EXE_tcptrace"))
-            .args(["run", "--web.config.file", &config])
-            .output()
-            .expect("run tcptrace");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{text}: {stderr}");
-        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        let (code, stderr) = one_line_failure(&["run", "--web.config.file", &config]);
+        assert_eq!(code, Some(2), "{text}: {stderr}");
         assert!(
             stderr.contains(&config) && stderr.contains(needle),
             "{stderr}"

@@ -248,17 +248,7 @@ fn start(tool: &str, tcptrace: &Path) -> Result<Option<Tool>, String> {
     };
     let tool = match tool {
         "baseline" => return Ok(None),
-        "tcptrace" => {
-            let child = spawn(Command::new(tcptrace).args([
-                "run",
-                "--web.listen-address",
-                TCPTRACE_ADDRESS,
-            ]))?;
-            wait_until(|| {
-                http_get(TCPTRACE_ADDRESS, "/-/ready").is_some_and(|b| b.contains("ready"))
-            })?;
-            child
-        }
+        "tcptrace" => start_tcptrace(tcptrace, TCPTRACE_ADDRESS)?,
         "tcpstates" => {
             let child = spawn(&mut Command::new("tcpstates"))?;
             thread::sleep(Duration::from_secs(2)); // attaches within a second here
@@ -281,6 +271,20 @@ fn start(tool: &str, tcptrace: &Path) -> Result<Option<Tool>, String> {
         other => return Err(format!("unknown tool {other}")),
     };
     Ok(Some(tool))
+}
+
+/// `tcptrace run` with default settings on `address`, once `/-/ready`.
+pub fn start_tcptrace(tcptrace: &Path, address: &str) -> Result<Tool, String> {
+    let daemon = Command::new(tcptrace)
+        .args(["run", "--web.listen-address", address])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map(Tool)
+        .map_err(|e| format!("cannot start tcptrace: {e}"))?;
+    wait_until(|| http_get(address, "/-/ready").is_some_and(|b| b.contains("ready")))?;
+    Ok(daemon)
 }
 
 fn scrape_url(tool: &str) -> Option<&'static str> {
@@ -436,15 +440,7 @@ fn scale(tcptrace: &Path, xtask: &Path, sockets: usize) -> Result<String, String
         .map_err(|e| format!("the socket holder failed: {e}"))?;
 
     let started = Instant::now();
-    let mut daemon = Tool(
-        Command::new(tcptrace)
-            .args(["run", "--web.listen-address", TCPTRACE_ADDRESS])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("cannot start tcptrace: {e}"))?,
-    );
-    wait_until(|| http_get(TCPTRACE_ADDRESS, "/-/ready").is_some_and(|b| b.contains("ready")))?;
+    let mut daemon = start_tcptrace(tcptrace, TCPTRACE_ADDRESS)?;
     let startup = started.elapsed();
     let mut latencies = Vec::with_capacity(100);
     let mut size = 0;

@@ -45,15 +45,7 @@ pub fn run(
 ) -> Result<String, String> {
     let seconds = minutes * 60;
     let clock_ticks = bench::clock_ticks()?;
-    let mut daemon = Tool(
-        Command::new(tcptrace)
-            .args(["run", "--web.listen-address", ADDRESS])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("cannot start tcptrace: {e}"))?,
-    );
-    bench::wait_until(|| bench::http_get(ADDRESS, "/-/ready").is_some())?;
+    let mut daemon = bench::start_tcptrace(tcptrace, ADDRESS)?;
     let pid = daemon.0.id();
     let mut workload = Tool(
         Command::new("unshare")

@@ -1019,3 +1019,15 @@ impl DeadLink {
         self.server_ns.ip(&["link", "set", "ka-server", "down"]);
     }
 }
+
+/// Runs `tcptrace ARGS` to its end, for a run that must fail at start:
+/// (exit code, stderr), stderr asserted to be a single line.
+pub fn one_line_failure(args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tcptrace"))
+        .args(args)
+        .output()
+        .expect("run tcptrace");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    (out.status.code(), stderr)
+}
