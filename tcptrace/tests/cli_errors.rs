@@ -1,7 +1,11 @@
 //! End-to-end: bad input and a hostile environment give one line on stderr,
 //! a non-zero exit and never a panic.
 
+mod common;
+
 use std::process::Command;
+
+use common::Scratch;
 
 /// Runs tcptrace with `args` and returns (exit code, stderr).
 fn run(program: &mut Command) -> (i32, String) {
@@ -107,13 +111,10 @@ fn every_run_flag_with_a_wrong_value_exits_2_naming_it() {
 
 #[test]
 fn config_file_errors_exit_2_naming_the_line_and_the_key() {
-    // Not under target/: the VMs mount it read-only.
-    let dir = std::env::temp_dir().join(format!("tcptrace-config-errors-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let file = dir.join("tcptrace.toml");
-    let path = file.to_string_lossy().into_owned();
+    let scratch = Scratch::new("config-errors");
+    let path = scratch.path("tcptrace.toml");
     let with = |text: &str| {
-        std::fs::write(&file, text).expect("write the file");
+        std::fs::write(&path, text).expect("write the file");
         run(&mut tcptrace(&["run", "--config", &path]))
     };
     // Every key with a wrong value, on line 2.
@@ -144,5 +145,4 @@ fn config_file_errors_exit_2_naming_the_line_and_the_key() {
         &stderr,
         "--config /nonexistent/tcptrace.toml: cannot read it",
     );
-    std::fs::remove_dir_all(&dir).expect("clean up");
 }

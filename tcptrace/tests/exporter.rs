@@ -17,7 +17,7 @@ use std::{
 };
 
 use common::{
-    Daemon, NetNs, Scrape, client_closes_first, leak_close_wait, one_line_failure,
+    Daemon, NetNs, Scrape, Scratch, client_closes_first, leak_close_wait, one_line_failure,
     server_closes_first,
 };
 
@@ -505,10 +505,8 @@ fn reconciling_during_churn_counts_each_transition_once() {
 
 #[test]
 fn a_config_file_sets_flags_and_the_command_line_wins() {
-    // Not under target/: the VMs mount it read-only.
-    let dir = std::env::temp_dir().join(format!("tcptrace-config-daemon-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let file = dir.join("tcptrace.toml");
+    let scratch = Scratch::new("config-daemon");
+    let file = scratch.path("tcptrace.toml");
     // The file asks for an address that is taken: the command line's must
     // win, or the daemon cannot start.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -521,7 +519,7 @@ fn a_config_file_sets_flags_and_the_command_line_wins() {
         ),
     )
     .expect("write the file");
-    let daemon = Daemon::start(&["--config", &file.to_string_lossy()]);
+    let daemon = Daemon::start(&["--config", &file]);
     assert_ne!(Some(daemon.address), taken.local_addr().ok());
     let netns = NetNs::new();
     let held = netns.run(|| leak_close_wait(local(port), 4));
@@ -535,5 +533,4 @@ fn a_config_file_sets_flags_and_the_command_line_wins() {
     });
     drop((held, netns));
     daemon.stop();
-    std::fs::remove_dir_all(&dir).expect("clean up");
 }

@@ -14,13 +14,12 @@ mod common;
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
-    path::{Path, PathBuf},
     process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
-use common::{ChildGuard, Daemon, DeadLink, Leaker, NetNs, client_closes_first};
+use common::{ChildGuard, Daemon, DeadLink, Leaker, NetNs, Scratch, client_closes_first};
 use serde_json::Value;
 
 const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
@@ -35,35 +34,33 @@ const FOR: &str = "3s";
 struct Prometheus {
     child: Option<ChildGuard>,
     address: SocketAddr,
-    dir: PathBuf,
+    /// Held for its `Drop`: the configuration and the data go with it.
+    _dir: Scratch,
 }
 
 impl Prometheus {
     fn start(target: SocketAddr) -> Self {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("prometheus-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create the Prometheus directory");
+        let dir = Scratch::new("prometheus");
         let rules = std::fs::read_to_string(format!("{ROOT}/deploy/prometheus/tcptrace-rules.yml"))
             .expect("read the rules");
-        std::fs::write(dir.join("rules.yml"), with_short_for(&rules)).expect("write the rules");
+        std::fs::write(dir.0.join("rules.yml"), with_short_for(&rules)).expect("write the rules");
         // The job is named `tcptrace`, as the rules require.
         let config = format!(
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
              rule_files: [rules.yml]\n\
              scrape_configs:\n  - job_name: tcptrace\n    static_configs:\n      - targets: ['{target}']\n"
         );
-        std::fs::write(dir.join("prometheus.yml"), config).expect("write the configuration");
+        std::fs::write(dir.0.join("prometheus.yml"), config).expect("write the configuration");
         let address = free_loopback_address();
         let child = ChildGuard(
             Command::new("prometheus")
                 .arg(format!(
                     "--config.file={}",
-                    dir.join("prometheus.yml").display()
+                    dir.0.join("prometheus.yml").display()
                 ))
                 .arg(format!(
                     "--storage.tsdb.path={}",
-                    dir.join("data").display()
+                    dir.0.join("data").display()
                 ))
                 .arg(format!("--web.listen-address={address}"))
                 .arg("--log.level=warn")
@@ -75,7 +72,7 @@ impl Prometheus {
         let prometheus = Self {
             child: Some(child),
             address,
-            dir,
+            _dir: dir,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(address).is_err() || prometheus.get("/-/ready").0 != 200 {
@@ -123,8 +120,8 @@ impl Prometheus {
 
 impl Drop for Prometheus {
     fn drop(&mut self) {
-        drop(self.child.take()); // killed by its PID, so it writes no more
-        let _ = std::fs::remove_dir_all(&self.dir);
+        // Killed by its PID before `_dir` goes, so it writes there no more.
+        drop(self.child.take());
     }
 }
 

@@ -28,9 +28,9 @@ pub const PACKAGES: &[&str] = &["qemu-system-x86", "xz-utils"];
 
 /// The test binaries run in the VM, quickest first. Left out: `web`
 /// (headless Chromium, which writes under `target/`, read-only in the
-/// guest), `top` (tmux and `CARGO_TARGET_TMPDIR`, the same), `prometheus`
-/// (its data directory, the same) and `web_security` (its certificate, the
-/// same): none depends on the kernel beyond what the others cover.
+/// guest) and `top` (tmux and `CARGO_TARGET_TMPDIR`, the same), then
+/// `prometheus` and `web_security`, which test what is served over HTTP and
+/// to whom: none depends on the kernel beyond what the others cover.
 pub const GUEST_TESTS: &[&str] = &[
     "cli_errors",
     "doctor",

@@ -1031,3 +1031,27 @@ pub fn one_line_failure(args: &[&str]) -> (Option<i32>, String) {
     assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
     (out.status.code(), stderr)
 }
+
+/// A directory of a test's own under the system's temporary directory (the
+/// VMs mount target/ read-only), removed when dropped, failure or not.
+pub struct Scratch(pub std::path::PathBuf);
+
+impl Scratch {
+    pub fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("tcptrace-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create the scratch directory");
+        Self(dir)
+    }
+
+    /// The path of `name` inside, as a string for command lines.
+    pub fn path(&self, name: &str) -> String {
+        self.0.join(name).to_string_lossy().into_owned()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
