@@ -3,7 +3,7 @@
 //! Every type here crosses the kernel boundary as raw bytes, so each is
 //! `#[repr(C)]` with its padding written out and its size pinned by a const
 //! assertion: a change on one side that the other does not see fails to build.
-#![no_std]
+#![cfg_attr(not(test), no_std)]
 
 /// What a ring-buffer record reports; the byte at `Event::kind`.
 pub mod kind {
@@ -34,6 +34,37 @@ pub mod kind {
 
 /// `Event::flags`: `arg` holds a reset reason (kernels since 6.10 pass one).
 pub const FLAG_RESET_REASON: u8 = 1;
+/// `Event::flags`: `pid_tgid` and `comm` name the task on the CPU. Set for
+/// resets, errors and the state changes of [`in_task_context`]. Elsewhere
+/// the task on the CPU is rarely the socket's, so it is not read: its name
+/// alone costs about as much as reading the clock.
+pub const FLAG_TASK: u8 = 2;
+
+/// TCP states as the kernel numbers them (`include/net/tcp_states.h`).
+pub mod tcp_state {
+    pub const ESTABLISHED: u8 = 1;
+    pub const SYN_SENT: u8 = 2;
+    pub const FIN_WAIT1: u8 = 4;
+    pub const FIN_WAIT2: u8 = 5;
+    pub const TIME_WAIT: u8 = 6;
+    pub const CLOSE: u8 = 7;
+    pub const CLOSE_WAIT: u8 = 8;
+    pub const LAST_ACK: u8 = 9;
+    pub const LISTEN: u8 = 10;
+    pub const NEW_SYN_RECV: u8 = 12;
+}
+
+/// Whether the kernel makes the transition `old` -> `new` in a system call
+/// of the socket's user (connect, listen, close or shutdown), so that the
+/// task on the CPU is that user. The others happen in softirq or timers.
+#[must_use]
+pub const fn in_task_context(old: u8, new: u8) -> bool {
+    use tcp_state::{CLOSE, CLOSE_WAIT, ESTABLISHED, FIN_WAIT1, LAST_ACK, LISTEN, SYN_SENT};
+    matches!(
+        (old, new),
+        (CLOSE, SYN_SENT | LISTEN) | (ESTABLISHED, FIN_WAIT1) | (CLOSE_WAIT, LAST_ACK)
+    )
+}
 
 /// Default size of the `EVENTS` ring buffer: at 104 bytes a record, room for
 /// ~40,000 events between two reads of the daemon.
@@ -51,8 +82,8 @@ pub struct Event {
     pub ts_ns: u64,
     /// Socket cookie: one id from SYN to the end of TIME_WAIT.
     pub cookie: u64,
-    /// `bpf_get_current_pid_tgid()`: tgid in the high half. Whatever ran on
-    /// the CPU, which in softirq is rarely the socket's owner.
+    /// `bpf_get_current_pid_tgid()`, tgid in the high half, when `flags`
+    /// has [`FLAG_TASK`]; else 0.
     pub pid_tgid: u64,
     /// Inode of the socket's network namespace.
     pub netns: u32,
@@ -71,7 +102,8 @@ pub struct Event {
     pub new_state: u8,
     pub flags: u8,
     pub pad: [u8; 6],
-    /// `bpf_get_current_comm()`, NUL-padded.
+    /// `bpf_get_current_comm()`, NUL-padded, when `flags` has
+    /// [`FLAG_TASK`]; else zeroes.
     pub comm: [u8; 16],
 }
 
@@ -166,3 +198,21 @@ const _: () = assert!(size_of::<KernelLayout>() == 128);
 // SAFETY: plain old data, `#[repr(C)]`, every bit pattern valid, padding explicit.
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for KernelLayout {}
+
+#[cfg(test)]
+mod tests {
+    use super::{in_task_context, tcp_state::*};
+
+    #[test]
+    fn system_calls_are_task_context_packets_and_timers_are_not() {
+        assert!(in_task_context(CLOSE, SYN_SENT));
+        assert!(in_task_context(CLOSE, LISTEN));
+        assert!(in_task_context(ESTABLISHED, FIN_WAIT1));
+        assert!(in_task_context(CLOSE_WAIT, LAST_ACK));
+
+        assert!(!in_task_context(SYN_SENT, ESTABLISHED));
+        assert!(!in_task_context(ESTABLISHED, CLOSE_WAIT));
+        assert!(!in_task_context(FIN_WAIT1, FIN_WAIT2));
+        assert!(!in_task_context(LAST_ACK, CLOSE));
+    }
+}

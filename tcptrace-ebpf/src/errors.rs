@@ -21,8 +21,10 @@ pub fn inet_sk_error_report(ctx: BtfTracePointContext) -> i32 {
     if errno == 0 {
         return 0;
     }
-    let mut event = socket::full_socket_event(sk, &layout, kind::SOCKET_ERROR);
-    event.arg = errno.unsigned_abs();
-    maps::emit(&event);
+    maps::emit(kind::SOCKET_ERROR, |event| {
+        socket::full_socket(event, sk, &layout);
+        event.arg = errno.unsigned_abs();
+        socket::record_task(event);
+    });
     0
 }

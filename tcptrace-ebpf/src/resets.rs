@@ -1,7 +1,7 @@
 //! Resets sent and received, and the kernel's reason for sending one.
 
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
-use tcptrace_common::{FLAG_RESET_REASON, kind};
+use tcptrace_common::{Event, FLAG_RESET_REASON, KernelLayout, kind};
 
 use crate::{maps, socket};
 
@@ -14,26 +14,20 @@ pub fn tcp_send_reset(ctx: BtfTracePointContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
     let skb: *const u8 = ctx.arg(1);
     let layout = maps::layout();
-    let mut event = if !skb.is_null() {
-        let mut event = socket::packet_event(skb, &layout, kind::RESET_SENT);
-        if !sk.is_null() {
-            event.cookie = socket::cookie(sk, &layout);
-        }
-        event
+    if !skb.is_null() {
+        maps::emit(kind::RESET_SENT, |event| {
+            socket::packet(event, skb, &layout);
+            if !sk.is_null() {
+                event.cookie = socket::cookie(sk, &layout);
+            }
+            add_reason_and_task(event, &ctx, &layout);
+        });
     } else if !sk.is_null() {
-        socket::full_socket_event(sk, &layout, kind::RESET_SENT)
-    } else {
-        return 0;
-    };
-    // A read-only global: on kernels without the argument the verifier
-    // prunes this read as dead code.
-    if layout.send_reset_has_reason != 0 {
-        // An enum in a 64-bit argument slot.
-        let reason: u64 = ctx.arg(2);
-        event.arg = u32::try_from(reason).unwrap_or(u32::MAX);
-        event.flags |= FLAG_RESET_REASON;
+        maps::emit(kind::RESET_SENT, |event| {
+            socket::full_socket(event, sk, &layout);
+            add_reason_and_task(event, &ctx, &layout);
+        });
     }
-    maps::emit(&event);
     0
 }
 
@@ -45,10 +39,22 @@ pub fn tcp_receive_reset(ctx: BtfTracePointContext) -> i32 {
         return 0;
     }
     let layout = maps::layout();
-    maps::emit(&socket::full_socket_event(
-        sk,
-        &layout,
-        kind::RESET_RECEIVED,
-    ));
+    maps::emit(kind::RESET_RECEIVED, |event| {
+        socket::full_socket(event, sk, &layout);
+        socket::record_task(event);
+    });
     0
+}
+
+#[inline(always)]
+fn add_reason_and_task(event: &mut Event, ctx: &BtfTracePointContext, layout: &KernelLayout) {
+    // A read-only global: on kernels without the argument the verifier
+    // prunes this read as dead code.
+    if layout.send_reset_has_reason != 0 {
+        // An enum in a 64-bit argument slot.
+        let reason: u64 = ctx.arg(2);
+        event.arg = u32::try_from(reason).unwrap_or(u32::MAX);
+        event.flags |= FLAG_RESET_REASON;
+    }
+    socket::record_task(event);
 }

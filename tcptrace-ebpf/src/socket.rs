@@ -3,10 +3,13 @@
 use core::ffi::c_void;
 
 use aya_ebpf::helpers::{
-    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns, bpf_probe_read_kernel,
-    generated::bpf_get_socket_cookie,
+    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel,
+    generated::{bpf_get_socket_cookie, bpf_skc_to_tcp_sock},
 };
-use tcptrace_common::{AF_INET, AF_INET6, Event, KernelLayout};
+use tcptrace_common::{
+    AF_INET, AF_INET6, Event, FLAG_TASK, KernelLayout,
+    tcp_state::{NEW_SYN_RECV, TIME_WAIT},
+};
 
 pub const IPPROTO_TCP: u16 = 6;
 
@@ -56,28 +59,32 @@ pub fn protocol(sk: *const u8, layout: &KernelLayout) -> u16 {
     Trusted::get(sk, layout.sock_protocol)
 }
 
-/// An event of `kind` about the full socket `sk` (a `struct sock`) that a
+/// Fills `event` about the full socket `sk` (a `struct sock`) that a
 /// tracepoint handed over.
 #[inline(always)]
-pub fn full_socket_event(sk: *const u8, layout: &KernelLayout, kind: u8) -> Event {
-    let mut event = common_event::<Trusted>(sk, layout, kind);
+pub fn full_socket(event: &mut Event, sk: *const u8, layout: &KernelLayout) {
+    common::<Trusted>(event, sk, layout);
     // SAFETY: `sk` is the trusted socket pointer the tracepoint handed us, as
     // bpf_get_socket_cookie requires; it assigns a cookie if none yet.
     event.cookie = unsafe { bpf_get_socket_cookie(sk.cast_mut().cast::<c_void>()) };
-    event.sport = u16::from_be(read(sk, layout.inet_sport));
-    event
+    // `inet_sport` lies beyond `struct sock`; as a `struct tcp_sock` (the
+    // helper checks that it is one) the verifier allows a plain load of it.
+    // SAFETY: as above, a trusted socket pointer.
+    let tcp = unsafe { bpf_skc_to_tcp_sock(sk.cast_mut().cast::<c_void>()) }.cast::<u8>();
+    if !tcp.is_null() {
+        event.sport = u16::from_be(Trusted::get(tcp, layout.inet_sport));
+    }
 }
 
-/// An event of `kind` about a full socket reached by pointer arithmetic (from
-/// its timer): the helper does not accept such a pointer, so the cookie is
-/// read from the socket, which got it when its state last changed or when
+/// Fills `event` about a full socket reached by pointer arithmetic (from its
+/// timer): the helper does not accept such a pointer, so the cookie is read
+/// from the socket, which got it when its state last changed or when
 /// tcptrace read the kernel's sockets.
 #[inline(always)]
-pub fn derived_socket_event(sk: *const u8, layout: &KernelLayout, kind: u8) -> Event {
-    let mut event = common_event::<Probed>(sk, layout, kind);
+pub fn derived_socket(event: &mut Event, sk: *const u8, layout: &KernelLayout) {
+    common::<Probed>(event, sk, layout);
     event.cookie = read(sk, layout.common_cookie);
     event.sport = u16::from_be(read(sk, layout.inet_sport));
-    event
 }
 
 /// The cookie of a socket of any kind: full sockets through the helper
@@ -86,7 +93,7 @@ pub fn derived_socket_event(sk: *const u8, layout: &KernelLayout, kind: u8) -> E
 #[inline(always)]
 pub fn cookie(sk: *const u8, layout: &KernelLayout) -> u64 {
     let state: u8 = read(sk, layout.common_state);
-    if state == TCP_TIME_WAIT || state == TCP_NEW_SYN_RECV {
+    if state == TIME_WAIT || state == NEW_SYN_RECV {
         read(sk, layout.common_cookie)
     } else {
         // SAFETY: a non-NULL socket pointer handed over by the tracepoint.
@@ -94,17 +101,14 @@ pub fn cookie(sk: *const u8, layout: &KernelLayout) -> u64 {
     }
 }
 
-const TCP_TIME_WAIT: u8 = 6;
-const TCP_NEW_SYN_RECV: u8 = 12;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
 
-/// An event about the connection of an incoming packet `skb`, seen from this
-/// host: local address and port are the packet's destination. IP header
-/// offsets are the protocols' own, not the kernel's.
+/// Fills `event` about the connection of an incoming packet `skb`, seen
+/// from this host: local address and port are the packet's destination. IP
+/// header offsets are the protocols' own, not the kernel's.
 #[inline(always)]
-pub fn packet_event(skb: *const u8, layout: &KernelLayout, kind: u8) -> Event {
-    let mut event = task_event(kind);
+pub fn packet(event: &mut Event, skb: *const u8, layout: &KernelLayout) {
     let head: usize = read(skb, layout.skb_head);
     let transport: u16 = read(skb, layout.skb_transport_header);
     let network: u16 = read(skb, layout.skb_network_header);
@@ -127,36 +131,30 @@ pub fn packet_event(skb: *const u8, layout: &KernelLayout, kind: u8) -> Event {
     let dev: usize = read(skb, layout.skb_dev);
     let net: usize = read(dev as *const u8, layout.dev_net);
     event.netns = read(net as *const u8, layout.net_ns_inum);
-    event
 }
 
-/// An event of `kind` about the timewait socket `tw`, which carries the
-/// cookie of the full socket it replaced.
+/// Fills `event` about the timewait socket `tw`, which carries the cookie of
+/// the full socket it replaced.
 #[inline(always)]
-pub fn timewait_event(tw: *const u8, layout: &KernelLayout, kind: u8) -> Event {
-    let mut event = common_event::<Probed>(tw, layout, kind);
+pub fn timewait(event: &mut Event, tw: *const u8, layout: &KernelLayout) {
+    common::<Probed>(event, tw, layout);
     event.cookie = read(tw, layout.common_cookie);
     event.sport = u16::from_be(read(tw, layout.tw_sport));
     event.arg = u32::from(read::<u8>(tw, layout.tw_substate));
-    event
+    event.new_state = read(tw, layout.common_state);
 }
 
-/// An event of `kind` with the time and the task on the CPU.
+/// Adds the task on the CPU to `event`.
 #[inline(always)]
-fn task_event(kind: u8) -> Event {
-    let mut event = Event::ZERO;
-    event.kind = kind;
-    // SAFETY: helper without arguments.
-    event.ts_ns = unsafe { bpf_ktime_get_boot_ns() };
+pub fn record_task(event: &mut Event) {
     event.pid_tgid = bpf_get_current_pid_tgid();
     event.comm = bpf_get_current_comm().unwrap_or_default();
-    event
+    event.flags |= FLAG_TASK;
 }
 
 /// The fields every socket kind shares through `struct sock_common`.
 #[inline(always)]
-fn common_event<R: Reader>(sk: *const u8, layout: &KernelLayout, kind: u8) -> Event {
-    let mut event = task_event(kind);
+fn common<R: Reader>(event: &mut Event, sk: *const u8, layout: &KernelLayout) {
     event.family = R::get(sk, layout.common_family);
     event.dport = u16::from_be(R::get(sk, layout.common_dport));
     if event.family == AF_INET {
@@ -168,9 +166,8 @@ fn common_event<R: Reader>(sk: *const u8, layout: &KernelLayout, kind: u8) -> Ev
         event.saddr = R::get(sk, layout.common_v6_rcv_saddr);
         event.daddr = R::get(sk, layout.common_v6_daddr);
     }
-    // The namespace lies behind a pointer loaded from the socket, which the
-    // verifier does not trust as it trusts the socket: read it with a probe.
+    // A pointer loaded from a trusted socket keeps its BTF type (`struct
+    // net`), so the verifier allows plain loads through it too.
     let net: usize = R::get(sk, layout.common_net);
-    event.netns = read(net as *const u8, layout.net_ns_inum);
-    event
+    event.netns = R::get(net as *const u8, layout.net_ns_inum);
 }

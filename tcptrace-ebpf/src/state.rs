@@ -4,7 +4,7 @@
 //! a separate timewait socket takes over (see `timewait.rs`).
 
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
-use tcptrace_common::kind;
+use tcptrace_common::{in_task_context, kind};
 
 use crate::{maps, socket};
 
@@ -18,11 +18,15 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     if socket::protocol(sk, &layout) != socket::IPPROTO_TCP {
         return 0;
     }
-    let mut event = socket::full_socket_event(sk, &layout, kind::STATE_CHANGE);
-    // TCP states run 1..=13; anything else arrives as 0, which userspace
-    // counts as a malformed event.
-    event.old_state = u8::try_from(old_state).unwrap_or(0);
-    event.new_state = u8::try_from(new_state).unwrap_or(0);
-    maps::emit(&event);
+    maps::emit(kind::STATE_CHANGE, |event| {
+        socket::full_socket(event, sk, &layout);
+        // TCP states run 1..=13; anything else arrives as 0, which userspace
+        // counts as a malformed event.
+        event.old_state = u8::try_from(old_state).unwrap_or(0);
+        event.new_state = u8::try_from(new_state).unwrap_or(0);
+        if in_task_context(event.old_state, event.new_state) {
+            socket::record_task(event);
+        }
+    });
     0
 }

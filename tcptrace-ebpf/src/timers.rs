@@ -105,9 +105,10 @@ pub fn timer_expire_exit(ctx: BtfTracePointContext) -> i32 {
     let sk = timer.wrapping_sub(layout.keepalive_timer as usize);
     let probes: u8 = socket::read(sk, layout.icsk_probes_out);
     if u64::from(probes) > probes_before {
-        let mut event = socket::derived_socket_event(sk, &layout, kind::KEEPALIVE_PROBE);
-        event.arg = u32::from(probes);
-        maps::emit(&event);
+        maps::emit(kind::KEEPALIVE_PROBE, |event| {
+            socket::derived_socket(event, sk, &layout);
+            event.arg = u32::from(probes);
+        });
     }
     0
 }
@@ -123,7 +124,5 @@ fn is_timewait_timer(timer: *const u8, layout: &KernelLayout) -> bool {
 fn timewait_event(timer: *const u8, layout: &KernelLayout, kind: u8) {
     // container_of(timer, struct inet_timewait_sock, tw_timer)
     let tw = timer.wrapping_sub(layout.tw_timer as usize);
-    let mut event = socket::timewait_event(tw, layout, kind);
-    event.new_state = socket::read(tw, layout.common_state);
-    maps::emit(&event);
+    maps::emit(kind, |event| socket::timewait(event, tw, layout));
 }

@@ -2,9 +2,9 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use tcptrace_common::{AF_INET, AF_INET6, Event, FLAG_RESET_REASON, kind};
+use tcptrace_common::{AF_INET, AF_INET6, Event, FLAG_RESET_REASON, FLAG_TASK, kind};
 
-use crate::event::{Comm, Endpoints, EventKind, Family, SocketEvent, TcpState};
+use crate::event::{Comm, Endpoints, EventKind, Family, SocketEvent, Task, TcpState};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -66,7 +66,11 @@ pub fn decode(bytes: &[u8]) -> Result<SocketEvent, DecodeError> {
         other => return Err(DecodeError::Kind(other)),
     };
     #[expect(clippy::cast_possible_truncation, reason = "pid_tgid packs two u32")]
-    let (pid, tid) = ((raw.pid_tgid >> 32) as u32, raw.pid_tgid as u32);
+    let task = (raw.flags & FLAG_TASK != 0).then_some(Task {
+        pid: (raw.pid_tgid >> 32) as u32,
+        tid: raw.pid_tgid as u32,
+        comm: Comm(raw.comm),
+    });
     Ok(SocketEvent {
         ts_ns: raw.ts_ns,
         cookie: raw.cookie,
@@ -78,9 +82,7 @@ pub fn decode(bytes: &[u8]) -> Result<SocketEvent, DecodeError> {
             daddr,
             dport: raw.dport,
         },
-        pid,
-        tid,
-        comm: Comm(raw.comm),
+        task,
         kind,
     })
 }
@@ -114,7 +116,8 @@ mod tests {
         event.dport = 51000;
         event.kind = kind::STATE_CHANGE;
         event.old_state = 1;
-        event.new_state = 8;
+        event.new_state = 4;
+        event.flags = FLAG_TASK;
         event.comm[..5].copy_from_slice(b"nginx");
         event
     }
@@ -124,7 +127,6 @@ mod tests {
         let event = decode(&record(&sample())).expect("valid record");
         assert_eq!(event.ts_ns, 42);
         assert_eq!(event.cookie, 7);
-        assert_eq!((event.pid, event.tid), (1234, 1235));
         assert_eq!(event.endpoints.family, Family::Ipv4);
         assert_eq!(event.endpoints.saddr, IpAddr::from([127, 0, 0, 1]));
         assert_eq!(event.endpoints.daddr, IpAddr::from([10, 1, 2, 3]));
@@ -136,10 +138,19 @@ mod tests {
             event.kind,
             EventKind::StateChange {
                 old: TcpState::Established,
-                new: TcpState::CloseWait
+                new: TcpState::FinWait1
             }
         );
-        assert_eq!(event.comm.as_str(), "nginx");
+        let task = event.task.expect("flagged with a task");
+        assert_eq!((task.pid, task.tid), (1234, 1235));
+        assert_eq!(task.comm.as_str(), "nginx");
+    }
+
+    #[test]
+    fn a_record_without_the_task_flag_has_no_task() {
+        let mut raw = sample();
+        raw.flags = 0;
+        assert_eq!(decode(&record(&raw)).expect("valid record").task, None);
     }
 
     #[test]

@@ -176,12 +176,23 @@ pub struct SocketEvent {
     pub ts_ns: u64,
     pub cookie: u64,
     pub endpoints: Endpoints,
-    /// Process and thread on the CPU when the kernel produced the event; for
-    /// events raised in softirq this is whatever was running (often 0).
-    pub pid: u32,
-    pub tid: u32,
-    pub comm: Comm,
+    /// The task on the CPU: for state changes only those a process makes in
+    /// a system call ([`tcptrace_common::in_task_context`]), where it is the
+    /// socket's user; for resets and errors always, though in softirq it is
+    /// rarely the socket's.
+    pub task: Option<Task>,
     pub kind: EventKind,
+}
+
+/// A task as the kernel saw it run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Task {
+    /// Thread-group id: the process.
+    pub pid: u32,
+    /// The thread.
+    pub tid: u32,
+    /// The thread's name, kept for when the process is gone.
+    pub comm: Comm,
 }
 
 impl SocketEvent {

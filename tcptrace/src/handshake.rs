@@ -90,7 +90,7 @@ mod tests {
 
     use super::*;
     use crate::event::{
-        Comm, Endpoints, Family,
+        Endpoints, Family,
         TcpState::{Close, Established, Listen, SynRecv},
     };
 
@@ -113,9 +113,7 @@ mod tests {
                 daddr: remote,
                 dport,
             },
-            pid: u32::try_from(ms).expect("small"),
-            tid: 0,
-            comm: Comm([0; 16]),
+            task: None,
             kind: EventKind::StateChange { old, new },
         }
     }

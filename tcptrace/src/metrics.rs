@@ -583,7 +583,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        event::{Comm, Endpoints, EventKind, Family, SocketEvent},
+        event::{Endpoints, EventKind, Family, SocketEvent},
         labels::PortPolicy,
         tracker::Tracker,
     };
@@ -602,9 +602,7 @@ mod tests {
                 daddr: Ipv4Addr::LOCALHOST.into(),
                 dport: 50000 + u16::try_from(cookie).expect("small"),
             },
-            pid: 0,
-            tid: 0,
-            comm: Comm([0; 16]),
+            task: None,
             kind,
         }
     }

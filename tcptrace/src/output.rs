@@ -55,9 +55,13 @@ struct JsonEvent<'a> {
     /// Keepalive probes: how many are unanswered now.
     #[serde(skip_serializing_if = "Option::is_none")]
     probes: Option<u8>,
-    pid: u32,
-    tid: u32,
-    comm: Cow<'a, str>,
+    /// The task, where the event has one (see `SocketEvent::task`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    comm: Option<Cow<'a, str>>,
 }
 
 pub struct EventWriter<W> {
@@ -108,9 +112,9 @@ impl<W: Write> EventWriter<W> {
             reason: None,
             error: None,
             probes: None,
-            pid: event.pid,
-            tid: event.tid,
-            comm: event.comm.as_str(),
+            pid: event.task.map(|t| t.pid),
+            tid: event.task.map(|t| t.tid),
+            comm: event.task.as_ref().map(|t| t.comm.as_str()),
         };
         let what = match (change.transition, change.signal) {
             (Some((old, new)), _) => {
@@ -160,8 +164,9 @@ impl<W: Write> EventWriter<W> {
                 clock::time_of_day_micros(unix_ns),
                 event.endpoints.netns,
                 event.cookie,
-                event.pid,
-                event.comm.as_str(),
+                line.pid
+                    .map_or_else(|| "-".to_owned(), |pid| pid.to_string()),
+                line.comm.as_deref().unwrap_or("-"),
                 SocketAddr::new(event.endpoints.saddr, event.endpoints.sport).to_string(),
                 SocketAddr::new(event.endpoints.daddr, event.endpoints.dport).to_string(),
             ),

@@ -4,7 +4,7 @@
 //!
 //! The state tracepoint often runs in softirq, where the current task is
 //! whatever was on the CPU; only the transitions a system call makes
-//! ([`in_task_context`]) name the socket's user. Holders are found the way
+//! ([`tcptrace_common::in_task_context`]) carry a task, the socket's user. Holders are found the way
 //! `ss -p` does, through `/proc/<pid>/fd`, and only for the few sockets
 //! someone asks about (stale ones, API queries), never on the event path.
 
@@ -17,7 +17,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    event::{Comm, Endpoints, TcpState},
+    event::{Endpoints, Task},
     fasthash::{FastMap, FastSet},
     lookups::Lookups,
 };
@@ -47,26 +47,6 @@ pub enum OwnerSource {
 pub struct Owner {
     pub process: Arc<Process>,
     pub source: OwnerSource,
-}
-
-/// The task behind a transition made in process context.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Task {
-    /// Thread-group id: the process.
-    pub pid: u32,
-    /// The thread's name, kept for when the process is gone.
-    pub comm: Comm,
-}
-
-/// Whether the kernel makes this transition in a system call of the
-/// socket's user (connect, listen, close or shutdown), so that the current
-/// task is that user.
-pub fn in_task_context(old: TcpState, new: TcpState) -> bool {
-    use TcpState::{Close, CloseWait, Established, FinWait1, LastAck, Listen, SynSent};
-    matches!(
-        (old, new),
-        (Close, SynSent | Listen) | (Established, FinWait1) | (CloseWait, LastAck)
-    )
 }
 
 /// Reads a process from `/proc`; `None` once it has exited.
@@ -291,20 +271,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn task_context_transitions() {
-        use TcpState::*;
-        assert!(in_task_context(Close, SynSent));
-        assert!(in_task_context(Close, Listen));
-        assert!(in_task_context(Established, FinWait1));
-        assert!(in_task_context(CloseWait, LastAck));
-        // Made by packets, in softirq: the current task is anyone.
-        assert!(!in_task_context(SynSent, Established));
-        assert!(!in_task_context(Established, CloseWait));
-        assert!(!in_task_context(FinWait1, FinWait2));
-        assert!(!in_task_context(LastAck, Close));
-    }
-
-    #[test]
     fn cgroup_paths() {
         let hybrid = "9:name=systemd:/system.slice/nginx.service\n4:memory:/x\n0::/\n";
         assert_eq!(cgroup_path(hybrid), "/system.slice/nginx.service");
@@ -363,7 +329,8 @@ mod tests {
                 inode: 0,
                 task: Some(Task {
                     pid: std::process::id(),
-                    comm: Comm(*b"worker\0\0\0\0\0\0\0\0\0\0"),
+                    tid: std::process::id(),
+                    comm: crate::event::Comm(*b"worker\0\0\0\0\0\0\0\0\0\0"),
                 }),
             },
             Wanted {

@@ -19,10 +19,9 @@ use std::collections::VecDeque;
 
 use crate::{
     diag::DiagSocket,
-    event::{Comm, Endpoints, EventKind, Family, SocketEvent, TcpState},
+    event::{Endpoints, EventKind, Family, SocketEvent, Task, TcpState},
     fasthash::{FastMap, FastSet},
     labels::{PortLabel, PortPolicy, Role},
-    owners::{Task, in_task_context},
 };
 
 /// The errno of a connection that timed out (`ETIMEDOUT`).
@@ -314,7 +313,7 @@ impl Tracker {
                 Some(stay) => {
                     self.insert(event, stay, role, port, false, sink);
                     if let Some(socket) = self.sockets.get_mut(&event.cookie) {
-                        socket.task = task_of(event, old, new);
+                        socket.task = event.task;
                     }
                 }
                 None => self.ended(event.cookie),
@@ -343,8 +342,8 @@ impl Tracker {
         let left = socket.stay;
         let (role, port) = (socket.role, socket.port);
         socket.endpoints = event.endpoints;
-        if let Some(task) = task_of(event, old, new) {
-            socket.task = Some(task);
+        if event.task.is_some() {
+            socket.task = event.task;
         }
         if let Some(stay) = entered {
             socket.stay = stay;
@@ -781,15 +780,6 @@ impl Tracker {
     }
 }
 
-/// The task behind a transition, when the kernel made it in that task's
-/// system call.
-fn task_of(event: &SocketEvent, old: TcpState, new: TcpState) -> Option<Task> {
-    (event.pid != 0 && in_task_context(old, new)).then_some(Task {
-        pid: event.pid,
-        comm: event.comm,
-    })
-}
-
 impl Endpoints {
     /// A synthetic event standing for this socket, for changes no kernel
     /// event caused (eviction, reconciliation, lookups).
@@ -798,9 +788,7 @@ impl Endpoints {
             ts_ns: stay.since_ns,
             cookie,
             endpoints: self,
-            pid: 0,
-            tid: 0,
-            comm: Comm([0; 16]),
+            task: None,
             kind: EventKind::StateChange {
                 old: stay.state,
                 new: stay.state,
@@ -833,9 +821,7 @@ mod tests {
                 daddr: Ipv4Addr::LOCALHOST.into(),
                 dport,
             },
-            pid: 0,
-            tid: 0,
-            comm: Comm([0; 16]),
+            task: None,
             kind,
         }
     }

@@ -149,8 +149,14 @@ fn port_filter_shows_every_transition_and_nothing_else() {
     );
 
     let netns = NetNs::new();
-    let wanted =
-        netns.run(|| client_closes_first(SocketAddr::from((Ipv4Addr::LOCALHOST, 8080)), 10));
+    let (wanted, (tid, comm)) = netns.run(|| {
+        let wanted = client_closes_first(SocketAddr::from((Ipv4Addr::LOCALHOST, 8080)), 10);
+        // The thread that made every system call.
+        // SAFETY: no arguments, no failure.
+        let tid = unsafe { libc::gettid() };
+        let comm = std::fs::read_to_string("/proc/thread-self/comm").expect("own comm");
+        (wanted, (tid, comm.trim_end().to_owned()))
+    });
     let unwanted =
         netns.run(|| client_closes_first(SocketAddr::from((Ipv4Addr::LOCALHOST, 9090)), 10));
     let lines = tracer.collect(
@@ -170,14 +176,14 @@ fn port_filter_shows_every_transition_and_nothing_else() {
         .map(|l| serde_json::from_str(l).expect("JSON"))
         .collect();
     for key in [
-        "ts", "cookie", "netns", "family", "saddr", "sport", "daddr", "dport", "old", "new", "pid",
-        "comm",
+        "ts", "cookie", "netns", "family", "saddr", "sport", "daddr", "dport", "old", "new",
     ] {
         assert!(
             events.iter().all(|e| !e[key].is_null()),
             "every line has {key:?}"
         );
     }
+    assert_task_only_on_system_calls(&events, tid, &comm);
     let ts = events[0]["ts"].as_str().expect("ts");
     assert_eq!(
         ts.len(),
@@ -235,6 +241,34 @@ fn port_filter_shows_every_transition_and_nothing_else() {
     assert!(status.success(), "exit status {status}; stderr: {stderr}");
     assert!(!stderr.contains("lost"), "no losses reported: {stderr}");
     wait_until_unloaded(&ours);
+}
+
+/// The task appears exactly on the transitions the test's own system calls
+/// made (listen, connect and the two `close()` calls), and names the thread
+/// `tid` called `comm` that made them.
+fn assert_task_only_on_system_calls(events: &[Value], tid: i32, comm: &str) {
+    let made_by_syscall = |e: &Value| {
+        matches!(
+            (e["old"].as_str(), e["new"].as_str()),
+            (Some("CLOSE"), Some("LISTEN" | "SYN_SENT"))
+                | (Some("ESTABLISHED"), Some("FIN_WAIT1"))
+                | (Some("CLOSE_WAIT"), Some("LAST_ACK"))
+        )
+    };
+    let with_task = events.iter().filter(|e| !e["pid"].is_null()).count();
+    assert_eq!(with_task, 1 + 3 * 10, "listen + 3 per connection");
+    for event in events {
+        if made_by_syscall(event) {
+            assert_eq!(event["pid"], std::process::id(), "{event}");
+            assert_eq!(event["tid"], tid, "{event}");
+            assert_eq!(event["comm"], comm, "{event}");
+        } else {
+            assert!(
+                event["pid"].is_null() && event["tid"].is_null() && event["comm"].is_null(),
+                "no task on a transition made in softirq or a timer: {event}"
+            );
+        }
+    }
 }
 
 #[test]
