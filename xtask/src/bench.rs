@@ -85,12 +85,10 @@ struct Run {
     /// tcptrace only: its metrics after the run.
     lost: f64,
     state_events: f64,
-    program_runs: BTreeMap<String, (f64, f64)>,
 }
 
 pub fn run(tcptrace: &Path, xtask: &Path, plan: &Plan) -> Result<String, String> {
     mount_tracefs()?;
-    let _stats = BpfStats::enable()?;
     let clock_ticks = clock_ticks()?;
     let mut runs: BTreeMap<&str, Vec<Run>> = BTreeMap::new();
     for repetition in 0..plan.repetitions {
@@ -111,6 +109,9 @@ pub fn run(tcptrace: &Path, xtask: &Path, plan: &Plan) -> Result<String, String>
     }
     let mut report = throughput_report(&runs, plan);
     println!("\n{report}");
+    let costs = bpf_costs(tcptrace, xtask, plan)?;
+    println!("{costs}");
+    report.push_str(&costs);
     for &sockets in &plan.scales {
         // A scale that does not fit this machine is reported, not fatal.
         let section = scale(tcptrace, xtask, sockets).unwrap_or_else(|error| {
@@ -144,18 +145,7 @@ fn measure(
     let cpu_before = child
         .as_ref()
         .map_or(Ok(0.0), |c| cpu_seconds(c.0.id(), clock_ticks))?;
-    let out = command_output(
-        "unshare",
-        &[
-            "--net",
-            "--",
-            &xtask.to_string_lossy(),
-            "churn",
-            &plan.churn_seconds.to_string(),
-            &plan.threads.to_string(),
-            close,
-        ],
-    )?;
+    let out = churn(xtask, plan, close)?;
     // Let the tracer drain what the churn left in flight.
     thread::sleep(Duration::from_millis(500));
     let mut run = Run::default();
@@ -179,25 +169,6 @@ fn measure(
         let metrics = http_get(TCPTRACE_ADDRESS, "/metrics").unwrap_or_default();
         run.lost = sample(&metrics, "tcptrace_events_lost_total", "");
         run.state_events = sample(&metrics, "tcptrace_events_total", "kind=\"state_change\"");
-        for line in metrics
-            .lines()
-            .filter(|l| l.starts_with("tcptrace_program_run"))
-        {
-            let Some(program) = line.split('"').nth(1) else {
-                continue;
-            };
-            let value: f64 = line
-                .rsplit(' ')
-                .next()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0.0);
-            let entry = run.program_runs.entry(program.to_owned()).or_default();
-            if line.starts_with("tcptrace_program_runs_total") {
-                entry.0 = value;
-            } else {
-                entry.1 = value;
-            }
-        }
     }
     if let Some(mut child) = child.take() {
         child.stop();
@@ -295,7 +266,7 @@ fn scrape_url(tool: &str) -> Option<&'static str> {
     }
 }
 
-pub fn wait_until(ready: impl Fn() -> bool) -> Result<(), String> {
+pub fn wait_until(mut ready: impl FnMut() -> bool) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !ready() {
         if Instant::now() > deadline {
@@ -383,27 +354,155 @@ fn throughput_report(runs: &BTreeMap<&str, Vec<Run>>, plan: &Plan) -> String {
         report,
         "\ntcptrace: {lost} events lost; {events} state-change events for {transitions} transitions made by the churn (the rest of the host adds a few).\n"
     );
+    report
+}
+
+/// `xtask churn` in a network namespace of its own; its output line.
+fn churn(xtask: &Path, plan: &Plan, close: &str) -> Result<String, String> {
+    let (seconds, threads) = (plan.churn_seconds.to_string(), plan.threads.to_string());
+    let xtask = xtask.to_string_lossy();
+    command_output(
+        "unshare",
+        &["--net", "--", &xtask, "churn", &seconds, &threads, close],
+    )
+}
+
+/// The kernel's accounting of each tcptrace program, measured apart from the
+/// throughput runs because it adds a clock read to every program run: under
+/// the churn, under traffic that arms only timers not tcptrace's, and, as
+/// the floor, for empty programs on the same tracepoints.
+fn bpf_costs(tcptrace: &Path, xtask: &Path, plan: &Plan) -> Result<String, String> {
+    let _stats = BpfStats::enable()?;
+    let mut daemon = start_tcptrace(tcptrace, TCPTRACE_ADDRESS)?;
+    for close in ["client", "server"] {
+        churn(xtask, plan, close)?;
+    }
+    let scrape = || http_get(TCPTRACE_ADDRESS, "/metrics").unwrap_or_default();
+    // Leaving a churn's namespace kills its timewait sockets, each with a
+    // timer cancel that tcptrace reports: let that finish first. (Each
+    // scrape's own connection may add one.)
+    let settled = || {
+        let mut last = f64::NAN;
+        wait_until(|| {
+            thread::sleep(Duration::from_millis(500));
+            let cancels = sample(&scrape(), "tcptrace_events_total", "timewait_cancel");
+            (std::mem::replace(&mut last, cancels) - cancels).abs() < 10.0
+        })
+    };
+    settled()?;
+    let under_churn = program_costs(&scrape());
+    let resets = churn(xtask, plan, "reset")?;
+    settled()?;
+    let after_resets = program_costs(&scrape());
+    daemon.stop();
+    let floor = empty_program_cost(xtask, plan)?;
+
+    let per_run = |(runs, seconds): (f64, f64)| {
+        if runs > 0.0 {
+            format!("{:.0}", seconds * 1e9 / runs)
+        } else {
+            "–".to_owned()
+        }
+    };
+    let mut report = format!(
+        "\n### Kernel-side cost per program run\n\n\
+         With `kernel.bpf_stats_enabled=1`, which the throughput runs above leave off: \
+         tcptrace under one client-first and one server-first churn, then under a churn \
+         whose connections end in an RST ({}), where no timewait socket, so no timer of \
+         tcptrace's, exists: the timer programs see only timers that are not theirs.\n\n\
+         | program | runs under churn | ns per run under churn | runs under RST churn | ns per run under RST churn |\n\
+         |---|---|---|---|---|\n",
+        resets.trim()
+    );
+    for (program, &churn) in &under_churn {
+        let after = after_resets.get(program).copied().unwrap_or(churn);
+        let resets = (after.0 - churn.0, after.1 - churn.1);
+        let _ = writeln!(
+            report,
+            "| {program} | {:.0} | {} | {:.0} | {} |",
+            churn.0,
+            per_run(churn),
+            resets.0,
+            per_run(resets)
+        );
+    }
     let _ = writeln!(
         report,
-        "| tcptrace BPF program | runs | ns per run |\n|---|---|---|"
+        "\nFloor: an empty program on `inet_sock_set_state`, `timer_start` and `timer_cancel` \
+         under the same churn costs {} ns per run ({:.0} runs): the accounting's own clock \
+         read and the call. Subtract it from the figures above for the programs' own work.",
+        per_run(floor),
+        floor.0
     );
-    let mut programs: BTreeMap<&str, (f64, f64)> = BTreeMap::new();
-    for run in tcptrace {
-        for (program, (count, seconds)) in &run.program_runs {
-            let entry = programs.entry(program).or_default();
-            entry.0 += count;
-            entry.1 += seconds;
+    Ok(report)
+}
+
+/// Runs and seconds of each tcptrace program, from its metrics.
+fn program_costs(metrics: &str) -> BTreeMap<String, (f64, f64)> {
+    let mut costs: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+    for line in metrics
+        .lines()
+        .filter(|l| l.starts_with("tcptrace_program_run"))
+    {
+        let Some(program) = line.split('"').nth(1) else {
+            continue;
+        };
+        let value: f64 = line
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        let entry = costs.entry(program.to_owned()).or_default();
+        if line.starts_with("tcptrace_program_runs_total") {
+            entry.0 = value;
+        } else {
+            entry.1 = value;
         }
     }
-    for (program, (count, seconds)) in programs {
-        let per_run = if count > 0.0 {
-            seconds * 1e9 / count
-        } else {
-            0.0
+    costs
+}
+
+/// Runs and seconds of empty bpftrace programs on tcptrace's busiest
+/// tracepoints under one client-first churn, from the kernel's accounting in
+/// `/proc/<pid>/fdinfo` of each program's file descriptor.
+fn empty_program_cost(xtask: &Path, plan: &Plan) -> Result<(f64, f64), String> {
+    const EMPTY: &str = "tracepoint:sock:inet_sock_set_state {} \
+                         tracepoint:timer:timer_start {} tracepoint:timer:timer_cancel {}";
+    let mut bpftrace = Tool(
+        Command::new("bpftrace")
+            .args(["-e", EMPTY])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start bpftrace: {e}"))?,
+    );
+    thread::sleep(Duration::from_secs(3)); // compiles, then attaches
+    churn(xtask, plan, "client")?;
+    let pid = bpftrace.0.id();
+    let mut total = (0.0, 0.0);
+    let fds = fs::read_dir(format!("/proc/{pid}/fd")).map_err(|e| format!("bpftrace fds: {e}"))?;
+    for fd in fds.flatten() {
+        let is_program = fs::read_link(fd.path())
+            .is_ok_and(|target| target.to_string_lossy() == "anon_inode:bpf-prog");
+        if !is_program {
+            continue;
+        }
+        let fdinfo = Path::new("/proc").join(pid.to_string()).join("fdinfo");
+        let info = fs::read_to_string(fdinfo.join(fd.file_name())).unwrap_or_default();
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+                .unwrap_or(0.0)
         };
-        let _ = writeln!(report, "| {program} | {count:.0} | {per_run:.0} |");
+        total.0 += field("run_cnt:");
+        total.1 += field("run_time_ns:") / 1e9;
     }
-    report
+    bpftrace.stop();
+    if total.0 == 0.0 {
+        return Err("the empty bpftrace programs never ran".into());
+    }
+    Ok(total)
 }
 
 /// Start-up, memory and scrape cost with `sockets` sockets already open.

@@ -9,26 +9,33 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// Which end closes first.
+/// How a connection ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Close {
+    /// The client closes first and its end goes to TIME_WAIT.
     Client,
+    /// The server closes first and its end goes to TIME_WAIT.
     Server,
+    /// The client closes with the response unread, so the kernel aborts the
+    /// connection with an RST: no TIME_WAIT on either end, so no timewait
+    /// timer ever starts.
+    Reset,
 }
 
-/// `xtask churn SECONDS THREADS client|server`: each thread opens a
+/// `xtask churn SECONDS THREADS client|server|reset`: each thread opens a
 /// connection to its own listener, exchanges 8 bytes each way and closes,
 /// until the time is up. Prints `connections N seconds S`.
 pub fn churn(args: &[String]) -> Result<(), String> {
     let [seconds, threads, close] = args else {
-        return Err("usage: xtask churn SECONDS THREADS client|server".into());
+        return Err("usage: xtask churn SECONDS THREADS client|server|reset".into());
     };
     let seconds: f64 = seconds.parse().map_err(|_| "SECONDS: a number")?;
     let threads: u16 = threads.parse().map_err(|_| "THREADS: a number")?;
     let close = match close.as_str() {
         "client" => Close::Client,
         "server" => Close::Server,
-        _ => return Err("close: client or server".into()),
+        "reset" => Close::Reset,
+        _ => return Err("close: client, server or reset".into()),
     };
     loopback_up()?;
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
@@ -58,8 +65,8 @@ fn connect_loop(port: u16, deadline: Instant, close: Close) -> Result<u64, Strin
     Ok(count)
 }
 
-/// A connection to `listener` that exchanges 8 bytes each way, then closes,
-/// `close` first.
+/// A connection to `listener` that exchanges 8 bytes each way, then ends
+/// as `close` says.
 pub fn one_connection(listener: &TcpListener, close: Close) -> std::io::Result<()> {
     let mut client = TcpStream::connect(listener.local_addr()?)?;
     let (mut server, _) = listener.accept()?;
@@ -67,13 +74,17 @@ pub fn one_connection(listener: &TcpListener, close: Close) -> std::io::Result<(
     client.write_all(b"request!")?;
     server.read_exact(&mut buf)?;
     server.write_all(b"response")?;
-    client.read_exact(&mut buf)?;
+    if close == Close::Reset {
+        client.peek(&mut buf)?; // arrived, and left unread
+    } else {
+        client.read_exact(&mut buf)?;
+    }
     let (first, mut second) = match close {
-        Close::Client => (client, server),
+        Close::Client | Close::Reset => (client, server),
         Close::Server => (server, client),
     };
     drop(first);
-    let _ = second.read(&mut buf); // the FIN
+    let _ = second.read(&mut buf); // the FIN, or the RST's ECONNRESET
     Ok(())
 }
 
