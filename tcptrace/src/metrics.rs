@@ -1,7 +1,8 @@
 //! Aggregates per state, role and port, and the Prometheus exposition.
 //!
 //! Changes update plain maps (no locks or label hashing per series on the
-//! hot path); a scrape turns them into metric families in O(series): the
+//! hot path): one lookup of the socket's (role, port), then arrays indexed
+//! by state. A scrape turns them into metric families in O(series): the
 //! oldest socket of each series is the first of an ordered set.
 
 use std::collections::BTreeSet;
@@ -30,6 +31,24 @@ pub const DURATION_BUCKETS: [f64; 22] = [
 
 type Series = (TcpState, Role, PortLabel);
 
+/// TCP states are 1..=13: index `state as usize - 1`.
+const STATES: usize = TcpState::ALL.len();
+
+fn index(state: TcpState) -> usize {
+    state as usize - 1
+}
+
+/// What the sockets of one (role, port) add up to, by state. A series
+/// exists (and is exported) from its first socket or observation on.
+#[derive(Debug, Default)]
+struct PortAggregates {
+    /// Sockets in each state by (entry time, cookie): the count and the oldest.
+    sockets: [Option<BTreeSet<(u64, u64)>>; STATES],
+    durations: [Option<DurationHistogram>; STATES],
+    /// By old and new state.
+    transitions: [[u64; STATES]; STATES],
+}
+
 #[derive(Debug, Default)]
 struct DurationHistogram {
     /// Per bucket (not cumulative), the last one for "above every bound".
@@ -40,10 +59,8 @@ struct DurationHistogram {
 /// What the tracked sockets add up to.
 #[derive(Debug, Default)]
 pub struct Aggregates {
-    /// Sockets in each series, by (entry time, cookie): the count and the oldest.
-    sockets: FastMap<Series, BTreeSet<(u64, u64)>>,
-    durations: FastMap<Series, DurationHistogram>,
-    transitions: FastMap<(TcpState, TcpState, Role, PortLabel), u64>,
+    /// State counts, ages, durations and transitions of each (role, port).
+    ports: FastMap<(Role, PortLabel), PortAggregates>,
     killed: FastMap<(Role, PortLabel), u64>,
     /// (sent, reason) or (received, None).
     resets: FastMap<(bool, Option<u32>, Role, PortLabel), u64>,
@@ -82,17 +99,20 @@ impl Aggregates {
             }
             None => {}
         }
+        if change.transition.is_none() && change.left.is_none() && change.entered.is_none() {
+            return;
+        }
+        let aggregates = self.ports.entry((role, port)).or_default();
         if let Some((from, to)) = change.transition {
-            *self.transitions.entry((from, to, role, port)).or_default() += 1;
+            aggregates.transitions[index(from)][index(to)] += 1;
         }
         if let Some(left) = change.left {
-            let series = (left.state, role, port);
-            if let Some(set) = self.sockets.get_mut(&series) {
+            if let Some(set) = &mut aggregates.sockets[index(left.state)] {
                 set.remove(&(left.since_ns, cookie));
             }
             if left.known {
                 let seconds = seconds(change.event.ts_ns.saturating_sub(left.since_ns));
-                let histogram = self.durations.entry(series).or_default();
+                let histogram = aggregates.durations[index(left.state)].get_or_insert_default();
                 let bucket = DURATION_BUCKETS.partition_point(|&bound| bound < seconds);
                 histogram.counts[bucket] += 1;
                 histogram.sum_seconds += seconds;
@@ -102,18 +122,38 @@ impl Aggregates {
             }
         }
         if let Some(entered) = change.entered {
-            self.sockets
-                .entry((entered.state, role, port))
-                .or_default()
+            aggregates.sockets[index(entered.state)]
+                .get_or_insert_default()
                 .insert((entered.since_ns, cookie));
         }
     }
 
     /// Sockets now in `state` for `role` and `port`.
     pub fn count(&self, state: TcpState, role: Role, port: PortLabel) -> usize {
-        self.sockets
-            .get(&(state, role, port))
+        self.ports
+            .get(&(role, port))
+            .and_then(|aggregates| aggregates.sockets[index(state)].as_ref())
             .map_or(0, BTreeSet::len)
+    }
+
+    /// Every series of one kind in exposition order (state, role, port),
+    /// with its value.
+    fn series<'a, T>(
+        &'a self,
+        value: impl Fn(&'a PortAggregates, usize) -> Option<&'a T>,
+    ) -> Vec<(Series, &'a T)> {
+        let ports = sorted(&self.ports);
+        TcpState::ALL
+            .into_iter()
+            .flat_map(|state| {
+                let value = &value;
+                ports
+                    .iter()
+                    .filter_map(move |&(&(role, port), aggregates)| {
+                        Some(((state, role, port), value(aggregates, index(state))?))
+                    })
+            })
+            .collect()
     }
 
     /// Sockets in `state` that entered it at or before `cutoff_ns`, oldest
@@ -123,10 +163,12 @@ impl Aggregates {
         state: TcpState,
         cutoff_ns: u64,
     ) -> impl Iterator<Item = (Role, PortLabel, u64, u64)> + '_ {
-        self.sockets
+        self.ports
             .iter()
-            .filter(move |((series_state, _, _), _)| *series_state == state)
-            .flat_map(move |(&(_, role, port), set)| {
+            .filter_map(move |(&(role, port), aggregates)| {
+                Some((role, port, aggregates.sockets[index(state)].as_ref()?))
+            })
+            .flat_map(move |(role, port, set)| {
                 set.range(..=(cutoff_ns, u64::MAX))
                     .map(move |&(since, cookie)| (role, port, since, cookie))
             })
@@ -147,21 +189,24 @@ impl Aggregates {
             })
         }
         let mut ports: FastMap<(Role, PortLabel), PortSummary> = FastMap::default();
-        for (&(state, role, port), set) in &self.sockets {
+        for (&(role, port), aggregates) in &self.ports {
             let summary = entry(&mut ports, role, port);
-            if !set.is_empty() {
-                summary
-                    .sockets
-                    .insert(state.name().to_owned(), set.len() as u64);
+            for state in TcpState::ALL {
+                let Some(set) = &aggregates.sockets[index(state)] else {
+                    continue;
+                };
+                if !set.is_empty() {
+                    summary
+                        .sockets
+                        .insert(state.name().to_owned(), set.len() as u64);
+                }
+                if state == TcpState::CloseWait {
+                    summary.oldest_close_wait_seconds = set
+                        .first()
+                        .map_or(0.0, |&(since, _)| seconds(now_ns.saturating_sub(since)));
+                }
             }
-            if state == TcpState::CloseWait {
-                summary.oldest_close_wait_seconds = set
-                    .first()
-                    .map_or(0.0, |&(since, _)| seconds(now_ns.saturating_sub(since)));
-            }
-        }
-        for (&(_, _, role, port), &count) in &self.transitions {
-            entry(&mut ports, role, port).transitions += count;
+            summary.transitions += aggregates.transitions.iter().flatten().sum::<u64>();
         }
         for (&(sent, _, role, port), &count) in &self.resets {
             let summary = entry(&mut ports, role, port);
@@ -198,14 +243,14 @@ impl Aggregates {
             "Age in its state of the oldest socket now in it (0 when none).",
             MetricType::GAUGE,
         );
-        for (series, set) in sorted(&self.sockets) {
+        for (series, set) in self.series(|a, state| a.sockets[state].as_ref()) {
             let age = set
                 .first()
                 .map_or(0.0, |&(since, _)| seconds(now_ns.saturating_sub(since)));
             sockets
                 .mut_metric()
-                .push(gauge(series_labels(series), sample(set.len() as u64)));
-            oldest.mut_metric().push(gauge(series_labels(series), age));
+                .push(gauge(series_labels(&series), sample(set.len() as u64)));
+            oldest.mut_metric().push(gauge(series_labels(&series), age));
         }
 
         let mut durations = family(
@@ -213,9 +258,9 @@ impl Aggregates {
             "Time sockets spent in a state, observed when they leave it.",
             MetricType::HISTOGRAM,
         );
-        for (series, histogram) in sorted(&self.durations) {
+        for (series, histogram) in self.series(|a, state| a.durations[state].as_ref()) {
             let mut metric = Metric::default();
-            metric.set_label(series_labels(series));
+            metric.set_label(series_labels(&series));
             metric.set_histogram(histogram.to_proto());
             durations.mut_metric().push(metric);
         }
@@ -225,14 +270,24 @@ impl Aggregates {
             "TCP state transitions, TIME_WAIT ones derived from the timewait timer included.",
             MetricType::COUNTER,
         );
-        for (&(from, to, role, port), &count) in sorted(&self.transitions) {
-            let labels = labels(&[
-                ("from", from.name()),
-                ("to", to.name()),
-                ("role", role.name()),
-                ("port", &port.to_string()),
-            ]);
-            transitions.mut_metric().push(counter(labels, count));
+        let ports = sorted(&self.ports);
+        let pairs = TcpState::ALL
+            .into_iter()
+            .flat_map(|from| TcpState::ALL.into_iter().map(move |to| (from, to)));
+        for (from, to) in pairs {
+            for &(&(role, port), aggregates) in &ports {
+                let count = aggregates.transitions[index(from)][index(to)];
+                if count == 0 {
+                    continue;
+                }
+                let labels = labels(&[
+                    ("from", from.name()),
+                    ("to", to.name()),
+                    ("role", role.name()),
+                    ("port", &port.to_string()),
+                ]);
+                transitions.mut_metric().push(counter(labels, count));
+            }
         }
 
         let mut killed = family(
