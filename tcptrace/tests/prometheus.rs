@@ -288,15 +288,24 @@ fn dashboard_panels_have_data_and_the_incidents_alerts_fire() {
         expected.iter().all(|name| firing(alerts, name))
     });
 
-    // Every panel has data now.
-    let empty: Vec<String> = dashboard_queries()
-        .into_iter()
-        .filter(|(_, expr)| prometheus.query(expr).is_empty())
-        .map(|(title, expr)| format!("{title}: {expr}"))
-        .collect();
+    // Every panel has data now, or within a few scrapes: a rate() needs two
+    // samples of a series, and the last incident's series may have one yet.
+    let empty_panels = || -> Vec<String> {
+        dashboard_queries()
+            .into_iter()
+            .filter(|(_, expr)| prometheus.query(expr).is_empty())
+            .map(|(title, expr)| format!("{title}: {expr}"))
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut empty = empty_panels();
+    while !empty.is_empty() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(500));
+        empty = empty_panels();
+    }
     assert!(
         empty.is_empty(),
-        "panels without data:\n{}",
+        "panels without data after 15 s:\n{}",
         empty.join("\n")
     );
     // The gauges agree with the kernel after the losses.
