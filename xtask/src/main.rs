@@ -41,7 +41,7 @@ tasks:
                      go to the test binaries
   bench [--quick]    tcptrace against baseline, tcpstates, bpftrace and
                      node_exporter under loopback churn, then its cost with
-                     many sockets open; about 10 minutes (--quick: 2)
+                     many sockets open; about 11 minutes (--quick: 2)
   soak [--minutes N] tcptrace run under mixed churn for N minutes (10),
                      sampling its memory, fds and tracked sockets
 ";
