@@ -136,26 +136,6 @@ impl Aggregates {
             .map_or(0, BTreeSet::len)
     }
 
-    /// Every series of one kind in exposition order (state, role, port),
-    /// with its value.
-    fn series<'a, T>(
-        &'a self,
-        value: impl Fn(&'a PortAggregates, usize) -> Option<&'a T>,
-    ) -> Vec<(Series, &'a T)> {
-        let ports = sorted(&self.ports);
-        TcpState::ALL
-            .into_iter()
-            .flat_map(|state| {
-                let value = &value;
-                ports
-                    .iter()
-                    .filter_map(move |&(&(role, port), aggregates)| {
-                        Some(((state, role, port), value(aggregates, index(state))?))
-                    })
-            })
-            .collect()
-    }
-
     /// Sockets in `state` that entered it at or before `cutoff_ns`, oldest
     /// first within each series: (role, port, entry time, cookie).
     pub fn entered_before(
@@ -226,6 +206,7 @@ impl Aggregates {
 
     /// The socket-state metric families, as of `now_ns` (`CLOCK_BOOTTIME`).
     pub fn families(&self, now_ns: u64) -> Vec<MetricFamily> {
+        let ports = sorted(&self.ports);
         let series_labels = |&(state, role, port): &Series| {
             labels(&[
                 ("state", state.name()),
@@ -243,7 +224,7 @@ impl Aggregates {
             "Age in its state of the oldest socket now in it (0 when none).",
             MetricType::GAUGE,
         );
-        for (series, set) in self.series(|a, state| a.sockets[state].as_ref()) {
+        for (series, set) in series(&ports, |a, state| a.sockets[state].as_ref()) {
             let age = set
                 .first()
                 .map_or(0.0, |&(since, _)| seconds(now_ns.saturating_sub(since)));
@@ -258,7 +239,7 @@ impl Aggregates {
             "Time sockets spent in a state, observed when they leave it.",
             MetricType::HISTOGRAM,
         );
-        for (series, histogram) in self.series(|a, state| a.durations[state].as_ref()) {
+        for (series, histogram) in series(&ports, |a, state| a.durations[state].as_ref()) {
             let mut metric = Metric::default();
             metric.set_label(series_labels(&series));
             metric.set_histogram(histogram.to_proto());
@@ -270,7 +251,6 @@ impl Aggregates {
             "TCP state transitions, TIME_WAIT ones derived from the timewait timer included.",
             MetricType::COUNTER,
         );
-        let ports = sorted(&self.ports);
         let pairs = TcpState::ALL
             .into_iter()
             .flat_map(|from| TcpState::ALL.into_iter().map(move |to| (from, to)));
@@ -392,6 +372,25 @@ pub(crate) fn seconds(ns: u64) -> f64 {
 )]
 pub(crate) fn sample(value: u64) -> f64 {
     value as f64
+}
+
+/// Every series of one kind in exposition order (state, role, port), with
+/// its value; `ports` in label order.
+fn series<'a, T>(
+    ports: &[(&'a (Role, PortLabel), &'a PortAggregates)],
+    value: impl Fn(&'a PortAggregates, usize) -> Option<&'a T>,
+) -> Vec<(Series, &'a T)> {
+    TcpState::ALL
+        .into_iter()
+        .flat_map(|state| {
+            let value = &value;
+            ports
+                .iter()
+                .filter_map(move |&(&(role, port), aggregates)| {
+                    Some(((state, role, port), value(aggregates, index(state))?))
+                })
+        })
+        .collect()
 }
 
 /// Map entries in label order, so scrapes list series stably.
