@@ -1,8 +1,9 @@
 //! `tcptrace run`: the exporter daemon.
 //!
-//! One thread does everything: kernel events -> tracker -> aggregates, with
-//! scrapes served in between. State sits behind one mutex, taken once per
-//! batch of events and once per scrape.
+//! The ring buffer is drained on a thread of its own (see [`crate::ring`]);
+//! one more does everything else: kernel events -> tracker -> aggregates,
+//! with scrapes served in between. State sits behind one mutex, taken once
+//! per batch of events and once per scrape.
 
 use std::{
     collections::HashMap,
@@ -440,10 +441,10 @@ async fn reconcile(
     // Apply what happened during the dump before comparing with it. A
     // record a program is still writing holds back the ones behind it, so
     // the buffer is read once more after a moment.
-    source.drain_now(batch);
+    source.flush(batch).await?;
     exporter.state().apply_batch(batch, &exporter.metrics);
     tokio::time::sleep(crate::ring::POLL_INTERVAL).await;
-    source.drain_now(batch);
+    source.flush(batch).await?;
     let mut state = exporter.state();
     state.apply_batch(batch, &exporter.metrics);
     let State {
