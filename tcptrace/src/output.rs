@@ -64,19 +64,34 @@ struct JsonEvent<'a> {
     comm: Option<Cow<'a, str>>,
 }
 
-pub struct EventWriter<W> {
-    out: W,
+/// Formats lines into a buffer that [`EventWriter::write_to`] hands over in
+/// one write: one system call (and one wake-up of a reader on a pipe) per
+/// batch of events rather than per line.
+pub struct EventWriter {
+    out: Vec<u8>,
     format: Format,
     reset_reasons: ResetReasons,
 }
 
-impl<W: Write> EventWriter<W> {
-    pub fn new(out: W, format: Format, reset_reasons: ResetReasons) -> Self {
+impl EventWriter {
+    pub fn new(format: Format, reset_reasons: ResetReasons) -> Self {
         Self {
-            out,
+            out: Vec::with_capacity(1 << 16),
             format,
             reset_reasons,
         }
+    }
+
+    /// Writes and flushes the lines formatted since the last call.
+    pub fn write_to(&mut self, destination: &mut impl Write) -> io::Result<()> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let written = destination
+            .write_all(&self.out)
+            .and_then(|()| destination.flush());
+        self.out.clear();
+        written
     }
 
     pub fn header(&mut self) -> io::Result<()> {
@@ -90,7 +105,7 @@ impl<W: Write> EventWriter<W> {
         }
     }
 
-    /// Writes one transition or signal as one line; changes with neither
+    /// Formats one transition or signal as one line; changes with neither
     /// (discovered or forgotten sockets) print nothing.
     pub fn write(&mut self, change: &Change, clock: WallClock) -> io::Result<()> {
         let event = &change.event;

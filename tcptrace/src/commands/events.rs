@@ -50,8 +50,9 @@ pub async fn run(args: EventsArgs) -> Result<(), Error> {
     };
     // The tracker only derives TIME_WAIT here; no labels are needed.
     let mut tracker = Tracker::new(PortPolicy::new(&[], 0, 0), args.max_sockets);
-    let stdout = io::stdout();
-    let mut out = EventWriter::new(stdout.lock(), args.format, probes.reset_reasons().clone());
+    widen_pipe(&io::stdout());
+    let mut stdout = io::stdout().lock();
+    let mut out = EventWriter::new(args.format, probes.reset_reasons().clone());
     let mut losses = LossReport::default();
     let mut batch = Batch::default();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -59,6 +60,10 @@ pub async fn run(args: EventsArgs) -> Result<(), Error> {
     let shutdown = crate::commands::shutdown_signal();
     tokio::pin!(shutdown);
 
+    // Lines are formatted into `out` and written once per batch. A write
+    // may block on a slow reader; the ring keeps being drained meanwhile
+    // (see `ring`), so that costs no event unless the reader stays slower
+    // than the kernel for longer than the queue absorbs.
     let written = async {
         out.header()?;
         loop {
@@ -88,6 +93,7 @@ pub async fn run(args: EventsArgs) -> Result<(), Error> {
                 }
             }
             result?;
+            out.write_to(&mut stdout)?;
         }
     }
     .await;
@@ -96,6 +102,28 @@ pub async fn run(args: EventsArgs) -> Result<(), Error> {
         // The reader went away (`| head`): a normal end for a stream.
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
         other => other.map_err(Error::Io),
+    }
+}
+
+/// Gives a pipe on stdout the largest buffer an unprivileged process may
+/// set (`fs.pipe-max-size`, 1 MiB by default, against 64 KiB): a reader
+/// that falls behind for a moment then costs no blocked write.
+fn widen_pipe(stdout: &io::Stdout) {
+    use std::os::fd::AsRawFd;
+    let fd = stdout.as_raw_fd();
+    let Ok(metadata) = std::fs::metadata(format!("/proc/self/fd/{fd}")) else {
+        return;
+    };
+    if !std::os::unix::fs::FileTypeExt::is_fifo(&metadata.file_type()) {
+        return;
+    }
+    let max = std::fs::read_to_string("/proc/sys/fs/pipe-max-size")
+        .ok()
+        .and_then(|text| text.trim().parse::<libc::c_int>().ok())
+        .unwrap_or(1 << 20);
+    // SAFETY: fcntl on our own stdout; failure leaves the pipe as it was.
+    if unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, max) } < 0 {
+        tracing::debug!(error = %io::Error::last_os_error(), "pipe buffer left as it was");
     }
 }
 
