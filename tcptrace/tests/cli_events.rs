@@ -8,7 +8,7 @@ use std::{
     io::{BufRead, BufReader},
     net::{Ipv4Addr, SocketAddr},
     process::{Command, Stdio},
-    sync::mpsc,
+    sync::{Arc, Mutex, mpsc},
     thread,
     time::{Duration, Instant},
 };
@@ -23,6 +23,8 @@ struct EventsProcess {
     child: ChildGuard,
     lines: mpsc::Receiver<String>,
     stderr: thread::JoinHandle<String>,
+    /// The last loss tcptrace reported on stderr, if any.
+    loss: Arc<Mutex<Option<String>>>,
 }
 
 impl EventsProcess {
@@ -48,16 +50,23 @@ impl EventsProcess {
             }
         });
         let (ready_tx, ready_rx) = mpsc::channel();
-        let stderr = thread::spawn(move || {
-            let mut all = String::new();
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("attached") {
-                    let _ = ready_tx.send(());
+        let loss = Arc::new(Mutex::new(None));
+        let stderr = thread::spawn({
+            let loss = loss.clone();
+            move || {
+                let mut all = String::new();
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if line.contains("attached") {
+                        let _ = ready_tx.send(());
+                    }
+                    if line.contains("lost") || line.contains("malformed") {
+                        *loss.lock().expect("lock") = Some(line.clone());
+                    }
+                    all.push_str(&line);
+                    all.push('\n');
                 }
-                all.push_str(&line);
-                all.push('\n');
+                all
             }
-            all
         });
         ready_rx
             .recv_timeout(Duration::from_secs(30))
@@ -66,22 +75,36 @@ impl EventsProcess {
             child,
             lines,
             stderr,
+            loss,
         }
     }
 
     /// Collects stdout lines until `count` of them satisfy `keep`, or
-    /// `timeout` runs out: the caller checks how many came after `stop`, so
-    /// that a shortfall is reported with what tcptrace said on stderr
-    /// (events lost, for one).
+    /// `timeout` runs out, or tcptrace exits: the caller checks how many
+    /// came after `stop`, so that a shortfall is reported with what
+    /// tcptrace said on stderr. Fails at once when tcptrace reports lost or
+    /// malformed events: the lines waited for can then never come.
     fn collect(&self, count: usize, timeout: Duration, keep: impl Fn(&str) -> bool) -> Vec<String> {
         let deadline = Instant::now() + timeout;
         let mut kept = Vec::new();
         while kept.len() < count {
+            if let Some(loss) = self.loss.lock().expect("lock").as_deref() {
+                panic!(
+                    "{} of {count} lines came, then tcptrace said: {loss}",
+                    kept.len()
+                );
+            }
             let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
+            if left.is_zero() {
+                return kept;
+            }
+            match self
+                .lines
+                .recv_timeout(left.min(Duration::from_millis(100)))
+            {
                 Ok(line) if keep(&line) => kept.push(line),
-                Ok(_) => {}
-                Err(_) => return kept,
+                Ok(_) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => return kept,
             }
         }
         // Anything beyond the expected lines would show up here.

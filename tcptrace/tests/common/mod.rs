@@ -166,10 +166,18 @@ impl NetNs {
     /// Sockets `ss` lists in this namespace for a state filter and port,
     /// e.g. `count_ss("time-wait", 8080)`: the ground truth.
     pub fn count_ss(&self, state: &str, port: u16) -> usize {
-        let filter = format!("( sport = :{port} or dport = :{port} )");
+        self.count_ss_where(state, &format!("( sport = :{port} or dport = :{port} )"))
+    }
+
+    /// Sockets `ss` lists in `state` whose remote port is `port`.
+    pub fn count_ss_to(&self, state: &str, port: u16) -> usize {
+        self.count_ss_where(state, &format!("( dport = :{port} )"))
+    }
+
+    fn count_ss_where(&self, state: &str, filter: &str) -> usize {
         let out = self
             .command("ss")
-            .args(["-H", "-tan", "state", state, &filter])
+            .args(["-H", "-tan", "state", state, filter])
             .output()
             .expect("run ss");
         assert!(
@@ -182,16 +190,40 @@ impl NetNs {
 
     /// Waits (bounded) until `ss` shows `count` sockets in `state` on `port`.
     pub fn wait_for_ss(&self, state: &str, port: u16, count: usize) {
+        self.wait_for_ss_by(state, port, count, Self::count_ss);
+    }
+
+    /// Waits (bounded) until `ss` shows `count` sockets in `state` whose
+    /// remote port is `port`.
+    pub fn wait_for_ss_to(&self, state: &str, port: u16, count: usize) {
+        self.wait_for_ss_by(state, port, count, Self::count_ss_to);
+    }
+
+    fn wait_for_ss_by(
+        &self,
+        state: &str,
+        port: u16,
+        count: usize,
+        counter: fn(&Self, &str, u16) -> usize,
+    ) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let seen = self.count_ss(state, port);
+            let seen = counter(self, state, port);
             if seen == count {
                 return;
             }
-            assert!(
-                Instant::now() < deadline,
-                "ss shows {seen} sockets in {state} on port {port}, not {count}"
-            );
+            if Instant::now() >= deadline {
+                let others = self
+                    .command("ss")
+                    .args(["-H", "-tanoi", "exclude", state])
+                    .arg(format!("( sport = :{port} or dport = :{port} )"))
+                    .output()
+                    .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+                    .unwrap_or_default();
+                panic!(
+                    "ss shows {seen} sockets in {state} on port {port}, not {count}; in other states:\n{others}"
+                );
+            }
             thread::sleep(Duration::from_millis(20));
         }
     }
@@ -329,6 +361,13 @@ impl Tracer {
             if done(&events) {
                 return events;
             }
+            let lost = self.lost();
+            assert_eq!(
+                lost,
+                0,
+                "waiting for {what}: {lost} events were lost, so it cannot come ({} events so far)",
+                events.len()
+            );
             assert!(
                 Instant::now() < deadline,
                 "timed out after {timeout:?} waiting for {what}: {} events so far",
@@ -513,6 +552,9 @@ pub struct Daemon {
     child: ChildGuard,
     pub address: SocketAddr,
     stderr: Option<thread::JoinHandle<String>>,
+    /// Set once the test froze the daemon ([`Daemon::pause`]): lost events
+    /// are then what it asked for, not a reason to stop waiting.
+    losses_expected: AtomicBool,
 }
 
 impl Daemon {
@@ -561,6 +603,7 @@ impl Daemon {
             child,
             address,
             stderr: Some(stderr),
+            losses_expected: AtomicBool::new(false),
         }
     }
 
@@ -596,6 +639,8 @@ impl Daemon {
     }
 
     /// Polls the metrics (bounded) until `done` holds; returns that scrape.
+    /// Fails at once when the daemon reports lost events (unless the test
+    /// froze it to cause them) or has exited: what it waits for cannot come.
     pub fn wait_for(
         &self,
         what: &str,
@@ -608,6 +653,12 @@ impl Daemon {
             if done(&scrape) {
                 return scrape;
             }
+            let lost = scrape.sum("tcptrace_events_lost_total", &[]);
+            assert!(
+                lost == 0.0 || self.losses_expected.load(Ordering::Relaxed),
+                "waiting for {what}: the daemon lost {lost} events, so it cannot come; last scrape:\n{}",
+                scrape.summary()
+            );
             assert!(
                 Instant::now() < deadline,
                 "timed out after {timeout:?} waiting for {what}; last scrape:\n{}",
@@ -620,6 +671,7 @@ impl Daemon {
     /// Freezes the daemon (SIGSTOP), as a CPU-starved host would, or lets it
     /// go on (SIGCONT).
     pub fn pause(&self, paused: bool) {
+        self.losses_expected.store(true, Ordering::Relaxed);
         signal(
             &self.child.0,
             if paused { libc::SIGSTOP } else { libc::SIGCONT },
