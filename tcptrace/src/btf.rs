@@ -592,18 +592,14 @@ mod tests {
 
     const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
 
-    fn kernel() -> Option<Btf> {
-        let path = Path::new(VMLINUX);
-        if !path.exists() {
-            eprintln!("skipping: {VMLINUX} does not exist");
-            return None;
-        }
-        Some(Btf::from_file(path).expect("kernel BTF parses"))
+    fn kernel() -> Btf {
+        Btf::from_file(Path::new(VMLINUX)).expect("the running kernel's BTF parses")
     }
 
     #[test]
+    #[ignore = "reads the running kernel's BTF (cargo xtask test runs it)"]
     fn kernel_sock_layout_is_consistent() {
-        let Some(btf) = kernel() else { return };
+        let btf = kernel();
         assert_eq!(btf.member_offset("sock", &["__sk_common"]).unwrap(), 0);
         assert_eq!(
             btf.member_offset("sock", &["__sk_common", "skc_family"])
@@ -661,8 +657,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "reads the running kernel's BTF (cargo xtask test runs it)"]
     fn kernel_tracepoint_arguments() {
-        let Some(btf) = kernel() else { return };
+        let btf = kernel();
         assert_eq!(btf.tracepoint_args("inet_sock_set_state").ok(), Some(3));
         assert_eq!(btf.tracepoint_args("timer_cancel").ok(), Some(1));
         assert_eq!(btf.tracepoint_args("tcp_receive_reset").ok(), Some(1));
@@ -675,8 +672,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "reads the running kernel's BTF (cargo xtask test runs it)"]
     fn kernel_enums() {
-        let Some(btf) = kernel() else { return };
+        let btf = kernel();
         let reasons = btf.enum_values("sk_rst_reason").unwrap();
         assert!(reasons.contains(&("SK_RST_REASON_NOT_SPECIFIED".to_owned(), 0)));
         assert!(reasons.iter().any(|(n, _)| n == "SK_RST_REASON_NO_SOCKET"));

@@ -2193,11 +2193,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root: a private network namespace (cargo xtask test runs it)"]
     fn real_kernel_private_namespace() {
-        if !is_root() {
-            eprintln!("skipping real_kernel_private_namespace: needs root");
-            return;
-        }
+        assert!(is_root(), "needs root");
         let netns = NetnsThread::new();
         let ns = netns.namespace.clone();
         let fixture = netns.run(Fixture::build).expect("building the sockets");
@@ -2288,12 +2286,10 @@ mod tests {
     /// timewait sockets have timer 3, and only they lack the
     /// `INET_DIAG_SHUTDOWN` attribute full sockets always carry.
     #[test]
+    #[ignore = "needs root: a private network namespace (cargo xtask test runs it)"]
     fn real_kernel_socket_kinds() {
         const INET_DIAG_SHUTDOWN: u16 = 8;
-        if !is_root() {
-            eprintln!("skipping real_kernel_socket_kinds: needs root");
-            return;
-        }
+        assert!(is_root(), "needs root");
         let netns = NetnsThread::new();
         // With tcp_fin_timeout above 60 s an orphaned FIN_WAIT2 socket stays
         // a full socket (on the keepalive timer) for the first part of it.
@@ -2406,11 +2402,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root: a private network namespace (cargo xtask test runs it)"]
     fn real_kernel_fin_wait2_timewait() {
-        if !is_root() {
-            eprintln!("skipping real_kernel_fin_wait2_timewait: needs root");
-            return;
-        }
+        assert!(is_root(), "needs root");
         let fin_timeout = "/proc/sys/net/ipv4/tcp_fin_timeout";
         let host_value = fs::read_to_string(fin_timeout).unwrap();
         let netns = NetnsThread::new();
@@ -2547,11 +2541,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root: a private network namespace (cargo xtask test runs it)"]
     fn real_kernel_lookup() {
-        if !is_root() {
-            eprintln!("skipping real_kernel_lookup: needs root");
-            return;
-        }
+        assert!(is_root(), "needs root");
         let netns = NetnsThread::new();
         let ns = netns.namespace.clone();
         // The default: an orphaned FIN_WAIT2 socket becomes a timewait socket
@@ -2711,11 +2703,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root: a private network namespace (cargo xtask test runs it)"]
     fn real_kernel_lookup_ipv6() {
-        if !is_root() {
-            eprintln!("skipping real_kernel_lookup_ipv6: needs root");
-            return;
-        }
+        assert!(is_root(), "needs root");
         let netns = NetnsThread::new();
         let ns = netns.namespace.clone();
         let (v6, dual, mapped) = netns
@@ -2789,11 +2779,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root: a private network namespace (cargo xtask test runs it)"]
     fn real_kernel_lookup_errnos() {
-        if !is_root() {
-            eprintln!("skipping real_kernel_lookup_errnos: needs root");
-            return;
-        }
+        assert!(is_root(), "needs root");
         let netns = NetnsThread::new();
         let (listener, pair, time_wait) = netns
             .run(|| -> io::Result<_> {
@@ -2858,11 +2846,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root: a private network namespace (cargo xtask test runs it)"]
     fn real_kernel_lookup_small_receive_buffer() {
-        if !is_root() {
-            eprintln!("skipping real_kernel_lookup_small_receive_buffer: needs root");
-            return;
-        }
+        assert!(is_root(), "needs root");
         let netns = NetnsThread::new();
         let ns = netns.namespace.clone();
         let (listener, pairs) = netns
@@ -2947,11 +2933,12 @@ mod tests {
         .unwrap_err();
         assert!(matches!(error, DiagError::Namespace { .. }), "{error:?}");
         assert!(lookup(&own, &[]).unwrap().is_empty());
+    }
 
-        if !is_root() {
-            eprintln!("skipping the private namespace part: needs root");
-            return;
-        }
+    #[test]
+    #[ignore = "needs root: a private network namespace (cargo xtask test runs it)"]
+    fn a_private_namespace_is_found() {
+        assert!(is_root(), "needs root");
         let netns = NetnsThread::new();
         let inside = netns.run(current_namespace).unwrap();
         assert_eq!(inside.inode, netns.namespace.inode);

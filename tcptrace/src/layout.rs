@@ -97,13 +97,9 @@ mod tests {
     use super::*;
 
     #[test]
+    #[ignore = "reads the running kernel's BTF (cargo xtask test runs it)"]
     fn resolves_on_the_running_kernel() {
-        let path = Path::new("/sys/kernel/btf/vmlinux");
-        if !path.exists() {
-            eprintln!("skipped: no kernel BTF at {}", path.display());
-            return;
-        }
-        let btf = Btf::from_file(path).expect("kernel BTF");
+        let btf = Btf::from_file(Path::new("/sys/kernel/btf/vmlinux")).expect("kernel BTF");
         let symbols = TimerSymbols {
             tw_timer_handler: 1,
             tcp_keepalive_timer: 2,

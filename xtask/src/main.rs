@@ -12,6 +12,7 @@ mod kernels;
 mod pins;
 mod setup;
 mod soak;
+mod streams;
 mod vm;
 
 use std::{
@@ -255,11 +256,15 @@ fn test(
         step("tests (unit, integration against the running kernel, end-to-end)");
         // Every test binary runs even after one fails: one CI run shows
         // every failure.
+        // `--include-ignored`: the library's tests of the running kernel
+        // (sock_diag, BTF) are ignored by a plain `cargo test`, which may
+        // run without root; here they run, and fail without it.
         let host = cmd::run(
             test_command(root, pins)
                 .arg("--no-fail-fast")
                 .arg("--")
                 .arg("--test-threads=1")
+                .arg("--include-ignored")
                 .args(test_args),
         );
         failures.extend(host.err().map(|e| format!("host: {e}")));
@@ -301,8 +306,8 @@ fn test_command(root: &Path, pins: &Pins) -> Command {
 }
 
 /// Builds the test binaries (as the host run does, so nothing is compiled
-/// twice) and returns the integration tests' ones, from cargo's JSON
-/// messages.
+/// twice) and returns the integration tests' ones and the tcptrace
+/// library's (named [`vm::LIBRARY`]), from cargo's JSON messages.
 fn test_binaries(root: &Path, pins: &Pins) -> Result<Vec<vm::TestBinary>, String> {
     let messages = cmd::stdout(test_command(root, pins).args([
         "--no-run",
@@ -311,10 +316,17 @@ fn test_binaries(root: &Path, pins: &Pins) -> Result<Vec<vm::TestBinary>, String
     ]))?;
     Ok(messages
         .lines()
-        .filter(|line| line.contains("\"kind\":[\"test\"]"))
         .filter_map(|line| {
             let path = cmd::json_string(line, "executable")?;
-            let name = cmd::json_string(line.split("\"target\":").nth(1)?, "name")?;
+            let target = line.split("\"target\":").nth(1)?;
+            let name = cmd::json_string(target, "name")?;
+            let name = if target.contains("\"kind\":[\"test\"]") {
+                name
+            } else if target.contains("\"kind\":[\"lib\"]") && name == "tcptrace" {
+                vm::LIBRARY.to_owned()
+            } else {
+                return None;
+            };
             Some(vm::TestBinary {
                 name,
                 path: PathBuf::from(path),
