@@ -31,6 +31,10 @@ pub struct Plan {
     pub threads: usize,
     /// Tracked-socket counts for the scale runs.
     pub scales: Vec<usize>,
+    /// The stream rows' paced churns: how long each step lasts, and the
+    /// first step's connections per second.
+    pub stream_step_seconds: f64,
+    pub stream_start_rate: f64,
 }
 
 impl Plan {
@@ -40,6 +44,8 @@ impl Plan {
             repetitions: 5,
             threads: 2,
             scales: vec![10_000],
+            stream_step_seconds: 1.5,
+            stream_start_rate: 2000.0,
         }
     }
 
@@ -49,6 +55,8 @@ impl Plan {
             repetitions: 7,
             threads: 2,
             scales: vec![10_000, 100_000],
+            stream_step_seconds: 3.0,
+            stream_start_rate: 1000.0,
         }
     }
 }
@@ -109,6 +117,9 @@ pub fn run(tcptrace: &Path, xtask: &Path, plan: &Plan) -> Result<String, String>
     }
     let mut report = throughput_report(&runs, plan);
     println!("\n{report}");
+    let streams = crate::streams::report(tcptrace, xtask, plan)?;
+    println!("{streams}");
+    report.push_str(&streams);
     let costs = bpf_costs(tcptrace, xtask, plan)?;
     println!("{costs}");
     report.push_str(&costs);
@@ -278,7 +289,7 @@ pub fn wait_until(mut ready: impl FnMut() -> bool) -> Result<(), String> {
 }
 
 /// The median of the runs' values, and the lowest and highest.
-fn spread(mut values: Vec<f64>) -> (f64, f64, f64) {
+pub fn spread(mut values: Vec<f64>) -> (f64, f64, f64) {
     values.sort_by(f64::total_cmp);
     let median = if values.is_empty() {
         0.0
@@ -357,14 +368,27 @@ fn throughput_report(runs: &BTreeMap<&str, Vec<Run>>, plan: &Plan) -> String {
     report
 }
 
-/// `xtask churn` in a network namespace of its own; its output line.
+/// `xtask churn` as the plan says, in a network namespace of its own; its
+/// output line.
 fn churn(xtask: &Path, plan: &Plan, close: &str) -> Result<String, String> {
-    let (seconds, threads) = (plan.churn_seconds.to_string(), plan.threads.to_string());
+    churn_output(xtask, plan.churn_seconds, plan.threads, close, None)
+}
+
+/// `xtask churn` in a network namespace of its own, at most `pace`
+/// connections a second if given; its output line.
+pub fn churn_output(
+    xtask: &Path,
+    seconds: f64,
+    threads: usize,
+    close: &str,
+    pace: Option<f64>,
+) -> Result<String, String> {
+    let (seconds, threads) = (seconds.to_string(), threads.to_string());
     let xtask = xtask.to_string_lossy();
-    command_output(
-        "unshare",
-        &["--net", "--", &xtask, "churn", &seconds, &threads, close],
-    )
+    let mut args = vec!["--net", "--", &xtask, "churn", &seconds, &threads, close];
+    let pace = pace.map(|pace| format!("{pace:.0}"));
+    args.extend(pace.as_deref());
+    command_output("unshare", &args)
 }
 
 /// The kernel's accounting of each tcptrace program, measured apart from the

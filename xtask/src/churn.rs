@@ -22,12 +22,15 @@ pub enum Close {
     Reset,
 }
 
-/// `xtask churn SECONDS THREADS client|server|reset`: each thread opens a
-/// connection to its own listener, exchanges 8 bytes each way and closes,
-/// until the time is up. Prints `connections N seconds S`.
+/// `xtask churn SECONDS THREADS client|server|reset [RATE]`: each thread
+/// opens a connection to its own listener, exchanges 8 bytes each way and
+/// closes, until the time is up; with RATE, at most RATE connections a
+/// second in all, evenly spaced. Prints `connections N seconds S`.
 pub fn churn(args: &[String]) -> Result<(), String> {
-    let [seconds, threads, close] = args else {
-        return Err("usage: xtask churn SECONDS THREADS client|server|reset".into());
+    let (seconds, threads, close, rate) = match args {
+        [seconds, threads, close] => (seconds, threads, close, None),
+        [seconds, threads, close, rate] => (seconds, threads, close, Some(rate)),
+        _ => return Err("usage: xtask churn SECONDS THREADS client|server|reset [RATE]".into()),
     };
     let seconds: f64 = seconds.parse().map_err(|_| "SECONDS: a number")?;
     let threads: u16 = threads.parse().map_err(|_| "THREADS: a number")?;
@@ -37,11 +40,16 @@ pub fn churn(args: &[String]) -> Result<(), String> {
         "reset" => Close::Reset,
         _ => return Err("close: client, server or reset".into()),
     };
+    let rate: Option<f64> = rate
+        .map(|rate| rate.parse().map_err(|_| "RATE: connections per second"))
+        .transpose()?;
+    // Each thread's connections are this far apart, if paced.
+    let spacing = rate.map(|rate| Duration::from_secs_f64(f64::from(threads) / rate));
     loopback_up()?;
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let started = Instant::now();
     let workers: Vec<_> = (0..threads)
-        .map(|i| thread::spawn(move || connect_loop(20_000 + i, deadline, close)))
+        .map(|i| thread::spawn(move || connect_loop(20_000 + i, deadline, close, spacing)))
         .collect();
     let mut connections = 0u64;
     for worker in workers {
@@ -54,11 +62,24 @@ pub fn churn(args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-fn connect_loop(port: u16, deadline: Instant, close: Close) -> Result<u64, String> {
+/// Connections to a listener on `port` until `deadline`; each `spacing`
+/// after the one before (on schedule: a late one is not made up by a
+/// pause), or back to back without one.
+fn connect_loop(
+    port: u16,
+    deadline: Instant,
+    close: Close,
+    spacing: Option<Duration>,
+) -> Result<u64, String> {
     let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let listener = TcpListener::bind(address).map_err(|e| format!("bind {address}: {e}"))?;
     let mut count = 0;
+    let mut next = Instant::now();
     while Instant::now() < deadline {
+        if let Some(spacing) = spacing {
+            thread::sleep(next.saturating_duration_since(Instant::now()));
+            next += spacing;
+        }
         one_connection(&listener, close).map_err(|e| e.to_string())?;
         count += 1;
     }
