@@ -54,13 +54,6 @@ pub const LIBRARY: &str = "library";
 /// need nothing.
 const MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p", "tcp_diag", "veth"];
 
-/// Tests that measure the machine rather than the kernel, skipped when the
-/// VM is emulated, each with the reason.
-const SKIPPED_EMULATED: &[(&str, &str)] = &[(
-    "ten_thousand_connections_lose_no_event",
-    "emulated CPUs cannot drain 100,000 events as fast as the kernel makes them, so events are lost whatever the kernel",
-)];
-
 const VCPUS: &str = "2";
 const MEMORY: &str = "2048M";
 
@@ -159,14 +152,7 @@ pub fn run(
     let _ = fs::remove_dir_all(&run_dir);
     fs::create_dir_all(&results).map_err(|e| format!("{}: {e}", results.display()))?;
     let initramfs = run_dir.join("initramfs.cpio");
-    let mut args = args.to_vec();
-    if matches!(accel, Accel::Tcg(_)) {
-        for (test, why) in SKIPPED_EMULATED {
-            crate::step(&format!("{}: skipping {test}: {why}", kernel.name));
-            args.extend(["--skip".to_owned(), (*test).to_owned()]);
-        }
-    }
-    let script = tests_script(&binaries, &args, layout, &accel);
+    let script = tests_script(&binaries, args, layout, &accel);
     let archive = initramfs_archive(kernel, &busybox(&layout.cache)?, &script, layout)?;
     fs::write(&initramfs, archive).map_err(|e| format!("{}: {e}", initramfs.display()))?;
 
