@@ -27,7 +27,10 @@ use tokio::sync::Semaphore;
 use tokio_rustls::{TlsAcceptor, rustls};
 use toml::de::{DeTable, DeValue};
 
-use crate::config::{ConfigError, line_of};
+use crate::{
+    config::{ConfigError, line_of},
+    files,
+};
 
 /// What the endpoint requires of its clients; the default requires nothing.
 #[derive(Default)]
@@ -46,8 +49,8 @@ impl WebSecurity {
             key: key.map(str::to_owned),
             message,
         };
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| fail(None, None, format!("cannot read it: {e}")))?;
+        let text = files::read_text(path, files::CONFIG_MAX_BYTES)
+            .map_err(|e| fail(None, None, e.to_string()))?;
         let table = DeTable::parse(&text).map_err(|e| {
             let line = line_of(&text, e.span().map_or(0, |s| s.start));
             fail(Some(line), None, e.message().trim().to_owned())
@@ -123,13 +126,17 @@ impl WebSecurity {
 }
 
 fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .and_then(Iterator::collect)
+    let cert_pem = files::read_bounded(cert, files::CONFIG_MAX_BYTES)
+        .map_err(|e| format!("cannot read certificates from {}: {e}", cert.display()))?;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<_, _>>()
         .map_err(|e| format!("cannot read certificates from {}: {e}", cert.display()))?;
     if chain.is_empty() {
         return Err(format!("no certificate in {}", cert.display()));
     }
-    let key = PrivateKeyDer::from_pem_file(key)
+    let key_pem = files::read_bounded(key, files::CONFIG_MAX_BYTES)
+        .map_err(|e| format!("cannot read a private key from {}: {e}", key.display()))?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem)
         .map_err(|e| format!("cannot read a private key from {}: {e}", key.display()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)

@@ -1,6 +1,7 @@
 //! End-to-end: the HTTP endpoint under abuse. Hundreds of slow clients and
 //! thousands of malformed or oversized requests must not keep a scrape from
-//! being answered, grow memory without bound, or end the daemon.
+//! being answered, grow memory without bound, or end the daemon; files that
+//! are not what a flag expects are refused at once.
 
 mod common;
 
@@ -11,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::Daemon;
+use common::{Daemon, Scratch};
 
 const SLOW_CLIENTS: usize = 500;
 const BAD_REQUESTS: usize = 10_000;
@@ -154,4 +155,45 @@ fn the_endpoint_survives_slow_and_malformed_clients() {
     let (status, stderr) = daemon.stop();
     assert!(status.success(), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// `/dev/zero`, a FIFO, a directory and a 2 GiB sparse file, given to each
+/// flag that names a file: one line naming the file and why, exit code 2,
+/// within a second (reading one of them used to grow without end or block).
+#[test]
+fn files_that_are_not_regular_or_too_large_are_refused_at_once() {
+    let scratch = Scratch::new("abuse-files");
+    let fifo = scratch.path("fifo");
+    let c_fifo = std::ffi::CString::new(fifo.as_str()).expect("no NUL");
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c_fifo.as_ptr(), 0o600) }, 0, "mkfifo");
+    let sparse = scratch.path("sparse");
+    std::fs::File::create(&sparse)
+        .and_then(|file| file.set_len(2 << 30))
+        .expect("a 2 GiB sparse file");
+    let directory = scratch.path("");
+    for (path, why) in [
+        ("/dev/zero", "is a character device, not a regular file"),
+        (fifo.as_str(), "is a FIFO, not a regular file"),
+        (directory.as_str(), "is a directory, not a regular file"),
+        (sparse.as_str(), "is larger than the"),
+    ] {
+        for flag in ["--config", "--web.config.file", "--btf"] {
+            let started = Instant::now();
+            let (code, stderr) = common::one_line_failure(&[
+                "run",
+                "--web.listen-address",
+                "127.0.0.1:0",
+                flag,
+                path,
+            ]);
+            let took = started.elapsed();
+            assert_eq!(code, Some(2), "{flag} {path}: {stderr}");
+            assert!(
+                stderr.contains(path.trim_end_matches('/')) && stderr.contains(why),
+                "{flag} {path}: {stderr}"
+            );
+            assert!(took < Duration::from_secs(1), "{flag} {path} took {took:?}");
+        }
+    }
 }

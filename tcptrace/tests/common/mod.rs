@@ -1021,15 +1021,37 @@ impl DeadLink {
 }
 
 /// Runs `tcptrace ARGS` to its end, for a run that must fail at start:
-/// (exit code, stderr), stderr asserted to be a single line.
+/// (exit code, stderr), stderr asserted to be a single line. A run still
+/// going after 30 s is killed and fails the test.
 pub fn one_line_failure(args: &[&str]) -> (Option<i32>, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_tcptrace"))
-        .args(args)
-        .output()
-        .expect("run tcptrace");
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let mut child = ChildGuard(
+        Command::new(env!("CARGO_BIN_EXE_tcptrace"))
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run tcptrace"),
+    );
+    let mut pipe = child.0.stderr.take().expect("stderr");
+    let reader = thread::spawn(move || {
+        let mut text = String::new();
+        let _ = pipe.read_to_string(&mut text);
+        text
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.0.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "tcptrace {args:?} still runs after 30 s"
+        );
+        thread::sleep(Duration::from_millis(10));
+    };
+    let stderr = reader.join().expect("stderr reader");
     assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
-    (out.status.code(), stderr)
+    (status.code(), stderr)
 }
 
 /// A directory of a test's own under the system's temporary directory (the
