@@ -21,7 +21,7 @@ use tokio::{net::TcpListener, sync::Semaphore};
 
 use crate::{
     api::{self, SocketQuery},
-    web_config::WebSecurity,
+    web_config::{Verdict, WebSecurity},
 };
 
 /// A response body still being computed.
@@ -135,8 +135,12 @@ async fn connection<S>(
                     .headers()
                     .get(header::AUTHORIZATION)
                     .and_then(|v| v.to_str().ok());
-                if !auth.allows(header).await {
-                    return Ok::<_, Infallible>(unauthorized());
+                match auth.check(header, peer.ip()).await {
+                    Verdict::Allowed => {}
+                    Verdict::Denied => return Ok::<_, Infallible>(unauthorized()),
+                    Verdict::Limited { retry_after } => {
+                        return Ok(too_many_attempts(retry_after));
+                    }
                 }
             }
             Ok(respond(site, request, peer, expose_sockets).await)
@@ -162,6 +166,18 @@ fn unauthorized() -> Response<Full<Bytes>> {
         header::WWW_AUTHENTICATE,
         header::HeaderValue::from_static("Basic realm=\"tcptrace\""),
     );
+    response
+}
+
+fn too_many_attempts(retry_after: Duration) -> Response<Full<Bytes>> {
+    let mut response = text(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too many failed logins from this address: try again later\n",
+    );
+    let seconds = retry_after.as_secs().max(1);
+    if let Ok(value) = header::HeaderValue::from_str(&seconds.to_string()) {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
     response
 }
 

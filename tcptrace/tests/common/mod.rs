@@ -650,6 +650,17 @@ pub fn http_get(address: SocketAddr, path: &str) -> (u16, String) {
 
 /// [`http_get`] from a chosen local IPv4 address.
 pub fn http_get_from(source: std::net::Ipv4Addr, address: SocketAddr, path: &str) -> (u16, String) {
+    http_get_over(connect_with(address, Some(source), None), path)
+}
+
+/// A TCP connection to an IPv4 `address`, from `source` if given, with a
+/// receive buffer of `receive_buffer` bytes if given (set before the
+/// connection, so that the window it announces is that small).
+pub fn connect_with(
+    address: SocketAddr,
+    source: Option<std::net::Ipv4Addr>,
+    receive_buffer: Option<libc::c_int>,
+) -> TcpStream {
     use std::os::fd::FromRawFd;
     let SocketAddr::V4(target) = address else {
         panic!("IPv4 only");
@@ -669,11 +680,34 @@ pub fn http_get_from(source: std::net::Ipv4Addr, address: SocketAddr, path: &str
         let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
         assert!(fd >= 0, "socket: {}", io::Error::last_os_error());
         let stream = TcpStream::from_raw_fd(fd);
-        let local = sockaddr(source, 0);
-        check(libc::bind(fd, (&raw const local).cast(), len)).expect("bind source");
+        if let Some(bytes) = receive_buffer {
+            set_option(&stream, libc::SOL_SOCKET, libc::SO_RCVBUF, &bytes);
+        }
+        if let Some(source) = source {
+            let local = sockaddr(source, 0);
+            check(libc::bind(fd, (&raw const local).cast(), len)).expect("bind source");
+        }
         let remote = sockaddr(*target.ip(), target.port());
         check(libc::connect(fd, (&raw const remote).cast(), len)).expect("connect");
-        http_get_over(stream, path)
+        stream
+    }
+}
+
+/// Raises this process's soft limit on open files to at least `wanted`
+/// (within the hard limit, raised too where root may), for tests that hold
+/// thousands of connections.
+pub fn raise_open_files(wanted: u64) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls on a struct this function owns.
+    unsafe {
+        check(libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit)).expect("getrlimit");
+        limit.rlim_max = limit.rlim_max.max(wanted);
+        limit.rlim_cur = limit.rlim_cur.max(wanted);
+        check(libc::setrlimit(libc::RLIMIT_NOFILE, &raw const limit))
+            .unwrap_or_else(|e| panic!("cannot open {wanted} files: {e}"));
     }
 }
 
