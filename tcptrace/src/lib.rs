@@ -27,6 +27,7 @@ pub mod kallsyms;
 pub mod labels;
 pub mod layout;
 pub mod lookups;
+pub mod memory;
 pub mod metrics;
 pub mod output;
 pub mod owners;
