@@ -9,6 +9,8 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
+use crate::files::{self, ReadError};
+
 const MAGIC: u32 = 0xeb9f;
 /// The magic as it reads from a big-endian file.
 const MAGIC_SWAPPED: u32 = 0x9feb;
@@ -46,6 +48,10 @@ pub enum BtfError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// Not a file tcptrace reads as BTF (a device, a FIFO, too large): a
+    /// usage error.
+    #[error("cannot use {} as kernel BTF: it {reason}", .path.display())]
+    Unsuitable { path: PathBuf, reason: ReadError },
     #[error("malformed BTF: {0}")]
     Malformed(String),
     #[error("type `{name}` not found in kernel BTF: this kernel is not supported by tcptrace")]
@@ -278,23 +284,36 @@ fn decode(
     })
 }
 
+/// The bytes of a BTF file: a regular file of at most
+/// [`files::BTF_MAX_BYTES`].
+///
+/// # Errors
+/// `NotFound` if the file does not exist, `Unsuitable` if it is not a
+/// regular file or too large, `Io` if it cannot be read.
+pub fn read(path: &Path) -> Result<Vec<u8>, BtfError> {
+    files::read_bounded(path, files::BTF_MAX_BYTES).map_err(|error| match error {
+        ReadError::NotFound => BtfError::NotFound {
+            path: path.to_owned(),
+        },
+        ReadError::Io(source) => BtfError::Io {
+            path: path.to_owned(),
+            source,
+        },
+        reason => BtfError::Unsuitable {
+            path: path.to_owned(),
+            reason,
+        },
+    })
+}
+
 impl Btf {
     /// Reads and parses a BTF file, normally `/sys/kernel/btf/vmlinux`.
     ///
     /// # Errors
-    /// `NotFound` if the file does not exist, `Io` if it cannot be read,
-    /// `Malformed` if it is not valid little-endian BTF.
+    /// Those of [`read`], and `Malformed` if it is not valid little-endian
+    /// BTF.
     pub fn from_file(path: &Path) -> Result<Self, BtfError> {
-        let bytes = std::fs::read(path).map_err(|source| match source.kind() {
-            std::io::ErrorKind::NotFound => BtfError::NotFound {
-                path: path.to_owned(),
-            },
-            _ => BtfError::Io {
-                path: path.to_owned(),
-                source,
-            },
-        })?;
-        Self::parse(&bytes)
+        Self::parse(&read(path)?)
     }
 
     /// Parses raw little-endian BTF bytes.

@@ -159,7 +159,8 @@ pub struct RunArgs {
           value_parser = clap::value_parser!(u16).range(1..))]
     pub ports: Vec<u16>,
 
-    /// Most distinct `port` label values per role when --port is not given.
+    /// Most distinct `port` label values per role when --port is not given;
+    /// 0 gives every port the label "other".
     #[arg(long, value_name = "N", default_value_t = 128)]
     pub max_ports: usize,
 
@@ -170,14 +171,15 @@ pub struct RunArgs {
     pub max_sockets: usize,
 
     /// Most network namespaces whose TCP settings are exported
-    /// (`tcptrace_sysctl`); those with the most sockets first.
+    /// (`tcptrace_sysctl`); those with the most sockets first, tcptrace's
+    /// own before all; 0 exports none.
     #[arg(long, value_name = "N", default_value_t = 256)]
     pub max_netns: usize,
 
     /// How often to compare the tracked sockets with the kernel's and
-    /// correct drift, and to re-read the TCP settings, e.g. 60s, 5m; 0
-    /// disables.
-    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    /// correct drift, and to re-read the TCP settings, e.g. 60s, 5m: at
+    /// least 1s; 0 disables.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_reconcile_interval)]
     pub reconcile_interval: Duration,
 
     /// Age at which a socket in CLOSE_WAIT, FIN_WAIT2 or LAST_ACK is stale:
@@ -188,7 +190,8 @@ pub struct RunArgs {
     pub stale_after: Vec<StaleSetting>,
 
     /// Most distinct `process` label values of `tcptrace_stale_sockets`:
-    /// the processes with the most stale sockets; the rest are "other".
+    /// the processes with the most stale sockets; the rest are "other"
+    /// (all of them with 0).
     #[arg(long, value_name = "N", default_value_t = 32)]
     pub max_processes: usize,
 
@@ -246,6 +249,18 @@ pub struct TopArgs {
     /// Time between refreshes, e.g. 1s, 500ms.
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_refresh)]
     pub interval: Duration,
+}
+
+/// Reconciliation reads every socket of every namespace: more often than
+/// once a second would cost more than it corrects.
+fn parse_reconcile_interval(text: &str) -> Result<Duration, String> {
+    let interval = parse_duration(text)?;
+    if !interval.is_zero() && interval < Duration::from_secs(1) {
+        return Err(format!(
+            "{text} is too short: at least 1s (0 disables reconciliation)"
+        ));
+    }
+    Ok(interval)
 }
 
 fn parse_refresh(text: &str) -> Result<Duration, String> {
@@ -399,6 +414,17 @@ mod tests {
         for bad in ["", "60", "s", "5x", "-1s", "1.5s", "99999999999999999999h"] {
             assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn reconcile_intervals() {
+        assert_eq!(parse_reconcile_interval("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_reconcile_interval("1s"), Ok(Duration::from_secs(1)));
+        assert_eq!(
+            parse_reconcile_interval("999ms"),
+            Err("999ms is too short: at least 1s (0 disables reconciliation)".to_owned())
+        );
+        assert!(parse_reconcile_interval("1ms").is_err());
     }
 
     #[test]

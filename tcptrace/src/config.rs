@@ -20,7 +20,7 @@ use std::{
 use clap::{ArgMatches, CommandFactory, parser::ValueSource};
 use toml::de::{DeTable, DeValue};
 
-use crate::cli::Cli;
+use crate::{cli::Cli, files};
 
 const RUN: &str = "run";
 const CONFIG_FLAG: &str = "config";
@@ -61,11 +61,11 @@ pub fn with_config_file(
     let Some(path) = run.get_one::<PathBuf>(CONFIG_FLAG) else {
         return Ok(args);
     };
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+    let text = files::read_text(path, files::CONFIG_MAX_BYTES).map_err(|e| ConfigError {
         path: path.clone(),
         line: None,
         key: None,
-        message: format!("cannot read it: {e}"),
+        message: e.to_string(),
     })?;
     let command = run_command();
     let given_on_command_line = |key: &str| {

@@ -132,6 +132,14 @@ mod tests {
         assert_eq!(policy.label(Role::Client, 5432), PortLabel::Port(5432));
     }
 
+    /// `--max-ports 0`: no port gets a label of its own.
+    #[test]
+    fn a_limit_of_zero_labels_nothing() {
+        let mut policy = PortPolicy::new(&[], 32768, 0);
+        assert_eq!(policy.label(Role::Server, 80), PortLabel::Other);
+        assert_eq!(policy.label(Role::Client, 443), PortLabel::Other);
+    }
+
     #[test]
     fn ephemeral_client_ports_never_get_a_label() {
         let mut policy = PortPolicy::new(&[], 32768, 128);

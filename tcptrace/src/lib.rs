@@ -21,11 +21,13 @@ pub mod diag;
 pub mod doctor;
 pub mod event;
 pub mod fasthash;
+pub mod files;
 pub mod handshake;
 pub mod kallsyms;
 pub mod labels;
 pub mod layout;
 pub mod lookups;
+pub mod memory;
 pub mod metrics;
 pub mod output;
 pub mod owners;
@@ -54,6 +56,18 @@ pub enum Error {
         address: String,
         source: std::io::Error,
     },
+}
+
+impl Error {
+    /// 2 for bad input (the command line, or a file it names that is not
+    /// one tcptrace reads), 1 when tcptrace could not do its work.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Usage(_)
+            | Self::Probe(probes::ProbeError::Btf(btf::BtfError::Unsuitable { .. })) => 2,
+            _ => 1,
+        }
+    }
 }
 
 /// How a command that ran to its end wants the process to exit.

@@ -30,13 +30,9 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(tcptrace::run(cli)) {
         Ok(outcome) => ExitCode::from(outcome.exit_code()),
-        Err(e @ tcptrace::Error::Usage(_)) => {
-            eprintln!("tcptrace: {e}");
-            ExitCode::from(2)
-        }
         Err(e) => {
             eprintln!("tcptrace: {e}");
-            ExitCode::FAILURE
+            ExitCode::from(e.exit_code())
         }
     }
 }

@@ -190,7 +190,9 @@ impl Probes {
         if OBJECT.is_empty() {
             return Err(ProbeError::EmptyObject);
         }
-        let kernel_btf = btf::Btf::from_file(&config.btf_path)?;
+        // Read once, bounded, for both parsers.
+        let btf_bytes = btf::read(&config.btf_path)?;
+        let kernel_btf = btf::Btf::parse(&btf_bytes)?;
         let mut unresolved: Vec<(&str, String)> = Vec::new();
         let mut symbol = |name: &'static str| {
             kallsyms::address_of(Path::new(KALLSYMS), name).unwrap_or_else(|reason| {
@@ -206,13 +208,12 @@ impl Probes {
         let mut layout = layout::kernel_layout(&kernel_btf, symbols)?;
         layout.ring_wakeup_bytes = u64::from(config.ring_buffer_bytes / 4);
         let reset_reasons = reset_reason_names(&kernel_btf);
-        let loader_btf =
-            aya::Btf::parse_file(&config.btf_path, Endianness::default()).map_err(|source| {
-                ProbeError::LoaderBtf {
-                    path: config.btf_path.clone(),
-                    source: Box::new(source),
-                }
-            })?;
+        let loader_btf = aya::Btf::parse(&btf_bytes, Endianness::default()).map_err(|source| {
+            ProbeError::LoaderBtf {
+                path: config.btf_path.clone(),
+                source: Box::new(source),
+            }
+        })?;
         let mut ebpf = EbpfLoader::new()
             .btf(&loader_btf)
             .override_global("LAYOUT", &layout, true)

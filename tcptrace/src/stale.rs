@@ -414,4 +414,15 @@ mod tests {
         );
         assert!(report.family().get_metric().is_empty());
     }
+
+    /// `--max-processes 0`: every owned socket is "other".
+    #[test]
+    fn a_bound_of_zero_names_no_process() {
+        let mut owners = Owners::default();
+        owned(&mut owners, 1, 10, "java");
+        let mut report = StaleReport::new(StaleAfter::default(), 0);
+        report.update(&[socket(1), socket(2)], &owners, 100, Instant::now());
+        let names: Vec<&str> = report.groups().iter().map(|g| g.process.as_str()).collect();
+        assert_eq!(names, ["other", "unknown"]);
+    }
 }

@@ -41,6 +41,7 @@ fn bad_usage_exits_2_with_one_line() {
         (&["events", "--state", "WAITING"], "ESTABLISHED"),
         (&["events", "--format", "xml"], "--format"),
         (&["--log-level", "loud", "events"], "--log-level"),
+        (&["run", "--reconcile-interval", "500ms"], "at least 1s"),
     ] {
         let (code, stderr) = run(&mut tcptrace(args));
         assert_eq!(code, 2, "{args:?}: {stderr}");

@@ -5,12 +5,21 @@
 mod common;
 
 use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{Ipv4Addr, SocketAddr},
     process::Command,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
     thread,
     time::{Duration, Instant},
 };
 
+use base64::Engine;
 use common::{Daemon, Scratch, one_line_failure};
+use rustls_pki_types::{CertificateDer, ServerName, pem::PemObject};
+use tokio_rustls::rustls;
 
 /// (HTTP status, body) of `curl` with `args`; status 0 when no HTTP
 /// response came back (curl's own failure, such as a refused handshake).
@@ -31,14 +40,8 @@ fn curl(args: &[&str]) -> (u16, String) {
     (status.trim().parse().unwrap_or(0), body.to_owned())
 }
 
-#[test]
-fn tls_and_basic_auth_guard_every_path() {
-    let scratch = Scratch::new("web-security");
-    let (cert, key, config) = (
-        scratch.path("tls.crt"),
-        scratch.path("tls.key"),
-        scratch.path("web.toml"),
-    );
+/// A self-signed certificate for 127.0.0.1, from openssl.
+fn make_certificate(cert: &str, key: &str) {
     let made = Command::new("openssl")
         .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
         .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
@@ -47,11 +50,26 @@ fn tls_and_basic_auth_guard_every_path() {
             "/CN=tcptrace",
             "-addext",
             "subjectAltName=IP:127.0.0.1",
+            // A server's certificate, trusted as itself: webpki refuses a
+            // CA's as a server's.
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
         ])
-        .args(["-keyout", &key, "-out", &cert])
+        .args(["-keyout", key, "-out", cert])
         .output()
         .expect("run openssl");
     assert!(made.status.success(), "openssl: {made:?}");
+}
+
+#[test]
+fn tls_and_basic_auth_guard_every_path() {
+    let scratch = Scratch::new("web-security");
+    let (cert, key, config) = (
+        scratch.path("tls.crt"),
+        scratch.path("tls.key"),
+        scratch.path("web.toml"),
+    );
+    make_certificate(&cert, &key);
     let hash = bcrypt::hash("s3cret", 4).expect("bcrypt");
     std::fs::write(
         &config,
@@ -123,4 +141,226 @@ fn a_bad_web_config_is_one_line_and_exit_2() {
             "{stderr}"
         );
     }
+}
+
+const ATTACKERS: usize = 200;
+
+/// A TLS client of the daemon over one keep-alive connection from
+/// `source`, trusting only `cert`.
+struct TlsClient(rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>);
+
+impl TlsClient {
+    fn connect(config: &Arc<rustls::ClientConfig>, source: Ipv4Addr, address: SocketAddr) -> Self {
+        let tcp = common::connect_with(address, Some(source), None);
+        tcp.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        let name = ServerName::from(address.ip());
+        let connection = rustls::ClientConnection::new(config.clone(), name).expect("TLS client");
+        Self(rustls::StreamOwned::new(connection, tcp))
+    }
+
+    /// The status of a GET of `/metrics` as `user:password`, its body read.
+    fn get(&mut self, credentials: &str) -> std::io::Result<u16> {
+        let basic = base64::engine::general_purpose::STANDARD.encode(credentials);
+        write!(
+            self.0,
+            "GET /metrics HTTP/1.1\r\nHost: test\r\nAuthorization: Basic {basic}\r\n\r\n"
+        )?;
+        self.0.flush()?;
+        let mut reader = BufReader::new(&mut self.0);
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        let status = line
+            .split_ascii_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("no status in {line:?}")))?;
+        let mut length = 0;
+        loop {
+            line.clear();
+            reader.read_line(&mut line)?;
+            if line.trim().is_empty() {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body)?;
+        Ok(status)
+    }
+}
+
+/// Threads sending wrong passwords as fast as they are answered, each on a
+/// keep-alive connection of its own; stopped when dropped, passing or not.
+struct Attack {
+    stop: Arc<AtomicBool>,
+    /// Answers: 401 (checked), 429 (refused unchecked), anything else.
+    answers: Arc<[AtomicUsize; 3]>,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+impl Attack {
+    fn start(tls: &Arc<rustls::ClientConfig>, source: Ipv4Addr, address: SocketAddr) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let answers = Arc::new([
+            AtomicUsize::new(0),
+            AtomicUsize::new(0),
+            AtomicUsize::new(0),
+        ]);
+        let threads = (0..ATTACKERS)
+            .map(|i| {
+                let (tls, stop, answers) = (tls.clone(), stop.clone(), answers.clone());
+                thread::spawn(move || {
+                    let mut client = TlsClient::connect(&tls, source, address);
+                    let mut guess = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        guess += 1;
+                        let answer = match client.get(&format!("prometheus:guess-{i}-{guess}")) {
+                            Ok(401) => 0,
+                            Ok(429) => 1,
+                            Ok(_) => 2,
+                            // Closed (its time is up): a new connection.
+                            Err(_) => {
+                                client = TlsClient::connect(&tls, source, address);
+                                continue;
+                            }
+                        };
+                        answers[answer].fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        Self {
+            stop,
+            answers,
+            threads,
+        }
+    }
+
+    fn checked(&self) -> usize {
+        self.answers[0].load(Ordering::Relaxed)
+    }
+
+    fn refused(&self) -> usize {
+        self.answers[1].load(Ordering::Relaxed)
+    }
+
+    fn neither(&self) -> usize {
+        self.answers[2].load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Attack {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A client configuration trusting `cert` alone.
+fn trusting(cert: &str) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(cert).expect("read the certificate"))
+        .expect("trust it");
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    )
+}
+
+/// 200 threads send wrong passwords from 127.0.0.1 as fast as they are
+/// answered. A first login from 127.0.0.2 used to wait behind every one of
+/// their bcrypt checks (15.5 s); now each address's guesses queue behind
+/// each other, and an address that keeps failing is refused unchecked.
+#[test]
+fn guessing_from_one_address_does_not_hold_up_another() {
+    let scratch = Scratch::new("web-security-logins");
+    let (cert, key, config) = (
+        scratch.path("tls.crt"),
+        scratch.path("tls.key"),
+        scratch.path("web.toml"),
+    );
+    make_certificate(&cert, &key);
+    // The cost htpasswd uses by default: tens of milliseconds a check.
+    let prometheus = bcrypt::hash("s3cret", 10).expect("bcrypt");
+    let replica = bcrypt::hash("r3plica", 10).expect("bcrypt");
+    std::fs::write(
+        &config,
+        format!(
+            "[tls_server_config]\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\n\n\
+             [basic_auth_users]\nprometheus = \"{prometheus}\"\nreplica = \"{replica}\"\n"
+        ),
+    )
+    .expect("write the web config");
+    let tls = trusting(&cert);
+
+    let daemon = Daemon::spawn_at("127.0.0.1:0", &["--web.config.file", &config]);
+    let address = daemon.address;
+    let (attacker, other) = (Ipv4Addr::LOCALHOST, Ipv4Addr::new(127, 0, 0, 2));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut ready = TlsClient::connect(&tls, other, address);
+    while ready.get("prometheus:s3cret").expect("a response") != 200 {
+        assert!(Instant::now() < deadline, "not ready within 60 s");
+        thread::sleep(Duration::from_millis(100));
+    }
+    drop(ready);
+
+    let attack_began = Instant::now();
+    let attack = Attack::start(&tls, attacker, address);
+    // The first guesses are answered: the others are queued behind them.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while attack.checked() == 0 {
+        assert!(Instant::now() < deadline, "no guess answered within 30 s");
+        thread::sleep(Duration::from_millis(10));
+    }
+
+    // A first login of a user no request has named yet, from another address.
+    let started = Instant::now();
+    let mut fresh = TlsClient::connect(&tls, other, address);
+    let status = fresh.get("replica:r3plica").expect("a response");
+    let took = started.elapsed();
+    eprintln!("a first login behind {ATTACKERS} guessing threads: {status} in {took:?}");
+    assert_eq!(status, 200);
+    assert!(
+        took < Duration::from_secs(1),
+        "a first login took {took:?} behind {ATTACKERS} guessing threads"
+    );
+    // Another address fails as usual, checked (401), not refused (429).
+    assert_eq!(fresh.get("replica:wrong").expect("a response"), 401);
+
+    // The attacker is refused unchecked within a few guesses.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while attack.refused() < ATTACKERS {
+        assert!(Instant::now() < deadline, "the attacker is not refused");
+        thread::sleep(Duration::from_millis(10));
+    }
+    let elapsed = attack_began.elapsed();
+    let (checked, refused, neither) = (attack.checked(), attack.refused(), attack.neither());
+    drop(attack);
+    eprintln!("attacker: {checked} guesses checked, {refused} refused unchecked in {elapsed:?}");
+    assert_eq!(neither, 0, "wrong passwords got neither 401 nor 429");
+    // 5 free failures, the 6th starts a wait of 1 s, and each wait run out
+    // allows one more and doubles: about log2 of the seconds since; one
+    // more for the race at each end.
+    let seconds = u32::try_from(elapsed.as_secs()).unwrap_or(u32::MAX);
+    let bound = 6 + (seconds + 1).ilog2() as usize + 2;
+    assert!(
+        checked <= bound,
+        "{checked} guesses checked in {elapsed:?}, more than {bound}"
+    );
+    let (status, stderr) = daemon.stop();
+    assert!(status.success(), "{status}: {stderr}");
+    assert!(stderr.contains("failed logins"), "{stderr}");
 }

@@ -260,6 +260,7 @@ impl Site for Exporter {
 
 pub async fn run(args: RunArgs) -> Result<(), Error> {
     raise_open_file_limit();
+    crate::memory::return_large_buffers();
     let security = web_security(args.web_config_file.as_deref())?;
     let scheme = if security.tls.is_some() {
         "https"

@@ -702,6 +702,17 @@ pub fn http_get(address: SocketAddr, path: &str) -> (u16, String) {
 
 /// [`http_get`] from a chosen local IPv4 address.
 pub fn http_get_from(source: std::net::Ipv4Addr, address: SocketAddr, path: &str) -> (u16, String) {
+    http_get_over(connect_with(address, Some(source), None), path)
+}
+
+/// A TCP connection to an IPv4 `address`, from `source` if given, with a
+/// receive buffer of `receive_buffer` bytes if given (set before the
+/// connection, so that the window it announces is that small).
+pub fn connect_with(
+    address: SocketAddr,
+    source: Option<std::net::Ipv4Addr>,
+    receive_buffer: Option<libc::c_int>,
+) -> TcpStream {
     use std::os::fd::FromRawFd;
     let SocketAddr::V4(target) = address else {
         panic!("IPv4 only");
@@ -721,11 +732,34 @@ pub fn http_get_from(source: std::net::Ipv4Addr, address: SocketAddr, path: &str
         let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
         assert!(fd >= 0, "socket: {}", io::Error::last_os_error());
         let stream = TcpStream::from_raw_fd(fd);
-        let local = sockaddr(source, 0);
-        check(libc::bind(fd, (&raw const local).cast(), len)).expect("bind source");
+        if let Some(bytes) = receive_buffer {
+            set_option(&stream, libc::SOL_SOCKET, libc::SO_RCVBUF, &bytes);
+        }
+        if let Some(source) = source {
+            let local = sockaddr(source, 0);
+            check(libc::bind(fd, (&raw const local).cast(), len)).expect("bind source");
+        }
         let remote = sockaddr(*target.ip(), target.port());
         check(libc::connect(fd, (&raw const remote).cast(), len)).expect("connect");
-        http_get_over(stream, path)
+        stream
+    }
+}
+
+/// Raises this process's soft limit on open files to at least `wanted`
+/// (within the hard limit, raised too where root may), for tests that hold
+/// thousands of connections.
+pub fn raise_open_files(wanted: u64) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls on a struct this function owns.
+    unsafe {
+        check(libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit)).expect("getrlimit");
+        limit.rlim_max = limit.rlim_max.max(wanted);
+        limit.rlim_cur = limit.rlim_cur.max(wanted);
+        check(libc::setrlimit(libc::RLIMIT_NOFILE, &raw const limit))
+            .unwrap_or_else(|e| panic!("cannot open {wanted} files: {e}"));
     }
 }
 
@@ -1073,15 +1107,37 @@ impl DeadLink {
 }
 
 /// Runs `tcptrace ARGS` to its end, for a run that must fail at start:
-/// (exit code, stderr), stderr asserted to be a single line.
+/// (exit code, stderr), stderr asserted to be a single line. A run still
+/// going after 30 s is killed and fails the test.
 pub fn one_line_failure(args: &[&str]) -> (Option<i32>, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_tcptrace"))
-        .args(args)
-        .output()
-        .expect("run tcptrace");
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let mut child = ChildGuard(
+        Command::new(env!("CARGO_BIN_EXE_tcptrace"))
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run tcptrace"),
+    );
+    let mut pipe = child.0.stderr.take().expect("stderr");
+    let reader = thread::spawn(move || {
+        let mut text = String::new();
+        let _ = pipe.read_to_string(&mut text);
+        text
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.0.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "tcptrace {args:?} still runs after 30 s"
+        );
+        thread::sleep(Duration::from_millis(10));
+    };
+    let stderr = reader.join().expect("stderr reader");
     assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
-    (out.status.code(), stderr)
+    (status.code(), stderr)
 }
 
 /// A directory of a test's own under the system's temporary directory (the
