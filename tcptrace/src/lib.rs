@@ -1,53 +1,41 @@
 //! tcptrace: TCP socket states traced with eBPF.
 //!
-//! Data flows one way: kernel hooks ([`probes`]) fill a ring buffer, read by
-//! [`ring`] and typed by [`decode`] into [`event`]s (with [`handshake`]
-//! giving each new connection's first transition its own identity on
-//! kernels that report it too early); the [`tracker`] turns
-//! them into per-socket changes (TIME_WAIT derived, sockets found at start-up
-//! by [`diag`] added), which feed the [`metrics`] served by [`web`], or the
-//! event stream ([`output`]).
+//! Data flows one way, and each folder is one stage of it; a stage uses
+//! only the ones listed before it (see ARCHITECTURE.md):
+//!
+//! - [`support`]: clocks, hashing, bounded file reads;
+//! - [`events`]: the typed kernel events, decoded from ring-buffer bytes;
+//! - [`kernel`]: the BPF programs, loaded for the running kernel, and the
+//!   ring buffer they fill;
+//! - [`host`]: what the kernel reports when asked (sock_diag, namespaces,
+//!   sysctls);
+//! - [`track`]: every socket's state by cookie, TIME_WAIT derived;
+//! - [`aggregate`]: what the sockets add up to per role and port, stale
+//!   sockets and their owners;
+//! - [`export`]: Prometheus, the JSON API, the HTTP server, the event
+//!   stream;
+//! - [`doctor`]: whether tcptrace can run here;
+//! - [`cli`]: the command line, the config file and the commands.
 
-pub mod api;
-pub mod btf;
-pub mod capabilities;
+pub mod aggregate;
 pub mod cli;
-pub mod client;
-pub mod clock;
-pub mod commands;
-pub mod config;
-pub mod decode;
-pub mod diag;
 pub mod doctor;
-pub mod event;
-pub mod fasthash;
-pub mod files;
-pub mod handshake;
-pub mod kallsyms;
-pub mod labels;
-pub mod layout;
-pub mod lookups;
-pub mod memory;
-pub mod metrics;
-pub mod output;
-pub mod owners;
-pub mod probes;
-pub mod ring;
-pub mod stale;
-pub mod sysctls;
-pub mod tracker;
-pub mod web;
-pub mod web_config;
+pub mod events;
+pub mod export;
+pub mod host;
+pub mod kernel;
+pub mod support;
+pub mod track;
 
 /// Any failure of a command, worded for the person who ran it.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
-    Probe(#[from] probes::ProbeError),
+    Probe(#[from] kernel::probes::ProbeError),
     #[error(transparent)]
     Io(#[from] std::io::Error),
     #[error(transparent)]
-    Client(#[from] client::ClientError),
+    Client(#[from] export::client::ClientError),
     /// A combination of options that cannot work; exit code 2.
     #[error("{0}")]
     Usage(String),
@@ -64,7 +52,9 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Self::Usage(_)
-            | Self::Probe(probes::ProbeError::Btf(btf::BtfError::Unsuitable { .. })) => 2,
+            | Self::Probe(kernel::probes::ProbeError::Btf(kernel::btf::BtfError::Unsuitable {
+                ..
+            })) => 2,
             _ => 1,
         }
     }
@@ -91,12 +81,16 @@ impl Outcome {
 /// Runs the parsed command line to completion.
 pub async fn run(cli: cli::Cli) -> Result<Outcome, Error> {
     match cli.command {
-        cli::Command::Events(args) => commands::events::run(args).await.map(|()| Outcome::Done),
-        cli::Command::Run(args) => commands::run::run(args).await.map(|()| Outcome::Done),
-        cli::Command::Sockets(args) => commands::sockets::run(args).await.map(|()| Outcome::Done),
-        cli::Command::Top(args) => commands::top::run(args).await.map(|()| Outcome::Done),
+        cli::Command::Events(args) => cli::commands::events::run(args)
+            .await
+            .map(|()| Outcome::Done),
+        cli::Command::Run(args) => cli::commands::run::run(args).await.map(|()| Outcome::Done),
+        cli::Command::Sockets(args) => cli::commands::sockets::run(args)
+            .await
+            .map(|()| Outcome::Done),
+        cli::Command::Top(args) => cli::commands::top::run(args).await.map(|()| Outcome::Done),
         // Blocking, on purpose: nothing else runs meanwhile.
-        cli::Command::Doctor(args) => commands::doctor::run(&args).map(Outcome::Checked),
+        cli::Command::Doctor(args) => cli::commands::doctor::run(&args).map(Outcome::Checked),
     }
 }
 
@@ -126,16 +120,16 @@ mod tests {
     #[test]
     fn one_line_says_each_cause_once() {
         let io = std::io::Error::from_raw_os_error(libc::EACCES);
-        let btf = btf::BtfError::Io {
+        let btf = kernel::btf::BtfError::Io {
             path: "/sys/kernel/btf/vmlinux".into(),
             source: io,
         };
-        let probe = probes::ProbeError::Btf(btf);
+        let probe = kernel::probes::ProbeError::Btf(btf);
         assert_eq!(
             one_line(&probe),
             "cannot read kernel BTF at /sys/kernel/btf/vmlinux: Permission denied (os error 13)"
         );
-        let verifier = probes::ProbeError::Verifier {
+        let verifier = kernel::probes::ProbeError::Verifier {
             program: "timer_start",
             min_kernel: "5.12",
             error: std::io::Error::from_raw_os_error(libc::EPERM),

@@ -53,7 +53,7 @@ fn parse(args: Vec<OsString>) -> Result<Cli, ExitCode> {
         ExitCode::from(2)
     };
     let matches = Cli::command().try_get_matches_from(&args).map_err(usage)?;
-    let args = tcptrace::config::with_config_file(args, &matches).map_err(|e| {
+    let args = tcptrace::cli::config::with_config_file(args, &matches).map_err(|e| {
         eprintln!("tcptrace: --config {e}");
         ExitCode::from(2)
     })?;

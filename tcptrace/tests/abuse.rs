@@ -13,7 +13,7 @@ use std::{
 };
 
 use common::{Daemon, NetNs, Scratch};
-use tcptrace::web;
+use tcptrace::export::web;
 
 const SLOW_CLIENTS: usize = 500;
 const BAD_REQUESTS: usize = 10_000;

@@ -12,7 +12,7 @@ use std::{
 
 use common::{ChildGuard, NetNs, kernel_at_least};
 use serde_json::Value;
-use tcptrace::probes::HOOKS;
+use tcptrace::kernel::probes::HOOKS;
 
 /// What one run of tcptrace printed, and how it ended.
 struct Ran {

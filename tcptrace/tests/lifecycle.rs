@@ -20,7 +20,7 @@ use std::{
 };
 
 use common::{Daemon, NetNs, Scrape, leak_close_wait, one_line_failure, signal};
-use tcptrace::probes::HOOKS;
+use tcptrace::kernel::probes::HOOKS;
 
 /// The kernel keeps 15 characters of a program's name.
 const NAME_LEN: usize = 15;

@@ -9,7 +9,7 @@ mod common;
 use std::{process::Command, time::Duration};
 
 use common::{Daemon, Leaker, NetNs, Scrape};
-use tcptrace::{api::SocketList, owners::OwnerSource};
+use tcptrace::{aggregate::owners::OwnerSource, export::api::SocketList};
 
 const PORT: u16 = 8080;
 
@@ -178,7 +178,8 @@ fn check_api(daemon: &Daemon, [(leaker_a, ns_a), (leaker_b, ns_b)]: [(&Leaker, &
     // The overview names both groups with their pids.
     let (status, overview) = daemon.get("/api/v1/overview");
     assert_eq!(status, 200);
-    let overview: tcptrace::api::Overview = serde_json::from_str(&overview).expect("overview");
+    let overview: tcptrace::export::api::Overview =
+        serde_json::from_str(&overview).expect("overview");
     for (leaker, count) in [(&leaker_a, 25), (&leaker_b, 5)] {
         let group = overview
             .stale

@@ -11,28 +11,28 @@ use std::{
 };
 
 use common::{Connection, NetNs, Tracer, client_closes_first, transitions};
-use tcptrace::event::{
+use tcptrace::events::{
     EventKind, SocketEvent,
     TcpState::{
         Close, CloseWait, Established, FinWait1, FinWait2, LastAck, Listen, SynRecv, SynSent,
     },
 };
 
-const CLIENT: [(tcptrace::event::TcpState, tcptrace::event::TcpState); 5] = [
+const CLIENT: [(tcptrace::events::TcpState, tcptrace::events::TcpState); 5] = [
     (Close, SynSent),
     (SynSent, Established),
     (Established, FinWait1),
     (FinWait1, FinWait2),
     (FinWait2, Close), // the kernel hands over to a timewait socket here
 ];
-const SERVER: [(tcptrace::event::TcpState, tcptrace::event::TcpState); 5] = [
+const SERVER: [(tcptrace::events::TcpState, tcptrace::events::TcpState); 5] = [
     (Listen, SynRecv),
     (SynRecv, Established),
     (Established, CloseWait),
     (CloseWait, LastAck),
     (LastAck, Close),
 ];
-const LISTENER: [(tcptrace::event::TcpState, tcptrace::event::TcpState); 2] =
+const LISTENER: [(tcptrace::events::TcpState, tcptrace::events::TcpState); 2] =
     [(Close, Listen), (Listen, Close)];
 
 #[test]

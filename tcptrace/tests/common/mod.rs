@@ -27,9 +27,9 @@ use std::{
 };
 
 use tcptrace::{
-    event::{EventKind, SocketEvent, TcpState},
-    probes::{ProbeConfig, Probes},
-    ring::Batch,
+    events::{EventKind, SocketEvent, TcpState},
+    kernel::probes::{ProbeConfig, Probes},
+    kernel::ring::Batch,
 };
 
 /// The running kernel's version, (major, minor), from its release.

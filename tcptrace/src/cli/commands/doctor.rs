@@ -1,0 +1,212 @@
+//! `tcptrace doctor`: finds out what tcptrace can do on this host, by trying
+//! it, and prints the report that [`crate::doctor`] judges from it.
+
+use std::{
+    cmp::Reverse,
+    fs,
+    io::{self, Write},
+    path::{Path, PathBuf},
+};
+
+use crate::{
+    Error,
+    cli::DoctorArgs,
+    doctor::{self, BtfFacts, Findings, NamespaceContents, NamespaceFacts, ReportFormat, Verdict},
+    host::sock_diag::{self, DiagError},
+    host::sysctls,
+    kernel::btf,
+    kernel::capabilities::Capabilities,
+    kernel::kallsyms,
+    kernel::layout::{self, TimerSymbols},
+    kernel::probes::{self, Hook, ProbeConfig, Probes},
+    one_line,
+};
+
+pub fn run(args: &DoctorArgs) -> Result<Verdict, Error> {
+    let report = doctor::assess(&gather(&args.probe.config()));
+    let mut out = io::stdout().lock();
+    let written = match args.format {
+        ReportFormat::Text => report.write_text(&mut out),
+        ReportFormat::Json => serde_json::to_writer_pretty(&mut out, &report)
+            .map_err(io::Error::from)
+            .and_then(|()| writeln!(out)),
+    }
+    .and_then(|()| out.flush());
+    match written {
+        // The reader went away (`| head`): the verdict still stands.
+        Err(error) if error.kind() != io::ErrorKind::BrokenPipe => Err(Error::Io(error)),
+        _ => Ok(report.verdict),
+    }
+}
+
+/// Looks at everything tcptrace needs; blocking, and it loads and attaches
+/// the BPF programs for a moment.
+pub fn gather(config: &ProbeConfig) -> Findings {
+    let (namespaces, namespaces_without_sockets) = namespaces();
+    Findings {
+        kernel_release: probes::kernel_release(),
+        btf_path: config.btf_path.clone(),
+        btf: btf_facts(&config.btf_path),
+        capabilities: Capabilities::effective(),
+        kernel_addresses: kallsyms::addresses_visible(Path::new("/proc/kallsyms")),
+        hooks: attach_hooks(config),
+        tracefs: tracefs_mounts(),
+        namespaces,
+        namespaces_without_sockets,
+    }
+}
+
+fn btf_facts(path: &Path) -> Result<BtfFacts, String> {
+    let btf = btf::Btf::from_file(path).map_err(|e| one_line(&e))?;
+    // Resolving the layout proves every member the programs read is there.
+    let layout = layout::kernel_layout(&btf, TimerSymbols::default()).map_err(|e| one_line(&e))?;
+    Ok(BtfFacts {
+        send_reset_has_reason: layout.send_reset_has_reason != 0,
+        reset_reason_names: btf
+            .enum_values("sk_rst_reason")
+            .map_or(0, |names| names.len()),
+    })
+}
+
+/// Loads and attaches the programs as `run` would, notes which hooks took,
+/// and drops them again, which detaches everything.
+fn attach_hooks(config: &ProbeConfig) -> Result<Vec<(&'static Hook, Option<String>)>, String> {
+    let probes = Probes::load(config).map_err(|e| one_line(&e))?;
+    let outcomes = probes
+        .attached()
+        .iter()
+        .map(|&(hook, attached)| {
+            let why = (!attached).then(|| {
+                probes
+                    .why_not_attached(hook.program)
+                    .unwrap_or("the kernel refused it")
+                    .to_owned()
+            });
+            (hook, why)
+        })
+        .collect();
+    drop(probes);
+    Ok(outcomes)
+}
+
+/// Mount points of tracefs, from the mount table.
+fn tracefs_mounts() -> Vec<PathBuf> {
+    let table = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    table
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_ascii_whitespace();
+            let (_source, target, kind) = (fields.next()?, fields.next()?, fields.next()?);
+            (kind == "tracefs").then(|| PathBuf::from(target))
+        })
+        .collect()
+}
+
+/// tcptrace's own namespace and every other one with TCP sockets (the most
+/// first), then those that could not be entered; and how many hold no TCP
+/// socket. Each is entered once, for its sockets and its settings together.
+fn namespaces() -> (Vec<NamespaceFacts>, usize) {
+    let host = sysctls::host_namespace();
+    let mut read = Vec::new();
+    let mut unreadable = Vec::new();
+    let mut without_sockets = 0;
+    for namespace in sock_diag::namespaces() {
+        let is_host = Some(namespace.inode) == host;
+        let entered = sock_diag::in_namespace(&namespace, || {
+            Ok((sock_diag::dump_current()?.len(), sysctls::read_current()))
+        });
+        let contents = match entered {
+            Ok((0, _)) if !is_host => {
+                without_sockets += 1;
+                continue;
+            }
+            Ok((tcp_sockets, settings)) => Ok(NamespaceContents {
+                tcp_sockets,
+                settings,
+            }),
+            Err(error) if vanished(&error) => continue,
+            Err(error) => Err(one_line(&error)),
+        };
+        let facts = NamespaceFacts {
+            inode: namespace.inode,
+            host: is_host,
+            holder: if is_host {
+                "tcptrace's own".to_owned()
+            } else {
+                holder(&namespace.path)
+            },
+            contents,
+        };
+        if facts.contents.is_ok() {
+            read.push(facts);
+        } else {
+            unreadable.push(facts);
+        }
+    }
+    read.sort_by_key(|ns| {
+        let sockets = ns.contents.as_ref().map_or(0, |c| c.tcp_sockets);
+        (!ns.host, Reverse(sockets))
+    });
+    read.append(&mut unreadable);
+    (read, without_sockets)
+}
+
+/// The process holding a namespace went away between listing and entering:
+/// nothing is missing.
+fn vanished(error: &DiagError) -> bool {
+    match error {
+        DiagError::NamespaceChanged { .. } => true,
+        DiagError::Namespace { source, .. } => {
+            matches!(source.raw_os_error(), Some(libc::ENOENT | libc::ESRCH))
+        }
+        _ => false,
+    }
+}
+
+/// `nginx, pid 812` for `/proc/812/task/…/ns/net`; other paths as they are.
+fn holder(path: &Path) -> String {
+    let pid = path
+        .strip_prefix("/proc")
+        .ok()
+        .and_then(|rest| rest.iter().next())
+        .and_then(|pid| pid.to_str())
+        .filter(|pid| pid.bytes().all(|b| b.is_ascii_digit()));
+    match pid {
+        Some(pid) => match fs::read_to_string(format!("/proc/{pid}/comm")) {
+            Ok(comm) => format!("{}, pid {pid}", comm.trim()),
+            Err(_) => format!("pid {pid}"),
+        },
+        None => path.display().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holders_name_the_process() {
+        let own = std::process::id();
+        let comm = fs::read_to_string("/proc/self/comm").expect("procfs");
+        assert_eq!(
+            holder(Path::new(&format!("/proc/{own}/task/{own}/ns/net"))),
+            format!("{}, pid {own}", comm.trim())
+        );
+        assert_eq!(holder(Path::new("/run/netns/blue")), "/run/netns/blue");
+        assert_eq!(holder(Path::new("/proc/self/ns/net")), "/proc/self/ns/net");
+    }
+
+    #[test]
+    fn vanished_namespaces_are_not_failures() {
+        let gone = DiagError::Namespace {
+            path: PathBuf::from("/proc/1/task/1/ns/net"),
+            source: io::Error::from_raw_os_error(libc::ENOENT),
+        };
+        let refused = DiagError::Namespace {
+            path: PathBuf::from("/proc/1/task/1/ns/net"),
+            source: io::Error::from_raw_os_error(libc::EPERM),
+        };
+        assert!(vanished(&gone));
+        assert!(!vanished(&refused));
+    }
+}

@@ -1,0 +1,197 @@
+//! `tcptrace sockets`: the tracked sockets and their owners, from a running
+//! daemon, or read from the kernel once when none runs.
+
+use std::{
+    collections::HashSet,
+    io::{self, Write},
+    net::SocketAddr,
+};
+
+use crate::{
+    Error,
+    aggregate::owners::{self, Wanted},
+    cli::SocketsArgs,
+    events::TcpState,
+    export::api::{SOCKETS_PATH, SocketList, SocketQuery, SocketRecord},
+    export::client::{self, ClientError},
+    host::sock_diag::{self, DiagSocket},
+};
+
+/// A TIME_WAIT socket's timer always starts at 60 s (`TCP_TIMEWAIT_LEN`).
+const TIME_WAIT_MS: u32 = 60_000;
+
+pub async fn run(args: SocketsArgs) -> Result<(), Error> {
+    let query = SocketQuery {
+        states: args.states.clone(),
+        min_age: args.min_age.unwrap_or_default(),
+        port: args.port,
+        stale: args.stale,
+        limit: args.limit,
+    };
+    let path = format!("{SOCKETS_PATH}?{}", query.to_query());
+    let list = match client::get_json::<SocketList>(args.address, &path).await {
+        Ok(list) => list,
+        Err(ClientError::Unreachable { address, source }) => {
+            if args.stale {
+                return Err(Error::Usage(format!(
+                    "--stale needs the daemon's ages, and no daemon answers at {address} ({source})"
+                )));
+            }
+            tracing::warn!(
+                "no daemon at {address} ({source}): read the kernel once instead; ages are unknown except for TIME_WAIT{}",
+                if query.min_age.is_zero() {
+                    ""
+                } else {
+                    ", so --min-age applies to TIME_WAIT only"
+                }
+            );
+            tokio::task::spawn_blocking(move || from_kernel(&query))
+                .await
+                .map_err(io::Error::other)?
+        }
+        Err(other) => return Err(Error::Client(other)),
+    };
+    let mut out = io::stdout().lock();
+    let written = if args.json {
+        serde_json::to_writer_pretty(&mut out, &list)
+            .map_err(io::Error::other)
+            .and_then(|()| writeln!(out))
+    } else {
+        write_table(&mut out, &list)
+    };
+    match written {
+        Err(error) if error.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
+}
+
+/// The sockets of every namespace as the kernel has them now, with owners;
+/// ages only for TIME_WAIT (its timer's remaining time tells).
+fn from_kernel(query: &SocketQuery) -> SocketList {
+    let (dump, failures) = sock_diag::dump_all();
+    for (namespace, error) in failures {
+        tracing::warn!(path = %namespace.path.display(), %error, "namespace skipped");
+    }
+    let listening: HashSet<(u32, u16)> = dump
+        .iter()
+        .filter(|s| s.state == TcpState::Listen as u8)
+        .map(|s| (s.netns, s.sport))
+        .collect();
+    let mut records: Vec<(SocketRecord, u64)> = dump
+        .iter()
+        .filter_map(|socket| {
+            let record = kernel_record(socket, &listening)?;
+            let label = record.port.clone();
+            let state: TcpState = record.state.parse().ok()?;
+            let old_enough = record
+                .age_seconds
+                .is_none_or(|age| age >= query.min_age.as_secs_f64());
+            (query.selects(state, [socket.sport, socket.dport], &label) && old_enough)
+                .then_some((record, socket.inode))
+        })
+        .collect();
+    let wanted: Vec<Wanted> = records
+        .iter()
+        .map(|(record, inode)| Wanted {
+            cookie: record.cookie,
+            inode: *inode,
+            task: None,
+        })
+        .collect();
+    for ((record, _), (_, owner)) in records.iter_mut().zip(owners::resolve(&wanted)) {
+        record.set_owner(owner.as_ref());
+    }
+    let mut sockets: Vec<SocketRecord> = records.into_iter().map(|(record, _)| record).collect();
+    // Known ages first, oldest first.
+    sockets.sort_by(|a, b| {
+        b.age_seconds
+            .unwrap_or(-1.0)
+            .total_cmp(&a.age_seconds.unwrap_or(-1.0))
+    });
+    let total = sockets.len();
+    sockets.truncate(query.limit);
+    SocketList { sockets, total }
+}
+
+fn kernel_record(socket: &DiagSocket, listening: &HashSet<(u32, u16)>) -> Option<SocketRecord> {
+    let state = TcpState::from_kernel(socket.state)?;
+    let server = state == TcpState::Listen || listening.contains(&(socket.netns, socket.sport));
+    let age_seconds = (socket.timewait && state == TcpState::TimeWait && socket.timer == 3)
+        .then(|| f64::from(TIME_WAIT_MS.saturating_sub(socket.expires_ms)) / 1000.0);
+    Some(SocketRecord {
+        cookie: socket.cookie,
+        state: state.name().to_owned(),
+        age_exact: age_seconds.is_some(),
+        age_seconds,
+        stale: false,
+        role: if server { "server" } else { "client" }.to_owned(),
+        port: if server { socket.sport } else { socket.dport }.to_string(),
+        local: SocketAddr::new(socket.saddr, socket.sport),
+        remote: SocketAddr::new(socket.daddr, socket.dport),
+        netns: socket.netns,
+        pid: None,
+        comm: None,
+        cmdline: None,
+        cgroup: None,
+        owner: None,
+    })
+}
+
+fn write_table(out: &mut impl Write, list: &SocketList) -> io::Result<()> {
+    const HEADER: [&str; 10] = [
+        "STATE", "AGE", "ROLE", "PORT", "LOCAL", "REMOTE", "NETNS", "PID", "COMM", "CGROUP",
+    ];
+    let rows: Vec<[String; 10]> = list
+        .sockets
+        .iter()
+        .map(|s| {
+            let age = s.age_seconds.map_or_else(
+                || "?".to_owned(),
+                |age| format!("{}{age:.1}s", if s.age_exact { "" } else { ">" }),
+            );
+            let or_unknown = |value: &Option<String>| value.clone().unwrap_or_else(|| "?".into());
+            [
+                s.state.clone(),
+                age,
+                s.role.clone(),
+                s.port.clone(),
+                s.local.to_string(),
+                s.remote.to_string(),
+                s.netns.to_string(),
+                s.pid.map_or_else(|| "?".to_owned(), |pid| pid.to_string()),
+                or_unknown(&s.comm),
+                or_unknown(&s.cgroup),
+            ]
+        })
+        .collect();
+    let mut widths = HEADER.map(str::len);
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |out: &mut dyn Write, cells: &[&str]| -> io::Result<()> {
+        let final_column = cells.len() - 1;
+        for (i, (cell, width)) in cells.iter().zip(widths).enumerate() {
+            if i == final_column {
+                writeln!(out, "{cell}")?;
+            } else {
+                write!(out, "{cell:width$}  ")?;
+            }
+        }
+        Ok(())
+    };
+    line(out, &HEADER)?;
+    for row in &rows {
+        line(out, &row.each_ref().map(String::as_str))?;
+    }
+    if list.total > list.sockets.len() {
+        writeln!(
+            out,
+            "({} of {} sockets shown; raise --limit)",
+            list.sockets.len(),
+            list.total
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,473 @@
+//! `tcptrace top`: a live full-screen view of a running daemon, refreshed
+//! every second: per role and port, sockets in the main states and rates,
+//! then the processes holding stale sockets. Fits 80×24; works over SSH.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use ratatui::{
+    DefaultTerminal, Frame,
+    crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers},
+    layout::{Constraint, Layout},
+    style::{Modifier, Style},
+    text::Line,
+    widgets::{Cell, Paragraph, Row, Table},
+};
+
+use crate::{
+    Error,
+    cli::TopArgs,
+    export::api::{OVERVIEW_PATH, Overview, PortSummary},
+    export::client,
+};
+
+/// A column of the port table: its header, width, and how a row sorts and
+/// shows in it.
+struct Column {
+    header: &'static str,
+    width: u16,
+    value: fn(&PortRow) -> Value,
+}
+
+#[derive(Debug, Clone, PartialEq, PartialOrd)]
+enum Value {
+    Text(String),
+    Number(f64),
+}
+
+/// One role and port as shown: counts now and rates since the last refresh.
+#[derive(Debug, Clone)]
+struct PortRow {
+    summary: PortSummary,
+    transitions_per_s: f64,
+    resets_sent_per_s: f64,
+    resets_received_per_s: f64,
+    keepalive_per_s: f64,
+}
+
+impl PortRow {
+    fn count(&self, state: &str) -> Value {
+        #[expect(clippy::cast_precision_loss, reason = "socket counts")]
+        Value::Number(self.summary.sockets.get(state).copied().unwrap_or(0) as f64)
+    }
+}
+
+const COLUMNS: [Column; 12] = [
+    Column {
+        header: "ROLE",
+        width: 6,
+        value: |r| Value::Text(r.summary.role.clone()),
+    },
+    Column {
+        header: "PORT",
+        width: 5,
+        value: |r| Value::Text(r.summary.port.clone()),
+    },
+    Column {
+        header: "ESTAB",
+        width: 5,
+        value: |r| r.count("ESTABLISHED"),
+    },
+    Column {
+        header: "TIME_W",
+        width: 6,
+        value: |r| r.count("TIME_WAIT"),
+    },
+    Column {
+        header: "CLOSE_W",
+        width: 7,
+        value: |r| r.count("CLOSE_WAIT"),
+    },
+    Column {
+        header: "FIN_W2",
+        width: 6,
+        value: |r| r.count("FIN_WAIT2"),
+    },
+    Column {
+        header: "LAST_A",
+        width: 6,
+        value: |r| r.count("LAST_ACK"),
+    },
+    Column {
+        header: "TR/s",
+        width: 6,
+        value: |r| Value::Number(r.transitions_per_s),
+    },
+    Column {
+        header: "RSTo/s",
+        width: 6,
+        value: |r| Value::Number(r.resets_sent_per_s),
+    },
+    Column {
+        header: "RSTi/s",
+        width: 6,
+        value: |r| Value::Number(r.resets_received_per_s),
+    },
+    Column {
+        header: "KA/s",
+        width: 4,
+        value: |r| Value::Number(r.keepalive_per_s),
+    },
+    Column {
+        header: "OLD_CW",
+        width: 6,
+        value: |r| Value::Number(r.summary.oldest_close_wait_seconds),
+    },
+];
+
+/// The column sorted by at start: CLOSE_WAIT, the leak.
+const DEFAULT_SORT: usize = 4;
+
+type Totals = HashMap<(String, String), PortSummary>;
+
+struct View {
+    rows: Vec<PortRow>,
+    overview: Overview,
+    /// The last refresh: when, and the totals by (role, port), for rates.
+    previous: Option<(Instant, Totals)>,
+    sort: usize,
+    descending: bool,
+    status: String,
+}
+
+pub async fn run(args: TopArgs) -> Result<(), Error> {
+    // Fail before taking over the terminal if nothing answers.
+    let first: Overview = client::get_json(args.address, OVERVIEW_PATH).await?;
+    let mut view = View {
+        rows: Vec::new(),
+        overview: Overview::default(),
+        previous: None,
+        sort: DEFAULT_SORT,
+        descending: true,
+        status: String::new(),
+    };
+    view.update(first, Instant::now());
+
+    let mut terminal = ratatui::try_init()?;
+    let result = show(&mut terminal, &mut view, &args).await;
+    ratatui::restore();
+    result
+}
+
+async fn show(
+    terminal: &mut DefaultTerminal,
+    view: &mut View,
+    args: &TopArgs,
+) -> Result<(), Error> {
+    let (keys, mut key_rx) = tokio::sync::mpsc::channel(16);
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let stop = stop.clone();
+        std::thread::spawn(move || read_keys(&keys, &stop))
+    };
+    let mut refresh = tokio::time::interval(args.interval);
+    refresh.reset(); // the first overview is already in
+    let result = loop {
+        terminal.draw(|frame| view.draw(frame, args))?;
+        tokio::select! {
+            _ = refresh.tick() => match client::get_json::<Overview>(args.address, OVERVIEW_PATH).await {
+                Ok(overview) => view.update(overview, Instant::now()),
+                Err(error) => view.status = error.to_string(),
+            },
+            key = key_rx.recv() => match key {
+                None | Some(KeyCode::Char('q') | KeyCode::Esc) => break Ok(()),
+                Some(key) => view.key(key),
+            },
+        }
+    };
+    stop.store(true, Ordering::Relaxed);
+    let _ = reader.join();
+    result
+}
+
+/// Forwards key presses until told to stop (checked every 100 ms) or the
+/// receiver is gone; Ctrl-C arrives as a key in raw mode and means quit.
+fn read_keys(keys: &tokio::sync::mpsc::Sender<KeyCode>, stop: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        match event::poll(Duration::from_millis(100)) {
+            Ok(false) => {}
+            Ok(true) => {
+                let Ok(Event::Key(key)) = event::read() else {
+                    continue;
+                };
+                if key.kind != KeyEventKind::Press {
+                    continue;
+                }
+                let code = if key.modifiers.contains(KeyModifiers::CONTROL)
+                    && key.code == KeyCode::Char('c')
+                {
+                    KeyCode::Char('q')
+                } else {
+                    key.code
+                };
+                if keys.blocking_send(code).is_err() {
+                    return;
+                }
+            }
+            Err(_) => {
+                let _ = keys.blocking_send(KeyCode::Char('q'));
+                return;
+            }
+        }
+    }
+}
+
+impl View {
+    fn update(&mut self, overview: Overview, now: Instant) {
+        let by_key = |ports: &[PortSummary]| {
+            ports
+                .iter()
+                .map(|p| ((p.role.clone(), p.port.clone()), p.clone()))
+                .collect::<HashMap<_, _>>()
+        };
+        self.rows = overview
+            .ports
+            .iter()
+            .map(|summary| {
+                let before = self.previous.as_ref().and_then(|(at, ports)| {
+                    let seconds = now.duration_since(*at).as_secs_f64();
+                    Some((
+                        seconds,
+                        ports.get(&(summary.role.clone(), summary.port.clone()))?,
+                    ))
+                });
+                #[expect(clippy::cast_precision_loss, reason = "counter deltas")]
+                let rate = |now: u64, then: fn(&PortSummary) -> u64| {
+                    before.map_or(0.0, |(seconds, before)| {
+                        now.saturating_sub(then(before)) as f64 / seconds.max(1e-3)
+                    })
+                };
+                PortRow {
+                    transitions_per_s: rate(summary.transitions, |p| p.transitions),
+                    resets_sent_per_s: rate(summary.resets_sent, |p| p.resets_sent),
+                    resets_received_per_s: rate(summary.resets_received, |p| p.resets_received),
+                    keepalive_per_s: rate(summary.keepalive_probes, |p| p.keepalive_probes),
+                    summary: summary.clone(),
+                }
+            })
+            .collect();
+        self.previous = Some((now, by_key(&overview.ports)));
+        self.overview = overview;
+        self.status.clear();
+        self.sort_rows();
+    }
+
+    fn key(&mut self, key: KeyCode) {
+        match key {
+            KeyCode::Left | KeyCode::Char('h') => {
+                self.sort = (self.sort + COLUMNS.len() - 1) % COLUMNS.len();
+            }
+            KeyCode::Right | KeyCode::Char('l') | KeyCode::Tab => {
+                self.sort = (self.sort + 1) % COLUMNS.len();
+            }
+            KeyCode::Char('r') => self.descending = !self.descending,
+            _ => return,
+        }
+        self.sort_rows();
+    }
+
+    fn sort_rows(&mut self) {
+        let column = &COLUMNS[self.sort];
+        self.rows.sort_by(|a, b| {
+            let order = (column.value)(a)
+                .partial_cmp(&(column.value)(b))
+                .unwrap_or(std::cmp::Ordering::Equal);
+            let order = if self.descending {
+                order.reverse()
+            } else {
+                order
+            };
+            // Ties in a stable, readable order.
+            order.then_with(|| {
+                (&a.summary.role, &a.summary.port).cmp(&(&b.summary.role, &b.summary.port))
+            })
+        });
+    }
+
+    fn draw(&self, frame: &mut Frame, args: &TopArgs) {
+        let stale_rows = u16::try_from(self.overview.stale.len().clamp(1, 6)).unwrap_or(6);
+        let [header, ports, stale, help] = Layout::vertical([
+            Constraint::Length(1),
+            Constraint::Min(4),
+            Constraint::Length(stale_rows + 2),
+            Constraint::Length(1),
+        ])
+        .areas(frame.area());
+
+        let lost = match self.overview.events_lost {
+            0 => String::new(),
+            lost => format!("  {lost} events lost"),
+        };
+        let direction = if self.descending { "▼" } else { "▲" };
+        let title = if self.status.is_empty() {
+            format!(
+                "tcptrace top  {}  every {:?}  sort {}{direction}{lost}",
+                args.address, args.interval, COLUMNS[self.sort].header
+            )
+        } else {
+            format!("tcptrace top  {}", self.status)
+        };
+        frame.render_widget(
+            Paragraph::new(title).style(Style::new().add_modifier(Modifier::BOLD)),
+            header,
+        );
+
+        let bold = Style::new().add_modifier(Modifier::BOLD);
+        // The sort column is shown reversed; its direction is in the title.
+        let headers = COLUMNS.iter().enumerate().map(|(i, column)| {
+            let look = if i == self.sort {
+                bold.add_modifier(Modifier::REVERSED)
+            } else {
+                bold
+            };
+            Cell::from(column.header).style(look)
+        });
+        let rows = self.rows.iter().map(|row| {
+            Row::new(COLUMNS.iter().map(|column| {
+                Cell::from(match (column.value)(row) {
+                    Value::Text(text) => text,
+                    Value::Number(n) if column.header == "OLD_CW" => age(n),
+                    // Whole numbers, and rates of 100/s and more, without
+                    // decimals: the columns are narrow.
+                    Value::Number(n) if n.fract() == 0.0 || n >= 100.0 => format!("{n:.0}"),
+                    Value::Number(n) => format!("{n:.1}"),
+                })
+            }))
+        });
+        let widths = COLUMNS.map(|c| Constraint::Length(c.width));
+        frame.render_widget(
+            Table::new(rows, widths)
+                .header(Row::new(headers))
+                .column_spacing(1),
+            ports,
+        );
+
+        let stale_rows = self.overview.stale.iter().map(|group| {
+            let pids: Vec<String> = group.pids.iter().map(u32::to_string).collect();
+            Row::new([
+                Cell::from(group.process.clone()),
+                Cell::from(pids.join(",")),
+                Cell::from(group.state.clone()),
+                Cell::from(group.role.clone()),
+                Cell::from(group.port.clone()),
+                Cell::from(group.sockets.to_string()),
+                Cell::from(age(group.oldest_seconds)),
+            ])
+        });
+        let stale_title = if self.overview.stale.is_empty() {
+            "Stale sockets: none".to_owned()
+        } else {
+            "Stale sockets by owner".to_owned()
+        };
+        let stale_table = Table::new(
+            stale_rows,
+            [
+                Constraint::Length(16),
+                Constraint::Length(14),
+                Constraint::Length(10),
+                Constraint::Length(6),
+                Constraint::Length(5),
+                Constraint::Length(7),
+                Constraint::Length(7),
+            ],
+        )
+        .header(
+            Row::new([
+                "PROCESS", "PIDS", "STATE", "ROLE", "PORT", "SOCKETS", "OLDEST",
+            ])
+            .style(bold),
+        )
+        .block(ratatui::widgets::Block::new().title(Line::from(stale_title).style(bold)))
+        .column_spacing(1);
+        frame.render_widget(stale_table, stale);
+
+        frame.render_widget(
+            Paragraph::new("q quit  ←/→ sort column  r reverse order"),
+            help,
+        );
+    }
+}
+
+/// Seconds as a short age: 42s, 7.5m, 2.1h.
+fn age(seconds: f64) -> String {
+    match seconds {
+        s if s <= 0.0 => "-".to_owned(),
+        s if s < 60.0 => format!("{s:.0}s"),
+        s if s < 3600.0 => format!("{:.1}m", s / 60.0),
+        s => format!("{:.1}h", s / 3600.0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(port: &str, close_wait: u64, transitions: u64) -> PortSummary {
+        PortSummary {
+            role: "server".into(),
+            port: port.into(),
+            sockets: [("CLOSE_WAIT".to_owned(), close_wait)]
+                .into_iter()
+                .collect(),
+            transitions,
+            ..PortSummary::default()
+        }
+    }
+
+    fn view() -> View {
+        View {
+            rows: Vec::new(),
+            overview: Overview::default(),
+            previous: None,
+            sort: DEFAULT_SORT,
+            descending: true,
+            status: String::new(),
+        }
+    }
+
+    #[test]
+    fn rates_and_sorting() {
+        let mut view = view();
+        let start = Instant::now();
+        let overview = |a, b| Overview {
+            ports: vec![summary("443", 3, a), summary("80", 9, b)],
+            ..Overview::default()
+        };
+        view.update(overview(100, 10), start);
+        view.update(overview(300, 20), start + Duration::from_secs(2));
+        let ports: Vec<&str> = view.rows.iter().map(|r| r.summary.port.as_str()).collect();
+        assert_eq!(ports, ["80", "443"], "most CLOSE_WAIT first");
+        assert!((view.rows[1].transitions_per_s - 100.0).abs() < 1.0);
+        assert!((view.rows[0].transitions_per_s - 5.0).abs() < 0.1);
+
+        view.key(KeyCode::Right); // FIN_W2: a tie, broken by port
+        view.key(KeyCode::Right);
+        view.key(KeyCode::Right); // TR/s
+        assert_eq!(COLUMNS[view.sort].header, "TR/s");
+        assert_eq!(view.rows[0].summary.port, "443");
+        view.key(KeyCode::Char('r'));
+        assert_eq!(view.rows[0].summary.port, "80");
+    }
+
+    #[test]
+    fn ages() {
+        assert_eq!(age(0.0), "-");
+        assert_eq!(age(42.4), "42s");
+        assert_eq!(age(450.0), "7.5m");
+        assert_eq!(age(7560.0), "2.1h");
+    }
+
+    /// The whole view fits an 80-column terminal.
+    #[test]
+    fn fits_80_columns() {
+        let spacing = u16::try_from(COLUMNS.len() - 1).unwrap();
+        let table: u16 = COLUMNS.iter().map(|c| c.width).sum::<u16>() + spacing;
+        assert!(table <= 80, "{table} columns");
+    }
+}

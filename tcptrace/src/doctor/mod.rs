@@ -1,0 +1,1075 @@
+//! `tcptrace doctor`'s judgement: from what was found on a host
+//! ([`Findings`]) to a report of checks, each `ok`, `note`, `warn` or `fail`,
+//! and the verdict they add up to.
+//!
+//! Nothing here touches the system, so every outcome can be tested without
+//! one; `commands::doctor` gathers the findings.
+
+use std::{
+    fmt::Write as _,
+    io::{self, Write},
+    path::PathBuf,
+};
+
+use serde::{Serialize, Serializer};
+
+use crate::{
+    host::sysctls::{self, Note, PORT_RANGE, Settings},
+    kernel::capabilities::{
+        CAP_BPF, CAP_DAC_READ_SEARCH, CAP_PERFMON, CAP_SYS_ADMIN, CAP_SYS_PTRACE, CAP_SYSLOG,
+        Capabilities,
+    },
+    kernel::probes::{HOOKS, Hook},
+};
+
+/// How one check came out, from best to worst.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// As tcptrace needs it.
+    Ok,
+    /// Worth knowing; tcptrace runs fully all the same.
+    Note,
+    /// tcptrace runs, without the part the check names.
+    Warn,
+    /// tcptrace cannot run.
+    Fail,
+}
+
+impl Status {
+    fn mark(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Note => "note",
+            Self::Warn => "warn",
+            Self::Fail => "fail",
+        }
+    }
+}
+
+/// What the checks add up to; it is the exit code of `tcptrace doctor`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// tcptrace can run fully (exit 0).
+    Ready,
+    /// tcptrace can run without some part (exit 1).
+    Degraded,
+    /// tcptrace cannot run (exit 2).
+    CannotRun,
+}
+
+impl Verdict {
+    /// The worst check decides: any `fail` means tcptrace cannot run, any
+    /// `warn` that it runs without something; notes change nothing.
+    pub fn of(statuses: impl IntoIterator<Item = Status>) -> Self {
+        match statuses.into_iter().max() {
+            Some(Status::Fail) => Self::CannotRun,
+            Some(Status::Warn) => Self::Degraded,
+            Some(Status::Ok | Status::Note) | None => Self::Ready,
+        }
+    }
+
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Self::Ready => 0,
+            Self::Degraded => 1,
+            Self::CannotRun => 2,
+        }
+    }
+}
+
+/// The output formats of `tcptrace doctor`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReportFormat {
+    /// One section per check, each line starting with ok, note, warn or fail.
+    Text,
+    /// One JSON document, for scripts and monitoring.
+    Json,
+}
+
+/// What was found on the host: everything the report is judged from.
+#[derive(Debug, Clone)]
+pub struct Findings {
+    /// `/proc/sys/kernel/osrelease`, if readable.
+    pub kernel_release: Option<String>,
+    pub btf_path: PathBuf,
+    /// What the BTF file tells, or why it is unusable.
+    pub btf: Result<BtfFacts, String>,
+    /// The effective capability set, if readable.
+    pub capabilities: Option<Capabilities>,
+    /// Whether `/proc/kallsyms` shows this process real addresses, or why
+    /// it cannot be read.
+    pub kernel_addresses: Result<bool, String>,
+    /// Each hook and, if it did not attach, why; or why the programs could
+    /// not be loaded at all.
+    pub hooks: Result<Vec<(&'static Hook, Option<String>)>, String>,
+    /// Where tracefs is mounted.
+    pub tracefs: Vec<PathBuf>,
+    /// tcptrace's own namespace, those with TCP sockets, and those that could
+    /// not be entered.
+    pub namespaces: Vec<NamespaceFacts>,
+    /// Namespaces entered that hold no TCP socket; not shown one by one.
+    pub namespaces_without_sockets: usize,
+}
+
+/// What the kernel's BTF says about tcptrace's needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BtfFacts {
+    /// `tcp_send_reset` passes `enum sk_rst_reason` (Linux 6.10 and later).
+    pub send_reset_has_reason: bool,
+    /// Names in `enum sk_rst_reason`.
+    pub reset_reason_names: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct NamespaceFacts {
+    pub inode: u32,
+    /// The one tcptrace runs in: its settings are labelled `host`.
+    pub host: bool,
+    /// Who holds it open, e.g. `nginx, pid 812` or a `/run/netns` path.
+    pub holder: String,
+    /// Its TCP sockets and settings, or why it could not be entered.
+    pub contents: Result<NamespaceContents, String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NamespaceContents {
+    pub tcp_sockets: usize,
+    pub settings: Settings,
+}
+
+/// The report: every check with its status, and the verdict.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub verdict: Verdict,
+    pub exit_code: u8,
+    pub kernel: Check,
+    pub btf: Vec<Check>,
+    pub hooks: Vec<HookCheck>,
+    pub capabilities: Vec<Check>,
+    pub tracefs: Check,
+    pub namespaces: Vec<NamespaceCheck>,
+    pub namespaces_without_sockets: usize,
+}
+
+/// One check: what was looked at, what was found, what is lost.
+#[derive(Debug, Serialize)]
+pub struct Check {
+    pub status: Status,
+    pub subject: String,
+    pub detail: String,
+    /// What tcptrace does without it, for checks that are not ok.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub without: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct HookCheck {
+    pub status: Status,
+    pub program: &'static str,
+    pub tracepoint: &'static str,
+    pub min_kernel: &'static str,
+    pub attached: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub without: Option<&'static str>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct NamespaceCheck {
+    pub status: Status,
+    /// `host` for tcptrace's own namespace, else the inode: the `netns`
+    /// label of `tcptrace_sysctl`.
+    pub netns: String,
+    pub inode: u32,
+    pub holder: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp_sockets: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub without: Option<&'static str>,
+    /// Sysctl name to value, in the order they are read.
+    #[serde(serialize_with = "in_order")]
+    pub settings: Settings,
+    pub notes: Vec<Note>,
+}
+
+fn in_order<S: Serializer>(settings: &Settings, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_map(settings.iter().map(|(name, value)| (name, value)))
+}
+
+const STATE_HOOK_LOST: &str = "tcptrace cannot run: every state transition comes through this hook";
+const NAMESPACE_LOST: &str = "its state changes are still traced, but its sockets opened before tcptrace started are not counted, drift there is not corrected, FIN_WAIT2 sockets there that turn TIME_WAIT silently are missed, and its TCP settings are not exported";
+const OTHER_NAMESPACES_LOST: &str = "the state changes in other namespaces are still traced, but their sockets opened before tcptrace started are not counted, drift there is not corrected, FIN_WAIT2 sockets there that turn TIME_WAIT silently are missed, and their TCP settings are not exported";
+const TIMER_HOOKS_LOST: &str = "TIME_WAIT and keepalive probes are not seen: the timer hooks recognise timers by the addresses of tw_timer_handler and tcp_keepalive_timer";
+const RESET_REASON_LOST: &str = "resets sent count with reason=\"unknown\"";
+/// The kernel release that gave `tcp_send_reset` its reason argument.
+const RESET_REASON_KERNEL: &str = "6.10";
+
+/// Judges the findings: pure, so every outcome can be unit-tested.
+pub fn assess(findings: &Findings) -> Report {
+    let kernel = parse_version(findings.kernel_release.as_deref().unwrap_or_default());
+    let mut report = Report {
+        verdict: Verdict::Ready,
+        exit_code: 0,
+        kernel: kernel_check(findings.kernel_release.as_deref(), kernel),
+        btf: btf_checks(findings),
+        hooks: hook_checks(&findings.hooks, kernel),
+        capabilities: capability_checks(findings.capabilities, &findings.kernel_addresses),
+        tracefs: tracefs_check(&findings.tracefs),
+        namespaces: findings.namespaces.iter().map(namespace_check).collect(),
+        namespaces_without_sockets: findings.namespaces_without_sockets,
+    };
+    report.verdict = Verdict::of(report.statuses());
+    report.exit_code = report.verdict.exit_code();
+    report
+}
+
+impl Report {
+    /// The status of every check.
+    pub fn statuses(&self) -> impl Iterator<Item = Status> + '_ {
+        std::iter::once(self.kernel.status)
+            .chain(self.btf.iter().map(|c| c.status))
+            .chain(self.hooks.iter().map(|c| c.status))
+            .chain(self.capabilities.iter().map(|c| c.status))
+            .chain(std::iter::once(self.tracefs.status))
+            .chain(self.namespaces.iter().map(|c| c.status))
+    }
+
+    /// The report for a person: a heading per section, then one line per
+    /// check starting with its status, complete on its own (so that
+    /// `grep ^warn` tells everything).
+    pub fn write_text(&self, out: &mut impl Write) -> io::Result<()> {
+        let mut text = String::new();
+        section(&mut text, "Kernel", [self.kernel.line()]);
+        section(&mut text, "BTF", self.btf.iter().map(Check::line));
+        section(
+            &mut text,
+            "BPF hooks (each loaded and attached for this check, then detached)",
+            self.hooks.iter().map(HookCheck::line),
+        );
+        section(
+            &mut text,
+            "Capabilities (effective set of this process)",
+            self.capabilities.iter().map(Check::line),
+        );
+        section(&mut text, "tracefs", [self.tracefs.line()]);
+        self.write_namespaces(&mut text);
+        let verdict = match self.verdict {
+            Verdict::Ready => (Status::Ok, "tcptrace can run fully here (exit 0)"),
+            Verdict::Degraded => (
+                Status::Warn,
+                "tcptrace can run, without what the warn lines above name (exit 1)",
+            ),
+            Verdict::CannotRun => (
+                Status::Fail,
+                "tcptrace cannot run here: see the fail lines above (exit 2)",
+            ),
+        };
+        section(&mut text, "Verdict", [line(verdict.0, verdict.1)]);
+        out.write_all(text.as_bytes())
+    }
+
+    fn write_namespaces(&self, text: &mut String) {
+        let read = self
+            .namespaces
+            .iter()
+            .filter(|ns| ns.error.is_none())
+            .count();
+        let host = usize::from(
+            self.namespaces
+                .iter()
+                .any(|ns| ns.netns == "host" && ns.error.is_none()),
+        );
+        let others = read.saturating_sub(host);
+        let summary = line(
+            Status::Ok,
+            &format!(
+                "tcptrace's own and {others} other{} with TCP sockets: settings below; {} without TCP sockets, not shown",
+                if others == 1 { "" } else { "s" },
+                self.namespaces_without_sockets
+            ),
+        );
+        let unreadable = self
+            .namespaces
+            .iter()
+            .filter(|ns| ns.error.is_some())
+            .map(NamespaceCheck::line);
+        section(
+            text,
+            "Network namespaces",
+            std::iter::once(summary).chain(unreadable),
+        );
+        for namespace in self.namespaces.iter().filter(|ns| ns.error.is_none()) {
+            let sockets = namespace.tcp_sockets.unwrap_or_default();
+            let whose = if namespace.netns == "host" {
+                format!("inode {}, {}", namespace.inode, namespace.holder)
+            } else {
+                namespace.holder.clone()
+            };
+            let heading = format!(
+                "TCP settings: netns {} ({whose}), {sockets} TCP socket{}",
+                namespace.netns,
+                if sockets == 1 { "" } else { "s" }
+            );
+            section(text, &heading, namespace.setting_lines());
+        }
+    }
+}
+
+/// A heading and its lines, then a blank line.
+fn section(text: &mut String, heading: &str, lines: impl IntoIterator<Item = String>) {
+    let _ = writeln!(text, "{heading}");
+    for line in lines {
+        let _ = writeln!(text, "{line}");
+    }
+    let _ = writeln!(text);
+}
+
+/// `ok   what`: the mark padded so that texts align; anything multi-line
+/// (a kernel message) is folded onto the line.
+fn line(status: Status, what: &str) -> String {
+    let folded: Vec<&str> = what.lines().map(str::trim).collect();
+    format!("{:<4} {}", status.mark(), folded.join(" "))
+}
+
+impl Check {
+    fn line(&self) -> String {
+        let mut what = format!("{}: {}", self.subject, self.detail);
+        if let Some(without) = &self.without {
+            let _ = write!(what, "; without it: {without}");
+        }
+        line(self.status, &what)
+    }
+}
+
+impl HookCheck {
+    fn line(&self) -> String {
+        let on = if self.program == self.tracepoint {
+            String::new()
+        } else {
+            format!(" on {}", self.tracepoint)
+        };
+        let mut what = match &self.error {
+            None => format!(
+                "{}{on}: attached (needs Linux >= {})",
+                self.program, self.min_kernel
+            ),
+            Some(error) => format!("{}{on}: {error}", self.program),
+        };
+        if let Some(without) = self.without {
+            let _ = write!(what, "; without it: {without}");
+        }
+        line(self.status, &what)
+    }
+}
+
+impl NamespaceCheck {
+    fn line(&self) -> String {
+        let mut what = format!("netns {} ({})", self.netns, self.holder);
+        if let Some(error) = &self.error {
+            let _ = write!(what, ": cannot be entered: {error}");
+        }
+        if let Some(without) = self.without {
+            let _ = write!(what, "; without it: {without}");
+        }
+        line(self.status, &what)
+    }
+
+    /// One `ok` line with the settings that need no remark, then a `note`
+    /// line for each remark. The port range's two bounds read as one.
+    fn setting_lines(&self) -> Vec<String> {
+        let mut shown: Vec<(&str, String)> = Vec::new();
+        let mut range_low = None;
+        for &(name, value) in &self.settings {
+            match name.strip_prefix(PORT_RANGE) {
+                Some("_low") => range_low = Some(value),
+                Some("_high") => {
+                    let low = range_low.map_or_else(|| "?".to_owned(), |low| low.to_string());
+                    shown.push((PORT_RANGE, format!("{low}-{value}")));
+                }
+                _ => shown.push((name, value.to_string())),
+            }
+        }
+        let short = |name: &str| name.strip_prefix("net.ipv4.").unwrap_or(name).to_owned();
+        let plain: Vec<String> = shown
+            .iter()
+            .filter(|(name, _)| !self.notes.iter().any(|note| note.setting == *name))
+            .map(|(name, value)| format!("{}={value}", short(name)))
+            .collect();
+        let mut lines = Vec::new();
+        if !plain.is_empty() {
+            lines.push(line(Status::Ok, &plain.join(" ")));
+        }
+        for note in &self.notes {
+            let value = shown
+                .iter()
+                .find(|(name, _)| *name == note.setting)
+                .map_or("?", |(_, value)| value.as_str());
+            let what = format!("{}={value}: {}", short(note.setting), note.text);
+            lines.push(line(Status::Note, &what));
+        }
+        lines
+    }
+}
+
+/// `(major, minor)` of a release such as `6.18.44-fc-v595` or `5.14`.
+fn parse_version(release: &str) -> Option<(u32, u32)> {
+    let mut numbers = release.split(['.', '-']);
+    let major = numbers.next()?.parse().ok()?;
+    let minor = numbers.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+/// Is `kernel` older than `needed` (a hook's `min_kernel`)? Unknown versions
+/// are not.
+fn older(kernel: Option<(u32, u32)>, needed: &str) -> bool {
+    kernel
+        .zip(parse_version(needed))
+        .is_some_and(|(k, n)| k < n)
+}
+
+fn kernel_check(release: Option<&str>, kernel: Option<(u32, u32)>) -> Check {
+    let Some(release) = release else {
+        return Check {
+            status: Status::Note,
+            subject: "Linux".to_owned(),
+            detail: "release unknown (/proc/sys/kernel/osrelease unreadable); the BPF hooks below show what this kernel allows".to_owned(),
+            without: None,
+        };
+    };
+    let subject = format!("Linux {release}");
+    if kernel.is_none() {
+        return Check {
+            status: Status::Note,
+            subject,
+            detail: "version not understood; the BPF hooks below show what this kernel allows"
+                .to_owned(),
+            without: None,
+        };
+    }
+    let newest = HOOKS
+        .iter()
+        .map(|hook| hook.min_kernel)
+        .max_by_key(|needed| parse_version(needed))
+        .unwrap_or_default();
+    let too_new: Vec<String> = HOOKS
+        .iter()
+        .filter(|hook| older(kernel, hook.min_kernel))
+        .map(|hook| format!("{} (needs {})", hook.program, hook.min_kernel))
+        .collect();
+    if too_new.is_empty() {
+        Check {
+            status: Status::Ok,
+            subject,
+            detail: format!("new enough for every hook (the most demanding needs {newest})"),
+            without: None,
+        }
+    } else {
+        // Distributions backport BPF features: attaching decides, not this.
+        Check {
+            status: Status::Note,
+            subject,
+            detail: format!(
+                "older than {} need; the BPF hooks below show what this kernel really allows (distributions backport BPF features)",
+                too_new.join(", ")
+            ),
+            without: None,
+        }
+    }
+}
+
+fn btf_checks(findings: &Findings) -> Vec<Check> {
+    let path = findings.btf_path.display().to_string();
+    let (file, reasons) = match &findings.btf {
+        Ok(facts) => {
+            let file = Check {
+                status: Status::Ok,
+                subject: path,
+                detail: "parsed; every kernel struct member tcptrace reads is there".to_owned(),
+                without: None,
+            };
+            let reasons = match (facts.send_reset_has_reason, facts.reset_reason_names) {
+                (true, names) if names > 0 => Check {
+                    status: Status::Ok,
+                    subject: "reset reasons".to_owned(),
+                    detail: format!(
+                        "tcp_send_reset carries them; {names} names from enum sk_rst_reason"
+                    ),
+                    without: None,
+                },
+                (true, _) => Check {
+                    status: Status::Warn,
+                    subject: "reset reasons".to_owned(),
+                    detail: "tcp_send_reset carries a reason, but the BTF has no enum sk_rst_reason to name it".to_owned(),
+                    without: Some(RESET_REASON_LOST.to_owned()),
+                },
+                (false, _) => Check {
+                    status: Status::Warn,
+                    subject: "reset reasons".to_owned(),
+                    detail: format!(
+                        "tcp_send_reset has no reason argument on this kernel (it arrived in Linux {RESET_REASON_KERNEL})"
+                    ),
+                    without: Some(RESET_REASON_LOST.to_owned()),
+                },
+            };
+            (file, reasons)
+        }
+        Err(error) => (
+            Check {
+                status: Status::Fail,
+                subject: path,
+                detail: error.clone(),
+                without: Some(
+                    "tcptrace cannot run: the offsets its programs read come from BTF".to_owned(),
+                ),
+            },
+            Check {
+                status: Status::Warn,
+                subject: "reset reasons".to_owned(),
+                detail: "unknown without usable BTF".to_owned(),
+                without: Some(RESET_REASON_LOST.to_owned()),
+            },
+        ),
+    };
+    vec![file, reasons]
+}
+
+fn hook_checks(
+    hooks: &Result<Vec<(&'static Hook, Option<String>)>, String>,
+    kernel: Option<(u32, u32)>,
+) -> Vec<HookCheck> {
+    let outcomes: Vec<(&'static Hook, Option<String>)> = match hooks {
+        Ok(outcomes) => outcomes.clone(),
+        // The state hook is the one that matters; the rest were not tried.
+        Err(load_error) => HOOKS
+            .iter()
+            .map(|hook| {
+                let why = if hook.without.is_empty() {
+                    format!("the programs could not be loaded: {load_error}")
+                } else {
+                    "not tried, the programs could not be loaded".to_owned()
+                };
+                (hook, Some(why))
+            })
+            .collect(),
+    };
+    outcomes
+        .into_iter()
+        .map(|(hook, error)| {
+            let essential = hook.without.is_empty();
+            let (status, without) = match (&error, essential) {
+                (None, _) => (Status::Ok, None),
+                (Some(_), true) => (Status::Fail, Some(STATE_HOOK_LOST)),
+                (Some(_), false) => (Status::Warn, Some(hook.without)),
+            };
+            let error = error.map(|why| {
+                let mut text = format!("not attached: {why}");
+                if older(kernel, hook.min_kernel) {
+                    let _ = write!(text, " (needs Linux >= {})", hook.min_kernel);
+                }
+                text
+            });
+            HookCheck {
+                status,
+                program: hook.program,
+                tracepoint: hook.tracepoint,
+                min_kernel: hook.min_kernel,
+                attached: error.is_none(),
+                error,
+                without,
+            }
+        })
+        .collect()
+}
+
+fn capability_checks(
+    capabilities: Option<Capabilities>,
+    kernel_addresses: &Result<bool, String>,
+) -> Vec<Check> {
+    let Some(held) = capabilities else {
+        return vec![check(
+            Status::Note,
+            "capabilities",
+            "CapEff in /proc/self/status is unreadable; the BPF hooks above show what the kernel allows".to_owned(),
+            None,
+        )];
+    };
+    vec![
+        bpf_capabilities_check(held),
+        if held.has(CAP_SYS_ADMIN) {
+            check(
+                Status::Ok,
+                "CAP_SYS_ADMIN",
+                "held: entering other network namespaces (setns) to read their sockets and TCP settings needs it".to_owned(),
+                None,
+            )
+        } else {
+            check(
+                Status::Warn,
+                "CAP_SYS_ADMIN",
+                "not held: other network namespaces (containers) cannot be entered (setns)"
+                    .to_owned(),
+                Some(OTHER_NAMESPACES_LOST),
+            )
+        },
+        if held.has(CAP_SYS_PTRACE) {
+            check(
+                Status::Ok,
+                "CAP_SYS_PTRACE",
+                "held: finding the network namespaces of processes of other users, or with capabilities tcptrace lacks (/proc/<pid>/task/<tid>/ns/net), needs it".to_owned(),
+                None,
+            )
+        } else {
+            check(
+                Status::Warn,
+                "CAP_SYS_PTRACE",
+                "not held: the network namespaces of processes of other users, or with capabilities tcptrace lacks, are not found (those named in /run/netns still are)".to_owned(),
+                Some(OTHER_NAMESPACES_LOST),
+            )
+        },
+        syslog_check(held, kernel_addresses),
+        if held.has(CAP_DAC_READ_SEARCH) {
+            check(
+                Status::Ok,
+                "CAP_DAC_READ_SEARCH",
+                "held: naming the owners of stale sockets reads /proc/<pid>/fd of every process, which for other users' processes needs it (with CAP_SYS_PTRACE)".to_owned(),
+                None,
+            )
+        } else {
+            check(
+                Status::Warn,
+                "CAP_DAC_READ_SEARCH",
+                "not held: sockets of other users' processes are reported with owner unknown (their /proc/<pid>/fd cannot be read)".to_owned(),
+                None,
+            )
+        },
+    ]
+}
+
+fn check(status: Status, subject: &str, detail: String, without: Option<&str>) -> Check {
+    Check {
+        status,
+        subject: subject.to_owned(),
+        detail,
+        without: without.map(str::to_owned),
+    }
+}
+
+fn bpf_capabilities_check(held: Capabilities) -> Check {
+    const SUBJECT: &str = "CAP_BPF + CAP_PERFMON (or CAP_SYS_ADMIN)";
+    let missing = held.missing_for_bpf();
+    if !missing.is_empty() {
+        check(
+            Status::Fail,
+            SUBJECT,
+            format!(
+                "missing {}: the BPF programs cannot be loaded; run tcptrace as root or grant them",
+                missing.join(", ")
+            ),
+            Some("tcptrace cannot run"),
+        )
+    } else if held.has(CAP_BPF) && held.has(CAP_PERFMON) {
+        check(
+            Status::Ok,
+            SUBJECT,
+            "held: loading and attaching the BPF programs needs them".to_owned(),
+            None,
+        )
+    } else {
+        check(
+            Status::Ok,
+            SUBJECT,
+            "CAP_SYS_ADMIN held, which also allows loading and attaching the BPF programs"
+                .to_owned(),
+            None,
+        )
+    }
+}
+
+/// Whether the timer hooks get the kernel addresses they filter on.
+fn syslog_check(held: Capabilities, kernel_addresses: &Result<bool, String>) -> Check {
+    let has_syslog = held.has(CAP_SYSLOG);
+    let held_or_not = if has_syslog { "held" } else { "not held" };
+    match kernel_addresses {
+        Ok(true) if has_syslog => check(
+            Status::Ok,
+            "CAP_SYSLOG",
+            "held: the timer hooks need kernel addresses from /proc/kallsyms, which kernel.kptr_restrict hides from processes without it".to_owned(),
+            None,
+        ),
+        Ok(true) => check(
+            Status::Note,
+            "CAP_SYSLOG",
+            "not held, but /proc/kallsyms shows kernel addresses here anyway (kernel.kptr_restrict 0, kernel.perf_event_paranoid <= 1)".to_owned(),
+            None,
+        ),
+        Ok(false) => check(
+            Status::Warn,
+            "CAP_SYSLOG",
+            format!(
+                "{held_or_not}, and /proc/kallsyms hides kernel addresses from this process (kernel.kptr_restrict)"
+            ),
+            Some(TIMER_HOOKS_LOST),
+        ),
+        Err(error) => check(
+            Status::Warn,
+            "CAP_SYSLOG",
+            format!("{held_or_not}; {error}"),
+            Some(TIMER_HOOKS_LOST),
+        ),
+    }
+}
+
+fn tracefs_check(mounted: &[PathBuf]) -> Check {
+    const NOT_NEEDED: &str = "tcptrace attaches through BTF and does not need it; tools that attach classic tracepoints (tcpstates, bpftrace) do";
+    if mounted.is_empty() {
+        Check {
+            status: Status::Note,
+            subject: "tracefs".to_owned(),
+            detail: format!(
+                "not mounted; {NOT_NEEDED}: mount -t tracefs tracefs /sys/kernel/tracing"
+            ),
+            without: None,
+        }
+    } else {
+        let at: Vec<String> = mounted.iter().map(|p| p.display().to_string()).collect();
+        Check {
+            status: Status::Ok,
+            subject: "tracefs".to_owned(),
+            detail: format!("mounted at {}; {NOT_NEEDED}", at.join(", ")),
+            without: None,
+        }
+    }
+}
+
+fn namespace_check(facts: &NamespaceFacts) -> NamespaceCheck {
+    let netns = if facts.host {
+        "host".to_owned()
+    } else {
+        facts.inode.to_string()
+    };
+    let mut check = NamespaceCheck {
+        status: Status::Ok,
+        netns,
+        inode: facts.inode,
+        holder: facts.holder.clone(),
+        tcp_sockets: None,
+        error: None,
+        without: None,
+        settings: Vec::new(),
+        notes: Vec::new(),
+    };
+    match &facts.contents {
+        Ok(contents) => {
+            check.tcp_sockets = Some(contents.tcp_sockets);
+            check.notes = sysctls::notes(&contents.settings);
+            check.settings.clone_from(&contents.settings);
+        }
+        Err(error) => {
+            check.status = Status::Warn;
+            check.error = Some(error.clone());
+            check.without = Some(NAMESPACE_LOST);
+        }
+    }
+    check
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALL: u64 = (1 << 41) - 1;
+
+    fn settings(keepalive_time: i64) -> Settings {
+        sysctls::with_defaults(&[("net.ipv4.tcp_keepalive_time", keepalive_time)])
+    }
+
+    /// A host where everything works, with the kernel's default settings
+    /// (whose notes must not change the verdict).
+    fn healthy() -> Findings {
+        Findings {
+            kernel_release: Some("6.18.44-fc-v595".to_owned()),
+            btf_path: PathBuf::from("/sys/kernel/btf/vmlinux"),
+            btf: Ok(BtfFacts {
+                send_reset_has_reason: true,
+                reset_reason_names: 29,
+            }),
+            capabilities: Some(Capabilities(ALL)),
+            kernel_addresses: Ok(true),
+            hooks: Ok(HOOKS.iter().map(|hook| (hook, None)).collect()),
+            tracefs: Vec::new(),
+            namespaces: vec![
+                NamespaceFacts {
+                    inode: 4_026_531_833,
+                    host: true,
+                    holder: "tcptrace's own".to_owned(),
+                    contents: Ok(NamespaceContents {
+                        tcp_sockets: 3,
+                        settings: settings(7200),
+                    }),
+                },
+                NamespaceFacts {
+                    inode: 4_026_532_290,
+                    host: false,
+                    holder: "nginx, pid 812".to_owned(),
+                    contents: Ok(NamespaceContents {
+                        tcp_sockets: 1,
+                        settings: settings(300),
+                    }),
+                },
+            ],
+            namespaces_without_sockets: 2,
+        }
+    }
+
+    fn without_hook(program: &str) -> Findings {
+        let mut findings = healthy();
+        findings.hooks = Ok(HOOKS
+            .iter()
+            .map(|hook| {
+                let error = (hook.program == program).then(|| "Permission denied".to_owned());
+                (hook, error)
+            })
+            .collect());
+        findings
+    }
+
+    fn text(report: &Report) -> String {
+        let mut out = Vec::new();
+        report.write_text(&mut out).expect("write to memory");
+        String::from_utf8(out).expect("UTF-8")
+    }
+
+    fn without_capability(capability: u32) -> Findings {
+        let mut findings = healthy();
+        findings.capabilities = Some(Capabilities(ALL & !(1 << capability)));
+        findings
+    }
+
+    #[test]
+    fn a_healthy_host_is_ready_despite_setting_notes() {
+        let report = assess(&healthy());
+        assert_eq!(report.verdict, Verdict::Ready);
+        assert_eq!(report.exit_code, 0);
+        assert!(
+            report.namespaces[0]
+                .notes
+                .iter()
+                .any(|n| n.setting == "net.ipv4.tcp_keepalive_time")
+        );
+        // A missing tracefs and an old-looking kernel are notes too.
+        assert_eq!(report.tracefs.status, Status::Note);
+        assert!(report.tracefs.detail.contains("does not need it"));
+        let mut findings = healthy();
+        findings.kernel_release = Some("5.10.0".to_owned());
+        assert_eq!(assess(&findings).kernel.status, Status::Note);
+        assert_eq!(assess(&findings).verdict, Verdict::Ready);
+    }
+
+    #[test]
+    fn an_optional_hook_missing_degrades() {
+        let report = assess(&without_hook("timer_expire_exit"));
+        assert_eq!(report.verdict, Verdict::Degraded);
+        assert_eq!(report.exit_code, 1);
+        let hook = report
+            .hooks
+            .iter()
+            .find(|h| h.program == "timer_expire_exit")
+            .expect("listed");
+        assert_eq!(
+            (hook.status, hook.attached, hook.without),
+            (
+                Status::Warn,
+                false,
+                Some("keepalive probes are not counted")
+            )
+        );
+        assert!(text(&report).contains(
+            "warn timer_expire_exit: not attached: Permission denied; without it: keepalive probes are not counted\n"
+        ));
+    }
+
+    #[test]
+    fn unknown_reset_reasons_degrade() {
+        let mut findings = healthy();
+        findings.btf = Ok(BtfFacts {
+            send_reset_has_reason: false,
+            reset_reason_names: 0,
+        });
+        let report = assess(&findings);
+        assert_eq!(report.verdict, Verdict::Degraded);
+        assert!(text(&report).contains(
+            "warn reset reasons: tcp_send_reset has no reason argument on this kernel (it arrived in Linux 6.10); without it: resets sent count with reason=\"unknown\"\n"
+        ));
+    }
+
+    #[test]
+    fn an_unreadable_namespace_degrades() {
+        let mut findings = healthy();
+        findings.namespaces.push(NamespaceFacts {
+            inode: 4_026_532_999,
+            host: false,
+            holder: "postgres, pid 4242".to_owned(),
+            contents: Err(
+                "network namespace /proc/4242/task/4242/ns/net: Permission denied (os error 13)"
+                    .to_owned(),
+            ),
+        });
+        let report = assess(&findings);
+        assert_eq!(report.verdict, Verdict::Degraded);
+        let text = text(&report);
+        assert!(text.contains("warn netns 4026532999 (postgres, pid 4242): cannot be entered: network namespace /proc/4242/task/4242/ns/net: Permission denied"), "{text}");
+        assert!(!text.contains("TCP settings: netns 4026532999"), "{text}");
+    }
+
+    #[test]
+    fn capabilities_that_lose_a_part_degrade() {
+        for capability in [CAP_SYS_ADMIN, CAP_SYS_PTRACE] {
+            let findings = without_capability(capability);
+            assert_eq!(
+                assess(&findings).verdict,
+                Verdict::Degraded,
+                "capability {capability}"
+            );
+        }
+        let mut hidden = without_capability(CAP_SYSLOG);
+        hidden.kernel_addresses = Ok(false);
+        assert_eq!(assess(&hidden).verdict, Verdict::Degraded);
+        // Visible addresses, or a capability tcptrace does not use: nothing lost.
+        assert_eq!(
+            assess(&without_capability(CAP_SYSLOG)).verdict,
+            Verdict::Ready
+        );
+        assert_eq!(
+            assess(&without_capability(CAP_DAC_READ_SEARCH)).verdict,
+            Verdict::Degraded
+        );
+        // CAP_SYS_ADMIN alone allows loading.
+        let mut admin_only = healthy();
+        admin_only.capabilities = Some(Capabilities(ALL & !(1 << CAP_BPF) & !(1 << CAP_PERFMON)));
+        assert_eq!(assess(&admin_only).verdict, Verdict::Ready);
+    }
+
+    #[test]
+    fn no_btf_cannot_run() {
+        let mut findings = healthy();
+        findings.btf_path = PathBuf::from("/nonexistent");
+        findings.btf = Err("kernel BTF not found at /nonexistent".to_owned());
+        findings.hooks = Err("kernel BTF not found at /nonexistent".to_owned());
+        let report = assess(&findings);
+        assert_eq!(report.verdict, Verdict::CannotRun);
+        assert_eq!(report.exit_code, 2);
+        let text = text(&report);
+        assert!(
+            text.contains("fail /nonexistent: kernel BTF not found at /nonexistent"),
+            "{text}"
+        );
+        assert!(
+            text.ends_with(
+                "Verdict\nfail tcptrace cannot run here: see the fail lines above (exit 2)\n\n"
+            ),
+            "{text}"
+        );
+        // Every hook is still listed, not attached.
+        assert_eq!(report.hooks.len(), HOOKS.len());
+        assert!(report.hooks.iter().all(|h| !h.attached));
+    }
+
+    #[test]
+    fn missing_bpf_capabilities_cannot_run() {
+        let mut findings = without_capability(CAP_SYS_ADMIN);
+        findings.capabilities = findings
+            .capabilities
+            .map(|c| Capabilities(c.0 & !(1 << CAP_BPF)));
+        let report = assess(&findings);
+        assert_eq!(report.verdict, Verdict::CannotRun);
+        assert!(
+            text(&report)
+                .contains("fail CAP_BPF + CAP_PERFMON (or CAP_SYS_ADMIN): missing CAP_BPF: ")
+        );
+    }
+
+    #[test]
+    fn the_state_hook_missing_cannot_run() {
+        let report = assess(&without_hook("inet_sock_set_state"));
+        assert_eq!(report.verdict, Verdict::CannotRun);
+        assert_eq!(report.hooks[0].status, Status::Fail);
+        assert_eq!(report.hooks[0].without, Some(STATE_HOOK_LOST));
+    }
+
+    #[test]
+    fn every_line_starts_with_a_mark_or_is_a_heading() {
+        let mut findings = without_hook("timer_start");
+        findings.hooks = Err("the kernel rejected BPF program inet_sock_set_state: Permission denied\nverifier log line 1\nline 2".to_owned());
+        let text = text(&assess(&findings));
+        let headings = [
+            "Kernel",
+            "BTF",
+            "BPF hooks",
+            "Capabilities",
+            "tracefs",
+            "Network namespaces",
+            "TCP settings: netns",
+            "Verdict",
+        ];
+        for line in text.lines().filter(|l| !l.is_empty()) {
+            let marked = ["ok   ", "note ", "warn ", "fail "]
+                .iter()
+                .any(|m| line.starts_with(m));
+            let heading = headings.iter().any(|h| line.starts_with(h));
+            assert!(marked || heading, "{line:?}");
+        }
+        assert!(
+            text.contains("verifier log line 1 line 2"),
+            "folded: {text}"
+        );
+    }
+
+    #[test]
+    fn settings_show_once_each_with_their_notes() {
+        let report = assess(&healthy());
+        let text = text(&report);
+        assert!(text.contains(
+            "Network namespaces\n\
+             ok   tcptrace's own and 1 other with TCP sockets: settings below; 2 without TCP sockets, not shown\n"
+        ), "{text}");
+        assert!(text.contains(
+            "TCP settings: netns host (inode 4026531833, tcptrace's own), 3 TCP sockets\n\
+             ok   tcp_keepalive_intvl=75 tcp_keepalive_probes=9 tcp_tw_reuse=2 tcp_max_tw_buckets=131072\n\
+             note tcp_keepalive_time=7200: "
+        ), "{text}");
+        assert!(
+            text.contains("note ip_local_port_range=32768-60999: 28232 local ports for"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "TCP settings: netns 4026532290 (nginx, pid 812), 1 TCP socket\n\
+             ok   tcp_keepalive_time=300 "
+            ),
+            "{text}"
+        );
+        let json = serde_json::to_value(&report).expect("serializable");
+        assert_eq!(
+            json["namespaces"][1]["settings"]["net.ipv4.tcp_keepalive_time"],
+            300
+        );
+        assert_eq!(json["verdict"], "ready");
+    }
+
+    #[test]
+    fn versions() {
+        assert_eq!(parse_version("6.18.44-fc-v595"), Some((6, 18)));
+        assert_eq!(parse_version("5.14.0-362.el9.x86_64"), Some((5, 14)));
+        assert_eq!(parse_version("6.10"), Some((6, 10)));
+        assert_eq!(parse_version("6-rc1"), None);
+        assert_eq!(parse_version(""), None);
+        assert!(older(Some((5, 10)), "5.12"));
+        assert!(!older(Some((6, 1)), "5.12"));
+        assert!(!older(None, "5.12"));
+    }
+}

@@ -1,0 +1,289 @@
+//! Decoded kernel events: the typed form of `tcptrace_common::Event`.
+
+pub mod decode;
+pub mod handshake;
+
+use std::{fmt, net::IpAddr, str::FromStr};
+
+/// TCP states as the kernel numbers them (`include/net/tcp_states.h`, stable ABI).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum TcpState {
+    Established = 1,
+    SynSent = 2,
+    SynRecv = 3,
+    FinWait1 = 4,
+    FinWait2 = 5,
+    TimeWait = 6,
+    Close = 7,
+    CloseWait = 8,
+    LastAck = 9,
+    Listen = 10,
+    Closing = 11,
+    NewSynRecv = 12,
+    BoundInactive = 13,
+}
+
+impl TcpState {
+    pub const ALL: [Self; 13] = [
+        Self::Established,
+        Self::SynSent,
+        Self::SynRecv,
+        Self::FinWait1,
+        Self::FinWait2,
+        Self::TimeWait,
+        Self::Close,
+        Self::CloseWait,
+        Self::LastAck,
+        Self::Listen,
+        Self::Closing,
+        Self::NewSynRecv,
+        Self::BoundInactive,
+    ];
+
+    pub fn from_kernel(value: u8) -> Option<Self> {
+        Self::ALL.get(usize::from(value).checked_sub(1)?).copied()
+    }
+
+    /// The kernel's name without the `TCP_` prefix, as used in every output.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Established => "ESTABLISHED",
+            Self::SynSent => "SYN_SENT",
+            Self::SynRecv => "SYN_RECV",
+            Self::FinWait1 => "FIN_WAIT1",
+            Self::FinWait2 => "FIN_WAIT2",
+            Self::TimeWait => "TIME_WAIT",
+            Self::Close => "CLOSE",
+            Self::CloseWait => "CLOSE_WAIT",
+            Self::LastAck => "LAST_ACK",
+            Self::Listen => "LISTEN",
+            Self::Closing => "CLOSING",
+            Self::NewSynRecv => "NEW_SYN_RECV",
+            Self::BoundInactive => "BOUND_INACTIVE",
+        }
+    }
+}
+
+impl fmt::Display for TcpState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for TcpState {
+    type Err = String;
+
+    /// Accepts the names in any case, with or without `TCP_`, `-` for `_`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let wanted = s.to_ascii_uppercase().replace('-', "_");
+        let wanted = wanted.strip_prefix("TCP_").unwrap_or(&wanted);
+        Self::ALL
+            .into_iter()
+            .find(|state| state.name() == wanted)
+            .ok_or_else(|| {
+                let names: Vec<_> = Self::ALL.iter().map(|s| s.name()).collect();
+                format!("unknown TCP state {s:?} (one of {})", names.join(", "))
+            })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Family {
+    Ipv4,
+    Ipv6,
+}
+
+impl Family {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Ipv4 => "ipv4",
+            Self::Ipv6 => "ipv6",
+        }
+    }
+}
+
+/// What the kernel reported about the socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// `inet_sock_set_state` (full sockets; never TIME_WAIT).
+    StateChange { old: TcpState, new: TcpState },
+    /// A timewait socket's timer was armed; `substate` is TIME_WAIT, or
+    /// FIN_WAIT2 for an orphaned socket still waiting for the peer's FIN.
+    TimewaitStart { substate: TcpState },
+    /// A timewait socket's timer fired: its normal end.
+    TimewaitExpire { substate: TcpState },
+    /// A timewait socket's timer was cancelled (before every expiry and
+    /// re-arm, or alone when the socket was killed early).
+    TimewaitCancel { substate: TcpState },
+    /// This host sent an RST; `reason` is the kernel's `sk_rst_reason` value
+    /// (kernels since 6.10). Cookie 0: no socket owned the packet answered.
+    ResetSent { reason: Option<u32> },
+    /// The socket received an RST.
+    ResetReceived,
+    /// The socket got an error (an errno).
+    SocketError { errno: u32 },
+    /// A keepalive probe went out; `unanswered` probes so far.
+    KeepaliveProbe { unanswered: u8 },
+}
+
+impl EventKind {
+    /// The `kind` label of `tcptrace_events_total`.
+    pub const fn name(self) -> &'static str {
+        Self::NAMES[self.index()]
+    }
+
+    /// Position in [`EventKind::NAMES`], for counting without hashing.
+    pub const fn index(self) -> usize {
+        match self {
+            Self::StateChange { .. } => 0,
+            Self::TimewaitStart { .. } => 1,
+            Self::TimewaitExpire { .. } => 2,
+            Self::TimewaitCancel { .. } => 3,
+            Self::ResetSent { .. } => 4,
+            Self::ResetReceived => 5,
+            Self::SocketError { .. } => 6,
+            Self::KeepaliveProbe { .. } => 7,
+        }
+    }
+
+    pub const NAMES: [&'static str; 8] = [
+        "state_change",
+        "timewait_start",
+        "timewait_expire",
+        "timewait_cancel",
+        "reset_sent",
+        "reset_received",
+        "socket_error",
+        "keepalive_probe",
+    ];
+}
+
+/// What identifies a socket to a person: its network namespace and both ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Endpoints {
+    pub netns: u32,
+    pub family: Family,
+    /// Local address and port.
+    pub saddr: IpAddr,
+    pub sport: u16,
+    /// Remote address and port.
+    pub daddr: IpAddr,
+    pub dport: u16,
+}
+
+/// One kernel event about one socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SocketEvent {
+    /// `CLOCK_BOOTTIME` nanoseconds.
+    pub ts_ns: u64,
+    pub cookie: u64,
+    pub endpoints: Endpoints,
+    /// The task on the CPU: for state changes only those a process makes in
+    /// a system call ([`tcptrace_common::in_task_context`]), where it is the
+    /// socket's user; for resets and errors always, though in softirq it is
+    /// rarely the socket's.
+    pub task: Option<Task>,
+    pub kind: EventKind,
+}
+
+/// A task as the kernel saw it run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Task {
+    /// Thread-group id: the process.
+    pub pid: u32,
+    /// The thread.
+    pub tid: u32,
+    /// The thread's name, kept for when the process is gone.
+    pub comm: Comm,
+}
+
+impl SocketEvent {
+    /// True if either end of the connection uses `port`.
+    pub fn has_port(&self, port: u16) -> bool {
+        self.endpoints.sport == port || self.endpoints.dport == port
+    }
+}
+
+/// A task's command name (`TASK_COMM_LEN` bytes, NUL-padded), kept raw so the
+/// hot path does not allocate.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Comm(pub [u8; 16]);
+
+impl Comm {
+    pub fn as_str(&self) -> std::borrow::Cow<'_, str> {
+        let len = self.0.iter().position(|&b| b == 0).unwrap_or(self.0.len());
+        String::from_utf8_lossy(&self.0[..len])
+    }
+}
+
+/// The symbolic name of an errno, as `errno(3)` lists it; `E<number>` for
+/// the ones a TCP socket does not report.
+pub fn errno_name(errno: u32) -> std::borrow::Cow<'static, str> {
+    const NAMES: [(i32, &str); 18] = [
+        (libc::ECONNRESET, "ECONNRESET"),
+        (libc::ECONNREFUSED, "ECONNREFUSED"),
+        (libc::ETIMEDOUT, "ETIMEDOUT"),
+        (libc::EPIPE, "EPIPE"),
+        (libc::EHOSTUNREACH, "EHOSTUNREACH"),
+        (libc::ENETUNREACH, "ENETUNREACH"),
+        (libc::ECONNABORTED, "ECONNABORTED"),
+        (libc::EHOSTDOWN, "EHOSTDOWN"),
+        (libc::ENETDOWN, "ENETDOWN"),
+        (libc::ENETRESET, "ENETRESET"),
+        (libc::EPROTO, "EPROTO"),
+        (libc::EMSGSIZE, "EMSGSIZE"),
+        (libc::ENOBUFS, "ENOBUFS"),
+        (libc::ENOMEM, "ENOMEM"),
+        (libc::EACCES, "EACCES"),
+        (libc::EPERM, "EPERM"),
+        (libc::EADDRNOTAVAIL, "EADDRNOTAVAIL"),
+        (libc::ENONET, "ENONET"),
+    ];
+    NAMES
+        .iter()
+        .find(|&&(number, _)| i64::from(number) == i64::from(errno))
+        .map_or_else(|| format!("E{errno}").into(), |&(_, name)| name.into())
+}
+
+impl fmt::Debug for Comm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.as_str(), f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_numbers_match_the_kernel() {
+        for (i, state) in TcpState::ALL.iter().enumerate() {
+            assert_eq!(usize::from(*state as u8), i + 1);
+            assert_eq!(TcpState::from_kernel(*state as u8), Some(*state));
+        }
+        assert_eq!(TcpState::from_kernel(0), None);
+        assert_eq!(TcpState::from_kernel(14), None);
+    }
+
+    #[test]
+    fn state_names_parse_leniently() {
+        assert_eq!("time_wait".parse(), Ok(TcpState::TimeWait));
+        assert_eq!("TCP_CLOSE_WAIT".parse(), Ok(TcpState::CloseWait));
+        assert_eq!("fin-wait2".parse(), Ok(TcpState::FinWait2));
+        assert!(
+            "WAITING"
+                .parse::<TcpState>()
+                .unwrap_err()
+                .contains("ESTABLISHED")
+        );
+    }
+
+    #[test]
+    fn comm_stops_at_nul() {
+        let mut raw = [0u8; 16];
+        raw[..4].copy_from_slice(b"curl");
+        assert_eq!(Comm(raw).as_str(), "curl");
+        assert_eq!(Comm([b'x'; 16]).as_str(), "x".repeat(16));
+    }
+}

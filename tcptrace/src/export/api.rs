@@ -1,0 +1,265 @@
+//! The JSON API of `tcptrace run`, shared by the daemon that serves it and
+//! the commands that read it (`tcptrace sockets`, `tcptrace top`).
+//!
+//! - `/api/v1/overview`: per role and port, and the stale groups. No
+//!   addresses or command lines: served to every client, like `/metrics`.
+//! - `/api/v1/sockets`: one record per socket, with addresses, pid, command
+//!   line and cgroup; loopback clients only unless `--web.enable-api`.
+
+use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{aggregate::owners::Owner, aggregate::owners::OwnerSource, events::TcpState};
+
+pub const OVERVIEW_PATH: &str = "/api/v1/overview";
+pub const SOCKETS_PATH: &str = "/api/v1/sockets";
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Overview {
+    pub ports: Vec<PortSummary>,
+    /// Stale sockets grouped by state, role, port and process, largest first.
+    pub stale: Vec<StaleGroup>,
+    /// The `--stale-after` threshold per state.
+    pub stale_after_seconds: BTreeMap<String, f64>,
+    /// Events the kernel could not hand over (ring buffer full).
+    pub events_lost: u64,
+}
+
+/// One role and port: sockets by state now, and totals since start.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PortSummary {
+    pub role: String,
+    pub port: String,
+    /// Sockets by state name; states without sockets are left out.
+    pub sockets: BTreeMap<String, u64>,
+    pub transitions: u64,
+    pub resets_sent: u64,
+    pub resets_received: u64,
+    pub keepalive_probes: u64,
+    /// Age of the oldest socket in CLOSE_WAIT, 0 when none.
+    pub oldest_close_wait_seconds: f64,
+}
+
+/// Stale sockets of one state, role, port and process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StaleGroup {
+    pub state: String,
+    pub role: String,
+    pub port: String,
+    /// The owner's comm; "unknown" when none was found, "other" beyond
+    /// `--max-processes`.
+    pub process: String,
+    /// Owning pids (the first few).
+    pub pids: Vec<u32>,
+    pub sockets: u64,
+    pub oldest_seconds: f64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SocketList {
+    /// Oldest in its state first.
+    pub sockets: Vec<SocketRecord>,
+    /// Sockets that matched, before `limit`.
+    pub total: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SocketRecord {
+    pub cookie: u64,
+    pub state: String,
+    /// Time in the state; `None` when unknown (a kernel dump without the
+    /// daemon knows it only for TIME_WAIT).
+    pub age_seconds: Option<f64>,
+    /// False when the socket was found mid-life: its age is then at least
+    /// `age_seconds`.
+    pub age_exact: bool,
+    /// Older than `--stale-after` in CLOSE_WAIT, FIN_WAIT2 or LAST_ACK.
+    pub stale: bool,
+    pub role: String,
+    /// The service port label (as in the metrics).
+    pub port: String,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    /// Network namespace inode.
+    pub netns: u32,
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub cmdline: Option<String>,
+    pub cgroup: Option<String>,
+    /// How the owner is known: "fd" (holds it) or "task" (last acted on it).
+    pub owner: Option<OwnerSource>,
+}
+
+impl SocketRecord {
+    pub fn set_owner(&mut self, owner: Option<&Owner>) {
+        let Some(owner) = owner else {
+            return;
+        };
+        let process = &owner.process;
+        self.pid = Some(process.pid);
+        self.comm = Some(process.comm.clone());
+        self.cmdline = Some(process.cmdline.clone());
+        self.cgroup = Some(process.cgroup.clone());
+        self.owner = Some(owner.source);
+    }
+}
+
+/// Most records one request returns.
+pub const MAX_LIMIT: usize = 100_000;
+pub const DEFAULT_LIMIT: usize = 10_000;
+
+/// What `/api/v1/sockets` selects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketQuery {
+    /// Every state when empty.
+    pub states: Vec<TcpState>,
+    pub min_age: Duration,
+    /// A port at either end, or the service port label.
+    pub port: Option<u16>,
+    /// Only stale sockets.
+    pub stale: bool,
+    pub limit: usize,
+}
+
+impl Default for SocketQuery {
+    fn default() -> Self {
+        Self {
+            states: Vec::new(),
+            min_age: Duration::ZERO,
+            port: None,
+            stale: false,
+            limit: DEFAULT_LIMIT,
+        }
+    }
+}
+
+impl SocketQuery {
+    /// Parses a URL query such as `state=CLOSE_WAIT&min_age=30s&port=443`.
+    pub fn parse(query: &str) -> Result<Self, String> {
+        let mut parsed = Self::default();
+        for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            if value.contains('%') || value.contains('+') {
+                return Err(format!("{key}: encoded values are not supported"));
+            }
+            let invalid = |why: String| format!("{key}={value}: {why}");
+            match key {
+                "state" => {
+                    for state in value.split(',') {
+                        parsed.states.push(state.parse().map_err(invalid)?);
+                    }
+                }
+                "min_age" => parsed.min_age = crate::cli::parse_duration(value).map_err(invalid)?,
+                "port" => {
+                    let port = value.parse().ok().filter(|&port: &u16| port > 0);
+                    parsed.port = Some(port.ok_or_else(|| invalid("not a port 1-65535".into()))?);
+                }
+                "stale" => {
+                    parsed.stale = match value {
+                        "" | "1" | "true" => true,
+                        "0" | "false" => false,
+                        _ => return Err(invalid("use true or false".into())),
+                    }
+                }
+                "limit" => {
+                    let limit = value.parse().ok().filter(|l| (1..=MAX_LIMIT).contains(l));
+                    parsed.limit = limit.ok_or_else(|| invalid(format!("use 1 to {MAX_LIMIT}")))?;
+                }
+                _ => {
+                    return Err(format!(
+                        "unknown parameter {key:?}: use state, min_age, port, stale, limit"
+                    ));
+                }
+            }
+        }
+        Ok(parsed)
+    }
+
+    /// The URL query that [`SocketQuery::parse`] reads back.
+    pub fn to_query(&self) -> String {
+        let mut pairs = Vec::new();
+        if !self.states.is_empty() {
+            let names: Vec<&str> = self.states.iter().map(|s| s.name()).collect();
+            pairs.push(format!("state={}", names.join(",")));
+        }
+        if !self.min_age.is_zero() {
+            pairs.push(format!("min_age={}ms", self.min_age.as_millis()));
+        }
+        if let Some(port) = self.port {
+            pairs.push(format!("port={port}"));
+        }
+        if self.stale {
+            pairs.push("stale=true".to_owned());
+        }
+        if self.limit != DEFAULT_LIMIT {
+            pairs.push(format!("limit={}", self.limit));
+        }
+        pairs.join("&")
+    }
+
+    /// Whether a socket in `state` with these ports matches (age aside).
+    pub fn selects(&self, state: TcpState, ports: [u16; 2], label: &str) -> bool {
+        (self.states.is_empty() || self.states.contains(&state))
+            && self
+                .port
+                .is_none_or(|port| ports.contains(&port) || label == port.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queries_round_trip() {
+        let query =
+            SocketQuery::parse("state=CLOSE_WAIT,last_ack&min_age=30s&port=443&stale=1&limit=5")
+                .unwrap();
+        assert_eq!(
+            query,
+            SocketQuery {
+                states: vec![TcpState::CloseWait, TcpState::LastAck],
+                min_age: Duration::from_secs(30),
+                port: Some(443),
+                stale: true,
+                limit: 5,
+            }
+        );
+        assert_eq!(SocketQuery::parse(&query.to_query()), Ok(query));
+        assert_eq!(SocketQuery::parse(""), Ok(SocketQuery::default()));
+        assert_eq!(SocketQuery::default().to_query(), "");
+    }
+
+    #[test]
+    fn bad_queries_name_the_parameter() {
+        for (query, needle) in [
+            ("state=WAITING", "state=WAITING"),
+            ("min_age=5", "min_age"),
+            ("port=0", "port=0"),
+            ("port=70000", "port"),
+            ("stale=maybe", "stale"),
+            ("limit=0", "limit"),
+            ("limit=100001", "limit"),
+            ("pid=1", "unknown parameter \"pid\""),
+            ("state=CLOSE%5FWAIT", "encoded"),
+        ] {
+            let error = SocketQuery::parse(query).unwrap_err();
+            assert!(error.contains(needle), "{query}: {error}");
+        }
+    }
+
+    #[test]
+    fn selection() {
+        let query = SocketQuery {
+            states: vec![TcpState::CloseWait],
+            port: Some(8080),
+            ..SocketQuery::default()
+        };
+        assert!(query.selects(TcpState::CloseWait, [8080, 40000], "8080"));
+        assert!(query.selects(TcpState::CloseWait, [40000, 8080], "8080"));
+        assert!(!query.selects(TcpState::TimeWait, [8080, 40000], "8080"));
+        assert!(!query.selects(TcpState::CloseWait, [9090, 40000], "9090"));
+        assert!(SocketQuery::default().selects(TcpState::Listen, [1, 0], "1"));
+    }
+}

@@ -1,0 +1,9 @@
+//! Kernel: the BPF programs, what they need of the running kernel (BTF
+//! offsets, symbol addresses, privileges) and the ring buffer they fill.
+
+pub mod btf;
+pub mod capabilities;
+pub mod kallsyms;
+pub mod layout;
+pub mod probes;
+pub mod ring;

@@ -1,0 +1,398 @@
+//! Loading the BPF programs into the running kernel and attaching them.
+//!
+//! Dropping [`Probes`] detaches every link and frees every program and map:
+//! nothing outlives the process.
+
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader, Endianness,
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::{BtfTracePoint, ProgramError},
+};
+use tcptrace_common::DEFAULT_RING_BUFFER_BYTES;
+
+use crate::{
+    kernel::btf,
+    kernel::capabilities::Capabilities,
+    kernel::kallsyms,
+    kernel::layout::{self, TimerSymbols},
+    kernel::ring::EventSource,
+};
+
+const KALLSYMS: &str = "/proc/kallsyms";
+
+/// The BPF object built by build.rs from the `tcptrace-ebpf` crate.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcptrace-ebpf"));
+
+/// A kernel hook and what it needs.
+#[derive(Debug, Clone, Copy)]
+pub struct Hook {
+    /// Program name in the BPF object.
+    pub program: &'static str,
+    /// BTF tracepoint (`btf_trace_<name>`) it attaches to.
+    pub tracepoint: &'static str,
+    /// Oldest kernel with everything the program uses: `tp_btf` (5.5), ring
+    /// buffers (5.8), `bpf_get_socket_cookie` in tracing programs (5.12).
+    pub min_kernel: &'static str,
+    /// Kernel function whose address the program filters on, if any.
+    pub symbol: Option<&'static str>,
+    /// What is missing without it; empty for the hooks tcptrace cannot run
+    /// without.
+    pub without: &'static str,
+}
+
+const TIMEWAIT_LOST: &str = "TIME_WAIT is not seen: closing sockets end at CLOSE, and orphaned FIN_WAIT2 durations are unknown";
+const RESETS_LOST: &str = "resets are not counted";
+
+pub const HOOKS: &[Hook] = &[
+    Hook {
+        program: "inet_sock_set_state",
+        tracepoint: "inet_sock_set_state",
+        min_kernel: "5.12",
+        symbol: None,
+        without: "",
+    },
+    Hook {
+        program: "timer_start",
+        tracepoint: "timer_start",
+        min_kernel: "5.12",
+        symbol: Some("tw_timer_handler"),
+        without: TIMEWAIT_LOST,
+    },
+    Hook {
+        program: "timer_expire_entry",
+        tracepoint: "timer_expire_entry",
+        min_kernel: "5.12",
+        symbol: Some("tw_timer_handler"),
+        without: TIMEWAIT_LOST,
+    },
+    Hook {
+        program: "timer_cancel",
+        tracepoint: "timer_cancel",
+        min_kernel: "5.12",
+        symbol: Some("tw_timer_handler"),
+        without: TIMEWAIT_LOST,
+    },
+    Hook {
+        program: "timer_expire_exit",
+        tracepoint: "timer_expire_exit",
+        min_kernel: "5.12",
+        symbol: Some("tcp_keepalive_timer"),
+        without: "keepalive probes are not counted",
+    },
+    Hook {
+        program: "tcp_send_reset",
+        tracepoint: "tcp_send_reset",
+        // The reset reason argument arrived in 6.10; before, reason="unknown".
+        min_kernel: "5.12",
+        symbol: None,
+        without: RESETS_LOST,
+    },
+    Hook {
+        program: "tcp_receive_reset",
+        tracepoint: "tcp_receive_reset",
+        min_kernel: "5.12",
+        symbol: None,
+        without: RESETS_LOST,
+    },
+    Hook {
+        program: "inet_sk_error_report",
+        tracepoint: "inet_sk_error_report",
+        min_kernel: "5.14",
+        symbol: None,
+        without: "socket errors (ECONNRESET, ETIMEDOUT …) and keepalive timeouts are not counted",
+    },
+];
+
+#[derive(Debug, Clone)]
+pub struct ProbeConfig {
+    /// The running kernel's BTF.
+    pub btf_path: PathBuf,
+    /// Size of the event ring buffer: a power of two, at least a page.
+    pub ring_buffer_bytes: u32,
+}
+
+impl Default for ProbeConfig {
+    fn default() -> Self {
+        Self {
+            btf_path: PathBuf::from("/sys/kernel/btf/vmlinux"),
+            ring_buffer_bytes: DEFAULT_RING_BUFFER_BYTES,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error(
+        "missing capabilities {0}: run tcptrace as root or grant them (CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN)"
+    )]
+    Privileges(String),
+    #[error("{0}")]
+    Btf(#[from] btf::BtfError),
+    #[error("cannot parse kernel BTF at {path} for the loader: {source}")]
+    LoaderBtf {
+        path: PathBuf,
+        source: Box<aya::BtfError>,
+    },
+    #[error(
+        "this tcptrace binary was built without its BPF programs (AYA_BUILD_SKIP): rebuild it with `cargo xtask build`"
+    )]
+    EmptyObject,
+    #[error("cannot load the BPF object: {0}")]
+    Object(Box<aya::EbpfError>),
+    #[error("BPF program {program} is missing from the object")]
+    MissingProgram { program: &'static str },
+    #[error(
+        "the kernel rejected BPF program {program} (needs Linux >= {min_kernel}): {error}\n{log}"
+    )]
+    Verifier {
+        program: &'static str,
+        min_kernel: &'static str,
+        error: io::Error,
+        log: String,
+    },
+    #[error(
+        "cannot attach {program} to tracepoint {tracepoint} (needs Linux >= {min_kernel}): {source}"
+    )]
+    Attach {
+        program: &'static str,
+        tracepoint: &'static str,
+        min_kernel: &'static str,
+        source: Box<ProgramError>,
+    },
+    #[error("BPF map {0} is missing from the object")]
+    MissingMap(&'static str),
+    #[error("cannot watch the event ring buffer: {0}")]
+    Watch(io::Error),
+    #[error("BPF map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
+}
+
+/// The loaded programs, attached where the kernel allowed it.
+pub struct Probes {
+    ebpf: Ebpf,
+    attached: Vec<(&'static Hook, bool)>,
+    /// Why each hook that is not attached is not, by program name.
+    not_attached: Vec<(&'static str, String)>,
+    reset_reasons: ResetReasons,
+}
+
+impl Probes {
+    pub fn load(config: &ProbeConfig) -> Result<Self, ProbeError> {
+        check_privileges()?;
+        if OBJECT.is_empty() {
+            return Err(ProbeError::EmptyObject);
+        }
+        // Read once, bounded, for both parsers.
+        let btf_bytes = btf::read(&config.btf_path)?;
+        let kernel_btf = btf::Btf::parse(&btf_bytes)?;
+        let mut unresolved: Vec<(&str, String)> = Vec::new();
+        let mut symbol = |name: &'static str| {
+            kallsyms::address_of(Path::new(KALLSYMS), name).unwrap_or_else(|reason| {
+                tracing::warn!("{reason}; the hooks that need it stay off");
+                unresolved.push((name, reason));
+                0
+            })
+        };
+        let symbols = TimerSymbols {
+            tw_timer_handler: symbol("tw_timer_handler"),
+            tcp_keepalive_timer: symbol("tcp_keepalive_timer"),
+        };
+        let mut layout = layout::kernel_layout(&kernel_btf, symbols)?;
+        layout.ring_wakeup_bytes = u64::from(config.ring_buffer_bytes / 4);
+        let reset_reasons = reset_reason_names(&kernel_btf);
+        let loader_btf = aya::Btf::parse(&btf_bytes, Endianness::default()).map_err(|source| {
+            ProbeError::LoaderBtf {
+                path: config.btf_path.clone(),
+                source: Box::new(source),
+            }
+        })?;
+        let mut ebpf = EbpfLoader::new()
+            .btf(&loader_btf)
+            .override_global("LAYOUT", &layout, true)
+            .map_max_entries("EVENTS", config.ring_buffer_bytes)
+            .load(OBJECT)
+            .map_err(|e| ProbeError::Object(Box::new(e)))?;
+        let mut attached = Vec::with_capacity(HOOKS.len());
+        let mut not_attached = Vec::new();
+        for hook in HOOKS {
+            let unresolved_symbol = hook
+                .symbol
+                .and_then(|name| unresolved.iter().find(|(missing, _)| *missing == name));
+            let outcome = match unresolved_symbol {
+                // Already warned about: the program would match nothing.
+                Some((_, reason)) => Err(reason.clone()),
+                None => match attach(&mut ebpf, hook, &loader_btf) {
+                    Ok(()) => Ok(()),
+                    Err(error) if !hook.without.is_empty() => {
+                        warn_without(hook, &error);
+                        Err(crate::one_line(&error))
+                    }
+                    Err(error) => return Err(error),
+                },
+            };
+            attached.push((hook, outcome.is_ok()));
+            if let Err(reason) = outcome {
+                not_attached.push((hook.program, reason));
+            }
+        }
+        Ok(Self {
+            ebpf,
+            attached,
+            not_attached,
+            reset_reasons,
+        })
+    }
+
+    /// The running kernel's names for its reset reasons.
+    pub fn reset_reasons(&self) -> &ResetReasons {
+        &self.reset_reasons
+    }
+
+    /// For each attached program: its name, the kernel's count of runs and
+    /// their total time. Both stay 0 unless `kernel.bpf_stats_enabled` is 1
+    /// (the kernel only keeps them then: they cost a clock read per run).
+    pub fn run_stats(&self) -> Vec<(&'static str, u64, std::time::Duration)> {
+        self.attached
+            .iter()
+            .filter(|(_, attached)| *attached)
+            .filter_map(|(hook, _)| {
+                let info = self.ebpf.program(hook.program)?.info().ok()?;
+                Some((hook.program, info.run_count(), info.run_time()))
+            })
+            .collect()
+    }
+
+    /// Every hook and whether it is attached.
+    pub fn attached(&self) -> &[(&'static Hook, bool)] {
+        &self.attached
+    }
+
+    /// Why the hook of `program` is not attached, on one line; `None` if it
+    /// is.
+    pub fn why_not_attached(&self, program: &str) -> Option<&str> {
+        self.not_attached
+            .iter()
+            .find(|(name, _)| *name == program)
+            .map(|(_, reason)| reason.as_str())
+    }
+
+    /// Takes the event stream; there is one per `Probes`.
+    pub fn event_source(&mut self) -> Result<EventSource, ProbeError> {
+        let ring =
+            RingBuf::try_from(self.take_map("EVENTS")?).map_err(|source| ProbeError::Map {
+                name: "EVENTS",
+                source,
+            })?;
+        let lost: PerCpuArray<MapData, u64> = PerCpuArray::try_from(self.take_map("LOST")?)
+            .map_err(|source| ProbeError::Map {
+                name: "LOST",
+                source,
+            })?;
+        EventSource::new(ring, lost).map_err(ProbeError::Watch)
+    }
+
+    fn take_map(&mut self, name: &'static str) -> Result<aya::maps::Map, ProbeError> {
+        self.ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))
+    }
+}
+
+/// One line for an optional hook that did not attach; the verifier's log
+/// (dozens of lines) only at debug level.
+fn warn_without(hook: &Hook, error: &ProbeError) {
+    if let ProbeError::Verifier { error: io, log, .. } = error {
+        tracing::warn!(
+            "the kernel rejected BPF program {} ({io}); continuing without it: {} (--log-level debug shows the verifier log)",
+            hook.program,
+            hook.without
+        );
+        tracing::debug!("verifier log of {}:\n{log}", hook.program);
+    } else {
+        tracing::warn!("{error}; continuing without it: {}", hook.without);
+    }
+}
+
+fn attach(ebpf: &mut Ebpf, hook: &'static Hook, btf: &aya::Btf) -> Result<(), ProbeError> {
+    let attach_error = |source| ProbeError::Attach {
+        program: hook.program,
+        tracepoint: hook.tracepoint,
+        min_kernel: hook.min_kernel,
+        source: Box::new(source),
+    };
+    let program: &mut BtfTracePoint = ebpf
+        .program_mut(hook.program)
+        .ok_or(ProbeError::MissingProgram {
+            program: hook.program,
+        })?
+        .try_into()
+        .map_err(attach_error)?;
+    program.load(hook.tracepoint, btf).map_err(|e| match e {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => ProbeError::Verifier {
+            program: hook.program,
+            min_kernel: hook.min_kernel,
+            error: io_error,
+            log: verifier_log.to_string(),
+        },
+        other => attach_error(other),
+    })?;
+    program.attach().map_err(attach_error)?;
+    Ok(())
+}
+
+/// `enum sk_rst_reason` of the running kernel, value to name: its numbers
+/// change between kernel versions, so they are never compiled in.
+#[derive(Debug, Clone, Default)]
+pub struct ResetReasons(std::collections::HashMap<u32, String>);
+
+impl ResetReasons {
+    /// The label for a reason value: the kernel's name, lower-case, without
+    /// its `SK_RST_REASON_` prefix; `unknown` without one.
+    pub fn name(&self, reason: Option<u32>) -> &str {
+        reason
+            .and_then(|value| self.0.get(&value))
+            .map_or("unknown", String::as_str)
+    }
+}
+
+fn reset_reason_names(btf: &btf::Btf) -> ResetReasons {
+    let values = btf.enum_values("sk_rst_reason").unwrap_or_default();
+    ResetReasons(
+        values
+            .into_iter()
+            .filter_map(|(name, value)| {
+                let name = name.strip_prefix("SK_RST_REASON_").unwrap_or(&name);
+                Some((u32::try_from(value).ok()?, name.to_ascii_lowercase()))
+            })
+            .collect(),
+    )
+}
+
+/// Fails early, naming what is missing, instead of with a bare EPERM from the
+/// first `bpf()` call.
+fn check_privileges() -> Result<(), ProbeError> {
+    let Some(effective) = Capabilities::effective() else {
+        return Ok(()); // cannot tell: let the kernel decide
+    };
+    let missing = effective.missing_for_bpf();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(ProbeError::Privileges(missing.join(", ")))
+}
+
+/// The running kernel's release (`uname -r`), if it can be read.
+pub fn kernel_release() -> Option<String> {
+    fs::read_to_string("/proc/sys/kernel/osrelease")
+        .ok()
+        .map(|release| release.trim().to_owned())
+}

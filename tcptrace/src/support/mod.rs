@@ -1,0 +1,7 @@
+//! Support: small pieces every stage may use (clocks, hashing, bounded file
+//! reads, memory release).
+
+pub mod clock;
+pub mod fasthash;
+pub mod files;
+pub mod memory;

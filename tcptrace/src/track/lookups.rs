@@ -1,0 +1,100 @@
+//! Asking the kernel about the sockets whose next step raises no event.
+//!
+//! See [`crate::track::Tracker::fin_wait2_timewaits`]: a FIN_WAIT2 timewait socket becomes
+//! TIME_WAIT silently, so each second the ones tracked are looked up, by
+//! exact 4-tuple and cookie, in their network namespace.
+
+use std::collections::HashMap;
+
+use crate::{
+    events::Endpoints,
+    events::Family,
+    host::sock_diag::{self, DiagSocket, Namespace, SocketId},
+};
+
+/// What to look up and where namespaces were found before.
+#[derive(Debug, Default)]
+pub struct Lookups {
+    namespaces: HashMap<u32, Namespace>,
+}
+
+impl Lookups {
+    /// Looks up `pending` (from `Tracker::fin_wait2_timewaits`) on a
+    /// blocking thread; returns what the kernel still has, by cookie.
+    pub async fn find(&mut self, pending: Vec<(u64, Endpoints)>) -> Vec<(u64, DiagSocket)> {
+        if pending.is_empty() {
+            return Vec::new();
+        }
+        let mut this = std::mem::take(self);
+        let joined = tokio::task::spawn_blocking(move || {
+            let found = this.find_blocking(&pending);
+            (this, found)
+        })
+        .await;
+        match joined {
+            Ok((this, found)) => {
+                *self = this;
+                found
+            }
+            Err(error) => {
+                tracing::warn!(%error, "socket lookup thread failed");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Namespaces that cannot be entered are skipped: their sockets stay as
+    /// they are until their timer's events or reconciliation settle them.
+    pub fn find_blocking(&mut self, pending: &[(u64, Endpoints)]) -> Vec<(u64, DiagSocket)> {
+        let mut by_netns: HashMap<u32, Vec<(u64, SocketId)>> = HashMap::new();
+        for &(cookie, endpoints) in pending {
+            by_netns
+                .entry(endpoints.netns)
+                .or_default()
+                .push((cookie, socket_id(cookie, &endpoints)));
+        }
+        let mut found = Vec::new();
+        for (netns, sockets) in by_netns {
+            let Some(namespace) = self.namespace(netns) else {
+                continue;
+            };
+            let ids: Vec<SocketId> = sockets.iter().map(|&(_, id)| id).collect();
+            match sock_diag::lookup(&namespace, &ids) {
+                Ok(results) => found.extend(
+                    sockets
+                        .iter()
+                        .zip(results)
+                        .filter_map(|(&(cookie, _), result)| Some((cookie, result?))),
+                ),
+                Err(error) => {
+                    tracing::debug!(netns, %error, "socket lookup failed");
+                    self.namespaces.remove(&netns);
+                }
+            }
+        }
+        found
+    }
+
+    fn namespace(&mut self, inode: u32) -> Option<Namespace> {
+        if let Some(namespace) = self.namespaces.get(&inode) {
+            return Some(namespace.clone());
+        }
+        let namespace = sock_diag::find_namespace(inode)?;
+        self.namespaces.insert(inode, namespace.clone());
+        Some(namespace)
+    }
+}
+
+fn socket_id(cookie: u64, endpoints: &Endpoints) -> SocketId {
+    SocketId {
+        family: match endpoints.family {
+            Family::Ipv4 => tcptrace_common::AF_INET,
+            Family::Ipv6 => tcptrace_common::AF_INET6,
+        },
+        saddr: endpoints.saddr,
+        sport: endpoints.sport,
+        daddr: endpoints.daddr,
+        dport: endpoints.dport,
+        cookie,
+    }
+}

@@ -1,0 +1,1184 @@
+//! Every socket's current state, keyed by cookie: turns kernel events into
+//! the changes a person means, TIME_WAIT included.
+//!
+//! `inet_sock_set_state` never reports TIME_WAIT: a closing socket hands over
+//! to a timewait socket (same cookie) and is reported going to CLOSE. The
+//! timewait socket's timer tells the rest: armed with substate TIME_WAIT, the
+//! connection entered TIME_WAIT; with substate FIN_WAIT2 it is an orphaned
+//! FIN_WAIT2 socket until re-armed as TIME_WAIT (the peer's FIN came) or it
+//! expires; a cancel followed by neither re-arm nor expiry means the socket
+//! was killed early (port reuse, RST, namespace exit).
+//!
+//! One step has no event: a pending timer re-armed into the same timer-wheel
+//! bucket is updated in place (`__mod_timer`'s fast path) without tracing,
+//! which is what usually happens when a FIN_WAIT2 timewait socket becomes
+//! TIME_WAIT (60 s re-armed as 60 s). So sockets in that substate are looked
+//! up in the kernel ([`Tracker::fin_wait2_timewaits`], [`Tracker::looked_up`]).
+
+pub mod labels;
+pub mod lookups;
+
+use std::collections::VecDeque;
+
+use crate::{
+    events::{Endpoints, EventKind, Family, SocketEvent, Task, TcpState},
+    host::sock_diag::DiagSocket,
+    support::fasthash::{FastMap, FastSet},
+    track::labels::{PortLabel, PortPolicy, Role},
+};
+
+/// The errno of a connection that timed out (`ETIMEDOUT`).
+const ETIMEDOUT: u32 = libc::ETIMEDOUT.unsigned_abs();
+
+/// `TCP_TIMEWAIT_LEN`: a TIME_WAIT socket's timer, fixed in the kernel.
+const TIME_WAIT_NS: u64 = 60_000_000_000;
+
+/// Drift found by one reconciliation, by kind.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Corrections {
+    /// In the kernel but not tracked (at start-up: every socket).
+    pub missing: u64,
+    /// Tracked but gone from the kernel.
+    pub vanished: u64,
+    /// Tracked in another state than the kernel's.
+    pub state: u64,
+}
+
+impl Corrections {
+    /// (`kind` label, count) pairs.
+    pub fn by_kind(self) -> [(&'static str, u64); 3] {
+        [
+            ("missing", self.missing),
+            ("vanished", self.vanished),
+            ("state", self.state),
+        ]
+    }
+}
+
+/// How long a timewait cancel waits for its re-arm or expiry before it counts
+/// as a kill. Both follow within microseconds on the same CPU; the margin
+/// covers records of other CPUs read in between.
+pub const CANCEL_GRACE_NS: u64 = 500_000_000;
+
+/// A socket's time in a state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stay {
+    pub state: TcpState,
+    /// `CLOCK_BOOTTIME` of entry; a lower bound when not `known`.
+    pub since_ns: u64,
+    /// Whether `since_ns` is the real entry time: only then is the
+    /// duration worth observing.
+    pub known: bool,
+}
+
+/// One change to the tracked picture, as metrics and the event stream see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Change {
+    /// The kernel event behind it: socket identity, time, task.
+    pub event: SocketEvent,
+    pub role: Role,
+    pub port: PortLabel,
+    /// The transition to count and show, as the kernel reported it or as the
+    /// timewait timer implies; `None` when the socket was only discovered
+    /// (start-up, lost events) or forgotten (eviction, reconciliation).
+    pub transition: Option<(TcpState, TcpState)>,
+    /// The tracked state the socket leaves.
+    pub left: Option<Stay>,
+    /// The tracked state the socket enters; `None` when it is gone.
+    pub entered: Option<Stay>,
+    /// The socket left TIME_WAIT or FIN_WAIT2 before its timer.
+    pub killed: bool,
+    /// Something that happened to the socket besides a state change.
+    pub signal: Option<Signal>,
+}
+
+/// What happened to a socket without changing its state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signal {
+    /// This host sent an RST (reason: the kernel's `sk_rst_reason` value).
+    ResetSent {
+        reason: Option<u32>,
+    },
+    ResetReceived,
+    Error {
+        errno: u32,
+    },
+    KeepaliveProbe,
+    /// The connection died of unanswered keepalive probes: ETIMEDOUT while
+    /// probes were outstanding.
+    KeepaliveTimeout,
+}
+
+/// How long an ended socket's labels are kept: the kernel reports a socket's
+/// error (ECONNRESET, ETIMEDOUT …) just after the socket reaches CLOSE.
+const ENDED_KEPT_NS: u64 = 5_000_000_000;
+
+/// What is kept of an ended socket for its last signals.
+#[derive(Debug, Clone, Copy)]
+struct Ended {
+    role: Role,
+    port: PortLabel,
+    keepalive_probes: u8,
+}
+
+#[derive(Debug)]
+struct Socket {
+    stay: Stay,
+    role: Role,
+    port: PortLabel,
+    endpoints: Endpoints,
+    /// The kernel has handed over to a timewait socket: the full socket's own
+    /// move to CLOSE is not the end of the connection.
+    timewait: bool,
+    /// An unresolved timewait timer cancel (see [`CANCEL_GRACE_NS`]).
+    cancel: Option<Box<SocketEvent>>,
+    /// Keepalive probes outstanding, as of the last probe.
+    keepalive_probes: u8,
+    /// The task of the last transition made in process context.
+    task: Option<Task>,
+}
+
+/// A tracked socket, as the stale report and the API show it.
+#[derive(Debug, Clone, Copy)]
+pub struct Tracked {
+    pub stay: Stay,
+    pub role: Role,
+    pub port: PortLabel,
+    pub endpoints: Endpoints,
+    pub task: Option<Task>,
+}
+
+/// Tracked sockets and the policy that labels them.
+#[derive(Debug)]
+pub struct Tracker {
+    sockets: FastMap<u64, Socket>,
+    /// Listening (netns, port) pairs, to tell the role of a socket first seen
+    /// mid-life; the value counts listeners (`SO_REUSEPORT`).
+    listeners: FastMap<(u32, u16), u32>,
+    policy: PortPolicy,
+    /// Cancels awaiting resolution, oldest first: (time, cookie).
+    cancels: VecDeque<(u64, u64)>,
+    max_sockets: usize,
+    evictions: u64,
+    /// Cookies that ended since a kernel dump began, so that the dump, which
+    /// may predate their end, cannot bring them back.
+    ended_during_dump: Option<FastSet<u64>>,
+    /// Recently ended sockets, for the signals that follow their end.
+    ended: FastMap<u64, Ended>,
+    ended_order: VecDeque<(u64, u64)>,
+}
+
+impl Tracker {
+    pub fn new(policy: PortPolicy, max_sockets: usize) -> Self {
+        Self {
+            sockets: FastMap::default(),
+            listeners: FastMap::default(),
+            policy,
+            cancels: VecDeque::new(),
+            max_sockets: max_sockets.max(1),
+            evictions: 0,
+            ended_during_dump: None,
+            ended: FastMap::default(),
+            ended_order: VecDeque::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.sockets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sockets.is_empty()
+    }
+
+    /// Sockets dropped because `max_sockets` were already tracked.
+    pub fn evictions(&self) -> u64 {
+        self.evictions
+    }
+
+    /// Applies one kernel event, reporting each resulting change to `sink`.
+    pub fn apply(&mut self, event: &SocketEvent, sink: &mut impl FnMut(&Change)) {
+        match event.kind {
+            EventKind::StateChange { old, new } => self.state_change(event, old, new, sink),
+            EventKind::TimewaitStart { substate } => self.timewait_armed(event, substate, sink),
+            EventKind::TimewaitExpire { .. } => self.timewait_ended(event, false, sink),
+            EventKind::ResetSent { reason } => {
+                self.signal(event, Signal::ResetSent { reason }, sink);
+            }
+            EventKind::ResetReceived => self.signal(event, Signal::ResetReceived, sink),
+            EventKind::SocketError { errno } => self.signal(event, Signal::Error { errno }, sink),
+            EventKind::KeepaliveProbe { unanswered } => {
+                if let Some(socket) = self.sockets.get_mut(&event.cookie) {
+                    socket.keepalive_probes = unanswered;
+                }
+                self.signal(event, Signal::KeepaliveProbe, sink);
+            }
+            EventKind::TimewaitCancel { .. } => {
+                if let Some(socket) = self.sockets.get_mut(&event.cookie)
+                    && socket.timewait
+                {
+                    socket.cancel = Some(Box::new(*event));
+                    self.cancels.push_back((event.ts_ns, event.cookie));
+                }
+            }
+        }
+    }
+
+    /// Reports a signal under the socket's labels: a tracked socket's, a
+    /// recently ended one's, or, for a packet no socket owned (cookie 0), the
+    /// server side of the port it was sent to, if that port has a label.
+    fn signal(&mut self, event: &SocketEvent, signal: Signal, sink: &mut impl FnMut(&Change)) {
+        let known = self.sockets.get(&event.cookie).map(|s| Ended {
+            role: s.role,
+            port: s.port,
+            keepalive_probes: s.keepalive_probes,
+        });
+        let known = known.or_else(|| self.ended.get(&event.cookie).copied());
+        let Ended {
+            role,
+            port,
+            keepalive_probes,
+        } = match known {
+            Some(known) => known,
+            None if event.cookie == 0 => Ended {
+                role: Role::Server,
+                port: self.policy.existing(Role::Server, event.endpoints.sport),
+                keepalive_probes: 0,
+            },
+            None => {
+                let role = self.role_of(event.endpoints.netns, event.endpoints.sport);
+                let port = self.label(role, event.endpoints.sport, event.endpoints.dport);
+                Ended {
+                    role,
+                    port,
+                    keepalive_probes: 0,
+                }
+            }
+        };
+        let mut change = Change {
+            event: *event,
+            role,
+            port,
+            transition: None,
+            left: None,
+            entered: None,
+            killed: false,
+            signal: Some(signal),
+        };
+        sink(&change);
+        if signal == (Signal::Error { errno: ETIMEDOUT }) && keepalive_probes > 0 {
+            change.signal = Some(Signal::KeepaliveTimeout);
+            sink(&change);
+        }
+    }
+
+    /// Resolves timewait cancels older than the grace period as kills.
+    pub fn tick(&mut self, now_ns: u64, sink: &mut impl FnMut(&Change)) {
+        while let Some(&(ts_ns, cookie)) = self.ended_order.front() {
+            if ts_ns.saturating_add(ENDED_KEPT_NS) > now_ns {
+                break;
+            }
+            self.ended_order.pop_front();
+            self.ended.remove(&cookie);
+        }
+        while let Some(&(ts_ns, cookie)) = self.cancels.front() {
+            if ts_ns.saturating_add(CANCEL_GRACE_NS) > now_ns {
+                break;
+            }
+            self.cancels.pop_front();
+            let pending = self.sockets.get(&cookie).and_then(|s| s.cancel.as_deref());
+            if let Some(&cancel) = pending.filter(|c| c.ts_ns == ts_ns) {
+                self.timewait_ended(&cancel, true, sink);
+            }
+        }
+    }
+
+    fn state_change(
+        &mut self,
+        event: &SocketEvent,
+        old: TcpState,
+        new: TcpState,
+        sink: &mut impl FnMut(&Change),
+    ) {
+        let entered = (new != TcpState::Close).then_some(Stay {
+            state: new,
+            since_ns: event.ts_ns,
+            known: true,
+        });
+        let Some(socket) = self.sockets.get_mut(&event.cookie) else {
+            let role = match (old, new) {
+                (TcpState::Close, TcpState::SynSent) => Role::Client,
+                (TcpState::Listen, TcpState::SynRecv) | (_, TcpState::Listen) => Role::Server,
+                _ => self.role_of(event.endpoints.netns, event.endpoints.sport),
+            };
+            let port = self.label(role, event.endpoints.sport, event.endpoints.dport);
+            match entered {
+                Some(stay) => {
+                    self.insert(event, stay, role, port, false, sink);
+                    if let Some(socket) = self.sockets.get_mut(&event.cookie) {
+                        socket.task = event.task;
+                    }
+                }
+                None => self.ended(event.cookie),
+            }
+            if new == TcpState::Listen {
+                *self
+                    .listeners
+                    .entry((event.endpoints.netns, event.endpoints.sport))
+                    .or_default() += 1;
+            }
+            sink(&Change {
+                event: *event,
+                role,
+                port,
+                transition: Some((old, new)),
+                left: None,
+                entered,
+                killed: false,
+                signal: None,
+            });
+            return;
+        };
+        if socket.timewait && new == TcpState::Close {
+            return; // the full socket's end after its timewait socket took over
+        }
+        let left = socket.stay;
+        let (role, port) = (socket.role, socket.port);
+        socket.endpoints = event.endpoints;
+        if event.task.is_some() {
+            socket.task = event.task;
+        }
+        if let Some(stay) = entered {
+            socket.stay = stay;
+        } else if let Some(socket) = self.sockets.remove(&event.cookie) {
+            self.remember_ended(event, &socket);
+            self.ended(event.cookie);
+        }
+        if left.state == TcpState::Listen && new != TcpState::Listen {
+            self.forget_listener(event.endpoints.netns, event.endpoints.sport);
+        } else if new == TcpState::Listen && left.state != TcpState::Listen {
+            *self
+                .listeners
+                .entry((event.endpoints.netns, event.endpoints.sport))
+                .or_default() += 1;
+        }
+        sink(&Change {
+            event: *event,
+            role,
+            port,
+            transition: Some((old, new)),
+            left: Some(left),
+            entered,
+            killed: false,
+            signal: None,
+        });
+    }
+
+    fn timewait_armed(
+        &mut self,
+        event: &SocketEvent,
+        substate: TcpState,
+        sink: &mut impl FnMut(&Change),
+    ) {
+        let entered = Stay {
+            state: substate,
+            since_ns: event.ts_ns,
+            known: true,
+        };
+        let Some(socket) = self.sockets.get_mut(&event.cookie) else {
+            // A timewait socket whose history was missed: track it from now,
+            // without a duration to observe.
+            let role = self.role_of(event.endpoints.netns, event.endpoints.sport);
+            let port = self.label(role, event.endpoints.sport, event.endpoints.dport);
+            let stay = Stay {
+                known: false,
+                ..entered
+            };
+            self.insert(event, stay, role, port, true, sink);
+            sink(&Change {
+                event: *event,
+                role,
+                port,
+                transition: None,
+                left: None,
+                entered: Some(stay),
+                killed: false,
+                signal: None,
+            });
+            return;
+        };
+        socket.timewait = true;
+        socket.cancel = None;
+        if socket.stay.state == substate {
+            return; // re-armed, or an orphan staying in FIN_WAIT2
+        }
+        let left = socket.stay;
+        socket.stay = entered;
+        sink(&Change {
+            event: *event,
+            role: socket.role,
+            port: socket.port,
+            transition: Some((left.state, substate)),
+            left: Some(left),
+            entered: Some(entered),
+            killed: false,
+            signal: None,
+        });
+    }
+
+    fn timewait_ended(
+        &mut self,
+        event: &SocketEvent,
+        killed: bool,
+        sink: &mut impl FnMut(&Change),
+    ) {
+        let Some(socket) = self.sockets.remove(&event.cookie) else {
+            return;
+        };
+        self.remember_ended(event, &socket);
+        self.ended(event.cookie);
+        sink(&Change {
+            event: *event,
+            role: socket.role,
+            port: socket.port,
+            transition: Some((socket.stay.state, TcpState::Close)),
+            left: Some(socket.stay),
+            entered: None,
+            killed,
+            signal: None,
+        });
+    }
+
+    /// Starts tracking a socket, making room if the table is full.
+    fn insert(
+        &mut self,
+        event: &SocketEvent,
+        stay: Stay,
+        role: Role,
+        port: PortLabel,
+        timewait: bool,
+        sink: &mut impl FnMut(&Change),
+    ) {
+        if self.sockets.len() >= self.max_sockets {
+            self.evict_one(sink);
+        }
+        self.sockets.insert(
+            event.cookie,
+            Socket {
+                stay,
+                role,
+                port,
+                endpoints: event.endpoints,
+                timewait,
+                cancel: None,
+                keepalive_probes: 0,
+                task: None,
+            },
+        );
+    }
+
+    /// Forgets one socket (whichever the table yields first): its gauges drop
+    /// and reconciliation will find it again if it still exists.
+    fn evict_one(&mut self, sink: &mut impl FnMut(&Change)) {
+        let Some(&cookie) = self.sockets.keys().next() else {
+            return;
+        };
+        self.evictions += 1;
+        self.forget(cookie, sink);
+    }
+
+    /// Stops tracking `cookie` without counting a transition.
+    pub fn forget(&mut self, cookie: u64, sink: &mut impl FnMut(&Change)) {
+        let Some(socket) = self.sockets.remove(&cookie) else {
+            return;
+        };
+        if socket.stay.state == TcpState::Listen {
+            self.forget_listener(socket.endpoints.netns, socket.endpoints.sport);
+        }
+        sink(&Change {
+            event: socket.endpoints.to_event(cookie, socket.stay),
+            role: socket.role,
+            port: socket.port,
+            transition: None,
+            left: Some(Stay {
+                known: false,
+                ..socket.stay
+            }),
+            entered: None,
+            killed: false,
+            signal: None,
+        });
+    }
+
+    fn remember_ended(&mut self, event: &SocketEvent, socket: &Socket) {
+        let ended = Ended {
+            role: socket.role,
+            port: socket.port,
+            keepalive_probes: socket.keepalive_probes,
+        };
+        self.ended.insert(event.cookie, ended);
+        self.ended_order.push_back((event.ts_ns, event.cookie));
+    }
+
+    fn ended(&mut self, cookie: u64) {
+        if let Some(ended) = &mut self.ended_during_dump {
+            ended.insert(cookie);
+        }
+    }
+
+    /// Call just before reading the kernel's sockets for [`Tracker::reconcile`].
+    pub fn begin_reconcile(&mut self) {
+        self.ended_during_dump = Some(FastSet::default());
+    }
+
+    /// Makes the tracked sockets match a kernel dump that began at
+    /// `started_ns`, after every event up to the dump's end was applied.
+    ///
+    /// Sockets that changed since the dump began are left alone (the dump may
+    /// predate the change), and so are sockets that ended meanwhile.
+    pub fn reconcile(
+        &mut self,
+        dump: &[DiagSocket],
+        started_ns: u64,
+        now_ns: u64,
+        sink: &mut impl FnMut(&Change),
+    ) -> Corrections {
+        let ended = self.ended_during_dump.take().unwrap_or_default();
+        let in_dump: FastMap<u64, &DiagSocket> = dump.iter().map(|s| (s.cookie, s)).collect();
+        // A FIN_WAIT2 timewait socket that got its peer's FIN moved to
+        // TIME_WAIT with no event (see `looked_up`): not drift.
+        let moved: Vec<u64> = self
+            .fin_wait2_timewaits()
+            .into_iter()
+            .map(|(cookie, _)| cookie)
+            .filter(|cookie| in_dump.contains_key(cookie))
+            .collect();
+        for cookie in moved {
+            self.looked_up(cookie, in_dump[&cookie], now_ns, sink);
+        }
+        let mut corrections = Corrections::default();
+        let stale: Vec<(u64, bool)> = self
+            .sockets
+            .iter()
+            .filter(|(_, socket)| socket.stay.since_ns < started_ns)
+            // A cancelled timer is resolved by `tick`, after its grace.
+            .filter(|(_, socket)| socket.cancel.is_none())
+            .filter_map(|(&cookie, socket)| match in_dump.get(&cookie) {
+                None => Some((cookie, false)),
+                Some(seen) => (TcpState::from_kernel(seen.state) != Some(socket.stay.state))
+                    .then_some((cookie, true)),
+            })
+            .collect();
+        for (cookie, drifted) in stale {
+            if let Some(socket) = self.sockets.get(&cookie) {
+                tracing::debug!(
+                    cookie,
+                    tracked = socket.stay.state.name(),
+                    found = in_dump.get(&cookie).map(|s| s.state),
+                    endpoints = ?socket.endpoints,
+                    "reconciliation: tracked socket differs from the kernel's"
+                );
+            }
+            self.forget(cookie, sink);
+            if drifted {
+                corrections.state += 1;
+            } else {
+                corrections.vanished += 1;
+            }
+        }
+        // Listeners first: they decide the role of the others. Handshakes
+        // in flight (SYN_RECV: request sockets) are left to the events that
+        // make them connections: the connection's cookie is not always the
+        // request's (Linux 6.1 gives it a new one), so one tracked from the
+        // dump could outlive its handshake as a ghost.
+        let (listeners, others): (Vec<&DiagSocket>, Vec<&DiagSocket>) = dump
+            .iter()
+            .filter(|s| s.state != TcpState::SynRecv as u8)
+            .filter(|s| !self.sockets.contains_key(&s.cookie) && !ended.contains(&s.cookie))
+            .partition(|s| s.state == TcpState::Listen as u8);
+        for socket in listeners.into_iter().chain(others) {
+            tracing::trace!(
+                cookie = socket.cookie,
+                found = socket.state,
+                sport = socket.sport,
+                dport = socket.dport,
+                "reconciliation: untracked socket found in the kernel"
+            );
+            if self.discover(socket, now_ns, sink) {
+                corrections.missing += 1;
+            }
+        }
+        // Re-added after drift: not missing.
+        corrections.missing -= corrections.state.min(corrections.missing);
+        corrections
+    }
+
+    /// Starts tracking a socket found in a kernel dump; false if its state
+    /// is not one tcptrace knows.
+    fn discover(
+        &mut self,
+        found: &DiagSocket,
+        now_ns: u64,
+        sink: &mut impl FnMut(&Change),
+    ) -> bool {
+        let Some(state) = TcpState::from_kernel(found.state) else {
+            return false;
+        };
+        let family = if found.family == tcptrace_common::AF_INET6 {
+            Family::Ipv6
+        } else {
+            Family::Ipv4
+        };
+        let endpoints = Endpoints {
+            netns: found.netns,
+            family,
+            saddr: found.saddr,
+            sport: found.sport,
+            daddr: found.daddr,
+            dport: found.dport,
+        };
+        let role = if state == TcpState::Listen {
+            *self
+                .listeners
+                .entry((found.netns, found.sport))
+                .or_default() += 1;
+            Role::Server
+        } else {
+            self.role_of(found.netns, found.sport)
+        };
+        let port = self.label(role, found.sport, found.dport);
+        // A TIME_WAIT timer always runs TCP_TIMEWAIT_LEN, so what is left of
+        // it tells when the socket entered; for anything else only "before
+        // now" is known.
+        let stay = if found.timewait && state == TcpState::TimeWait && found.timer == 3 {
+            let elapsed = TIME_WAIT_NS.saturating_sub(u64::from(found.expires_ms) * 1_000_000);
+            Stay {
+                state,
+                since_ns: now_ns.saturating_sub(elapsed),
+                known: true,
+            }
+        } else {
+            Stay {
+                state,
+                since_ns: now_ns,
+                known: false,
+            }
+        };
+        let event = endpoints.to_event(found.cookie, stay);
+        self.insert(&event, stay, role, port, found.timewait, sink);
+        sink(&Change {
+            event,
+            role,
+            port,
+            transition: None,
+            left: None,
+            entered: Some(stay),
+            killed: false,
+            signal: None,
+        });
+        true
+    }
+
+    fn forget_listener(&mut self, netns: u32, port: u16) {
+        if let Some(count) = self.listeners.get_mut(&(netns, port)) {
+            *count -= 1;
+            if *count == 0 {
+                self.listeners.remove(&(netns, port));
+            }
+        }
+    }
+
+    /// Server if a listener owns the local port in that namespace.
+    fn role_of(&self, netns: u32, local_port: u16) -> Role {
+        if self.listeners.contains_key(&(netns, local_port)) {
+            Role::Server
+        } else {
+            Role::Client
+        }
+    }
+
+    fn label(&mut self, role: Role, local_port: u16, remote_port: u16) -> PortLabel {
+        match role {
+            Role::Server => self.policy.label(role, local_port),
+            Role::Client => self.policy.label(role, remote_port),
+        }
+    }
+
+    /// Timewait sockets still in substate FIN_WAIT2: the ones whose move to
+    /// TIME_WAIT may happen without an event, to be looked up in the kernel.
+    pub fn fin_wait2_timewaits(&self) -> Vec<(u64, Endpoints)> {
+        self.sockets
+            .iter()
+            .filter(|(_, s)| s.timewait && s.stay.state == TcpState::FinWait2)
+            .map(|(&cookie, s)| (cookie, s.endpoints))
+            .collect()
+    }
+
+    /// Applies what a kernel lookup found of a FIN_WAIT2 timewait socket: if
+    /// it is now in TIME_WAIT, it entered when its 60 s timer was re-armed,
+    /// which the timer's remaining time tells.
+    pub fn looked_up(
+        &mut self,
+        cookie: u64,
+        found: &DiagSocket,
+        now_ns: u64,
+        sink: &mut impl FnMut(&Change),
+    ) {
+        let Some(socket) = self.sockets.get_mut(&cookie) else {
+            return;
+        };
+        let moved = socket.timewait
+            && socket.stay.state == TcpState::FinWait2
+            && found.timewait
+            && found.state == TcpState::TimeWait as u8;
+        if !moved {
+            return;
+        }
+        let elapsed = TIME_WAIT_NS.saturating_sub(u64::from(found.expires_ms) * 1_000_000);
+        let entered = Stay {
+            state: TcpState::TimeWait,
+            // Never before it entered FIN_WAIT2, whatever the timer says.
+            since_ns: now_ns.saturating_sub(elapsed).max(socket.stay.since_ns),
+            known: true,
+        };
+        let left = socket.stay;
+        socket.stay = entered;
+        sink(&Change {
+            event: socket.endpoints.to_event(cookie, entered),
+            role: socket.role,
+            port: socket.port,
+            transition: Some((TcpState::FinWait2, TcpState::TimeWait)),
+            left: Some(left),
+            entered: Some(entered),
+            killed: false,
+            signal: None,
+        });
+    }
+
+    /// Cookies of the sockets tracked now, with their state.
+    pub fn states(&self) -> impl Iterator<Item = (u64, TcpState)> + '_ {
+        self.sockets
+            .iter()
+            .map(|(&cookie, s)| (cookie, s.stay.state))
+    }
+
+    /// A tracked socket by cookie.
+    pub fn socket(&self, cookie: u64) -> Option<Tracked> {
+        self.sockets.get(&cookie).map(|s| Tracked {
+            stay: s.stay,
+            role: s.role,
+            port: s.port,
+            endpoints: s.endpoints,
+            task: s.task,
+        })
+    }
+
+    pub fn contains(&self, cookie: u64) -> bool {
+        self.sockets.contains_key(&cookie)
+    }
+
+    /// Listening (netns, port) pairs known now.
+    pub fn listening(&self) -> FastSet<(u32, u16)> {
+        self.listeners.keys().copied().collect()
+    }
+}
+
+impl Endpoints {
+    /// A synthetic event standing for this socket, for changes no kernel
+    /// event caused (eviction, reconciliation, lookups).
+    fn to_event(self, cookie: u64, stay: Stay) -> SocketEvent {
+        SocketEvent {
+            ts_ns: stay.since_ns,
+            cookie,
+            endpoints: self,
+            task: None,
+            kind: EventKind::StateChange {
+                old: stay.state,
+                new: stay.state,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::events::TcpState::{
+        Close, CloseWait, Established, FinWait1, FinWait2, LastAck, Listen, SynRecv, SynSent,
+        TimeWait,
+    };
+
+    const MS: u64 = 1_000_000;
+
+    fn event(cookie: u64, ms: u64, kind: EventKind, sport: u16, dport: u16) -> SocketEvent {
+        SocketEvent {
+            ts_ns: ms * MS,
+            cookie,
+            endpoints: Endpoints {
+                netns: 1,
+                family: Family::Ipv4,
+                saddr: Ipv4Addr::LOCALHOST.into(),
+                sport,
+                daddr: Ipv4Addr::LOCALHOST.into(),
+                dport,
+            },
+            task: None,
+            kind,
+        }
+    }
+
+    fn state(old: TcpState, new: TcpState) -> EventKind {
+        EventKind::StateChange { old, new }
+    }
+
+    /// Applies events, returning every change.
+    fn run(tracker: &mut Tracker, events: &[SocketEvent]) -> Vec<Change> {
+        let mut changes = Vec::new();
+        for event in events {
+            tracker.apply(event, &mut |c| changes.push(*c));
+        }
+        changes
+    }
+
+    fn tracker() -> Tracker {
+        Tracker::new(PortPolicy::new(&[], 32768, 128), 1000)
+    }
+
+    fn transitions(changes: &[Change]) -> Vec<(TcpState, TcpState)> {
+        changes.iter().filter_map(|c| c.transition).collect()
+    }
+
+    #[test]
+    fn client_closing_first_enters_time_wait_and_expires() {
+        let mut tracker = tracker();
+        let start = |substate| EventKind::TimewaitStart { substate };
+        let cancel = |substate| EventKind::TimewaitCancel { substate };
+        // The kernel's order for a client that closes first (seen on 6.18):
+        // the orphaned FIN_WAIT2 socket becomes a timewait socket at once,
+        // then the peer's FIN re-arms it as TIME_WAIT; 60 s later it expires.
+        let changes = run(
+            &mut tracker,
+            &[
+                event(7, 0, state(Close, SynSent), 0, 80),
+                event(7, 1, state(SynSent, Established), 40000, 80),
+                event(7, 10, state(Established, FinWait1), 40000, 80),
+                event(7, 11, state(FinWait1, FinWait2), 40000, 80),
+                event(7, 11, start(FinWait2), 40000, 80),
+                event(7, 11, state(FinWait2, Close), 40000, 80),
+                event(7, 20, cancel(FinWait2), 40000, 80),
+                event(7, 20, start(TimeWait), 40000, 80),
+                event(7, 60_020, cancel(TimeWait), 40000, 80),
+                event(
+                    7,
+                    60_020,
+                    EventKind::TimewaitExpire { substate: TimeWait },
+                    40000,
+                    80,
+                ),
+            ],
+        );
+        assert_eq!(
+            transitions(&changes),
+            [
+                (Close, SynSent),
+                (SynSent, Established),
+                (Established, FinWait1),
+                (FinWait1, FinWait2),
+                (FinWait2, TimeWait),
+                (TimeWait, Close)
+            ]
+        );
+        assert!(
+            changes
+                .iter()
+                .all(|c| c.role == Role::Client && c.port == PortLabel::Port(80))
+        );
+        let left_fin_wait2 = changes[4].left.expect("left FIN_WAIT2");
+        assert_eq!(
+            (left_fin_wait2.state, left_fin_wait2.since_ns),
+            (FinWait2, 11 * MS)
+        );
+        let left_time_wait = changes[5].left.expect("left TIME_WAIT");
+        assert_eq!(
+            (left_time_wait.since_ns, left_time_wait.known),
+            (20 * MS, true)
+        );
+        assert!(!changes[5].killed);
+        assert!(tracker.is_empty());
+        tracker.tick(u64::MAX, &mut |c| panic!("nothing pending: {c:?}"));
+    }
+
+    #[test]
+    fn a_cancel_alone_is_a_kill_after_the_grace_period() {
+        let mut tracker = tracker();
+        run(
+            &mut tracker,
+            &[
+                event(3, 0, state(Established, FinWait1), 40000, 443),
+                event(
+                    3,
+                    1,
+                    EventKind::TimewaitStart { substate: TimeWait },
+                    40000,
+                    443,
+                ),
+                event(3, 1, state(FinWait1, Close), 40000, 443),
+                event(
+                    3,
+                    5000,
+                    EventKind::TimewaitCancel { substate: TimeWait },
+                    40000,
+                    443,
+                ),
+            ],
+        );
+        let mut changes = Vec::new();
+        tracker.tick(5000 * MS + CANCEL_GRACE_NS - 1, &mut |c| changes.push(*c));
+        assert!(changes.is_empty(), "still within the grace period");
+        // A reconciliation meanwhile no longer finds it: that is the kill
+        // still to be resolved, not drift.
+        tracker.begin_reconcile();
+        let corrections = tracker.reconcile(&[], 5000 * MS, 5001 * MS, &mut |c| changes.push(*c));
+        assert_eq!(corrections, Corrections::default());
+        assert!(changes.is_empty());
+        tracker.tick(5000 * MS + CANCEL_GRACE_NS, &mut |c| changes.push(*c));
+        assert_eq!(transitions(&changes), [(TimeWait, Close)]);
+        assert!(changes[0].killed);
+        assert_eq!(changes[0].event.ts_ns, 5000 * MS, "at the cancel's time");
+        assert!(tracker.is_empty());
+    }
+
+    #[test]
+    fn a_cancel_followed_by_a_re_arm_is_not_a_kill() {
+        let mut tracker = tracker();
+        run(
+            &mut tracker,
+            &[
+                event(3, 0, state(Established, FinWait1), 40000, 443),
+                event(
+                    3,
+                    1,
+                    EventKind::TimewaitStart { substate: TimeWait },
+                    40000,
+                    443,
+                ),
+                event(
+                    3,
+                    9,
+                    EventKind::TimewaitCancel { substate: TimeWait },
+                    40000,
+                    443,
+                ),
+                event(
+                    3,
+                    9,
+                    EventKind::TimewaitStart { substate: TimeWait },
+                    40000,
+                    443,
+                ),
+            ],
+        );
+        tracker.tick(u64::MAX, &mut |c| panic!("re-armed, not killed: {c:?}"));
+        assert_eq!(tracker.states().collect::<Vec<_>>(), [(3, TimeWait)]);
+    }
+
+    /// Socket 8, a client of port 443 closed first and orphaned at 2 ms: a
+    /// timewait socket in FIN_WAIT2.
+    fn tracker_with_fin_wait2_timewait() -> Tracker {
+        let mut tracker = tracker();
+        run(
+            &mut tracker,
+            &[
+                event(8, 0, state(Established, FinWait1), 40000, 443),
+                event(8, 2, state(FinWait1, FinWait2), 40000, 443),
+                event(
+                    8,
+                    2,
+                    EventKind::TimewaitStart { substate: FinWait2 },
+                    40000,
+                    443,
+                ),
+                event(8, 2, state(FinWait2, Close), 40000, 443),
+            ],
+        );
+        tracker
+    }
+
+    #[test]
+    fn a_silent_re_arm_is_found_by_lookup() {
+        let mut tracker = tracker_with_fin_wait2_timewait();
+        let pending = tracker.fin_wait2_timewaits();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(
+            (pending[0].0, pending[0].1.sport, pending[0].1.dport),
+            (8, 40000, 443)
+        );
+        let mut found = DiagSocket {
+            netns: 1,
+            cookie: 8,
+            state: FinWait2 as u8,
+            timewait: true,
+            family: tcptrace_common::AF_INET,
+            saddr: Ipv4Addr::LOCALHOST.into(),
+            sport: 40000,
+            daddr: Ipv4Addr::LOCALHOST.into(),
+            dport: 443,
+            inode: 0,
+            uid: 0,
+            timer: 3,
+            expires_ms: 59_000,
+            retrans: 0,
+        };
+        let mut changes = Vec::new();
+        tracker.looked_up(8, &found, 1_000 * MS, &mut |c| changes.push(*c));
+        assert!(changes.is_empty(), "still FIN_WAIT2");
+        // The peer's FIN re-armed the timer: 59.7 s left at 1,000 ms means
+        // TIME_WAIT began at 700 ms.
+        found.state = TimeWait as u8;
+        found.expires_ms = 59_700;
+        tracker.looked_up(8, &found, 1_000 * MS, &mut |c| changes.push(*c));
+        assert_eq!(transitions(&changes), [(FinWait2, TimeWait)]);
+        assert_eq!(changes[0].entered.map(|s| s.since_ns), Some(700 * MS));
+        assert_eq!(changes[0].event.ts_ns, 700 * MS, "FIN_WAIT2 lasted 698 ms");
+        assert!(tracker.fin_wait2_timewaits().is_empty());
+
+        // A reconciliation that finds the move first reports it the same way,
+        // as a transition, not as drift.
+        let mut tracker = tracker_with_fin_wait2_timewait();
+        tracker.begin_reconcile();
+        let mut changes = Vec::new();
+        let corrections =
+            tracker.reconcile(&[found], 900 * MS, 1_000 * MS, &mut |c| changes.push(*c));
+        assert_eq!(corrections, Corrections::default());
+        assert_eq!(transitions(&changes), [(FinWait2, TimeWait)]);
+        assert_eq!(changes[0].entered.map(|s| s.since_ns), Some(700 * MS));
+        assert_eq!(tracker.states().collect::<Vec<_>>(), [(8, TimeWait)]);
+    }
+
+    #[test]
+    fn handshakes_in_a_dump_are_left_to_their_events() {
+        let mut tracker = tracker();
+        let socket = |cookie, state: TcpState, timer| DiagSocket {
+            netns: 1,
+            cookie,
+            state: state as u8,
+            timewait: false,
+            family: tcptrace_common::AF_INET,
+            saddr: Ipv4Addr::LOCALHOST.into(),
+            sport: 443,
+            daddr: Ipv4Addr::LOCALHOST.into(),
+            dport: 40000 + u16::try_from(cookie).expect("small"),
+            inode: 0,
+            uid: 0,
+            timer,
+            expires_ms: 0,
+            retrans: 0,
+        };
+        let dump = [socket(9, SynRecv, 1), socket(10, Established, 0)];
+        tracker.begin_reconcile();
+        let corrections = tracker.reconcile(&dump, 0, MS, &mut |_| {});
+        assert_eq!(corrections.missing, 1);
+        assert_eq!(tracker.states().collect::<Vec<_>>(), [(10, Established)]);
+    }
+
+    #[test]
+    fn orphaned_fin_wait2_expiring_never_counts_as_time_wait() {
+        let mut tracker = tracker();
+        let changes = run(
+            &mut tracker,
+            &[
+                event(5, 0, state(Established, FinWait1), 8080, 50000),
+                event(5, 1, state(FinWait1, FinWait2), 8080, 50000),
+                event(
+                    5,
+                    1,
+                    EventKind::TimewaitStart { substate: FinWait2 },
+                    8080,
+                    50000,
+                ),
+                event(5, 1, state(FinWait2, Close), 8080, 50000),
+                event(
+                    5,
+                    5001,
+                    EventKind::TimewaitExpire { substate: FinWait2 },
+                    8080,
+                    50000,
+                ),
+            ],
+        );
+        assert_eq!(
+            transitions(&changes),
+            [
+                (Established, FinWait1),
+                (FinWait1, FinWait2),
+                (FinWait2, Close)
+            ]
+        );
+        let left = changes[2].left.expect("left FIN_WAIT2");
+        assert_eq!((left.state, left.since_ns), (FinWait2, MS));
+    }
+
+    #[test]
+    fn roles_and_ports() {
+        let mut tracker = tracker();
+        let changes = run(
+            &mut tracker,
+            &[
+                event(1, 0, state(Close, Listen), 8080, 0),
+                event(2, 1, state(Listen, SynRecv), 8080, 50000),
+                // First seen mid-life: a listener owns 8080, so a server.
+                event(3, 2, state(Established, CloseWait), 8080, 50001),
+                event(3, 3, state(CloseWait, LastAck), 8080, 50001),
+                // No listener on 50002: a client of port 5432.
+                event(4, 4, state(Established, CloseWait), 50002, 5432),
+            ],
+        );
+        let labels: Vec<(Role, PortLabel)> = changes.iter().map(|c| (c.role, c.port)).collect();
+        assert_eq!(
+            labels,
+            [
+                (Role::Server, PortLabel::Port(8080)),
+                (Role::Server, PortLabel::Port(8080)),
+                (Role::Server, PortLabel::Port(8080)),
+                (Role::Server, PortLabel::Port(8080)),
+                (Role::Client, PortLabel::Port(5432)),
+            ]
+        );
+        assert_eq!(
+            changes[2].left, None,
+            "history before the first event is unknown"
+        );
+        assert_eq!(changes[3].left.map(|l| l.state), Some(CloseWait));
+        // The listener closing takes the role hint with it.
+        run(&mut tracker, &[event(1, 5, state(Listen, Close), 8080, 0)]);
+        let late = run(
+            &mut tracker,
+            &[event(9, 6, state(Established, CloseWait), 8080, 1)],
+        );
+        assert_eq!(late[0].role, Role::Client);
+    }
+
+    #[test]
+    fn the_table_is_bounded() {
+        let mut tracker = Tracker::new(PortPolicy::new(&[], 32768, 128), 2);
+        let changes = run(
+            &mut tracker,
+            &[
+                event(1, 0, state(Close, SynSent), 0, 80),
+                event(2, 0, state(Close, SynSent), 0, 80),
+                event(3, 0, state(Close, SynSent), 0, 80),
+            ],
+        );
+        assert_eq!(tracker.len(), 2);
+        assert_eq!(tracker.evictions(), 1);
+        let forgotten: Vec<&Change> = changes.iter().filter(|c| c.transition.is_none()).collect();
+        assert_eq!(forgotten.len(), 1);
+        assert!(forgotten[0].entered.is_none());
+        assert!(
+            !forgotten[0].left.expect("left").known,
+            "no duration observed"
+        );
+    }
+}
