@@ -40,42 +40,11 @@ impl Default for StaleAfter {
     }
 }
 
-/// One `--stale-after` value: `5m` for every state, or `CLOSE_WAIT=5m`.
+/// One threshold: for every state of [`STALE_STATES`], or for one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StaleSetting {
     pub state: Option<TcpState>,
     pub after: Duration,
-}
-
-impl std::str::FromStr for StaleSetting {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, String> {
-        let Some((state, after)) = text.split_once('=') else {
-            return Ok(Self {
-                state: None,
-                after: positive(text)?,
-            });
-        };
-        let state: TcpState = state.parse()?;
-        if !STALE_STATES.contains(&state) {
-            return Err(format!(
-                "{state} cannot be stale: use CLOSE_WAIT, FIN_WAIT2 or LAST_ACK"
-            ));
-        }
-        Ok(Self {
-            state: Some(state),
-            after: positive(after)?,
-        })
-    }
-}
-
-fn positive(text: &str) -> Result<Duration, String> {
-    let after = crate::cli::parse_duration(text)?;
-    if after.is_zero() {
-        return Err(format!("{text:?} must be longer than 0"));
-    }
-    Ok(after)
 }
 
 impl StaleAfter {

@@ -10,7 +10,11 @@ use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{aggregate::owners::Owner, aggregate::owners::OwnerSource, events::TcpState};
+use crate::{
+    aggregate::owners::{Owner, OwnerSource},
+    events::TcpState,
+    support::duration,
+};
 
 pub const OVERVIEW_PATH: &str = "/api/v1/overview";
 pub const SOCKETS_PATH: &str = "/api/v1/sockets";
@@ -150,7 +154,7 @@ impl SocketQuery {
                         parsed.states.push(state.parse().map_err(invalid)?);
                     }
                 }
-                "min_age" => parsed.min_age = crate::cli::parse_duration(value).map_err(invalid)?,
+                "min_age" => parsed.min_age = duration::parse(value).map_err(invalid)?,
                 "port" => {
                     let port = value.parse().ok().filter(|&port: &u16| port > 0);
                     parsed.port = Some(port.ok_or_else(|| invalid("not a port 1-65535".into()))?);

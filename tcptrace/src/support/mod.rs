@@ -2,6 +2,7 @@
 //! reads, memory release).
 
 pub mod clock;
+pub mod duration;
 pub mod fasthash;
 pub mod files;
 pub mod memory;
