@@ -7,7 +7,7 @@
 //! - [`events`]: the typed kernel events, decoded from ring-buffer bytes;
 //! - [`kernel`]: the BPF programs, loaded for the running kernel, and the
 //!   ring buffer they fill;
-//! - [`host`]: what the kernel reports when asked (sock_diag, namespaces,
+//! - [`host`]: what the kernel reports when asked (`sock_diag`, namespaces,
 //!   sysctls);
 //! - [`track`]: every socket's state by cookie, TIME_WAIT derived;
 //! - [`aggregate`]: what the sockets add up to per role and port, stale
@@ -131,7 +131,7 @@ mod tests {
         );
         let verifier = kernel::probes::ProbeError::Verifier {
             program: "timer_start",
-            min_kernel: "5.12",
+            min_kernel: kernel::version::KernelVersion::new(5, 12),
             error: std::io::Error::from_raw_os_error(libc::EPERM),
             log: "0: R1=ctx\n1: invalid access".to_owned(),
         };

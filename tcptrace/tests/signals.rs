@@ -18,6 +18,7 @@ use std::{
 use common::{
     Daemon, DeadLink, NetNs, Scrape, keepalive, kernel_at_least, kernel_version, set_option,
 };
+use tcptrace::kernel::version::KernelVersion;
 
 /// Whether `tcp_send_reset` fires for resets no full socket sends: those
 /// answering a closed port, or a timewait socket. Before Linux 6.10 (the
@@ -70,7 +71,7 @@ fn connecting_to_a_closed_port_counts_resets_and_refusals() {
     assert_eq!(
         count(&scrape, "tcptrace_resets_total", &sent_any),
         if traced { 30.0 } else { 0.0 },
-        "resets sent for a closed port, on Linux {:?}",
+        "resets sent for a closed port, on Linux {}",
         kernel_version()
     );
     let received = [
@@ -309,8 +310,8 @@ fn keepalive_timeouts_behind_a_dead_link() {
     // 6.18); before 6.10 it has none (seen on 6.1). In between it gives
     // reasons, but no kernel of those is tested here, so only the count is.
     let reason = match kernel_version() {
-        version if version >= (6, 12) => Some("tcp_keepalive_timeout"),
-        version if version < (6, 10) => Some("unknown"),
+        version if version >= KernelVersion::new(6, 12) => Some("tcp_keepalive_timeout"),
+        version if version < KernelVersion::new(6, 10) => Some("unknown"),
         _ => None,
     };
     let mut reset = vec![
@@ -322,7 +323,7 @@ fn keepalive_timeouts_behind_a_dead_link() {
     assert_eq!(
         count(&scrape, "tcptrace_resets_total", &reset),
         10.0,
-        "resets with reason {reason:?} on Linux {:?}",
+        "resets with reason {reason:?} on Linux {}",
         kernel_version()
     );
     assert_eq!(

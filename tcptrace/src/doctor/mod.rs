@@ -20,6 +20,7 @@ use crate::{
         Capabilities,
     },
     kernel::probes::{HOOKS, Hook},
+    kernel::version::KernelVersion,
 };
 
 /// How one check came out, from best to worst.
@@ -169,7 +170,7 @@ pub struct HookCheck {
     pub status: Status,
     pub program: &'static str,
     pub tracepoint: &'static str,
-    pub min_kernel: &'static str,
+    pub min_kernel: String,
     pub attached: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -211,7 +212,10 @@ const RESET_REASON_KERNEL: &str = "6.10";
 
 /// Judges the findings: pure, so every outcome can be unit-tested.
 pub fn assess(findings: &Findings) -> Report {
-    let kernel = parse_version(findings.kernel_release.as_deref().unwrap_or_default());
+    let kernel = findings
+        .kernel_release
+        .as_deref()
+        .and_then(KernelVersion::parse);
     let mut report = Report {
         verdict: Verdict::Ready,
         exit_code: 0,
@@ -416,23 +420,13 @@ impl NamespaceCheck {
     }
 }
 
-/// `(major, minor)` of a release such as `6.18.44-fc-v595` or `5.14`.
-fn parse_version(release: &str) -> Option<(u32, u32)> {
-    let mut numbers = release.split(['.', '-']);
-    let major = numbers.next()?.parse().ok()?;
-    let minor = numbers.next()?.parse().ok()?;
-    Some((major, minor))
-}
-
 /// Is `kernel` older than `needed` (a hook's `min_kernel`)? Unknown versions
 /// are not.
-fn older(kernel: Option<(u32, u32)>, needed: &str) -> bool {
-    kernel
-        .zip(parse_version(needed))
-        .is_some_and(|(k, n)| k < n)
+fn older(kernel: Option<KernelVersion>, needed: KernelVersion) -> bool {
+    kernel.is_some_and(|kernel| kernel < needed)
 }
 
-fn kernel_check(release: Option<&str>, kernel: Option<(u32, u32)>) -> Check {
+fn kernel_check(release: Option<&str>, kernel: Option<KernelVersion>) -> Check {
     let Some(release) = release else {
         return Check {
             status: Status::Note,
@@ -454,8 +448,8 @@ fn kernel_check(release: Option<&str>, kernel: Option<(u32, u32)>) -> Check {
     let newest = HOOKS
         .iter()
         .map(|hook| hook.min_kernel)
-        .max_by_key(|needed| parse_version(needed))
-        .unwrap_or_default();
+        .max()
+        .unwrap_or(KernelVersion::new(0, 0));
     let too_new: Vec<String> = HOOKS
         .iter()
         .filter(|hook| older(kernel, hook.min_kernel))
@@ -540,7 +534,7 @@ fn btf_checks(findings: &Findings) -> Vec<Check> {
 
 fn hook_checks(
     hooks: &Result<Vec<(&'static Hook, Option<String>)>, String>,
-    kernel: Option<(u32, u32)>,
+    kernel: Option<KernelVersion>,
 ) -> Vec<HookCheck> {
     let outcomes: Vec<(&'static Hook, Option<String>)> = match hooks {
         Ok(outcomes) => outcomes.clone(),
@@ -577,7 +571,7 @@ fn hook_checks(
                 status,
                 program: hook.program,
                 tracepoint: hook.tracepoint,
-                min_kernel: hook.min_kernel,
+                min_kernel: hook.min_kernel.to_string(),
                 attached: error.is_none(),
                 error,
                 without,
@@ -1062,14 +1056,15 @@ mod tests {
     }
 
     #[test]
-    fn versions() {
-        assert_eq!(parse_version("6.18.44-fc-v595"), Some((6, 18)));
-        assert_eq!(parse_version("5.14.0-362.el9.x86_64"), Some((5, 14)));
-        assert_eq!(parse_version("6.10"), Some((6, 10)));
-        assert_eq!(parse_version("6-rc1"), None);
-        assert_eq!(parse_version(""), None);
-        assert!(older(Some((5, 10)), "5.12"));
-        assert!(!older(Some((6, 1)), "5.12"));
-        assert!(!older(None, "5.12"));
+    fn hooks_need_no_newer_kernel_than_named() {
+        assert!(older(
+            Some(KernelVersion::new(5, 10)),
+            KernelVersion::new(5, 12)
+        ));
+        assert!(!older(
+            Some(KernelVersion::new(6, 1)),
+            KernelVersion::new(5, 12)
+        ));
+        assert!(!older(None, KernelVersion::new(5, 12)));
     }
 }

@@ -1,5 +1,5 @@
 //! Host: what the kernel says about sockets and settings when asked
-//! (sock_diag, network namespaces, sysctls).
+//! (`sock_diag`, network namespaces, sysctls).
 
 pub mod sock_diag;
 pub mod sysctls;

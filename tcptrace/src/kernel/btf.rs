@@ -608,6 +608,7 @@ impl Btf {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernel::version::KernelVersion;
 
     const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
 
@@ -694,9 +695,20 @@ mod tests {
     #[ignore = "reads the running kernel's BTF (cargo xtask test runs it)"]
     fn kernel_enums() {
         let btf = kernel();
-        let reasons = btf.enum_values("sk_rst_reason").unwrap();
-        assert!(reasons.contains(&("SK_RST_REASON_NOT_SPECIFIED".to_owned(), 0)));
-        assert!(reasons.iter().any(|(n, _)| n == "SK_RST_REASON_NO_SOCKET"));
+        // The reset reasons arrived in 6.10 (the enum and the argument of
+        // tcp_send_reset together).
+        let kernel = KernelVersion::running().expect("kernel version");
+        match btf.enum_values("sk_rst_reason") {
+            Ok(reasons) => {
+                assert!(kernel >= KernelVersion::new(6, 10), "{kernel} has them");
+                assert!(reasons.contains(&("SK_RST_REASON_NOT_SPECIFIED".to_owned(), 0)));
+                assert!(reasons.iter().any(|(n, _)| n == "SK_RST_REASON_NO_SOCKET"));
+            }
+            Err(error) => {
+                assert!(kernel < KernelVersion::new(6, 10), "{kernel}: {error}");
+                assert!(matches!(error, BtfError::TypeNotFound { .. }), "{error}");
+            }
+        }
         let drops = btf.enum_values("skb_drop_reason").unwrap();
         let names: Vec<&str> = drops.iter().map(|(n, _)| n.as_str()).collect();
         assert!(names.contains(&"SKB_DROP_REASON_NOT_SPECIFIED"));

@@ -7,3 +7,4 @@ pub mod kallsyms;
 pub mod layout;
 pub mod probes;
 pub mod ring;
+pub mod version;

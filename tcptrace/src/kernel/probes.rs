@@ -4,7 +4,7 @@
 //! nothing outlives the process.
 
 use std::{
-    fs, io,
+    io,
     path::{Path, PathBuf},
 };
 
@@ -21,6 +21,7 @@ use crate::{
     kernel::kallsyms,
     kernel::layout::{self, TimerSymbols},
     kernel::ring::EventSource,
+    kernel::version::KernelVersion,
 };
 
 const KALLSYMS: &str = "/proc/kallsyms";
@@ -37,7 +38,7 @@ pub struct Hook {
     pub tracepoint: &'static str,
     /// Oldest kernel with everything the program uses: `tp_btf` (5.5), ring
     /// buffers (5.8), `bpf_get_socket_cookie` in tracing programs (5.12).
-    pub min_kernel: &'static str,
+    pub min_kernel: KernelVersion,
     /// Kernel function whose address the program filters on, if any.
     pub symbol: Option<&'static str>,
     /// What is missing without it; empty for the hooks tcptrace cannot run
@@ -52,35 +53,35 @@ pub const HOOKS: &[Hook] = &[
     Hook {
         program: "inet_sock_set_state",
         tracepoint: "inet_sock_set_state",
-        min_kernel: "5.12",
+        min_kernel: KernelVersion::new(5, 12),
         symbol: None,
         without: "",
     },
     Hook {
         program: "timer_start",
         tracepoint: "timer_start",
-        min_kernel: "5.12",
+        min_kernel: KernelVersion::new(5, 12),
         symbol: Some("tw_timer_handler"),
         without: TIMEWAIT_LOST,
     },
     Hook {
         program: "timer_expire_entry",
         tracepoint: "timer_expire_entry",
-        min_kernel: "5.12",
+        min_kernel: KernelVersion::new(5, 12),
         symbol: Some("tw_timer_handler"),
         without: TIMEWAIT_LOST,
     },
     Hook {
         program: "timer_cancel",
         tracepoint: "timer_cancel",
-        min_kernel: "5.12",
+        min_kernel: KernelVersion::new(5, 12),
         symbol: Some("tw_timer_handler"),
         without: TIMEWAIT_LOST,
     },
     Hook {
         program: "timer_expire_exit",
         tracepoint: "timer_expire_exit",
-        min_kernel: "5.12",
+        min_kernel: KernelVersion::new(5, 12),
         symbol: Some("tcp_keepalive_timer"),
         without: "keepalive probes are not counted",
     },
@@ -88,21 +89,21 @@ pub const HOOKS: &[Hook] = &[
         program: "tcp_send_reset",
         tracepoint: "tcp_send_reset",
         // The reset reason argument arrived in 6.10; before, reason="unknown".
-        min_kernel: "5.12",
+        min_kernel: KernelVersion::new(5, 12),
         symbol: None,
         without: RESETS_LOST,
     },
     Hook {
         program: "tcp_receive_reset",
         tracepoint: "tcp_receive_reset",
-        min_kernel: "5.12",
+        min_kernel: KernelVersion::new(5, 12),
         symbol: None,
         without: RESETS_LOST,
     },
     Hook {
         program: "inet_sk_error_report",
         tracepoint: "inet_sk_error_report",
-        min_kernel: "5.14",
+        min_kernel: KernelVersion::new(5, 14),
         symbol: None,
         without: "socket errors (ECONNRESET, ETIMEDOUT …) and keepalive timeouts are not counted",
     },
@@ -151,7 +152,7 @@ pub enum ProbeError {
     )]
     Verifier {
         program: &'static str,
-        min_kernel: &'static str,
+        min_kernel: KernelVersion,
         error: io::Error,
         log: String,
     },
@@ -161,7 +162,7 @@ pub enum ProbeError {
     Attach {
         program: &'static str,
         tracepoint: &'static str,
-        min_kernel: &'static str,
+        min_kernel: KernelVersion,
         source: Box<ProgramError>,
     },
     #[error("BPF map {0} is missing from the object")]
@@ -388,11 +389,4 @@ fn check_privileges() -> Result<(), ProbeError> {
         return Ok(());
     }
     Err(ProbeError::Privileges(missing.join(", ")))
-}
-
-/// The running kernel's release (`uname -r`), if it can be read.
-pub fn kernel_release() -> Option<String> {
-    fs::read_to_string("/proc/sys/kernel/osrelease")
-        .ok()
-        .map(|release| release.trim().to_owned())
 }

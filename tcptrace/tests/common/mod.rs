@@ -30,24 +30,19 @@ use tcptrace::{
     events::{EventKind, SocketEvent, TcpState},
     kernel::probes::{ProbeConfig, Probes},
     kernel::ring::Batch,
+    kernel::version::KernelVersion,
 };
 
-/// The running kernel's version, (major, minor), from its release.
-pub fn kernel_version() -> (u32, u32) {
-    let release =
-        std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("read the kernel release");
-    let mut numbers = release.trim().split(['.', '-']).map(str::parse::<u32>);
-    match (numbers.next(), numbers.next()) {
-        (Some(Ok(major)), Some(Ok(minor))) => (major, minor),
-        _ => panic!("kernel release {release:?} does not start with major.minor"),
-    }
+/// The running kernel's version.
+pub fn kernel_version() -> KernelVersion {
+    KernelVersion::running().expect("the kernel release starts with major.minor")
 }
 
 /// Whether the running kernel is at least `major.minor`. Tests state what
 /// each kernel version must do with it, and fail when it does not, rather
 /// than skip.
 pub fn kernel_at_least(major: u32, minor: u32) -> bool {
-    kernel_version() >= (major, minor)
+    kernel_version() >= KernelVersion::new(major, minor)
 }
 
 /// A private network namespace with loopback up, alive while this value is.

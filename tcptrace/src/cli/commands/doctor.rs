@@ -18,7 +18,7 @@ use crate::{
     kernel::capabilities::Capabilities,
     kernel::kallsyms,
     kernel::layout::{self, TimerSymbols},
-    kernel::probes::{self, Hook, ProbeConfig, Probes},
+    kernel::probes::{Hook, ProbeConfig, Probes},
     one_line,
 };
 
@@ -44,7 +44,7 @@ pub fn run(args: &DoctorArgs) -> Result<Verdict, Error> {
 pub fn gather(config: &ProbeConfig) -> Findings {
     let (namespaces, namespaces_without_sockets) = namespaces();
     Findings {
-        kernel_release: probes::kernel_release(),
+        kernel_release: crate::kernel::version::release(),
         btf_path: config.btf_path.clone(),
         btf: btf_facts(&config.btf_path),
         capabilities: Capabilities::effective(),

@@ -30,8 +30,9 @@ use crate::{
     host::sock_diag,
     host::sysctls,
     kernel::capabilities,
-    kernel::probes::{Probes, kernel_release},
+    kernel::probes::Probes,
     kernel::ring::Batch,
+    kernel::version,
     support::clock,
     track::Tracker,
     track::labels::{self, PortPolicy},
@@ -272,7 +273,7 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     let listener = bind(args.listen_address).await?;
     let address = listener.local_addr()?;
     let mut probes = Probes::load(&args.probe.config())?;
-    let release = kernel_release();
+    let release = version::release();
     let metrics = SelfMetrics::new(release.as_deref().unwrap_or("unknown"));
     for (hook, attached) in probes.attached() {
         metrics
