@@ -441,10 +441,12 @@ fn a_burst_of_fifty_thousand_connections_loses_no_event() {
     // transition, or by a correction.
     let daemon = Daemon::start(&["--reconcile-interval", "2s"]);
     let netns = NetNs::new();
-    // Every connection ends in a TIME_WAIT of its own (none is reused), and
-    // the loops have local ports enough for 50,000 of them.
+    // Every connection ends in a TIME_WAIT of its own (none is reused), the
+    // loops have local ports enough for 50,000 of them, and the namespace
+    // room for them all (a small machine's default is 8,192).
     netns.sysctl("net/ipv4/tcp_tw_reuse", "0");
     netns.sysctl("net/ipv4/ip_local_port_range", "1024 65535");
+    netns.sysctl("net/ipv4/tcp_max_tw_buckets", "65536");
     let ports = [18096, 18097];
     let per_loop = 25_000;
     let before = daemon.scrape();
