@@ -108,14 +108,13 @@ def check_names(texts):
         base = re.sub(r"_(bucket|sum|count)$", "", name)
         if name not in exported and not (base in histograms and base != name):
             fail(f"{name} is not a metric tcptrace exports")
-    states = set(re.findall(r'=> "([A-Z_0-9]+)"', (ROOT / "tcptrace/src/event.rs").read_text()))
+    states = set(re.findall(r'=> "([A-Z_0-9]+)"', (ROOT / "tcptrace/src/events/mod.rs").read_text()))
     for match in re.findall(r'\bstate=~?"([^"]+)"', text):
         for state in match.split("|"):
             if state not in states:
                 fail(f"state {state} is not one tcptrace names")
-    sysctls = (ROOT / "tcptrace/src/sysctls.rs").read_text()
     for name in re.findall(r'\bname="(net\.[a-z0-9_.]+)"', text):
-        if f'"{name}"' not in sysctls:
+        if f'"{name}"' not in sources:
             fail(f"sysctl {name} is not one tcptrace exports")
     print("metric, state and sysctl names: all exported by tcptrace")
 
