@@ -9,7 +9,7 @@ mod common;
 use std::{process::Command, time::Duration};
 
 use common::{Daemon, Leaker, NetNs, Scrape};
-use tcptrace::{aggregate::owners::OwnerSource, export::api::SocketList};
+use tcptrace::export::api::{OwnerKind, SocketList};
 
 const PORT: u16 = 8080;
 
@@ -59,7 +59,7 @@ fn assert_owned_by(list: &SocketList, leaker: &Leaker, netns: &NetNs, count: usi
         assert_eq!(socket.comm.as_deref(), Some(leaker.name.as_str()));
         assert_eq!(socket.cgroup.as_deref(), Some(leaker.cgroup.path.as_str()));
         assert_eq!(socket.netns, netns.inode());
-        assert_eq!(socket.owner, Some(OwnerSource::Fd));
+        assert_eq!(socket.owner, Some(OwnerKind::Fd));
         assert_eq!(socket.cmdline.as_deref(), Some(leaker.cmdline.as_str()));
     }
 }
@@ -170,7 +170,7 @@ fn check_api(daemon: &Daemon, [(leaker_a, ns_a), (leaker_b, ns_b)]: [(&Leaker, &
     let by_task: Vec<_> = orphans
         .sockets
         .iter()
-        .filter(|s| s.owner == Some(OwnerSource::Task))
+        .filter(|s| s.owner == Some(OwnerKind::Task))
         .collect();
     assert_eq!(by_task.len(), 25);
     assert!(by_task.iter().all(|s| s.pid == Some(std::process::id())));

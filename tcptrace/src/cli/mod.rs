@@ -416,6 +416,28 @@ mod tests {
     }
 
     #[test]
+    fn stale_after_values() {
+        let parse = |text: &str| text.parse::<StaleSetting>();
+        assert_eq!(
+            parse("30s"),
+            Ok(StaleSetting {
+                state: None,
+                after: Duration::from_secs(30)
+            })
+        );
+        assert_eq!(
+            parse("close_wait=5m"),
+            Ok(StaleSetting {
+                state: Some(TcpState::CloseWait),
+                after: Duration::from_secs(300)
+            })
+        );
+        for bad in ["0", "5", "TIME_WAIT=5m", "WAITING=1s", "CLOSE_WAIT=", "=5m"] {
+            assert!(parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
     fn reconcile_intervals() {
         assert_eq!(parse_reconcile_interval("0"), Ok(Duration::ZERO));
         assert_eq!(parse_reconcile_interval("1s"), Ok(Duration::from_secs(1)));

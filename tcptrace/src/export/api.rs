@@ -10,11 +10,7 @@ use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    aggregate::owners::{Owner, OwnerSource},
-    events::TcpState,
-    support::duration,
-};
+use crate::{events::TcpState, support::duration};
 
 pub const OVERVIEW_PATH: &str = "/api/v1/overview";
 pub const SOCKETS_PATH: &str = "/api/v1/sockets";
@@ -92,21 +88,17 @@ pub struct SocketRecord {
     pub cmdline: Option<String>,
     pub cgroup: Option<String>,
     /// How the owner is known: "fd" (holds it) or "task" (last acted on it).
-    pub owner: Option<OwnerSource>,
+    pub owner: Option<OwnerKind>,
 }
 
-impl SocketRecord {
-    pub fn set_owner(&mut self, owner: Option<&Owner>) {
-        let Some(owner) = owner else {
-            return;
-        };
-        let process = &owner.process;
-        self.pid = Some(process.pid);
-        self.comm = Some(process.comm.clone());
-        self.cmdline = Some(process.cmdline.clone());
-        self.cgroup = Some(process.cgroup.clone());
-        self.owner = Some(owner.source);
-    }
+/// How a socket's owner is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OwnerKind {
+    /// The process holds a file descriptor on the socket now.
+    Fd,
+    /// No process holds it; this task connected, listened or closed it.
+    Task,
 }
 
 /// Most records one request returns.

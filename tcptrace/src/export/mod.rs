@@ -3,5 +3,7 @@
 
 pub mod api;
 pub mod client;
+pub mod overview;
+pub mod prometheus;
 pub mod stream;
 pub mod web;

@@ -93,6 +93,15 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
     (year, month, day)
 }
 
+/// Nanoseconds as seconds, the unit of every duration tcptrace reports.
+#[expect(
+    clippy::cast_precision_loss,
+    reason = "exact below 2^53 ns (104 days); durations are reported as f64"
+)]
+pub fn seconds(ns: u64) -> f64 {
+    ns as f64 / 1e9
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,18 +19,20 @@ use tokio::net::TcpListener;
 
 use crate::{
     Error,
-    aggregate::metrics::{self, Aggregates, SelfMetrics},
     aggregate::owners::{self, Owner, Owners},
+    aggregate::ports::Aggregates,
     aggregate::stale::{self, StaleAfter, StaleReport, StaleSocket},
     cli::{ListenAddress, RunArgs},
     events::{Endpoints, EventKind, Task, TcpState},
-    export::api::{Overview, SocketList, SocketQuery, SocketRecord},
+    export::api::{Overview, SocketList, SocketQuery, SocketRecord, StaleGroup},
+    export::overview,
+    export::prometheus::{self, SelfMetrics},
     export::web::security::WebSecurity,
     export::web::{self, Pending, Site},
     host::sock_diag,
     host::sysctls,
     kernel::capabilities,
-    kernel::probes::Probes,
+    kernel::probes::{Probes, ResetReasons},
     kernel::ring::Batch,
     kernel::version,
     support::clock,
@@ -114,7 +116,7 @@ impl State {
                 let record = SocketRecord {
                     cookie,
                     state: state.name().to_owned(),
-                    age_seconds: Some(metrics::seconds(age_ns)),
+                    age_seconds: Some(clock::seconds(age_ns)),
                     age_exact: tracked.stay.known,
                     stale,
                     role: role.name().to_owned(),
@@ -159,6 +161,8 @@ async fn find_owners(sockets: Vec<(u64, Endpoints, Option<Task>)>) -> Vec<(u64, 
 struct Exporter {
     state: Mutex<State>,
     metrics: SelfMetrics,
+    /// The running kernel's names for its reset reasons.
+    reset_reasons: ResetReasons,
     ready: AtomicBool,
     /// TCP settings by namespace label, as of the last reconciliation.
     settings: Mutex<Vec<(String, sysctls::Settings)>>,
@@ -185,8 +189,12 @@ impl Site for Exporter {
             self.metrics
                 .tracked_sockets
                 .set(i64::try_from(state.tracker.len()).unwrap_or(i64::MAX));
-            let mut families = state.aggregates.families(clock::boot_ns());
-            families.push(state.stale.family());
+            let mut families = prometheus::state_families(
+                &state.aggregates,
+                &self.reset_reasons,
+                clock::boot_ns(),
+            );
+            families.push(prometheus::stale_family(&state.stale));
             families
         };
         families.extend(self.metrics.families());
@@ -194,15 +202,15 @@ impl Site for Exporter {
             .settings
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        families.extend(metrics::sysctl_family(&settings));
+        families.extend(prometheus::sysctl_family(&settings));
         drop(settings);
         let stats = self
             .probes
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .run_stats();
-        families.extend(metrics::program_families(&stats));
-        metrics::encode(&families)
+        families.extend(prometheus::program_families(&stats));
+        prometheus::encode(&families)
     }
 
     fn ready(&self) -> bool {
@@ -212,8 +220,8 @@ impl Site for Exporter {
     fn overview(&self) -> Vec<u8> {
         let state = self.state();
         let overview = Overview {
-            ports: state.aggregates.ports(clock::boot_ns()),
-            stale: state.stale.groups().to_vec(),
+            ports: overview::port_summaries(&state.aggregates, clock::boot_ns()),
+            stale: state.stale.groups().iter().map(StaleGroup::from).collect(),
             stale_after_seconds: state
                 .stale
                 .after
@@ -246,7 +254,8 @@ impl Site for Exporter {
                 selected
                     .into_iter()
                     .map(|(mut record, _, _)| {
-                        record.set_owner(state.owners.get(record.cookie));
+                        let owner = state.owners.get(record.cookie);
+                        overview::set_owner(&mut record, owner);
                         record
                     })
                     .collect()
@@ -284,15 +293,15 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     let mut source = probes.event_source()?;
     drop_capabilities();
     let policy = PortPolicy::new(&args.ports, labels::ephemeral_port_low(), args.max_ports);
-    let reset_reasons = probes.reset_reasons().clone();
     let exporter = Arc::new(Exporter {
         state: Mutex::new(State {
             tracker: Tracker::new(policy, args.max_sockets),
-            aggregates: Aggregates::new(reset_reasons),
+            aggregates: Aggregates::default(),
             owners: Owners::default(),
             stale: StaleReport::new(StaleAfter::new(&args.stale_after), args.max_processes),
         }),
         metrics: metrics.clone(),
+        reset_reasons: probes.reset_reasons().clone(),
         ready: AtomicBool::new(false),
         settings: Mutex::new(Vec::new()),
         probes: Mutex::new(probes),

@@ -14,6 +14,7 @@ use crate::{
     events::TcpState,
     export::api::{SOCKETS_PATH, SocketList, SocketQuery, SocketRecord},
     export::client::{self, ClientError},
+    export::overview,
     host::sock_diag::{self, DiagSocket},
 };
 
@@ -99,7 +100,7 @@ fn from_kernel(query: &SocketQuery) -> SocketList {
         })
         .collect();
     for ((record, _), (_, owner)) in records.iter_mut().zip(owners::resolve(&wanted)) {
-        record.set_owner(owner.as_ref());
+        overview::set_owner(record, owner.as_ref());
     }
     let mut sockets: Vec<SocketRecord> = records.into_iter().map(|(record, _)| record).collect();
     // Known ages first, oldest first.

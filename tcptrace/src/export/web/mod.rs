@@ -305,7 +305,7 @@ async fn respond(served: &Served, request: Request<Incoming>, turn: Responding) 
             let content = Content::Shared(shared);
             reply(
                 StatusCode::OK,
-                crate::aggregate::metrics::CONTENT_TYPE,
+                crate::export::prometheus::CONTENT_TYPE,
                 content,
                 turn,
             )

@@ -1,0 +1,226 @@
+//! What the tracked sockets add up to per role and port: sockets in each
+//! state (with the oldest), time spent in each state, transitions, and the
+//! resets, errors and keepalive signals.
+//!
+//! Changes update plain maps (no locks or label hashing per series on the
+//! hot path): one lookup of the socket's (role, port), then arrays indexed
+//! by state. Readers get the series in label order; the oldest socket of a
+//! series is the first of an ordered set.
+
+use std::collections::BTreeSet;
+
+use crate::{
+    events::TcpState,
+    support::{clock::seconds, fasthash::FastMap},
+    track::{
+        Change, Signal,
+        labels::{PortLabel, Role},
+    },
+};
+
+/// Upper bounds (seconds) of the state-duration histogram: 1 ms to 2 h, with
+/// a bucket edge just after TIME_WAIT's fixed 60 s (the timer fires up to a
+/// few seconds late) so "ended at its timer" stands out.
+pub const DURATION_BUCKETS: [f64; 22] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 65.0,
+    120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0,
+];
+
+/// TCP states are 1..=13: index `state as usize - 1`.
+const STATES: usize = TcpState::ALL.len();
+
+fn index(state: TcpState) -> usize {
+    state as usize - 1
+}
+
+/// What the sockets of one (role, port) add up to, by state. A series
+/// exists (and is exported) from its first socket or observation on.
+#[derive(Debug, Default)]
+pub struct PortAggregates {
+    /// Sockets in each state by (entry time, cookie): the count and the oldest.
+    sockets: [Option<BTreeSet<(u64, u64)>>; STATES],
+    durations: [Option<DurationHistogram>; STATES],
+    /// By old and new state.
+    transitions: [[u64; STATES]; STATES],
+}
+
+impl PortAggregates {
+    /// The sockets now in `state` by (entry time, cookie), oldest first;
+    /// `None` if the series never had one.
+    pub fn sockets(&self, state: TcpState) -> Option<&BTreeSet<(u64, u64)>> {
+        self.sockets[index(state)].as_ref()
+    }
+
+    /// Time spent in `state` by the sockets that left it; `None` if none has.
+    pub fn durations(&self, state: TcpState) -> Option<&DurationHistogram> {
+        self.durations[index(state)].as_ref()
+    }
+
+    pub fn transitions(&self, from: TcpState, to: TcpState) -> u64 {
+        self.transitions[index(from)][index(to)]
+    }
+
+    pub fn transitions_total(&self) -> u64 {
+        self.transitions.iter().flatten().sum()
+    }
+}
+
+/// Observations of time spent in a state, in [`DURATION_BUCKETS`].
+#[derive(Debug, Default)]
+pub struct DurationHistogram {
+    /// Per bucket (not cumulative), the last one for "above every bound".
+    pub counts: [u64; DURATION_BUCKETS.len() + 1],
+    pub sum_seconds: f64,
+}
+
+/// Which way an RST went; for those sent, the kernel's reason, if it gave one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reset {
+    Received,
+    Sent { reason: Option<u32> },
+}
+
+/// What the tracked sockets add up to.
+#[derive(Debug, Default)]
+pub struct Aggregates {
+    /// State counts, ages, durations and transitions of each (role, port).
+    ports: FastMap<(Role, PortLabel), PortAggregates>,
+    killed: FastMap<(Role, PortLabel), u64>,
+    resets: FastMap<(Reset, Role, PortLabel), u64>,
+    errors: FastMap<(u32, Role, PortLabel), u64>,
+    keepalive_probes: FastMap<(Role, PortLabel), u64>,
+    keepalive_timeouts: FastMap<(Role, PortLabel), u64>,
+}
+
+impl Aggregates {
+    pub fn apply(&mut self, change: &Change) {
+        let (role, port, cookie) = (change.role, change.port, change.event.cookie);
+        match change.signal {
+            Some(Signal::ResetSent { reason }) => {
+                *self
+                    .resets
+                    .entry((Reset::Sent { reason }, role, port))
+                    .or_default() += 1;
+            }
+            Some(Signal::ResetReceived) => {
+                *self
+                    .resets
+                    .entry((Reset::Received, role, port))
+                    .or_default() += 1;
+            }
+            Some(Signal::Error { errno }) => {
+                *self.errors.entry((errno, role, port)).or_default() += 1;
+            }
+            Some(Signal::KeepaliveProbe) => {
+                *self.keepalive_probes.entry((role, port)).or_default() += 1;
+            }
+            Some(Signal::KeepaliveTimeout) => {
+                *self.keepalive_timeouts.entry((role, port)).or_default() += 1;
+            }
+            None => {}
+        }
+        if change.transition.is_none() && change.left.is_none() && change.entered.is_none() {
+            return;
+        }
+        let aggregates = self.ports.entry((role, port)).or_default();
+        if let Some((from, to)) = change.transition {
+            aggregates.transitions[index(from)][index(to)] += 1;
+        }
+        if let Some(left) = change.left {
+            if let Some(set) = &mut aggregates.sockets[index(left.state)] {
+                set.remove(&(left.since_ns, cookie));
+            }
+            if left.known {
+                let seconds = seconds(change.event.ts_ns.saturating_sub(left.since_ns));
+                let histogram = aggregates.durations[index(left.state)].get_or_insert_default();
+                let bucket = DURATION_BUCKETS.partition_point(|&bound| bound < seconds);
+                histogram.counts[bucket] += 1;
+                histogram.sum_seconds += seconds;
+            }
+            if change.killed && left.state == TcpState::TimeWait {
+                *self.killed.entry((role, port)).or_default() += 1;
+            }
+        }
+        if let Some(entered) = change.entered {
+            aggregates.sockets[index(entered.state)]
+                .get_or_insert_default()
+                .insert((entered.since_ns, cookie));
+        }
+    }
+
+    /// Sockets now in `state` for `role` and `port`.
+    pub fn count(&self, state: TcpState, role: Role, port: PortLabel) -> usize {
+        self.ports
+            .get(&(role, port))
+            .and_then(|aggregates| aggregates.sockets(state))
+            .map_or(0, BTreeSet::len)
+    }
+
+    /// Sockets in `state` that entered it at or before `cutoff_ns`, oldest
+    /// first within each series: (role, port, entry time, cookie).
+    pub fn entered_before(
+        &self,
+        state: TcpState,
+        cutoff_ns: u64,
+    ) -> impl Iterator<Item = (Role, PortLabel, u64, u64)> + '_ {
+        self.ports
+            .iter()
+            .filter_map(move |(&(role, port), aggregates)| {
+                Some((role, port, aggregates.sockets(state)?))
+            })
+            .flat_map(move |(role, port, set)| {
+                set.range(..=(cutoff_ns, u64::MAX))
+                    .map(move |&(since, cookie)| (role, port, since, cookie))
+            })
+    }
+
+    /// Every (role, port) with its aggregates, in label order.
+    pub fn ports(&self) -> Vec<(Role, PortLabel, &PortAggregates)> {
+        sorted(&self.ports)
+            .into_iter()
+            .map(|(&(role, port), aggregates)| (role, port, aggregates))
+            .collect()
+    }
+
+    /// TIME_WAIT sockets ended before their timer, per (role, port).
+    pub fn killed(&self) -> Vec<(Role, PortLabel, u64)> {
+        per_port(&self.killed)
+    }
+
+    pub fn resets(&self) -> Vec<(Reset, Role, PortLabel, u64)> {
+        sorted(&self.resets)
+            .into_iter()
+            .map(|(&(reset, role, port), &count)| (reset, role, port, count))
+            .collect()
+    }
+
+    /// Socket errors by errno.
+    pub fn errors(&self) -> Vec<(u32, Role, PortLabel, u64)> {
+        sorted(&self.errors)
+            .into_iter()
+            .map(|(&(errno, role, port), &count)| (errno, role, port, count))
+            .collect()
+    }
+
+    pub fn keepalive_probes(&self) -> Vec<(Role, PortLabel, u64)> {
+        per_port(&self.keepalive_probes)
+    }
+
+    pub fn keepalive_timeouts(&self) -> Vec<(Role, PortLabel, u64)> {
+        per_port(&self.keepalive_timeouts)
+    }
+}
+
+fn per_port(map: &FastMap<(Role, PortLabel), u64>) -> Vec<(Role, PortLabel, u64)> {
+    sorted(map)
+        .into_iter()
+        .map(|(&(role, port), &count)| (role, port, count))
+        .collect()
+}
+
+/// Map entries in label order, so readers list series stably.
+fn sorted<K: Ord, V>(map: &FastMap<K, V>) -> Vec<(&K, &V)> {
+    let mut entries: Vec<_> = map.iter().collect();
+    entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    entries
+}

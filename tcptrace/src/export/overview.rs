@@ -1,0 +1,93 @@
+//! The JSON API's views of the aggregates: per-port summaries, stale groups
+//! and socket owners, as [`crate::export::api`] types.
+
+use crate::{
+    aggregate::{
+        owners::{Owner, OwnerSource},
+        ports::{Aggregates, Reset},
+        stale,
+    },
+    events::TcpState,
+    export::api::{OwnerKind, PortSummary, SocketRecord, StaleGroup},
+    support::{clock::seconds, fasthash::FastMap},
+    track::labels::{PortLabel, Role},
+};
+
+/// Per role and port: sockets by state and the running totals, for the
+/// live views (`tcptrace top`, the web page), in label order.
+pub fn port_summaries(aggregates: &Aggregates, now_ns: u64) -> Vec<PortSummary> {
+    fn entry(
+        ports: &mut FastMap<(Role, PortLabel), PortSummary>,
+        role: Role,
+        port: PortLabel,
+    ) -> &mut PortSummary {
+        ports.entry((role, port)).or_insert_with(|| PortSummary {
+            role: role.name().to_owned(),
+            port: port.to_string(),
+            ..PortSummary::default()
+        })
+    }
+    let mut ports: FastMap<(Role, PortLabel), PortSummary> = FastMap::default();
+    for (role, port, aggregates) in aggregates.ports() {
+        let summary = entry(&mut ports, role, port);
+        for state in TcpState::ALL {
+            let Some(set) = aggregates.sockets(state) else {
+                continue;
+            };
+            if !set.is_empty() {
+                summary
+                    .sockets
+                    .insert(state.name().to_owned(), set.len() as u64);
+            }
+            if state == TcpState::CloseWait {
+                summary.oldest_close_wait_seconds = set
+                    .first()
+                    .map_or(0.0, |&(since, _)| seconds(now_ns.saturating_sub(since)));
+            }
+        }
+        summary.transitions += aggregates.transitions_total();
+    }
+    for (reset, role, port, count) in aggregates.resets() {
+        let summary = entry(&mut ports, role, port);
+        match reset {
+            Reset::Sent { .. } => summary.resets_sent += count,
+            Reset::Received => summary.resets_received += count,
+        }
+    }
+    for (role, port, count) in aggregates.keepalive_probes() {
+        entry(&mut ports, role, port).keepalive_probes += count;
+    }
+    let mut ports: Vec<_> = ports.into_iter().collect();
+    ports.sort_unstable_by_key(|&(key, _)| key);
+    ports.into_iter().map(|(_, summary)| summary).collect()
+}
+
+impl From<&stale::StaleGroup> for StaleGroup {
+    fn from(group: &stale::StaleGroup) -> Self {
+        Self {
+            state: group.state.name().to_owned(),
+            role: group.role.name().to_owned(),
+            port: group.port.to_string(),
+            process: group.process.clone(),
+            pids: group.pids.clone(),
+            sockets: group.sockets,
+            oldest_seconds: group.oldest_seconds,
+        }
+    }
+}
+
+/// Fills the owner fields of `record`; leaves them empty without an owner.
+pub fn set_owner(record: &mut SocketRecord, owner: Option<&Owner>) {
+    let Some(owner) = owner else {
+        return;
+    };
+    let process = &owner.process;
+    record.pid = Some(process.pid);
+    record.comm = Some(process.comm.clone());
+    record.cmdline = Some(process.cmdline.clone());
+    record.cgroup = Some(process.cgroup.clone());
+    record.owner = Some(match owner.source {
+        OwnerSource::Fd => OwnerKind::Fd,
+        OwnerSource::Task => OwnerKind::Task,
+    });
+}

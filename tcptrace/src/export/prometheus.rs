@@ -1,0 +1,589 @@
+//! The Prometheus exposition: metric families built at scrape time from
+//! the aggregates, the stale report, the settings and the daemon's own
+//! health, in O(series).
+
+use prometheus::{
+    Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    proto::{self, Bucket, Counter, Histogram, LabelPair, Metric, MetricFamily, MetricType},
+};
+
+use crate::{
+    aggregate::{
+        ports::{Aggregates, DURATION_BUCKETS, DurationHistogram, Reset},
+        stale::StaleReport,
+    },
+    events::{TcpState, errno_name},
+    host::sysctls::Settings,
+    kernel::probes::ResetReasons,
+    support::clock::seconds,
+};
+
+/// The socket-state metric families, as of `now_ns` (`CLOCK_BOOTTIME`).
+pub fn state_families(
+    aggregates: &Aggregates,
+    reset_reasons: &ResetReasons,
+    now_ns: u64,
+) -> Vec<MetricFamily> {
+    let ports = aggregates.ports();
+    let series_labels = |state: TcpState, role: &str, port: &str| {
+        labels(&[("state", state.name()), ("role", role), ("port", port)])
+    };
+    let mut sockets = family(
+        "tcptrace_sockets",
+        "Sockets currently in each TCP state (every state but CLOSE).",
+        MetricType::GAUGE,
+    );
+    let mut oldest = family(
+        "tcptrace_state_oldest_seconds",
+        "Age in its state of the oldest socket now in it (0 when none).",
+        MetricType::GAUGE,
+    );
+    let mut durations = family(
+        "tcptrace_state_duration_seconds",
+        "Time sockets spent in a state, observed when they leave it.",
+        MetricType::HISTOGRAM,
+    );
+    // Exposition order: state, then role and port.
+    for state in TcpState::ALL {
+        for &(role, port, aggregates) in &ports {
+            let (role, port) = (role.name(), port.to_string());
+            if let Some(set) = aggregates.sockets(state) {
+                let age = set
+                    .first()
+                    .map_or(0.0, |&(since, _)| seconds(now_ns.saturating_sub(since)));
+                sockets.mut_metric().push(gauge(
+                    series_labels(state, role, &port),
+                    sample(set.len() as u64),
+                ));
+                oldest
+                    .mut_metric()
+                    .push(gauge(series_labels(state, role, &port), age));
+            }
+        }
+    }
+    for state in TcpState::ALL {
+        for &(role, port, aggregates) in &ports {
+            if let Some(observed) = aggregates.durations(state) {
+                let mut metric = Metric::default();
+                metric.set_label(series_labels(state, role.name(), &port.to_string()));
+                metric.set_histogram(histogram(observed));
+                durations.mut_metric().push(metric);
+            }
+        }
+    }
+
+    let mut transitions = family(
+        "tcptrace_state_transitions_total",
+        "TCP state transitions, TIME_WAIT ones derived from the timewait timer included.",
+        MetricType::COUNTER,
+    );
+    let pairs = TcpState::ALL
+        .into_iter()
+        .flat_map(|from| TcpState::ALL.into_iter().map(move |to| (from, to)));
+    for (from, to) in pairs {
+        for &(role, port, aggregates) in &ports {
+            let count = aggregates.transitions(from, to);
+            if count == 0 {
+                continue;
+            }
+            let labels = labels(&[
+                ("from", from.name()),
+                ("to", to.name()),
+                ("role", role.name()),
+                ("port", &port.to_string()),
+            ]);
+            transitions.mut_metric().push(counter(labels, count));
+        }
+    }
+
+    let mut killed = family(
+        "tcptrace_time_wait_killed_total",
+        "TIME_WAIT sockets ended before their timer (reused, reset, namespace gone).",
+        MetricType::COUNTER,
+    );
+    for (role, port, count) in aggregates.killed() {
+        let labels = labels(&[("role", role.name()), ("port", &port.to_string())]);
+        killed.mut_metric().push(counter(labels, count));
+    }
+    [sockets, transitions, durations, oldest, killed]
+        .into_iter()
+        .chain(signal_families(aggregates, reset_reasons))
+        .collect()
+}
+
+/// Resets, errors and keepalive: what happened besides state changes.
+fn signal_families(aggregates: &Aggregates, reset_reasons: &ResetReasons) -> [MetricFamily; 4] {
+    let mut resets = family(
+        "tcptrace_resets_total",
+        "RSTs sent and received, with the kernel's reason for those sent.",
+        MetricType::COUNTER,
+    );
+    for (reset, role, port, count) in aggregates.resets() {
+        let (direction, reason) = match reset {
+            Reset::Sent { reason } => ("sent", reason),
+            Reset::Received => ("received", None),
+        };
+        let labels = labels(&[
+            ("direction", direction),
+            ("reason", reset_reasons.name(reason)),
+            ("role", role.name()),
+            ("port", &port.to_string()),
+        ]);
+        resets.mut_metric().push(counter(labels, count));
+    }
+    let mut errors = family(
+        "tcptrace_socket_errors_total",
+        "Errors reported on sockets, by errno name.",
+        MetricType::COUNTER,
+    );
+    for (errno, role, port, count) in aggregates.errors() {
+        let labels = labels(&[
+            ("error", &errno_name(errno)),
+            ("role", role.name()),
+            ("port", &port.to_string()),
+        ]);
+        errors.mut_metric().push(counter(labels, count));
+    }
+    let mut probes = family(
+        "tcptrace_keepalive_probes_total",
+        "Keepalive probes sent.",
+        MetricType::COUNTER,
+    );
+    let mut timeouts = family(
+        "tcptrace_keepalive_timeouts_total",
+        "Connections that died of unanswered keepalive probes (ETIMEDOUT).",
+        MetricType::COUNTER,
+    );
+    for (series, family) in [
+        (aggregates.keepalive_probes(), &mut probes),
+        (aggregates.keepalive_timeouts(), &mut timeouts),
+    ] {
+        for (role, port, count) in series {
+            let labels = labels(&[("role", role.name()), ("port", &port.to_string())]);
+            family.mut_metric().push(counter(labels, count));
+        }
+    }
+    [resets, errors, probes, timeouts]
+}
+
+/// `tcptrace_stale_sockets`: the current groups, and at 0 those stale
+/// within the last few minutes.
+pub fn stale_family(report: &StaleReport) -> MetricFamily {
+    let mut family = family(
+        "tcptrace_stale_sockets",
+        "Sockets in CLOSE_WAIT, FIN_WAIT2 or LAST_ACK for longer than --stale-after, by owning process (comm).",
+        MetricType::GAUGE,
+    );
+    for ((state, role, port, process), count) in report.series() {
+        let labels = labels(&[
+            ("state", state.name()),
+            ("role", role.name()),
+            ("port", &port.to_string()),
+            ("process", process),
+        ]);
+        family.mut_metric().push(gauge(labels, sample(count)));
+    }
+    family
+}
+
+fn histogram(observed: &DurationHistogram) -> Histogram {
+    let mut cumulative = 0;
+    let buckets = DURATION_BUCKETS
+        .iter()
+        .zip(observed.counts)
+        .map(|(&bound, count)| {
+            cumulative += count;
+            let mut bucket = Bucket::default();
+            bucket.set_upper_bound(bound);
+            bucket.set_cumulative_count(cumulative);
+            bucket
+        })
+        .collect();
+    let mut histogram = Histogram::default();
+    histogram.set_bucket(buckets);
+    histogram.set_sample_count(observed.counts.iter().sum());
+    histogram.set_sample_sum(observed.sum_seconds);
+    histogram
+}
+
+/// A count as a sample value; exact below 2^53.
+#[expect(
+    clippy::cast_precision_loss,
+    reason = "Prometheus samples are f64 by definition"
+)]
+fn sample(value: u64) -> f64 {
+    value as f64
+}
+
+fn family(name: &str, help: &str, kind: MetricType) -> MetricFamily {
+    let mut family = MetricFamily::default();
+    family.set_name(name.to_owned());
+    family.set_help(help.to_owned());
+    family.set_field_type(kind);
+    family
+}
+
+fn labels(pairs: &[(&str, &str)]) -> Vec<LabelPair> {
+    pairs
+        .iter()
+        .map(|&(name, value)| {
+            let mut pair = LabelPair::default();
+            pair.set_name(name.to_owned());
+            pair.set_value(value.to_owned());
+            pair
+        })
+        .collect()
+}
+
+fn gauge(labels: Vec<LabelPair>, value: f64) -> Metric {
+    let mut gauge = proto::Gauge::default();
+    gauge.set_value(value);
+    let mut metric = Metric::default();
+    metric.set_label(labels);
+    metric.set_gauge(gauge);
+    metric
+}
+
+fn counter(labels: Vec<LabelPair>, value: u64) -> Metric {
+    let mut counter = Counter::default();
+    counter.set_value(sample(value));
+    let mut metric = Metric::default();
+    metric.set_label(labels);
+    metric.set_counter(counter);
+    metric
+}
+
+/// The daemon's own health, in a prometheus registry.
+#[derive(Clone)]
+pub struct SelfMetrics {
+    registry: Registry,
+    pub events: IntCounterVec,
+    pub events_lost: IntCounter,
+    pub decode_errors: IntCounter,
+    pub program_attached: IntGaugeVec,
+    pub sockets_seeded: IntCounter,
+    pub reconcile_corrections: IntCounterVec,
+    pub tracked_sockets: IntGauge,
+    pub evictions: IntCounter,
+    pub reconcile_seconds: Gauge,
+}
+
+impl SelfMetrics {
+    pub fn new(kernel_release: &str) -> Self {
+        let registry = Registry::new();
+        let build_info: IntGaugeVec = registered(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "tcptrace_build_info",
+                    "Always 1: the running version and kernel.",
+                ),
+                &["version", "kernel"],
+            ),
+        );
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), kernel_release])
+            .set(1);
+        Self {
+            events: registered(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "tcptrace_events_total",
+                        "Events received from the kernel, by kind.",
+                    ),
+                    &["kind"],
+                ),
+            ),
+            events_lost: registered(
+                &registry,
+                IntCounter::new(
+                    "tcptrace_events_lost_total",
+                    "Events the kernel could not deliver (ring buffer full).",
+                ),
+            ),
+            decode_errors: registered(
+                &registry,
+                IntCounter::new("tcptrace_decode_errors_total", "Malformed events."),
+            ),
+            program_attached: registered(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "tcptrace_program_attached",
+                        "1 if the BPF program is attached, 0 if not.",
+                    ),
+                    &["program"],
+                ),
+            ),
+            sockets_seeded: registered(
+                &registry,
+                IntCounter::new(
+                    "tcptrace_sockets_seeded_total",
+                    "Sockets found already open at start-up.",
+                ),
+            ),
+            reconcile_corrections: registered(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "tcptrace_reconcile_corrections_total",
+                        "Drift between tracked and kernel state corrected by reconciliation.",
+                    ),
+                    &["kind"],
+                ),
+            ),
+            tracked_sockets: registered(
+                &registry,
+                IntGauge::new(
+                    "tcptrace_tracked_sockets",
+                    "Sockets tcptrace tracks now (bounded by --max-sockets).",
+                ),
+            ),
+            evictions: registered(
+                &registry,
+                IntCounter::new(
+                    "tcptrace_tracked_evictions_total",
+                    "Sockets dropped from tracking because --max-sockets were tracked.",
+                ),
+            ),
+            reconcile_seconds: registered(
+                &registry,
+                Gauge::new(
+                    "tcptrace_reconcile_duration_seconds",
+                    "How long the last reading of the kernel's sockets took.",
+                ),
+            ),
+            registry,
+        }
+    }
+
+    pub fn families(&self) -> Vec<MetricFamily> {
+        self.registry.gather()
+    }
+}
+
+/// The programs' own cost, from [`crate::kernel::probes::Probes::run_stats`].
+pub fn program_families(stats: &[(&str, u64, std::time::Duration)]) -> [MetricFamily; 2] {
+    let mut runs = family(
+        "tcptrace_program_runs_total",
+        "Runs of each BPF program (counted while kernel.bpf_stats_enabled=1).",
+        MetricType::COUNTER,
+    );
+    let mut seconds = family(
+        "tcptrace_program_run_seconds_total",
+        "Time spent in each BPF program (counted while kernel.bpf_stats_enabled=1).",
+        MetricType::COUNTER,
+    );
+    for &(program, count, time) in stats {
+        runs.mut_metric()
+            .push(counter(labels(&[("program", program)]), count));
+        let mut metric = counter(labels(&[("program", program)]), 0);
+        let mut value = Counter::default();
+        value.set_value(time.as_secs_f64());
+        metric.set_counter(value);
+        seconds.mut_metric().push(metric);
+    }
+    [runs, seconds]
+}
+
+/// `tcptrace_sysctl`: the TCP settings of each namespace (by label).
+pub fn sysctl_family(settings: &[(String, Settings)]) -> Option<MetricFamily> {
+    let mut family = family(
+        "tcptrace_sysctl",
+        "TCP settings in force per network namespace (netns=\"host\" for the host's).",
+        MetricType::GAUGE,
+    );
+    for (netns, values) in settings {
+        for &(name, value) in values {
+            let labels = labels(&[("name", name), ("netns", netns)]);
+            #[expect(clippy::cast_precision_loss, reason = "sysctl values are small")]
+            family.mut_metric().push(gauge(labels, value as f64));
+        }
+    }
+    (!family.get_metric().is_empty()).then_some(family)
+}
+
+/// Registers a metric built from constant, valid names (so neither step can
+/// fail) and returns the handle the daemon updates.
+fn registered<M>(registry: &Registry, metric: prometheus::Result<M>) -> M
+where
+    M: prometheus::core::Collector + Clone + 'static,
+{
+    let metric = metric.expect("valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique metric");
+    metric
+}
+
+/// The Prometheus text exposition of `families`.
+pub fn encode(families: &[MetricFamily]) -> Vec<u8> {
+    let mut buffer = Vec::with_capacity(16 * 1024);
+    let encoder = TextEncoder::new();
+    // The encoder rejects a family without samples (a gauge with nothing to
+    // show yet); one family at a time, so that such a family, or any other
+    // failure, costs only itself.
+    for family in families.iter().filter(|f| !f.get_metric().is_empty()) {
+        if let Err(error) = encoder.encode(std::slice::from_ref(family), &mut buffer) {
+            tracing::error!(%error, family = family.name(), "metrics encoding failed");
+        }
+    }
+    buffer
+}
+
+/// `Content-Type` of [`encode`]'s output.
+pub const CONTENT_TYPE: &str = prometheus::TEXT_FORMAT;
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    /// A family with nothing to show yet is left out, and costs no other.
+    #[test]
+    fn empty_families_are_skipped() {
+        let empty = family("tcptrace_empty", "Nothing yet.", MetricType::GAUGE);
+        let mut full = family("tcptrace_full", "Something.", MetricType::GAUGE);
+        full.mut_metric().push(gauge(labels(&[("a", "b")]), 1.0));
+        let text = String::from_utf8(encode(&[empty, full])).unwrap();
+        assert!(!text.contains("tcptrace_empty"), "{text}");
+        assert!(text.contains("tcptrace_full{a=\"b\"} 1"), "{text}");
+    }
+
+    use super::*;
+    use crate::{
+        events::{Endpoints, EventKind, Family, SocketEvent},
+        track::{
+            Tracker,
+            labels::{PortLabel, PortPolicy, Role},
+        },
+    };
+
+    const S: u64 = 1_000_000_000;
+
+    fn event(cookie: u64, secs: u64, kind: EventKind) -> SocketEvent {
+        SocketEvent {
+            ts_ns: secs * S,
+            cookie,
+            endpoints: Endpoints {
+                netns: 1,
+                family: Family::Ipv4,
+                saddr: Ipv4Addr::LOCALHOST.into(),
+                sport: 443,
+                daddr: Ipv4Addr::LOCALHOST.into(),
+                dport: 50000 + u16::try_from(cookie).expect("small"),
+            },
+            task: None,
+            kind,
+        }
+    }
+
+    fn exposition(aggregates: &Aggregates, now_s: u64) -> String {
+        String::from_utf8(encode(&state_families(
+            aggregates,
+            &ResetReasons::default(),
+            now_s * S,
+        )))
+        .expect("UTF-8")
+    }
+
+    #[test]
+    fn gauges_oldest_and_durations_follow_the_sockets() {
+        use TcpState::{CloseWait, Established, LastAck, Listen};
+        let mut tracker = Tracker::new(PortPolicy::new(&[], 32768, 128), 100);
+        let mut aggregates = Aggregates::default();
+        let state = |old, new| EventKind::StateChange { old, new };
+        let mut events = vec![event(1, 0, state(TcpState::Close, Listen))];
+        // Three server sockets reach CLOSE_WAIT at 10 s, 20 s, 30 s.
+        for (cookie, at) in [(2, 10), (3, 20), (4, 30)] {
+            events.extend([
+                event(cookie, at - 1, state(Listen, TcpState::SynRecv)),
+                event(cookie, at - 1, state(TcpState::SynRecv, Established)),
+                event(cookie, at, state(Established, CloseWait)),
+            ]);
+        }
+        // The first leaves after 2 s.
+        events.push(event(2, 12, state(CloseWait, LastAck)));
+        for e in &events {
+            tracker.apply(e, &mut |c| aggregates.apply(c));
+        }
+
+        assert_eq!(
+            aggregates.count(CloseWait, Role::Server, PortLabel::Port(443)),
+            2
+        );
+        let text = exposition(&aggregates, 100);
+        let has = |line: &str| {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        };
+        has(r#"tcptrace_sockets{state="CLOSE_WAIT",role="server",port="443"} 2"#);
+        has(r#"tcptrace_sockets{state="LAST_ACK",role="server",port="443"} 1"#);
+        has(r#"tcptrace_sockets{state="LISTEN",role="server",port="443"} 1"#);
+        // Oldest CLOSE_WAIT entered at 20 s; now is 100 s.
+        has(r#"tcptrace_state_oldest_seconds{state="CLOSE_WAIT",role="server",port="443"} 80"#);
+        has(
+            r#"tcptrace_state_duration_seconds_bucket{state="CLOSE_WAIT",role="server",port="443",le="1"} 0"#,
+        );
+        has(
+            r#"tcptrace_state_duration_seconds_bucket{state="CLOSE_WAIT",role="server",port="443",le="2.5"} 1"#,
+        );
+        has(
+            r#"tcptrace_state_duration_seconds_bucket{state="CLOSE_WAIT",role="server",port="443",le="+Inf"} 1"#,
+        );
+        has(
+            r#"tcptrace_state_duration_seconds_sum{state="CLOSE_WAIT",role="server",port="443"} 2"#,
+        );
+        has(
+            r#"tcptrace_state_transitions_total{from="ESTABLISHED",to="CLOSE_WAIT",role="server",port="443"} 3"#,
+        );
+        has("# TYPE tcptrace_state_duration_seconds histogram");
+    }
+
+    #[test]
+    fn empty_series_report_zero_and_killed_time_wait_is_counted() {
+        let mut aggregates = Aggregates::default();
+        let mut tracker = Tracker::new(PortPolicy::new(&[], 32768, 128), 100);
+        let events = [
+            event(
+                1,
+                0,
+                EventKind::StateChange {
+                    old: TcpState::Established,
+                    new: TcpState::FinWait1,
+                },
+            ),
+            event(
+                1,
+                1,
+                EventKind::TimewaitStart {
+                    substate: TcpState::TimeWait,
+                },
+            ),
+            event(
+                1,
+                5,
+                EventKind::TimewaitCancel {
+                    substate: TcpState::TimeWait,
+                },
+            ),
+        ];
+        for e in &events {
+            tracker.apply(e, &mut |c| aggregates.apply(c));
+        }
+        tracker.tick(10 * S, &mut |c| aggregates.apply(c));
+        let text = exposition(&aggregates, 10);
+        for line in [
+            r#"tcptrace_sockets{state="TIME_WAIT",role="client",port="other"} 0"#,
+            r#"tcptrace_state_oldest_seconds{state="TIME_WAIT",role="client",port="other"} 0"#,
+            r#"tcptrace_time_wait_killed_total{role="client",port="other"} 1"#,
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+    }
+}
