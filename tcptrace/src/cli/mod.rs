@@ -2,6 +2,7 @@
 
 pub mod commands;
 pub mod config;
+pub mod web_config;
 
 use std::{path::PathBuf, time::Duration};
 

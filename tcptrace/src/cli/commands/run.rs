@@ -22,7 +22,7 @@ use crate::{
     aggregate::owners::{self, Owner, Owners},
     aggregate::ports::Aggregates,
     aggregate::stale::{self, StaleAfter, StaleReport, StaleSocket},
-    cli::{ListenAddress, RunArgs},
+    cli::{ListenAddress, RunArgs, web_config},
     events::{Endpoints, EventKind, Task, TcpState},
     export::api::{Overview, SocketList, SocketQuery, SocketRecord, StaleGroup},
     export::overview,
@@ -381,7 +381,7 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
 fn web_security(path: Option<&std::path::Path>) -> Result<WebSecurity, Error> {
     path.map_or_else(
         || Ok(WebSecurity::default()),
-        |path| WebSecurity::load(path).map_err(|e| Error::Usage(format!("--web.config.file {e}"))),
+        |path| web_config::load(path).map_err(|e| Error::Usage(format!("--web.config.file {e}"))),
     )
 }
 

@@ -1,15 +1,5 @@
-//! `--web.config.file`: TLS and basic authentication for the HTTP endpoint,
-//! with the keys of the Prometheus exporter toolkit's web configuration
-//! (written in TOML, like `--config`):
-//!
-//! ```toml
-//! [tls_server_config]
-//! cert_file = "/etc/tcptrace/tls.crt"   # PEM, the chain after the leaf
-//! key_file = "/etc/tcptrace/tls.key"    # PEM, PKCS#8, PKCS#1 or SEC1
-//!
-//! [basic_auth_users]                    # user = bcrypt hash
-//! prometheus = "$2y$10$…"
-//! ```
+//! TLS and basic authentication for the HTTP endpoint (read from
+//! `--web.config.file` by `cli::web_config`).
 //!
 //! Users protect every path. Passwords are checked with bcrypt on a pool of
 //! [`VERIFIERS`], so that guessing cannot take every core; a header that
@@ -27,16 +17,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::support::files;
 use base64::Engine;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use tokio::sync::Semaphore;
 use tokio_rustls::{TlsAcceptor, rustls};
-use toml::de::{DeTable, DeValue};
-
-use crate::{
-    cli::config::{ConfigError, line_of},
-    support::files,
-};
 
 /// What the endpoint requires of its clients; the default requires nothing.
 #[derive(Default)]
@@ -45,93 +30,8 @@ pub struct WebSecurity {
     pub auth: Option<BasicAuth>,
 }
 
-impl WebSecurity {
-    /// Reads and checks `path`: every error names the file, and the line and
-    /// key where there is one.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let fail = |line: Option<usize>, key: Option<&str>, message: String| ConfigError {
-            path: path.to_owned(),
-            line,
-            key: key.map(str::to_owned),
-            message,
-        };
-        let text = files::read_text(path, files::CONFIG_MAX_BYTES)
-            .map_err(|e| fail(None, None, e.to_string()))?;
-        let table = DeTable::parse(&text).map_err(|e| {
-            let line = line_of(&text, e.span().map_or(0, |s| s.start));
-            fail(Some(line), None, e.message().trim().to_owned())
-        })?;
-        let mut tls_files = BTreeMap::new();
-        let mut users = BTreeMap::new();
-        for (section, value) in table.get_ref() {
-            let section = section.get_ref().as_ref();
-            let line = Some(line_of(&text, value.span().start));
-            let DeValue::Table(entries) = value.get_ref() else {
-                return Err(fail(line, Some(section), "must be a table".to_owned()));
-            };
-            let known = match section {
-                "tls_server_config" => &mut tls_files,
-                "basic_auth_users" => &mut users,
-                _ => {
-                    return Err(fail(
-                        line,
-                        Some(section),
-                        "no such section: tls_server_config and basic_auth_users are".to_owned(),
-                    ));
-                }
-            };
-            for (key, value) in entries {
-                let key = format!("{section}.{}", key.get_ref());
-                let line = Some(line_of(&text, value.span().start));
-                let DeValue::String(text) = value.get_ref() else {
-                    return Err(fail(line, Some(&key), "must be a string".to_owned()));
-                };
-                known.insert(key, (line, text.to_string()));
-            }
-        }
-        let tls = match (
-            tls_files.remove("tls_server_config.cert_file"),
-            tls_files.remove("tls_server_config.key_file"),
-        ) {
-            (Some((_, cert)), Some((key_line, key))) => Some(
-                acceptor(Path::new(&cert), Path::new(&key))
-                    .map_err(|message| fail(key_line, Some("tls_server_config"), message))?,
-            ),
-            (None, None) => None,
-            _ => {
-                return Err(fail(
-                    None,
-                    Some("tls_server_config"),
-                    "needs both cert_file and key_file".to_owned(),
-                ));
-            }
-        };
-        if let Some((key, (line, _))) = tls_files.into_iter().next() {
-            return Err(fail(
-                line,
-                Some(&key),
-                "no such setting: cert_file and key_file are".to_owned(),
-            ));
-        }
-        let mut hashes = BTreeMap::new();
-        for (key, (line, hash)) in users {
-            let user = key.trim_start_matches("basic_auth_users.").to_owned();
-            // A hash that cannot verify anything would lock that user out.
-            if bcrypt::verify("", &hash).is_err() {
-                return Err(fail(
-                    line,
-                    Some(&key),
-                    "is not a bcrypt hash (make one with `htpasswd -nBC 10 USER`)".to_owned(),
-                ));
-            }
-            hashes.insert(user, hash);
-        }
-        let auth = (!hashes.is_empty()).then(|| BasicAuth::new(hashes));
-        Ok(Self { tls, auth })
-    }
-}
-
-fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
+/// A TLS server from a PEM certificate chain and private key.
+pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
     let cert_pem = files::read_bounded(cert, files::CONFIG_MAX_BYTES)
         .map_err(|e| format!("cannot read certificates from {}: {e}", cert.display()))?;
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
@@ -150,6 +50,12 @@ fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
         .and_then(|builder| builder.with_no_client_auth().with_single_cert(chain, key))
         .map_err(|e| format!("certificate and key do not make a TLS server: {e}"))?;
     Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Whether `hash` is one bcrypt can verify against: one that cannot would
+/// lock its user out.
+pub fn is_bcrypt_hash(hash: &str) -> bool {
+    bcrypt::verify("", hash).is_ok()
 }
 
 /// What a request's `Authorization` header earns it.
@@ -217,7 +123,8 @@ fn source_of(ip: IpAddr) -> IpAddr {
 }
 
 impl BasicAuth {
-    fn new(hashes: BTreeMap<String, String>) -> Self {
+    /// Users and their bcrypt hashes (see [`is_bcrypt_hash`]).
+    pub fn new(hashes: BTreeMap<String, String>) -> Self {
         Self {
             hashes,
             passed: Mutex::new(HashSet::new()),
@@ -381,22 +288,8 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 mod tests {
     use super::*;
 
-    fn load(text: &str) -> Result<WebSecurity, String> {
-        let dir = std::env::temp_dir().join(format!(
-            "tcptrace-web-config-{}-{}",
-            std::process::id(),
-            text.len()
-        ));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let path = dir.join("web.toml");
-        std::fs::write(&path, text).expect("write");
-        let loaded = WebSecurity::load(&path).map_err(|e| {
-            e.to_string()
-                .trim_start_matches(&path.display().to_string())
-                .to_owned()
-        });
-        std::fs::remove_dir_all(&dir).expect("clean up");
-        loaded
+    fn users(hash: &str) -> BasicAuth {
+        BasicAuth::new([("prometheus".to_owned(), hash.to_owned())].into())
     }
 
     fn header(user: &str, password: &str) -> String {
@@ -407,42 +300,14 @@ mod tests {
         )
     }
 
-    #[test]
-    fn errors_name_the_line_and_the_key() {
-        let error = |text| load(text).err().expect("an error");
-        assert_eq!(
-            error("[basic_auth_users]\nprometheus = \"plain\"\n"),
-            ":2: basic_auth_users.prometheus: is not a bcrypt hash (make one with `htpasswd -nBC 10 USER`)"
-        );
-        assert_eq!(
-            error("\n[tls]\ncert_file = \"x\""),
-            ":2: tls: no such section: tls_server_config and basic_auth_users are"
-        );
-        assert_eq!(
-            error("[tls_server_config]\ncert_file = \"/x\""),
-            ": tls_server_config: needs both cert_file and key_file"
-        );
-        assert!(
-            error("[tls_server_config]\ncert_file = \"/nonexistent.crt\"\nkey_file = \"/k\"")
-                .starts_with(
-                    ":3: tls_server_config: cannot read certificates from /nonexistent.crt"
-                ),
-        );
-        assert_eq!(
-            error("[basic_auth_users]\nu = 1"),
-            ":2: basic_auth_users.u: must be a string"
-        );
-    }
-
     const HERE: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
     #[tokio::test]
     async fn users_pass_with_their_password_only() {
         let hash = bcrypt::hash("s3cret", 4).expect("hash");
-        let security =
-            load(&format!("[basic_auth_users]\nprometheus = \"{hash}\"\n")).expect("valid");
-        assert!(security.tls.is_none());
-        let auth = security.auth.expect("users");
+        let auth = users(&hash);
+        assert!(is_bcrypt_hash(&hash));
+        assert!(!is_bcrypt_hash("plain"));
         let good = header("prometheus", "s3cret");
         assert_eq!(auth.check(Some(&good), HERE).await, Verdict::Allowed);
         assert_eq!(
@@ -464,10 +329,7 @@ mod tests {
     #[tokio::test]
     async fn an_address_that_keeps_failing_waits_alone() {
         let hash = bcrypt::hash("s3cret", 4).expect("hash");
-        let auth = load(&format!("[basic_auth_users]\nprometheus = \"{hash}\"\n"))
-            .expect("valid")
-            .auth
-            .expect("users");
+        let auth = users(&hash);
         let attacker: IpAddr = "2001:db8::1".parse().expect("address");
         let same_host: IpAddr = "2001:db8::2".parse().expect("same /64");
         let other: IpAddr = "192.0.2.7".parse().expect("address");
