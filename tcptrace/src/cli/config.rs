@@ -74,9 +74,11 @@ pub fn with_config_file(
             .find(|arg| arg.get_long() == Some(key))
             .map(|arg| arg.get_id().to_string())
             .unwrap_or_default();
-        [matches, run]
-            .iter()
-            .any(|m| m.value_source(&id) == Some(ValueSource::CommandLine))
+        // Asking matches for an id they do not define panics in debug builds.
+        [matches, run].iter().any(|m| {
+            m.ids().any(|known| known == id.as_str())
+                && m.value_source(&id) == Some(ValueSource::CommandLine)
+        })
     };
     let from_file = arguments(path, &text)?
         .into_iter()
