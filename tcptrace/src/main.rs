@@ -28,7 +28,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(tcptrace::run(cli)) {
+    match runtime.block_on(tcptrace::cli::commands::dispatch(cli)) {
         Ok(outcome) => ExitCode::from(outcome.exit_code()),
         Err(e) => {
             eprintln!("tcptrace: {e}");

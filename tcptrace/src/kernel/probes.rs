@@ -234,7 +234,7 @@ impl Probes {
                     Ok(()) => Ok(()),
                     Err(error) if !hook.without.is_empty() => {
                         warn_without(hook, &error);
-                        Err(crate::one_line(&error))
+                        Err(crate::support::errors::one_line(&error))
                     }
                     Err(error) => return Err(error),
                 },

@@ -3,6 +3,7 @@
 
 pub mod clock;
 pub mod duration;
+pub mod errors;
 pub mod fasthash;
 pub mod files;
 pub mod memory;

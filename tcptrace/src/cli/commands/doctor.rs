@@ -9,8 +9,8 @@ use std::{
 };
 
 use crate::{
-    Error,
     cli::DoctorArgs,
+    cli::commands::Error,
     doctor::{self, BtfFacts, Findings, NamespaceContents, NamespaceFacts, ReportFormat, Verdict},
     host::sock_diag::{self, DiagError},
     host::sysctls,
@@ -19,7 +19,7 @@ use crate::{
     kernel::kallsyms,
     kernel::layout::{self, TimerSymbols},
     kernel::probes::{Hook, ProbeConfig, Probes},
-    one_line,
+    support::errors::one_line,
 };
 
 pub fn run(args: &DoctorArgs) -> Result<Verdict, Error> {

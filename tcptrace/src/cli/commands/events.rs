@@ -6,8 +6,8 @@ use std::{
 };
 
 use crate::{
-    Error,
     cli::EventsArgs,
+    cli::commands::Error,
     events::TcpState,
     export::stream::EventWriter,
     kernel::probes::Probes,

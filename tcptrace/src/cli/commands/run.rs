@@ -18,10 +18,10 @@ use std::{
 use tokio::net::TcpListener;
 
 use crate::{
-    Error,
     aggregate::owners::{self, Owner, Owners},
     aggregate::ports::Aggregates,
     aggregate::stale::{self, StaleAfter, StaleReport, StaleSocket},
+    cli::commands::Error,
     cli::{ListenAddress, RunArgs, web_config},
     events::{Endpoints, EventKind, Task, TcpState},
     export::api::{Overview, SocketList, SocketQuery, SocketRecord, StaleGroup},

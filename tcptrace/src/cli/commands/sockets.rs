@@ -8,9 +8,9 @@ use std::{
 };
 
 use crate::{
-    Error,
     aggregate::owners::{self, Wanted},
     cli::SocketsArgs,
+    cli::commands::Error,
     events::TcpState,
     export::api::{SOCKETS_PATH, SocketList, SocketQuery, SocketRecord},
     export::client::{self, ClientError},

@@ -21,8 +21,8 @@ use ratatui::{
 };
 
 use crate::{
-    Error,
     cli::TopArgs,
+    cli::commands::Error,
     export::api::{OVERVIEW_PATH, Overview, PortSummary},
     export::client,
 };
