@@ -42,6 +42,7 @@ impl EventFilter {
 
 pub async fn run(args: EventsArgs) -> Result<(), Error> {
     let mut probes = Probes::load(&args.probe.config())?;
+    super::drop_capabilities();
     let mut source = probes.event_source()?;
     tracing::info!("attached; streaming TCP state transitions (Ctrl-C stops)");
     let filter = EventFilter {

@@ -8,6 +8,17 @@ pub mod run;
 pub mod sockets;
 pub mod top;
 
+/// Programs are attached and maps open: from here on, tcptrace needs only
+/// what reconciliation and owner lookups do (see README, "Capabilities").
+/// Capabilities belong to each thread: call this before any thread is
+/// started, and the threads started later inherit what is left.
+pub fn drop_capabilities() {
+    match kernel::capabilities::keep_only(kernel::capabilities::KEPT_AFTER_ATTACH) {
+        Ok(left) => tracing::info!(kept = ?left.names(), "capabilities dropped after attaching"),
+        Err(error) => tracing::warn!("capabilities could not be dropped: {error}"),
+    }
+}
+
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() -> std::io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};

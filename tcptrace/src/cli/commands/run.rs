@@ -31,7 +31,6 @@ use crate::{
     export::web::{self, Pending, Site},
     host::sock_diag,
     host::sysctls,
-    kernel::capabilities,
     kernel::probes::{Probes, ResetReasons},
     kernel::ring::Batch,
     kernel::version,
@@ -290,8 +289,10 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
             .with_label_values(&[hook.program])
             .set(i64::from(*attached));
     }
+    // Before the event source starts its drain thread, which would keep
+    // the capabilities the process had when it was created.
+    super::drop_capabilities();
     let mut source = probes.event_source()?;
-    drop_capabilities();
     let policy = PortPolicy::new(&args.ports, labels::ephemeral_port_low(), args.max_ports);
     let exporter = Arc::new(Exporter {
         state: Mutex::new(State {
@@ -383,15 +384,6 @@ fn web_security(path: Option<&std::path::Path>) -> Result<WebSecurity, Error> {
         || Ok(WebSecurity::default()),
         |path| web_config::load(path).map_err(|e| Error::Usage(format!("--web.config.file {e}"))),
     )
-}
-
-/// Programs are attached and maps open: from here on, tcptrace needs only
-/// what reconciliation and owner lookups do (see README, "Capabilities").
-fn drop_capabilities() {
-    match capabilities::keep_only(capabilities::KEPT_AFTER_ATTACH) {
-        Ok(left) => tracing::info!(kept = ?left.names(), "capabilities dropped after attaching"),
-        Err(error) => tracing::warn!("capabilities could not be dropped: {error}"),
-    }
 }
 
 /// Finds the owners of newly stale sockets and regroups the stale report.
