@@ -9,6 +9,7 @@ mod churn;
 mod cmd;
 mod cpio;
 mod kernels;
+mod measure;
 mod pins;
 mod setup;
 mod soak;
@@ -108,9 +109,9 @@ fn run_task(args: Vec<String>) -> Result<(), String> {
             build(&root, &pins, false)?;
             let quick = flags.iter().any(|f| f == "--quick");
             let plan = if quick {
-                bench::Plan::quick()
+                measure::Plan::quick()
             } else {
-                bench::Plan::full()
+                measure::Plan::full()
             };
             let xtask = env::current_exe().map_err(|e| format!("own path: {e}"))?;
             let report = bench::run(&root.join("target/release/tcptrace"), &xtask, &plan)?;

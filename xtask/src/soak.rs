@@ -20,7 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::bench::{self, Tool};
+use crate::measure::{self, Tool};
 
 const ADDRESS: &str = "127.0.0.1:19103";
 const SAMPLE_EVERY: Duration = Duration::from_secs(10);
@@ -44,8 +44,8 @@ pub fn run(
     minutes: u64,
 ) -> Result<String, String> {
     let seconds = minutes * 60;
-    let clock_ticks = bench::clock_ticks()?;
-    let mut daemon = bench::start_tcptrace(tcptrace, ADDRESS)?;
+    let clock_ticks = measure::clock_ticks()?;
+    let mut daemon = measure::start_tcptrace(tcptrace, ADDRESS)?;
     let pid = daemon.0.id();
     let mut workload = Tool(
         Command::new("unshare")
@@ -62,15 +62,15 @@ pub fn run(
     let mut samples = Vec::new();
     while started.elapsed() < Duration::from_secs(seconds) {
         thread::sleep(SAMPLE_EVERY);
-        let metrics = bench::http_get(ADDRESS, "/metrics").unwrap_or_default();
+        let metrics = measure::http_get(ADDRESS, "/metrics").unwrap_or_default();
         let sample = Sample {
             at: started.elapsed(),
-            rss_kib: bench::status_kib(pid, "VmRSS:"),
+            rss_kib: measure::status_kib(pid, "VmRSS:"),
             fds: std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count),
-            tracked: bench::sample(&metrics, "tcptrace_tracked_sockets", ""),
-            lost: bench::sample(&metrics, "tcptrace_events_lost_total", ""),
-            cpu_seconds: bench::cpu_seconds(pid, clock_ticks)?,
-            transitions: bench::sample(&metrics, "tcptrace_state_transitions_total", ""),
+            tracked: measure::sample(&metrics, "tcptrace_tracked_sockets", ""),
+            lost: measure::sample(&metrics, "tcptrace_events_lost_total", ""),
+            cpu_seconds: measure::cpu_seconds(pid, clock_ticks)?,
+            transitions: measure::sample(&metrics, "tcptrace_state_transitions_total", ""),
         };
         println!(
             "[soak] {:>4.0} s  RSS {:>6.1} MiB  fds {:>3}  tracked {:>7.0}  lost {:>3.0}  cpu {:>6.1} s",

@@ -13,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use crate::bench::{Plan, Tool, churn_output, cpu_seconds, spread};
+use crate::measure::{Plan, Tool, churn_output, cpu_seconds, spread};
 
 /// Transitions per churn connection: five on each end.
 const TRANSITIONS_PER_CONNECTION: f64 = 10.0;
@@ -136,7 +136,7 @@ fn measure(
     threads: usize,
     pace: Option<f64>,
 ) -> Result<Run, String> {
-    let clock_ticks = crate::bench::clock_ticks()?;
+    let clock_ticks = crate::measure::clock_ticks()?;
     let running = stream
         .map(|stream| Running::start(stream, tcptrace))
         .transpose()?;
