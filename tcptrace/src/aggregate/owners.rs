@@ -13,10 +13,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use rustc_hash::{FxHashMap, FxHashSet};
+
 use crate::{
     events::{Endpoints, Task},
     host::procfs::{Process, holders, read_process},
-    support::fasthash::{FastMap, FastSet},
     track::lookups::Lookups,
 };
 
@@ -43,7 +44,7 @@ pub const OWNER_TTL: Duration = Duration::from_secs(30);
 /// (`None`: nobody was found then).
 #[derive(Debug, Default)]
 pub struct Owners {
-    by_cookie: FastMap<u64, (Instant, Option<Owner>)>,
+    by_cookie: FxHashMap<u64, (Instant, Option<Owner>)>,
 }
 
 impl Owners {
@@ -91,13 +92,13 @@ pub struct Wanted {
 /// Names the owner of each wanted socket: the holder of its inode, else the
 /// task that last acted on it; blocking (reads `/proc`).
 pub fn resolve(wanted: &[Wanted]) -> Vec<(u64, Option<Owner>)> {
-    let inodes: FastSet<u64> = wanted
+    let inodes: FxHashSet<u64> = wanted
         .iter()
         .map(|w| w.inode)
         .filter(|&inode| inode != 0)
         .collect();
     let holders = holders(&inodes);
-    let mut processes: FastMap<u32, Option<Arc<Process>>> = FastMap::default();
+    let mut processes: FxHashMap<u32, Option<Arc<Process>>> = FxHashMap::default();
     let mut process = |pid: u32| {
         processes
             .entry(pid)
@@ -140,7 +141,7 @@ pub fn find(sockets: &[(u64, Endpoints, Option<Task>)]) -> Vec<(u64, Option<Owne
         .iter()
         .map(|&(cookie, endpoints, _)| (cookie, endpoints))
         .collect();
-    let inodes: FastMap<u64, u64> = Lookups::default()
+    let inodes: FxHashMap<u64, u64> = Lookups::default()
         .find_blocking(&pending)
         .into_iter()
         .map(|(cookie, found)| (cookie, found.inode))
@@ -176,7 +177,7 @@ mod tests {
         let inode = socket_inode(link.as_os_str().as_encoded_bytes()).unwrap();
         let stat = fs::metadata(format!("/proc/self/fd/{}", listener.as_raw_fd())).unwrap();
         assert_eq!(stat.ino(), inode);
-        let wanted: FastSet<u64> = [inode, u64::MAX].into_iter().collect();
+        let wanted: FxHashSet<u64> = [inode, u64::MAX].into_iter().collect();
         let found = holders(&wanted);
         assert_eq!(found.get(&inode), Some(&std::process::id()));
         assert_eq!(found.len(), 1);

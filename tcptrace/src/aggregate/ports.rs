@@ -9,9 +9,11 @@
 
 use std::collections::BTreeSet;
 
+use rustc_hash::FxHashMap;
+
 use crate::{
     events::TcpState,
-    support::{clock::seconds, fasthash::FastMap},
+    support::clock::seconds,
     track::{
         Change, Signal,
         labels::{PortLabel, Role},
@@ -84,12 +86,12 @@ pub enum Reset {
 #[derive(Debug, Default)]
 pub struct Aggregates {
     /// State counts, ages, durations and transitions of each (role, port).
-    ports: FastMap<(Role, PortLabel), PortAggregates>,
-    killed: FastMap<(Role, PortLabel), u64>,
-    resets: FastMap<(Reset, Role, PortLabel), u64>,
-    errors: FastMap<(u32, Role, PortLabel), u64>,
-    keepalive_probes: FastMap<(Role, PortLabel), u64>,
-    keepalive_timeouts: FastMap<(Role, PortLabel), u64>,
+    ports: FxHashMap<(Role, PortLabel), PortAggregates>,
+    killed: FxHashMap<(Role, PortLabel), u64>,
+    resets: FxHashMap<(Reset, Role, PortLabel), u64>,
+    errors: FxHashMap<(u32, Role, PortLabel), u64>,
+    keepalive_probes: FxHashMap<(Role, PortLabel), u64>,
+    keepalive_timeouts: FxHashMap<(Role, PortLabel), u64>,
 }
 
 impl Aggregates {
@@ -211,7 +213,7 @@ impl Aggregates {
     }
 }
 
-fn per_port(map: &FastMap<(Role, PortLabel), u64>) -> Vec<(Role, PortLabel, u64)> {
+fn per_port(map: &FxHashMap<(Role, PortLabel), u64>) -> Vec<(Role, PortLabel, u64)> {
     sorted(map)
         .into_iter()
         .map(|(&(role, port), &count)| (role, port, count))
@@ -219,7 +221,7 @@ fn per_port(map: &FastMap<(Role, PortLabel), u64>) -> Vec<(Role, PortLabel, u64)
 }
 
 /// Map entries in label order, so readers list series stably.
-fn sorted<K: Ord, V>(map: &FastMap<K, V>) -> Vec<(&K, &V)> {
+fn sorted<K: Ord, V>(map: &FxHashMap<K, V>) -> Vec<(&K, &V)> {
     let mut entries: Vec<_> = map.iter().collect();
     entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
     entries

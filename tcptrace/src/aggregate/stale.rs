@@ -12,13 +12,12 @@ use std::{
     time::{Duration, Instant},
 };
 
+use rustc_hash::{FxHashMap, FxHashSet};
+
 use crate::{
     aggregate::{owners::Owners, ports::Aggregates},
     events::TcpState,
-    support::{
-        clock::seconds,
-        fasthash::{FastMap, FastSet},
-    },
+    support::clock::seconds,
     track::labels::{PortLabel, Role},
 };
 
@@ -144,10 +143,10 @@ pub struct StaleReport {
     max_processes: usize,
     groups: Vec<StaleGroup>,
     /// Stale sockets per group as of the last pass.
-    current: FastMap<GroupKey, u64>,
+    current: FxHashMap<GroupKey, u64>,
     /// Groups stale in the last [`ZERO_KEPT`], by when last non-zero.
-    recent: FastMap<GroupKey, Instant>,
-    warned: FastMap<GroupKey, Instant>,
+    recent: FxHashMap<GroupKey, Instant>,
+    warned: FxHashMap<GroupKey, Instant>,
 }
 
 impl StaleReport {
@@ -156,9 +155,9 @@ impl StaleReport {
             after,
             max_processes,
             groups: Vec::new(),
-            current: FastMap::default(),
-            recent: FastMap::default(),
-            warned: FastMap::default(),
+            current: FxHashMap::default(),
+            recent: FxHashMap::default(),
+            warned: FxHashMap::default(),
         }
     }
 
@@ -172,7 +171,7 @@ impl StaleReport {
         let comm = |cookie: u64| owners.get(cookie).map(|o| o.process.comm.as_str());
         // Bound the label: the processes with the most stale sockets keep
         // their name.
-        let mut per_process: FastMap<&str, usize> = FastMap::default();
+        let mut per_process: FxHashMap<&str, usize> = FxHashMap::default();
         for socket in sockets {
             *per_process
                 .entry(comm(socket.cookie).unwrap_or(UNKNOWN))
@@ -180,13 +179,13 @@ impl StaleReport {
         }
         let mut ranked: Vec<(&str, usize)> = per_process.into_iter().collect();
         ranked.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-        let named: FastSet<&str> = ranked
+        let named: FxHashSet<&str> = ranked
             .iter()
             .take(self.max_processes)
             .map(|&(name, _)| name)
             .collect();
 
-        let mut grouped: FastMap<GroupKey, (u64, BTreeSet<u32>, u64)> = FastMap::default();
+        let mut grouped: FxHashMap<GroupKey, (u64, BTreeSet<u32>, u64)> = FxHashMap::default();
         for socket in sockets {
             let process = match comm(socket.cookie) {
                 None => UNKNOWN,

@@ -1,6 +1,8 @@
 //! The JSON API's views of the aggregates: per-port summaries, stale groups
 //! and socket owners, as [`crate::export::api`] types.
 
+use rustc_hash::FxHashMap;
+
 use crate::{
     aggregate::{
         owners::{Owner, OwnerSource},
@@ -9,7 +11,7 @@ use crate::{
     },
     events::TcpState,
     export::api::{OwnerKind, PortSummary, SocketRecord, StaleGroup},
-    support::{clock::seconds, fasthash::FastMap},
+    support::clock::seconds,
     track::labels::{PortLabel, Role},
 };
 
@@ -17,7 +19,7 @@ use crate::{
 /// live views (`tcptrace top`, the web page), in label order.
 pub fn port_summaries(aggregates: &Aggregates, now_ns: u64) -> Vec<PortSummary> {
     fn entry(
-        ports: &mut FastMap<(Role, PortLabel), PortSummary>,
+        ports: &mut FxHashMap<(Role, PortLabel), PortSummary>,
         role: Role,
         port: PortLabel,
     ) -> &mut PortSummary {
@@ -27,7 +29,7 @@ pub fn port_summaries(aggregates: &Aggregates, now_ns: u64) -> Vec<PortSummary> 
             ..PortSummary::default()
         })
     }
-    let mut ports: FastMap<(Role, PortLabel), PortSummary> = FastMap::default();
+    let mut ports: FxHashMap<(Role, PortLabel), PortSummary> = FxHashMap::default();
     for (role, port, aggregates) in aggregates.ports() {
         let summary = entry(&mut ports, role, port);
         for state in TcpState::ALL {

@@ -3,7 +3,7 @@
 
 use std::fs;
 
-use crate::support::fasthash::FastMap;
+use rustc_hash::FxHashMap;
 
 /// A process, as `/proc` describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,8 +66,8 @@ fn cgroup_path(text: &str) -> String {
 /// several processes share a socket (after fork), the lowest pid is named.
 pub fn holders<S: std::hash::BuildHasher>(
     wanted: &std::collections::HashSet<u64, S>,
-) -> FastMap<u64, u32> {
-    let mut found = FastMap::default();
+) -> FxHashMap<u64, u32> {
+    let mut found = FxHashMap::default();
     if wanted.is_empty() {
         return found;
     }

@@ -4,6 +4,5 @@
 pub mod clock;
 pub mod duration;
 pub mod errors;
-pub mod fasthash;
 pub mod files;
 pub mod memory;

@@ -20,10 +20,11 @@ pub mod lookups;
 
 use std::collections::VecDeque;
 
+use rustc_hash::{FxHashMap, FxHashSet};
+
 use crate::{
     events::{Endpoints, EventKind, Family, SocketEvent, Task, TcpState},
     host::sock_diag::DiagSocket,
-    support::fasthash::{FastMap, FastSet},
     track::labels::{PortLabel, PortPolicy, Role},
 };
 
@@ -151,10 +152,10 @@ pub struct Tracked {
 /// Tracked sockets and the policy that labels them.
 #[derive(Debug)]
 pub struct Tracker {
-    sockets: FastMap<u64, Socket>,
+    sockets: FxHashMap<u64, Socket>,
     /// Listening (netns, port) pairs, to tell the role of a socket first seen
     /// mid-life; the value counts listeners (`SO_REUSEPORT`).
-    listeners: FastMap<(u32, u16), u32>,
+    listeners: FxHashMap<(u32, u16), u32>,
     policy: PortPolicy,
     /// Cancels awaiting resolution, oldest first: (time, cookie).
     cancels: VecDeque<(u64, u64)>,
@@ -162,23 +163,23 @@ pub struct Tracker {
     evictions: u64,
     /// Cookies that ended since a kernel dump began, so that the dump, which
     /// may predate their end, cannot bring them back.
-    ended_during_dump: Option<FastSet<u64>>,
+    ended_during_dump: Option<FxHashSet<u64>>,
     /// Recently ended sockets, for the signals that follow their end.
-    ended: FastMap<u64, Ended>,
+    ended: FxHashMap<u64, Ended>,
     ended_order: VecDeque<(u64, u64)>,
 }
 
 impl Tracker {
     pub fn new(policy: PortPolicy, max_sockets: usize) -> Self {
         Self {
-            sockets: FastMap::default(),
-            listeners: FastMap::default(),
+            sockets: FxHashMap::default(),
+            listeners: FxHashMap::default(),
             policy,
             cancels: VecDeque::new(),
             max_sockets: max_sockets.max(1),
             evictions: 0,
             ended_during_dump: None,
-            ended: FastMap::default(),
+            ended: FxHashMap::default(),
             ended_order: VecDeque::new(),
         }
     }
@@ -528,7 +529,7 @@ impl Tracker {
 
     /// Call just before reading the kernel's sockets for [`Tracker::reconcile`].
     pub fn begin_reconcile(&mut self) {
-        self.ended_during_dump = Some(FastSet::default());
+        self.ended_during_dump = Some(FxHashSet::default());
     }
 
     /// Makes the tracked sockets match a kernel dump that began at
@@ -544,7 +545,7 @@ impl Tracker {
         sink: &mut impl FnMut(&Change),
     ) -> Corrections {
         let ended = self.ended_during_dump.take().unwrap_or_default();
-        let in_dump: FastMap<u64, &DiagSocket> = dump.iter().map(|s| (s.cookie, s)).collect();
+        let in_dump: FxHashMap<u64, &DiagSocket> = dump.iter().map(|s| (s.cookie, s)).collect();
         // A FIN_WAIT2 timewait socket that got its peer's FIN moved to
         // TIME_WAIT with no event (see `looked_up`): not drift.
         let moved: Vec<u64> = self
@@ -778,7 +779,7 @@ impl Tracker {
     }
 
     /// Listening (netns, port) pairs known now.
-    pub fn listening(&self) -> FastSet<(u32, u16)> {
+    pub fn listening(&self) -> FxHashSet<(u32, u16)> {
         self.listeners.keys().copied().collect()
     }
 }
