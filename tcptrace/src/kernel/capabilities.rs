@@ -3,6 +3,8 @@
 
 use std::fs;
 
+use caps::{CapSet, CapsHashSet, errors::CapsError};
+
 // Numbers from linux/capability.h.
 pub const CAP_DAC_READ_SEARCH: u32 = 2;
 pub const CAP_SYS_PTRACE: u32 = 19;
@@ -16,9 +18,6 @@ pub const CAP_BPF: u32 = 39;
 /// reading other users' `/proc/<pid>/fd` and namespace links (owners).
 pub const KEPT_AFTER_ATTACH: Capabilities =
     Capabilities(1 << CAP_SYS_ADMIN | 1 << CAP_SYS_PTRACE | 1 << CAP_DAC_READ_SEARCH);
-
-/// The highest capability number this code knows of (`CAP_CHECKPOINT_RESTORE`).
-const CAP_LAST: u32 = 40;
 
 /// A capability set (one bit per capability number).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,80 +67,30 @@ impl Capabilities {
     }
 }
 
-/// Gives up, for good, every capability outside `keep`: from the bounding
+/// Gives up, for good, every capability outside `keep`, on the calling
+/// thread (threads started later inherit what is left): from the bounding
 /// set (where this process may still change it), the ambient, inheritable,
 /// permitted and effective sets. Returns what is left in effect.
-pub fn keep_only(keep: Capabilities) -> std::io::Result<Capabilities> {
+pub fn keep_only(keep: Capabilities) -> Result<Capabilities, CapsError> {
+    let kept: CapsHashSet = caps::all()
+        .into_iter()
+        .filter(|capability| keep.has(u32::from(capability.index())))
+        .collect();
     // The bounding set first, while CAP_SETPCAP may still be in effect. A
-    // process without it cannot shrink its bounding set; the permitted set
-    // dropped below is what counts, and no exec follows to widen it.
-    for capability in 0..=CAP_LAST {
-        if !keep.has(capability) {
-            // SAFETY: prctl with integer arguments only.
-            unsafe {
-                libc::prctl(
-                    libc::PR_CAPBSET_DROP,
-                    libc::c_ulong::from(capability),
-                    0,
-                    0,
-                    0,
-                )
-            };
-        }
+    // process without it cannot shrink its bounding set, and a capability
+    // the kernel does not know cannot be dropped; the permitted set dropped
+    // below is what counts, and no exec follows to widen it.
+    for capability in caps::all().difference(&kept) {
+        let _ = caps::drop(None, CapSet::Bounding, *capability);
     }
-    // SAFETY: prctl with integer arguments only.
-    unsafe {
-        libc::prctl(
-            libc::PR_CAP_AMBIENT,
-            libc::PR_CAP_AMBIENT_CLEAR_ALL,
-            0,
-            0,
-            0,
-        );
+    caps::clear(None, CapSet::Ambient)?;
+    // Effective before permitted: the kernel refuses an effective set that
+    // is not within the permitted one.
+    for set in [CapSet::Effective, CapSet::Inheritable, CapSet::Permitted] {
+        let held = caps::read(None, set)?;
+        caps::set(None, set, &held.intersection(&kept).copied().collect())?;
     }
-    let mut header = CapHeader {
-        version: LINUX_CAPABILITY_VERSION_3,
-        pid: 0,
-    };
-    let mut data = [CapData::default(); 2];
-    // SAFETY: capget fills two data structs for version 3, as passed.
-    check(unsafe { libc::syscall(libc::SYS_capget, &raw mut header, data.as_mut_ptr()) })?;
-    let halves = [keep.0 & u64::from(u32::MAX), keep.0 >> 32];
-    for (half, mask) in data.iter_mut().zip(halves) {
-        let mask = u32::try_from(mask).unwrap_or(u32::MAX);
-        half.effective &= mask;
-        half.permitted &= mask;
-        half.inheritable &= mask;
-    }
-    // SAFETY: as above, capset reads the same layout.
-    check(unsafe { libc::syscall(libc::SYS_capset, &raw mut header, data.as_ptr()) })?;
     Ok(Capabilities::effective().unwrap_or(Capabilities(0)))
-}
-
-const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
-
-/// `struct __user_cap_header_struct`.
-#[repr(C)]
-struct CapHeader {
-    version: u32,
-    pid: libc::c_int,
-}
-
-/// `struct __user_cap_data_struct`: one per 32 capabilities.
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct CapData {
-    effective: u32,
-    permitted: u32,
-    inheritable: u32,
-}
-
-fn check(ret: libc::c_long) -> std::io::Result<()> {
-    if ret == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
 }
 
 #[cfg(test)]
