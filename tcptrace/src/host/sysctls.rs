@@ -5,7 +5,7 @@
 
 use std::{collections::HashMap, fmt::Write as _, fs};
 
-use crate::host::sock_diag::{self, DiagError, Namespace};
+use crate::host::netns::{self, Namespace, NamespaceError};
 
 /// The settings read, by sysctl name; `ip_local_port_range` is split below.
 const SETTINGS: [&str; 7] = [
@@ -161,8 +161,8 @@ pub fn notes(settings: &Settings) -> Vec<Note> {
 pub fn read_namespaces(
     wanted: &[u32],
     max: usize,
-) -> (HashMap<u32, Settings>, Vec<(u32, DiagError)>) {
-    let known: HashMap<u32, Namespace> = sock_diag::namespaces()
+) -> (HashMap<u32, Settings>, Vec<(u32, NamespaceError)>) {
+    let known: HashMap<u32, Namespace> = netns::namespaces()
         .into_iter()
         .map(|ns| (ns.inode, ns))
         .collect();
@@ -172,7 +172,7 @@ pub fn read_namespaces(
         let Some(namespace) = known.get(inode) else {
             continue;
         };
-        match sock_diag::in_namespace(namespace, || Ok(read_current())) {
+        match netns::in_namespace(namespace, || Ok::<_, NamespaceError>(read_current())) {
             Ok(read) => {
                 settings.insert(*inode, read);
             }
@@ -180,15 +180,6 @@ pub fn read_namespaces(
         }
     }
     (settings, failures)
-}
-
-/// The inode of the namespace labelled `host`: the one tcptrace runs in,
-/// which is the host's when it is deployed as intended (a systemd service,
-/// or a `DaemonSet` with `hostNetwork`).
-pub fn host_namespace() -> Option<u32> {
-    use std::os::unix::fs::MetadataExt;
-    let inode = fs::metadata("/proc/self/ns/net").ok()?.ino();
-    u32::try_from(inode).ok()
 }
 
 /// The kernel's defaults (on a host with 256 Ki established-hash buckets),

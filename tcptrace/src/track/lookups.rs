@@ -9,7 +9,8 @@ use std::collections::HashMap;
 use crate::{
     events::Endpoints,
     events::Family,
-    host::sock_diag::{self, DiagSocket, Namespace, SocketId},
+    host::netns::{self, Namespace},
+    host::sock_diag::{self, DiagSocket, SocketId},
 };
 
 /// What to look up and where namespaces were found before.
@@ -79,7 +80,7 @@ impl Lookups {
         if let Some(namespace) = self.namespaces.get(&inode) {
             return Some(namespace.clone());
         }
-        let namespace = sock_diag::find_namespace(inode)?;
+        let namespace = netns::find_namespace(inode)?;
         self.namespaces.insert(inode, namespace.clone());
         Some(namespace)
     }

@@ -12,6 +12,7 @@ use crate::{
     cli::DoctorArgs,
     cli::commands::Error,
     doctor::{self, BtfFacts, Findings, NamespaceContents, NamespaceFacts, ReportFormat, Verdict},
+    host::netns,
     host::sock_diag::{self, DiagError},
     host::sysctls,
     kernel::btf,
@@ -106,13 +107,13 @@ fn tracefs_mounts() -> Vec<PathBuf> {
 /// first), then those that could not be entered; and how many hold no TCP
 /// socket. Each is entered once, for its sockets and its settings together.
 fn namespaces() -> (Vec<NamespaceFacts>, usize) {
-    let host = sysctls::host_namespace();
+    let host = netns::own_inode();
     let mut read = Vec::new();
     let mut unreadable = Vec::new();
     let mut without_sockets = 0;
-    for namespace in sock_diag::namespaces() {
+    for namespace in netns::namespaces() {
         let is_host = Some(namespace.inode) == host;
-        let entered = sock_diag::in_namespace(&namespace, || {
+        let entered = netns::in_namespace(&namespace, || {
             Ok((sock_diag::dump_current()?.len(), sysctls::read_current()))
         });
         let contents = match entered {
@@ -154,13 +155,7 @@ fn namespaces() -> (Vec<NamespaceFacts>, usize) {
 /// The process holding a namespace went away between listing and entering:
 /// nothing is missing.
 fn vanished(error: &DiagError) -> bool {
-    match error {
-        DiagError::NamespaceChanged { .. } => true,
-        DiagError::Namespace { source, .. } => {
-            matches!(source.raw_os_error(), Some(libc::ENOENT | libc::ESRCH))
-        }
-        _ => false,
-    }
+    matches!(error, DiagError::Namespace(error) if error.vanished())
 }
 
 /// `nginx, pid 812` for `/proc/812/task/…/ns/net`; other paths as they are.
@@ -198,14 +193,13 @@ mod tests {
 
     #[test]
     fn vanished_namespaces_are_not_failures() {
-        let gone = DiagError::Namespace {
-            path: PathBuf::from("/proc/1/task/1/ns/net"),
-            source: io::Error::from_raw_os_error(libc::ENOENT),
+        let open = |errno| {
+            DiagError::Namespace(netns::NamespaceError::Open {
+                path: PathBuf::from("/proc/1/task/1/ns/net"),
+                source: io::Error::from_raw_os_error(errno),
+            })
         };
-        let refused = DiagError::Namespace {
-            path: PathBuf::from("/proc/1/task/1/ns/net"),
-            source: io::Error::from_raw_os_error(libc::EPERM),
-        };
+        let (gone, refused) = (open(libc::ENOENT), open(libc::EPERM));
         assert!(vanished(&gone));
         assert!(!vanished(&refused));
     }

@@ -485,7 +485,7 @@ fn read_settings(
     sockets: &[sock_diag::DiagSocket],
     max_netns: usize,
 ) -> Vec<(String, sysctls::Settings)> {
-    let host = sysctls::host_namespace();
+    let host = crate::host::netns::own_inode();
     let mut counts: HashMap<u32, usize> = HashMap::new();
     for socket in sockets {
         *counts.entry(socket.netns).or_default() += 1;

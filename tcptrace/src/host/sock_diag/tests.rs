@@ -3,12 +3,17 @@
 //! network namespaces.
 
 use super::*;
-use std::collections::{BTreeMap, HashMap};
+use crate::host::netns::{current_namespace, current_netns, find_namespace, namespaces};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::{self, File};
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::mpsc;
+use std::thread;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -817,11 +822,7 @@ fn enter_private_netns() -> Result<Namespace, String> {
         ));
     }
     loopback_up().map_err(|e| format!("bringing lo up: {e}"))?;
-    let inode = current_netns().map_err(|e| e.to_string())?;
-    Ok(Namespace {
-        inode,
-        path: current_thread_ns_path(),
-    })
+    current_namespace().map_err(|e| e.to_string())
 }
 
 fn loopback_up() -> io::Result<()> {
@@ -1779,7 +1780,10 @@ fn current_and_found_namespaces() {
         &[SocketId::from(&sample_sockets()[0])],
     )
     .unwrap_err();
-    assert!(matches!(error, DiagError::Namespace { .. }), "{error:?}");
+    assert!(
+        matches!(error, DiagError::Namespace(NamespaceError::Open { .. })),
+        "{error:?}"
+    );
     assert!(lookup(&own, &[]).unwrap().is_empty());
 }
 
@@ -1810,7 +1814,10 @@ fn dump_namespace_errors() {
         path: PathBuf::from("/nonexistent/ns/net"),
     };
     let error = dump_namespace(&missing).unwrap_err();
-    assert!(matches!(error, DiagError::Namespace { .. }), "{error:?}");
+    assert!(
+        matches!(error, DiagError::Namespace(NamespaceError::Open { .. })),
+        "{error:?}"
+    );
     eprintln!("{error}");
 
     // A path that now leads to another namespace (a reused pid).
@@ -1820,7 +1827,10 @@ fn dump_namespace_errors() {
     };
     let error = dump_namespace(&moved).unwrap_err();
     assert!(
-        matches!(error, DiagError::NamespaceChanged { expected: 1, .. }),
+        matches!(
+            error,
+            DiagError::Namespace(NamespaceError::Changed { expected: 1, .. })
+        ),
         "{error:?}"
     );
     eprintln!("{error}");
@@ -1833,7 +1843,10 @@ fn dump_namespace_errors() {
         path: PathBuf::from(uts),
     })
     .unwrap_err();
-    assert!(matches!(error, DiagError::Namespace { .. }), "{error:?}");
+    assert!(
+        matches!(error, DiagError::Namespace(NamespaceError::Open { .. })),
+        "{error:?}"
+    );
     eprintln!("{error}");
 }
 
