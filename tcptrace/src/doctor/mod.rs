@@ -5,6 +5,8 @@
 //! Nothing here touches the system, so every outcome can be tested without
 //! one; `commands::doctor` gathers the findings.
 
+pub mod notes;
+
 use std::{
     fmt::Write as _,
     io::{self, Write},
@@ -14,7 +16,8 @@ use std::{
 use serde::{Serialize, Serializer};
 
 use crate::{
-    host::sysctls::{self, Note, PORT_RANGE, Settings},
+    doctor::notes::Note,
+    host::sysctls::{PORT_RANGE, Settings},
     kernel::capabilities::{
         CAP_BPF, CAP_DAC_READ_SEARCH, CAP_PERFMON, CAP_SYS_ADMIN, CAP_SYS_PTRACE, CAP_SYSLOG,
         Capabilities,
@@ -760,7 +763,7 @@ fn namespace_check(facts: &NamespaceFacts) -> NamespaceCheck {
     match &facts.contents {
         Ok(contents) => {
             check.tcp_sockets = Some(contents.tcp_sockets);
-            check.notes = sysctls::notes(&contents.settings);
+            check.notes = notes::notes(&contents.settings);
             check.settings.clone_from(&contents.settings);
         }
         Err(error) => {
@@ -779,7 +782,7 @@ mod tests {
     const ALL: u64 = (1 << 41) - 1;
 
     fn settings(keepalive_time: i64) -> Settings {
-        sysctls::with_defaults(&[("net.ipv4.tcp_keepalive_time", keepalive_time)])
+        crate::host::sysctls::with_defaults(&[("net.ipv4.tcp_keepalive_time", keepalive_time)])
     }
 
     /// A host where everything works, with the kernel's default settings
