@@ -41,9 +41,11 @@ pub const FLAG_RESET_REASON: u8 = 1;
 pub const FLAG_TASK: u8 = 2;
 
 /// TCP states as the kernel numbers them (`include/net/tcp_states.h`).
+/// The daemon's `TcpState` takes its numbers from here.
 pub mod tcp_state {
     pub const ESTABLISHED: u8 = 1;
     pub const SYN_SENT: u8 = 2;
+    pub const SYN_RECV: u8 = 3;
     pub const FIN_WAIT1: u8 = 4;
     pub const FIN_WAIT2: u8 = 5;
     pub const TIME_WAIT: u8 = 6;
@@ -51,7 +53,9 @@ pub mod tcp_state {
     pub const CLOSE_WAIT: u8 = 8;
     pub const LAST_ACK: u8 = 9;
     pub const LISTEN: u8 = 10;
+    pub const CLOSING: u8 = 11;
     pub const NEW_SYN_RECV: u8 = 12;
+    pub const BOUND_INACTIVE: u8 = 13;
 }
 
 /// Whether the kernel makes the transition `old` -> `new` in a system call

@@ -3,10 +3,13 @@
 
 use std::fmt::Write as _;
 
+use crate::events::TIME_WAIT_LEN;
+
 use crate::host::sysctls::{PORT_RANGE, PORT_RANGE_HIGH, PORT_RANGE_LOW, Settings};
 
-/// `TCP_TIMEWAIT_LEN`: compiled into the kernel, no sysctl changes it.
-const TIME_WAIT_SECS: i64 = 60;
+/// `TCP_TIMEWAIT_LEN` in seconds, as the settings are.
+#[expect(clippy::cast_possible_wrap, reason = "60")]
+const TIME_WAIT_SECS: i64 = TIME_WAIT_LEN.as_secs() as i64;
 /// The kernel's default `tcp_keepalive_time`. Anyone who lowered it chose a
 /// value for their network; the default suits none behind a NAT.
 const DEFAULT_KEEPALIVE_TIME_SECS: i64 = 7200;

@@ -3,25 +3,32 @@
 pub mod decode;
 pub mod handshake;
 
-use std::{fmt, net::IpAddr, str::FromStr};
+use std::{fmt, net::IpAddr, str::FromStr, time::Duration};
 
-/// TCP states as the kernel numbers them (`include/net/tcp_states.h`, stable ABI).
+use tcptrace_common::tcp_state;
+
+/// How long a socket stays in `TIME_WAIT`: `TCP_TIMEWAIT_LEN`, compiled into
+/// the kernel; no sysctl changes it.
+pub const TIME_WAIT_LEN: Duration = Duration::from_secs(60);
+
+/// TCP states as the kernel numbers them (`include/net/tcp_states.h`, stable
+/// ABI), with the numbers the BPF programs use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[repr(u8)]
 pub enum TcpState {
-    Established = 1,
-    SynSent = 2,
-    SynRecv = 3,
-    FinWait1 = 4,
-    FinWait2 = 5,
-    TimeWait = 6,
-    Close = 7,
-    CloseWait = 8,
-    LastAck = 9,
-    Listen = 10,
-    Closing = 11,
-    NewSynRecv = 12,
-    BoundInactive = 13,
+    Established = tcp_state::ESTABLISHED,
+    SynSent = tcp_state::SYN_SENT,
+    SynRecv = tcp_state::SYN_RECV,
+    FinWait1 = tcp_state::FIN_WAIT1,
+    FinWait2 = tcp_state::FIN_WAIT2,
+    TimeWait = tcp_state::TIME_WAIT,
+    Close = tcp_state::CLOSE,
+    CloseWait = tcp_state::CLOSE_WAIT,
+    LastAck = tcp_state::LAST_ACK,
+    Listen = tcp_state::LISTEN,
+    Closing = tcp_state::CLOSING,
+    NewSynRecv = tcp_state::NEW_SYN_RECV,
+    BoundInactive = tcp_state::BOUND_INACTIVE,
 }
 
 impl TcpState {

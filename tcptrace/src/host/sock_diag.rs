@@ -38,6 +38,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use std::time::Duration;
+
+use crate::events::{TIME_WAIT_LEN, TcpState};
 use crate::host::netns::{self, Namespace, NamespaceError, in_namespace};
 
 /// One socket as `sock_diag` reports it.
@@ -75,6 +78,17 @@ pub struct DiagSocket {
     pub expires_ms: u32,
     /// `idiag_retrans` (for the keepalive timer: probes sent).
     pub retrans: u8,
+}
+
+impl DiagSocket {
+    /// How long a timewait socket in `TIME_WAIT` has been there: its timer
+    /// always runs [`TIME_WAIT_LEN`], so what is left of it tells. `None`
+    /// for any other socket, whose timers say nothing of its age.
+    pub fn time_in_time_wait(&self) -> Option<Duration> {
+        (self.timewait && self.state == TcpState::TimeWait as u8).then(|| {
+            TIME_WAIT_LEN.saturating_sub(Duration::from_millis(u64::from(self.expires_ms)))
+        })
+    }
 }
 
 /// Identifies one socket for an exact lookup ([`lookup`]).

@@ -31,9 +31,6 @@ use crate::{
 /// The errno of a connection that timed out (`ETIMEDOUT`).
 const ETIMEDOUT: u32 = libc::ETIMEDOUT.unsigned_abs();
 
-/// `TCP_TIMEWAIT_LEN`: a TIME_WAIT socket's timer, fixed in the kernel.
-const TIME_WAIT_NS: u64 = 60_000_000_000;
-
 /// Drift found by one reconciliation, by kind.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Corrections {
@@ -651,8 +648,8 @@ impl Tracker {
         // A TIME_WAIT timer always runs TCP_TIMEWAIT_LEN, so what is left of
         // it tells when the socket entered; for anything else only "before
         // now" is known.
-        let stay = if found.timewait && state == TcpState::TimeWait && found.timer == 3 {
-            let elapsed = TIME_WAIT_NS.saturating_sub(u64::from(found.expires_ms) * 1_000_000);
+        let stay = if let Some(elapsed) = found.time_in_time_wait() {
+            let elapsed = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
             Stay {
                 state,
                 since_ns: now_ns.saturating_sub(elapsed),
@@ -735,7 +732,9 @@ impl Tracker {
         if !moved {
             return;
         }
-        let elapsed = TIME_WAIT_NS.saturating_sub(u64::from(found.expires_ms) * 1_000_000);
+        let elapsed = found.time_in_time_wait().map_or(0, |elapsed| {
+            u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX)
+        });
         let entered = Stay {
             state: TcpState::TimeWait,
             // Never before it entered FIN_WAIT2, whatever the timer says.

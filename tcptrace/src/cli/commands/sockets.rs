@@ -18,9 +18,6 @@ use crate::{
     host::sock_diag::{self, DiagSocket},
 };
 
-/// A TIME_WAIT socket's timer always starts at 60 s (`TCP_TIMEWAIT_LEN`).
-const TIME_WAIT_MS: u32 = 60_000;
-
 pub async fn run(args: SocketsArgs) -> Result<(), Error> {
     let query = SocketQuery {
         states: args.states.clone(),
@@ -117,8 +114,7 @@ fn from_kernel(query: &SocketQuery) -> SocketList {
 fn kernel_record(socket: &DiagSocket, listening: &HashSet<(u32, u16)>) -> Option<SocketRecord> {
     let state = TcpState::from_kernel(socket.state)?;
     let server = state == TcpState::Listen || listening.contains(&(socket.netns, socket.sport));
-    let age_seconds = (socket.timewait && state == TcpState::TimeWait && socket.timer == 3)
-        .then(|| f64::from(TIME_WAIT_MS.saturating_sub(socket.expires_ms)) / 1000.0);
+    let age_seconds = socket.time_in_time_wait().map(|age| age.as_secs_f64());
     Some(SocketRecord {
         cookie: socket.cookie,
         state: state.name().to_owned(),
