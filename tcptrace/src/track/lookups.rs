@@ -1,4 +1,5 @@
-//! Asking the kernel about the sockets whose next step raises no event.
+//! Asking the kernel about the sockets whose next step raises no event,
+//! and the tracker's upkeep once a second that does it.
 //!
 //! See [`crate::track::Tracker::fin_wait2_timewaits`]: a FIN_WAIT2 timewait socket becomes
 //! TIME_WAIT silently, so each second the ones tracked are looked up, by
@@ -11,7 +12,17 @@ use crate::{
     events::Family,
     host::netns::{self, Namespace},
     host::sock_diag::{self, DiagSocket, SocketId},
+    support::clock,
+    track::{Change, Tracker},
 };
+
+/// A tracker and where its changes go, as [`Lookups::upkeep`] needs them:
+/// `run` keeps both behind the mutex the HTTP server reads too, `events`
+/// owns them.
+pub trait Tracked {
+    /// Runs `f` on the tracker and the sink of its changes.
+    fn with_tracker<R>(&mut self, f: impl FnOnce(&mut Tracker, &mut dyn FnMut(&Change)) -> R) -> R;
+}
 
 /// What to look up and where namespaces were found before.
 #[derive(Debug, Default)]
@@ -20,6 +31,23 @@ pub struct Lookups {
 }
 
 impl Lookups {
+    /// What the tracker needs once a second, the same for every command:
+    /// its timers, then the lookups of FIN_WAIT2 timewait sockets, without
+    /// holding the tracker while the kernel is asked.
+    pub async fn upkeep(&mut self, tracked: &mut impl Tracked) {
+        let pending = tracked.with_tracker(|tracker, mut sink| {
+            tracker.tick(clock::boot_ns(), &mut sink);
+            tracker.fin_wait2_timewaits()
+        });
+        let found = self.find(pending).await;
+        let now_ns = clock::boot_ns();
+        tracked.with_tracker(|tracker, mut sink| {
+            for (cookie, socket) in &found {
+                tracker.looked_up(*cookie, socket, now_ns, &mut sink);
+            }
+        });
+    }
+
     /// Looks up `pending` (from `Tracker::fin_wait2_timewaits`) on a
     /// blocking thread; returns what the kernel still has, by cookie.
     pub async fn find(&mut self, pending: Vec<(u64, Endpoints)>) -> Vec<(u64, DiagSocket)> {

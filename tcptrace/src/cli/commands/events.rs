@@ -12,9 +12,9 @@ use crate::{
     export::stream::EventWriter,
     kernel::probes::Probes,
     kernel::ring::{Batch, EventSource},
-    support::clock::{self, WallClock},
+    support::clock::WallClock,
     track::labels::PortPolicy,
-    track::lookups::Lookups,
+    track::lookups::{Lookups, Tracked},
     track::{Change, Tracker},
 };
 
@@ -45,15 +45,18 @@ pub async fn run(args: EventsArgs) -> Result<(), Error> {
     super::drop_capabilities();
     let mut source = probes.event_source()?;
     tracing::info!("attached; streaming TCP state transitions (Ctrl-C stops)");
-    let filter = EventFilter {
-        ports: args.ports,
-        states: args.states,
-    };
     // The tracker only derives TIME_WAIT here; no labels are needed.
-    let mut tracker = Tracker::new(PortPolicy::new(&[], 0, 0), args.max_sockets);
+    let mut stream = Stream {
+        tracker: Tracker::new(PortPolicy::new(&[], 0, 0), args.max_sockets),
+        filter: EventFilter {
+            ports: args.ports,
+            states: args.states,
+        },
+        out: EventWriter::new(args.format, probes.reset_reasons().clone()),
+        failed: None,
+    };
     widen_pipe(&io::stdout());
     let mut stdout = io::stdout().lock();
-    let mut out = EventWriter::new(args.format, probes.reset_reasons().clone());
     let mut losses = LossReport::default();
     let mut batch = Batch::default();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -66,35 +69,28 @@ pub async fn run(args: EventsArgs) -> Result<(), Error> {
     // (see `ring`), so that costs no event unless the reader stays slower
     // than the kernel for longer than the queue absorbs.
     let written = async {
-        out.header()?;
+        stream.out.header()?;
         loop {
-            let mut result = Ok(());
-            let mut print = |change: &Change| {
-                if result.is_ok() && filter.matches(change) {
-                    result = out.write(change, WallClock::now());
-                }
-            };
             tokio::select! {
                 signal = &mut shutdown => return signal,
                 read = source.next_batch(&mut batch) => {
                     read?;
-                    for event in &batch.events {
-                        tracker.apply(event, &mut print);
-                    }
+                    stream.with_tracker(|tracker, mut sink| {
+                        for event in &batch.events {
+                            tracker.apply(event, &mut sink);
+                        }
+                    });
                     losses.decode_errors += batch.decode_errors.len() as u64;
                 }
                 _ = tick.tick() => {
-                    tracker.tick(clock::boot_ns(), &mut print);
-                    let found = lookups.find(tracker.fin_wait2_timewaits()).await;
-                    let now_ns = clock::boot_ns();
-                    for (cookie, socket) in &found {
-                        tracker.looked_up(*cookie, socket, now_ns, &mut print);
-                    }
+                    lookups.upkeep(&mut stream).await;
                     losses.report(&source);
                 }
             }
-            result?;
-            out.write_to(&mut stdout)?;
+            if let Some(error) = stream.failed.take() {
+                return Err(error);
+            }
+            stream.out.write_to(&mut stdout)?;
         }
     }
     .await;
@@ -103,6 +99,34 @@ pub async fn run(args: EventsArgs) -> Result<(), Error> {
         // The reader went away (`| head`): a normal end for a stream.
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
         other => other.map_err(Error::Io),
+    }
+}
+
+/// The tracker and the lines its changes become, for those the filter
+/// selects; the first failed write is kept and ends the stream.
+struct Stream {
+    tracker: Tracker,
+    filter: EventFilter,
+    out: EventWriter,
+    failed: Option<io::Error>,
+}
+
+impl Tracked for Stream {
+    fn with_tracker<R>(&mut self, f: impl FnOnce(&mut Tracker, &mut dyn FnMut(&Change)) -> R) -> R {
+        let Self {
+            tracker,
+            filter,
+            out,
+            failed,
+        } = self;
+        f(tracker, &mut |change| {
+            if failed.is_none()
+                && filter.matches(change)
+                && let Err(error) = out.write(change, WallClock::now())
+            {
+                *failed = Some(error);
+            }
+        })
     }
 }
 

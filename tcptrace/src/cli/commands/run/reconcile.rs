@@ -1,0 +1,111 @@
+//! Reconciliation: every socket of every network namespace read through
+//! `sock_diag`, and the tracked picture made to match it; the namespaces'
+//! TCP settings are read on the same pass.
+
+use std::collections::HashMap;
+
+use crate::{
+    cli::commands::Error,
+    host::{sock_diag, sysctls},
+    kernel::ring::{Batch, EventSource, POLL_INTERVAL},
+    support::clock,
+};
+
+use super::{site::Exporter, state::State};
+
+/// Reads every socket of every network namespace and makes the tracked
+/// picture match it; returns how many sockets were added.
+pub async fn reconcile(
+    exporter: &Exporter,
+    source: &mut EventSource,
+    batch: &mut Batch,
+    seeding: bool,
+    max_netns: usize,
+) -> Result<u64, Error> {
+    let started_ns = clock::boot_ns();
+    exporter.state().tracker.begin_reconcile();
+    let (sockets, settings) = tokio::task::spawn_blocking(move || {
+        let (sockets, failures) = sock_diag::dump_all();
+        for (namespace, error) in failures {
+            tracing::debug!(path = %namespace.path.display(), %error, "namespace skipped");
+        }
+        let settings = read_settings(&sockets, max_netns);
+        (sockets, settings)
+    })
+    .await
+    .map_err(|e| Error::Io(std::io::Error::other(e)))?;
+    *exporter
+        .settings
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = settings;
+    // Apply what happened during the dump before comparing with it. A
+    // record a program is still writing holds back the ones behind it, so
+    // the buffer is read once more after a moment.
+    source.flush(batch).await?;
+    exporter.state().apply_batch(batch, &exporter.metrics);
+    tokio::time::sleep(POLL_INTERVAL).await;
+    source.flush(batch).await?;
+    let mut state = exporter.state();
+    state.apply_batch(batch, &exporter.metrics);
+    let State {
+        tracker,
+        aggregates,
+        ..
+    } = &mut *state;
+    let corrections = tracker.reconcile(&sockets, started_ns, clock::boot_ns(), &mut |change| {
+        aggregates.apply(change);
+    });
+    #[expect(clippy::cast_precision_loss, reason = "a duration in seconds")]
+    let took = clock::boot_ns().saturating_sub(started_ns) as f64 / 1e9;
+    exporter.metrics.reconcile_seconds.set(took);
+    if seeding {
+        exporter.metrics.sockets_seeded.inc_by(corrections.missing);
+    } else {
+        for (kind, count) in corrections.by_kind() {
+            if count > 0 {
+                exporter
+                    .metrics
+                    .reconcile_corrections
+                    .with_label_values(&[kind])
+                    .inc_by(count);
+                tracing::info!(kind, count, "reconciliation corrected drift");
+            }
+        }
+    }
+    Ok(corrections.missing)
+}
+
+/// The TCP settings of the host's namespace and of every namespace with TCP
+/// sockets, those with the most first, up to `max_netns`; blocking.
+fn read_settings(
+    sockets: &[sock_diag::DiagSocket],
+    max_netns: usize,
+) -> Vec<(String, sysctls::Settings)> {
+    let host = crate::host::netns::own_inode();
+    let mut counts: HashMap<u32, usize> = HashMap::new();
+    for socket in sockets {
+        *counts.entry(socket.netns).or_default() += 1;
+    }
+    let mut wanted: Vec<u32> = counts.keys().copied().collect();
+    wanted.sort_by_key(|inode| (Some(*inode) != host, std::cmp::Reverse(counts[inode])));
+    if let Some(host) = host.filter(|host| !counts.contains_key(host)) {
+        wanted.insert(0, host);
+    }
+    let (settings, failures) = sysctls::read_namespaces(&wanted, max_netns);
+    for (inode, error) in failures {
+        tracing::debug!(netns = inode, %error, "settings not read");
+    }
+    let label = |inode: u32| {
+        if Some(inode) == host {
+            "host".to_owned()
+        } else {
+            inode.to_string()
+        }
+    };
+    let mut labelled: Vec<(String, sysctls::Settings)> = settings
+        .into_iter()
+        .map(|(inode, values)| (label(inode), values))
+        .collect();
+    labelled.sort_by(|a, b| a.0.cmp(&b.0));
+    labelled
+}

@@ -1,0 +1,142 @@
+//! What the HTTP endpoint serves: the metrics, readiness, and the API's
+//! overview and socket queries, all read from the daemon's state.
+
+use std::{
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Instant,
+};
+
+use crate::{
+    export::api::{Overview, SocketList, SocketQuery, SocketRecord, StaleGroup},
+    export::overview,
+    export::prometheus::{self, SelfMetrics},
+    export::web::{Pending, Site},
+    host::sysctls,
+    kernel::probes::{Probes, ResetReasons},
+    support::clock,
+    track::{Change, Tracker, lookups::Tracked},
+};
+
+use super::state::{self, State, find_owners};
+
+/// What the HTTP endpoint serves.
+pub struct Exporter {
+    pub state: Mutex<State>,
+    pub metrics: SelfMetrics,
+    /// The running kernel's names for its reset reasons.
+    pub reset_reasons: ResetReasons,
+    pub ready: AtomicBool,
+    /// TCP settings by namespace label, as of the last reconciliation.
+    pub settings: Mutex<Vec<(String, sysctls::Settings)>>,
+    /// The attached programs (their event source already taken), for their
+    /// run statistics; dropped last, which detaches them.
+    pub probes: Mutex<Probes>,
+}
+
+impl Exporter {
+    pub fn state(&self) -> MutexGuard<'_, State> {
+        state::lock(&self.state)
+    }
+}
+
+impl Tracked for &Exporter {
+    fn with_tracker<R>(&mut self, f: impl FnOnce(&mut Tracker, &mut dyn FnMut(&Change)) -> R) -> R {
+        let mut state = self.state();
+        let State {
+            tracker,
+            aggregates,
+            ..
+        } = &mut *state;
+        f(tracker, &mut |change| aggregates.apply(change))
+    }
+}
+
+impl Site for Exporter {
+    fn metrics(&self) -> Vec<u8> {
+        let mut families = {
+            let state = self.state();
+            self.metrics
+                .tracked_sockets
+                .set(i64::try_from(state.tracker.len()).unwrap_or(i64::MAX));
+            let mut families = prometheus::state_families(
+                &state.aggregates,
+                &self.reset_reasons,
+                clock::boot_ns(),
+            );
+            families.push(prometheus::stale_family(&state.stale));
+            families
+        };
+        families.extend(self.metrics.families());
+        let settings = self
+            .settings
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        families.extend(prometheus::sysctl_family(&settings));
+        drop(settings);
+        let stats = self
+            .probes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .run_stats();
+        families.extend(prometheus::program_families(&stats));
+        prometheus::encode(&families)
+    }
+
+    fn ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    fn overview(&self) -> Vec<u8> {
+        let state = self.state();
+        let overview = Overview {
+            ports: overview::port_summaries(&state.aggregates, clock::boot_ns()),
+            stale: state.stale.groups().iter().map(StaleGroup::from).collect(),
+            stale_after_seconds: state
+                .stale
+                .after
+                .iter()
+                .map(|(state, after)| (state.name().to_owned(), after.as_secs_f64()))
+                .collect(),
+            events_lost: self.metrics.events_lost.get(),
+        };
+        drop(state);
+        serde_json::to_vec(&overview).unwrap_or_default()
+    }
+
+    fn sockets(self: Arc<Self>, query: SocketQuery) -> Pending {
+        Box::pin(async move {
+            let now = Instant::now();
+            let (selected, total, unresolved) = {
+                let state = self.state();
+                let (selected, total) = state.select(&query, clock::boot_ns());
+                let unresolved: Vec<_> = selected
+                    .iter()
+                    .filter(|(record, _, _)| state.owners.stale(record.cookie, now))
+                    .map(|(record, endpoints, task)| (record.cookie, *endpoints, *task))
+                    .collect();
+                (selected, total, unresolved)
+            };
+            let found = find_owners(unresolved).await;
+            let selected: Vec<SocketRecord> = {
+                let mut state = self.state();
+                state.owners.store(now, found);
+                selected
+                    .into_iter()
+                    .map(|(mut record, _, _)| {
+                        let owner = state.owners.get(record.cookie);
+                        overview::set_owner(&mut record, owner);
+                        record
+                    })
+                    .collect()
+            };
+            serde_json::to_vec(&SocketList {
+                sockets: selected,
+                total,
+            })
+            .unwrap_or_default()
+        })
+    }
+}
