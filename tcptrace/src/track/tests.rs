@@ -1,0 +1,380 @@
+//! Tests of the tracker: transitions, TIME_WAIT derived from the timers,
+//! seeding, reconciliation and lookups, from hand-made events and dumps.
+
+use std::net::Ipv4Addr;
+
+use super::*;
+use crate::events::TcpState::{
+    Close, CloseWait, Established, FinWait1, FinWait2, LastAck, Listen, SynRecv, SynSent, TimeWait,
+};
+
+const MS: u64 = 1_000_000;
+
+fn event(cookie: u64, ms: u64, kind: EventKind, sport: u16, dport: u16) -> SocketEvent {
+    SocketEvent {
+        ts_ns: ms * MS,
+        cookie,
+        endpoints: Endpoints {
+            netns: 1,
+            family: Family::Ipv4,
+            saddr: Ipv4Addr::LOCALHOST.into(),
+            sport,
+            daddr: Ipv4Addr::LOCALHOST.into(),
+            dport,
+        },
+        task: None,
+        kind,
+    }
+}
+
+fn state(old: TcpState, new: TcpState) -> EventKind {
+    EventKind::StateChange { old, new }
+}
+
+/// Applies events, returning every change.
+fn run(tracker: &mut Tracker, events: &[SocketEvent]) -> Vec<Change> {
+    let mut changes = Vec::new();
+    for event in events {
+        tracker.apply(event, &mut |c| changes.push(*c));
+    }
+    changes
+}
+
+fn tracker() -> Tracker {
+    Tracker::new(PortPolicy::new(&[], 32768, 128), 1000)
+}
+
+fn transitions(changes: &[Change]) -> Vec<(TcpState, TcpState)> {
+    changes.iter().filter_map(|c| c.transition).collect()
+}
+
+#[test]
+fn client_closing_first_enters_time_wait_and_expires() {
+    let mut tracker = tracker();
+    let start = |substate| EventKind::TimewaitStart { substate };
+    let cancel = |substate| EventKind::TimewaitCancel { substate };
+    // The kernel's order for a client that closes first (seen on 6.18):
+    // the orphaned FIN_WAIT2 socket becomes a timewait socket at once,
+    // then the peer's FIN re-arms it as TIME_WAIT; 60 s later it expires.
+    let changes = run(
+        &mut tracker,
+        &[
+            event(7, 0, state(Close, SynSent), 0, 80),
+            event(7, 1, state(SynSent, Established), 40000, 80),
+            event(7, 10, state(Established, FinWait1), 40000, 80),
+            event(7, 11, state(FinWait1, FinWait2), 40000, 80),
+            event(7, 11, start(FinWait2), 40000, 80),
+            event(7, 11, state(FinWait2, Close), 40000, 80),
+            event(7, 20, cancel(FinWait2), 40000, 80),
+            event(7, 20, start(TimeWait), 40000, 80),
+            event(7, 60_020, cancel(TimeWait), 40000, 80),
+            event(
+                7,
+                60_020,
+                EventKind::TimewaitExpire { substate: TimeWait },
+                40000,
+                80,
+            ),
+        ],
+    );
+    assert_eq!(
+        transitions(&changes),
+        [
+            (Close, SynSent),
+            (SynSent, Established),
+            (Established, FinWait1),
+            (FinWait1, FinWait2),
+            (FinWait2, TimeWait),
+            (TimeWait, Close)
+        ]
+    );
+    assert!(
+        changes
+            .iter()
+            .all(|c| c.role == Role::Client && c.port == PortLabel::Port(80))
+    );
+    let left_fin_wait2 = changes[4].left.expect("left FIN_WAIT2");
+    assert_eq!(
+        (left_fin_wait2.state, left_fin_wait2.since_ns),
+        (FinWait2, 11 * MS)
+    );
+    let left_time_wait = changes[5].left.expect("left TIME_WAIT");
+    assert_eq!(
+        (left_time_wait.since_ns, left_time_wait.known),
+        (20 * MS, true)
+    );
+    assert!(!changes[5].killed);
+    assert!(tracker.is_empty());
+    tracker.tick(u64::MAX, &mut |c| panic!("nothing pending: {c:?}"));
+}
+
+#[test]
+fn a_cancel_alone_is_a_kill_after_the_grace_period() {
+    let mut tracker = tracker();
+    run(
+        &mut tracker,
+        &[
+            event(3, 0, state(Established, FinWait1), 40000, 443),
+            event(
+                3,
+                1,
+                EventKind::TimewaitStart { substate: TimeWait },
+                40000,
+                443,
+            ),
+            event(3, 1, state(FinWait1, Close), 40000, 443),
+            event(
+                3,
+                5000,
+                EventKind::TimewaitCancel { substate: TimeWait },
+                40000,
+                443,
+            ),
+        ],
+    );
+    let mut changes = Vec::new();
+    tracker.tick(5000 * MS + CANCEL_GRACE_NS - 1, &mut |c| changes.push(*c));
+    assert!(changes.is_empty(), "still within the grace period");
+    // A reconciliation meanwhile no longer finds it: that is the kill
+    // still to be resolved, not drift.
+    tracker.begin_reconcile();
+    let corrections = tracker.reconcile(&[], 5000 * MS, 5001 * MS, &mut |c| changes.push(*c));
+    assert_eq!(corrections, Corrections::default());
+    assert!(changes.is_empty());
+    tracker.tick(5000 * MS + CANCEL_GRACE_NS, &mut |c| changes.push(*c));
+    assert_eq!(transitions(&changes), [(TimeWait, Close)]);
+    assert!(changes[0].killed);
+    assert_eq!(changes[0].event.ts_ns, 5000 * MS, "at the cancel's time");
+    assert!(tracker.is_empty());
+}
+
+#[test]
+fn a_cancel_followed_by_a_re_arm_is_not_a_kill() {
+    let mut tracker = tracker();
+    run(
+        &mut tracker,
+        &[
+            event(3, 0, state(Established, FinWait1), 40000, 443),
+            event(
+                3,
+                1,
+                EventKind::TimewaitStart { substate: TimeWait },
+                40000,
+                443,
+            ),
+            event(
+                3,
+                9,
+                EventKind::TimewaitCancel { substate: TimeWait },
+                40000,
+                443,
+            ),
+            event(
+                3,
+                9,
+                EventKind::TimewaitStart { substate: TimeWait },
+                40000,
+                443,
+            ),
+        ],
+    );
+    tracker.tick(u64::MAX, &mut |c| panic!("re-armed, not killed: {c:?}"));
+    assert_eq!(tracker.states().collect::<Vec<_>>(), [(3, TimeWait)]);
+}
+
+/// Socket 8, a client of port 443 closed first and orphaned at 2 ms: a
+/// timewait socket in FIN_WAIT2.
+fn tracker_with_fin_wait2_timewait() -> Tracker {
+    let mut tracker = tracker();
+    run(
+        &mut tracker,
+        &[
+            event(8, 0, state(Established, FinWait1), 40000, 443),
+            event(8, 2, state(FinWait1, FinWait2), 40000, 443),
+            event(
+                8,
+                2,
+                EventKind::TimewaitStart { substate: FinWait2 },
+                40000,
+                443,
+            ),
+            event(8, 2, state(FinWait2, Close), 40000, 443),
+        ],
+    );
+    tracker
+}
+
+#[test]
+fn a_silent_re_arm_is_found_by_lookup() {
+    let mut tracker = tracker_with_fin_wait2_timewait();
+    let pending = tracker.fin_wait2_timewaits();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(
+        (pending[0].0, pending[0].1.sport, pending[0].1.dport),
+        (8, 40000, 443)
+    );
+    let mut found = DiagSocket {
+        netns: 1,
+        cookie: 8,
+        state: FinWait2 as u8,
+        timewait: true,
+        family: tcptrace_common::AF_INET,
+        saddr: Ipv4Addr::LOCALHOST.into(),
+        sport: 40000,
+        daddr: Ipv4Addr::LOCALHOST.into(),
+        dport: 443,
+        inode: 0,
+        uid: 0,
+        timer: 3,
+        expires_ms: 59_000,
+        retrans: 0,
+    };
+    let mut changes = Vec::new();
+    tracker.looked_up(8, &found, 1_000 * MS, &mut |c| changes.push(*c));
+    assert!(changes.is_empty(), "still FIN_WAIT2");
+    // The peer's FIN re-armed the timer: 59.7 s left at 1,000 ms means
+    // TIME_WAIT began at 700 ms.
+    found.state = TimeWait as u8;
+    found.expires_ms = 59_700;
+    tracker.looked_up(8, &found, 1_000 * MS, &mut |c| changes.push(*c));
+    assert_eq!(transitions(&changes), [(FinWait2, TimeWait)]);
+    assert_eq!(changes[0].entered.map(|s| s.since_ns), Some(700 * MS));
+    assert_eq!(changes[0].event.ts_ns, 700 * MS, "FIN_WAIT2 lasted 698 ms");
+    assert!(tracker.fin_wait2_timewaits().is_empty());
+
+    // A reconciliation that finds the move first reports it the same way,
+    // as a transition, not as drift.
+    let mut tracker = tracker_with_fin_wait2_timewait();
+    tracker.begin_reconcile();
+    let mut changes = Vec::new();
+    let corrections = tracker.reconcile(&[found], 900 * MS, 1_000 * MS, &mut |c| changes.push(*c));
+    assert_eq!(corrections, Corrections::default());
+    assert_eq!(transitions(&changes), [(FinWait2, TimeWait)]);
+    assert_eq!(changes[0].entered.map(|s| s.since_ns), Some(700 * MS));
+    assert_eq!(tracker.states().collect::<Vec<_>>(), [(8, TimeWait)]);
+}
+
+#[test]
+fn handshakes_in_a_dump_are_left_to_their_events() {
+    let mut tracker = tracker();
+    let socket = |cookie, state: TcpState, timer| DiagSocket {
+        netns: 1,
+        cookie,
+        state: state as u8,
+        timewait: false,
+        family: tcptrace_common::AF_INET,
+        saddr: Ipv4Addr::LOCALHOST.into(),
+        sport: 443,
+        daddr: Ipv4Addr::LOCALHOST.into(),
+        dport: 40000 + u16::try_from(cookie).expect("small"),
+        inode: 0,
+        uid: 0,
+        timer,
+        expires_ms: 0,
+        retrans: 0,
+    };
+    let dump = [socket(9, SynRecv, 1), socket(10, Established, 0)];
+    tracker.begin_reconcile();
+    let corrections = tracker.reconcile(&dump, 0, MS, &mut |_| {});
+    assert_eq!(corrections.missing, 1);
+    assert_eq!(tracker.states().collect::<Vec<_>>(), [(10, Established)]);
+}
+
+#[test]
+fn orphaned_fin_wait2_expiring_never_counts_as_time_wait() {
+    let mut tracker = tracker();
+    let changes = run(
+        &mut tracker,
+        &[
+            event(5, 0, state(Established, FinWait1), 8080, 50000),
+            event(5, 1, state(FinWait1, FinWait2), 8080, 50000),
+            event(
+                5,
+                1,
+                EventKind::TimewaitStart { substate: FinWait2 },
+                8080,
+                50000,
+            ),
+            event(5, 1, state(FinWait2, Close), 8080, 50000),
+            event(
+                5,
+                5001,
+                EventKind::TimewaitExpire { substate: FinWait2 },
+                8080,
+                50000,
+            ),
+        ],
+    );
+    assert_eq!(
+        transitions(&changes),
+        [
+            (Established, FinWait1),
+            (FinWait1, FinWait2),
+            (FinWait2, Close)
+        ]
+    );
+    let left = changes[2].left.expect("left FIN_WAIT2");
+    assert_eq!((left.state, left.since_ns), (FinWait2, MS));
+}
+
+#[test]
+fn roles_and_ports() {
+    let mut tracker = tracker();
+    let changes = run(
+        &mut tracker,
+        &[
+            event(1, 0, state(Close, Listen), 8080, 0),
+            event(2, 1, state(Listen, SynRecv), 8080, 50000),
+            // First seen mid-life: a listener owns 8080, so a server.
+            event(3, 2, state(Established, CloseWait), 8080, 50001),
+            event(3, 3, state(CloseWait, LastAck), 8080, 50001),
+            // No listener on 50002: a client of port 5432.
+            event(4, 4, state(Established, CloseWait), 50002, 5432),
+        ],
+    );
+    let labels: Vec<(Role, PortLabel)> = changes.iter().map(|c| (c.role, c.port)).collect();
+    assert_eq!(
+        labels,
+        [
+            (Role::Server, PortLabel::Port(8080)),
+            (Role::Server, PortLabel::Port(8080)),
+            (Role::Server, PortLabel::Port(8080)),
+            (Role::Server, PortLabel::Port(8080)),
+            (Role::Client, PortLabel::Port(5432)),
+        ]
+    );
+    assert_eq!(
+        changes[2].left, None,
+        "history before the first event is unknown"
+    );
+    assert_eq!(changes[3].left.map(|l| l.state), Some(CloseWait));
+    // The listener closing takes the role hint with it.
+    run(&mut tracker, &[event(1, 5, state(Listen, Close), 8080, 0)]);
+    let late = run(
+        &mut tracker,
+        &[event(9, 6, state(Established, CloseWait), 8080, 1)],
+    );
+    assert_eq!(late[0].role, Role::Client);
+}
+
+#[test]
+fn the_table_is_bounded() {
+    let mut tracker = Tracker::new(PortPolicy::new(&[], 32768, 128), 2);
+    let changes = run(
+        &mut tracker,
+        &[
+            event(1, 0, state(Close, SynSent), 0, 80),
+            event(2, 0, state(Close, SynSent), 0, 80),
+            event(3, 0, state(Close, SynSent), 0, 80),
+        ],
+    );
+    assert_eq!(tracker.len(), 2);
+    assert_eq!(tracker.evictions(), 1);
+    let forgotten: Vec<&Change> = changes.iter().filter(|c| c.transition.is_none()).collect();
+    assert_eq!(forgotten.len(), 1);
+    assert!(forgotten[0].entered.is_none());
+    assert!(
+        !forgotten[0].left.expect("left").known,
+        "no duration observed"
+    );
+}
