@@ -3,7 +3,7 @@
 //! Data flows one way, and each folder is one stage of it; a stage uses
 //! only the ones listed before it (see ARCHITECTURE.md):
 //!
-//! - [`support`]: clocks, hashing, bounded file reads;
+//! - [`support`]: clocks, durations, bounded file reads, one-line errors;
 //! - [`events`]: the typed kernel events, decoded from ring-buffer bytes;
 //! - [`kernel`]: the BPF programs, loaded for the running kernel, and the
 //!   ring buffer they fill;

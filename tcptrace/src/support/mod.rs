@@ -1,5 +1,5 @@
-//! Support: small pieces every stage may use (clocks, hashing, bounded file
-//! reads, memory release).
+//! Support: small pieces every stage may use (clocks, durations, bounded
+//! file reads, one-line errors, memory release).
 
 pub mod clock;
 pub mod duration;
