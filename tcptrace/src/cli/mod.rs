@@ -6,7 +6,7 @@ pub mod web_config;
 
 use std::{path::PathBuf, time::Duration};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum, builder::PossibleValue};
 use tcptrace_common::DEFAULT_RING_BUFFER_BYTES;
 
 use crate::{
@@ -377,6 +377,38 @@ fn parse_ring_buffer_size(text: &str) -> Result<u32, String> {
         ));
     }
     u32::try_from(bytes).map_err(|_| "too large".to_owned())
+}
+
+// The output formats are the exporters' and doctor's; how they are
+// spelled on the command line is said here, so that only cli knows clap.
+
+impl ValueEnum for Format {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[Self::Json, Self::Text]
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        Some(match self {
+            Self::Json => PossibleValue::new("json").help("One JSON object per line"),
+            Self::Text => PossibleValue::new("text").help("Aligned columns for a terminal"),
+        })
+    }
+}
+
+impl ValueEnum for ReportFormat {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[Self::Text, Self::Json]
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        Some(match self {
+            Self::Text => PossibleValue::new("text")
+                .help("One section per check, each line starting with ok, note, warn or fail"),
+            Self::Json => {
+                PossibleValue::new("json").help("One JSON document, for scripts and monitoring")
+            }
+        })
+    }
 }
 
 #[cfg(test)]

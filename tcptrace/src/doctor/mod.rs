@@ -83,8 +83,9 @@ impl Verdict {
     }
 }
 
-/// The output formats of `tcptrace doctor`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+/// The output formats of `tcptrace doctor` (offered on the command line by
+/// `cli`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReportFormat {
     /// One section per check, each line starting with ok, note, warn or fail.
     Text,

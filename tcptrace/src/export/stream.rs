@@ -15,7 +15,8 @@ use crate::{
     track::{Change, Signal},
 };
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+/// The formats of the stream (offered on the command line by `cli`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     /// One JSON object per line.
     Json,
