@@ -8,18 +8,72 @@
 use std::collections::HashMap;
 
 use crate::{
-    events::Endpoints,
-    events::Family,
+    events::{Endpoints, Family, TcpState},
     host::netns::{self, Namespace},
     host::sock_diag::{self, DiagSocket, SocketId},
     support::clock,
-    track::{Change, Tracker},
+    track::{Change, Stay, Tracker},
 };
+
+impl Tracker {
+    /// Timewait sockets still in substate FIN_WAIT2: the ones whose move to
+    /// TIME_WAIT may happen without an event, to be looked up in the kernel.
+    pub fn fin_wait2_timewaits(&self) -> Vec<(u64, Endpoints)> {
+        self.sockets
+            .iter()
+            .filter(|(_, s)| s.timewait && s.stay.state == TcpState::FinWait2)
+            .map(|(&cookie, s)| (cookie, s.endpoints))
+            .collect()
+    }
+
+    /// Applies what a kernel lookup found of a FIN_WAIT2 timewait socket: if
+    /// it is now in TIME_WAIT, it entered when its 60 s timer was re-armed,
+    /// which the timer's remaining time tells.
+    pub fn looked_up(
+        &mut self,
+        cookie: u64,
+        found: &DiagSocket,
+        now_ns: u64,
+        sink: &mut impl FnMut(&Change),
+    ) {
+        let Some(socket) = self.sockets.get_mut(&cookie) else {
+            return;
+        };
+        let moved = socket.timewait
+            && socket.stay.state == TcpState::FinWait2
+            && found.timewait
+            && found.state == TcpState::TimeWait as u8;
+        if !moved {
+            return;
+        }
+        let elapsed = found.time_in_time_wait().map_or(0, |elapsed| {
+            u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX)
+        });
+        let entered = Stay {
+            state: TcpState::TimeWait,
+            // Never before it entered FIN_WAIT2, whatever the timer says.
+            since_ns: now_ns.saturating_sub(elapsed).max(socket.stay.since_ns),
+            known: true,
+        };
+        let left = socket.stay;
+        socket.stay = entered;
+        sink(&Change {
+            event: socket.endpoints.to_event(cookie, entered),
+            role: socket.role,
+            port: socket.port,
+            transition: Some((TcpState::FinWait2, TcpState::TimeWait)),
+            left: Some(left),
+            entered: Some(entered),
+            killed: false,
+            signal: None,
+        });
+    }
+}
 
 /// A tracker and where its changes go, as [`Lookups::upkeep`] needs them:
 /// `run` keeps both behind the mutex the HTTP server reads too, `events`
 /// owns them.
-pub trait Tracked {
+pub trait WithTracker {
     /// Runs `f` on the tracker and the sink of its changes.
     fn with_tracker<R>(&mut self, f: impl FnOnce(&mut Tracker, &mut dyn FnMut(&Change)) -> R) -> R;
 }
@@ -34,7 +88,7 @@ impl Lookups {
     /// What the tracker needs once a second, the same for every command:
     /// its timers, then the lookups of FIN_WAIT2 timewait sockets, without
     /// holding the tracker while the kernel is asked.
-    pub async fn upkeep(&mut self, tracked: &mut impl Tracked) {
+    pub async fn upkeep(&mut self, tracked: &mut impl WithTracker) {
         let pending = tracked.with_tracker(|tracker, mut sink| {
             tracker.tick(clock::boot_ns(), &mut sink);
             tracker.fin_wait2_timewaits()

@@ -17,41 +17,22 @@
 
 pub mod labels;
 pub mod lookups;
+mod reconcile;
+mod timewait;
+
+pub use reconcile::Corrections;
 
 use std::collections::VecDeque;
 
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::{
-    events::{Endpoints, EventKind, Family, SocketEvent, Task, TcpState},
-    host::sock_diag::DiagSocket,
+    events::{Endpoints, EventKind, SocketEvent, Task, TcpState},
     track::labels::{PortLabel, PortPolicy, Role},
 };
 
 /// The errno of a connection that timed out (`ETIMEDOUT`).
 const ETIMEDOUT: u32 = libc::ETIMEDOUT.unsigned_abs();
-
-/// Drift found by one reconciliation, by kind.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Corrections {
-    /// In the kernel but not tracked (at start-up: every socket).
-    pub missing: u64,
-    /// Tracked but gone from the kernel.
-    pub vanished: u64,
-    /// Tracked in another state than the kernel's.
-    pub state: u64,
-}
-
-impl Corrections {
-    /// (`kind` label, count) pairs.
-    pub fn by_kind(self) -> [(&'static str, u64); 3] {
-        [
-            ("missing", self.missing),
-            ("vanished", self.vanished),
-            ("state", self.state),
-        ]
-    }
-}
 
 /// How long a timewait cancel waits for its re-arm or expiry before it counts
 /// as a kill. Both follow within microseconds on the same CPU; the margin
@@ -372,81 +353,6 @@ impl Tracker {
         });
     }
 
-    fn timewait_armed(
-        &mut self,
-        event: &SocketEvent,
-        substate: TcpState,
-        sink: &mut impl FnMut(&Change),
-    ) {
-        let entered = Stay {
-            state: substate,
-            since_ns: event.ts_ns,
-            known: true,
-        };
-        let Some(socket) = self.sockets.get_mut(&event.cookie) else {
-            // A timewait socket whose history was missed: track it from now,
-            // without a duration to observe.
-            let role = self.role_of(event.endpoints.netns, event.endpoints.sport);
-            let port = self.label(role, event.endpoints.sport, event.endpoints.dport);
-            let stay = Stay {
-                known: false,
-                ..entered
-            };
-            self.insert(event, stay, role, port, true, sink);
-            sink(&Change {
-                event: *event,
-                role,
-                port,
-                transition: None,
-                left: None,
-                entered: Some(stay),
-                killed: false,
-                signal: None,
-            });
-            return;
-        };
-        socket.timewait = true;
-        socket.cancel = None;
-        if socket.stay.state == substate {
-            return; // re-armed, or an orphan staying in FIN_WAIT2
-        }
-        let left = socket.stay;
-        socket.stay = entered;
-        sink(&Change {
-            event: *event,
-            role: socket.role,
-            port: socket.port,
-            transition: Some((left.state, substate)),
-            left: Some(left),
-            entered: Some(entered),
-            killed: false,
-            signal: None,
-        });
-    }
-
-    fn timewait_ended(
-        &mut self,
-        event: &SocketEvent,
-        killed: bool,
-        sink: &mut impl FnMut(&Change),
-    ) {
-        let Some(socket) = self.sockets.remove(&event.cookie) else {
-            return;
-        };
-        self.remember_ended(event, &socket);
-        self.ended(event.cookie);
-        sink(&Change {
-            event: *event,
-            role: socket.role,
-            port: socket.port,
-            transition: Some((socket.stay.state, TcpState::Close)),
-            left: Some(socket.stay),
-            entered: None,
-            killed,
-            signal: None,
-        });
-    }
-
     /// Starts tracking a socket, making room if the table is full.
     fn insert(
         &mut self,
@@ -524,159 +430,6 @@ impl Tracker {
         }
     }
 
-    /// Call just before reading the kernel's sockets for [`Tracker::reconcile`].
-    pub fn begin_reconcile(&mut self) {
-        self.ended_during_dump = Some(FxHashSet::default());
-    }
-
-    /// Makes the tracked sockets match a kernel dump that began at
-    /// `started_ns`, after every event up to the dump's end was applied.
-    ///
-    /// Sockets that changed since the dump began are left alone (the dump may
-    /// predate the change), and so are sockets that ended meanwhile.
-    pub fn reconcile(
-        &mut self,
-        dump: &[DiagSocket],
-        started_ns: u64,
-        now_ns: u64,
-        sink: &mut impl FnMut(&Change),
-    ) -> Corrections {
-        let ended = self.ended_during_dump.take().unwrap_or_default();
-        let in_dump: FxHashMap<u64, &DiagSocket> = dump.iter().map(|s| (s.cookie, s)).collect();
-        // A FIN_WAIT2 timewait socket that got its peer's FIN moved to
-        // TIME_WAIT with no event (see `looked_up`): not drift.
-        let moved: Vec<u64> = self
-            .fin_wait2_timewaits()
-            .into_iter()
-            .map(|(cookie, _)| cookie)
-            .filter(|cookie| in_dump.contains_key(cookie))
-            .collect();
-        for cookie in moved {
-            self.looked_up(cookie, in_dump[&cookie], now_ns, sink);
-        }
-        let mut corrections = Corrections::default();
-        let stale: Vec<(u64, bool)> = self
-            .sockets
-            .iter()
-            .filter(|(_, socket)| socket.stay.since_ns < started_ns)
-            // A cancelled timer is resolved by `tick`, after its grace.
-            .filter(|(_, socket)| socket.cancel.is_none())
-            .filter_map(|(&cookie, socket)| match in_dump.get(&cookie) {
-                None => Some((cookie, false)),
-                Some(seen) => (TcpState::from_kernel(seen.state) != Some(socket.stay.state))
-                    .then_some((cookie, true)),
-            })
-            .collect();
-        for (cookie, drifted) in stale {
-            if let Some(socket) = self.sockets.get(&cookie) {
-                tracing::debug!(
-                    cookie,
-                    tracked = socket.stay.state.name(),
-                    found = in_dump.get(&cookie).map(|s| s.state),
-                    endpoints = ?socket.endpoints,
-                    "reconciliation: tracked socket differs from the kernel's"
-                );
-            }
-            self.forget(cookie, sink);
-            if drifted {
-                corrections.state += 1;
-            } else {
-                corrections.vanished += 1;
-            }
-        }
-        // Listeners first: they decide the role of the others. Handshakes
-        // in flight (SYN_RECV: request sockets) are left to the events that
-        // make them connections: the connection's cookie is not always the
-        // request's (Linux 6.1 gives it a new one), so one tracked from the
-        // dump could outlive its handshake as a ghost.
-        let (listeners, others): (Vec<&DiagSocket>, Vec<&DiagSocket>) = dump
-            .iter()
-            .filter(|s| s.state != TcpState::SynRecv as u8)
-            .filter(|s| !self.sockets.contains_key(&s.cookie) && !ended.contains(&s.cookie))
-            .partition(|s| s.state == TcpState::Listen as u8);
-        for socket in listeners.into_iter().chain(others) {
-            tracing::trace!(
-                cookie = socket.cookie,
-                found = socket.state,
-                sport = socket.sport,
-                dport = socket.dport,
-                "reconciliation: untracked socket found in the kernel"
-            );
-            if self.discover(socket, now_ns, sink) {
-                corrections.missing += 1;
-            }
-        }
-        // Re-added after drift: not missing.
-        corrections.missing -= corrections.state.min(corrections.missing);
-        corrections
-    }
-
-    /// Starts tracking a socket found in a kernel dump; false if its state
-    /// is not one tcptrace knows.
-    fn discover(
-        &mut self,
-        found: &DiagSocket,
-        now_ns: u64,
-        sink: &mut impl FnMut(&Change),
-    ) -> bool {
-        let Some(state) = TcpState::from_kernel(found.state) else {
-            return false;
-        };
-        let family = if found.family == tcptrace_common::AF_INET6 {
-            Family::Ipv6
-        } else {
-            Family::Ipv4
-        };
-        let endpoints = Endpoints {
-            netns: found.netns,
-            family,
-            saddr: found.saddr,
-            sport: found.sport,
-            daddr: found.daddr,
-            dport: found.dport,
-        };
-        let role = if state == TcpState::Listen {
-            *self
-                .listeners
-                .entry((found.netns, found.sport))
-                .or_default() += 1;
-            Role::Server
-        } else {
-            self.role_of(found.netns, found.sport)
-        };
-        let port = self.label(role, found.sport, found.dport);
-        // A TIME_WAIT timer always runs TCP_TIMEWAIT_LEN, so what is left of
-        // it tells when the socket entered; for anything else only "before
-        // now" is known.
-        let stay = if let Some(elapsed) = found.time_in_time_wait() {
-            let elapsed = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
-            Stay {
-                state,
-                since_ns: now_ns.saturating_sub(elapsed),
-                known: true,
-            }
-        } else {
-            Stay {
-                state,
-                since_ns: now_ns,
-                known: false,
-            }
-        };
-        let event = endpoints.to_event(found.cookie, stay);
-        self.insert(&event, stay, role, port, found.timewait, sink);
-        sink(&Change {
-            event,
-            role,
-            port,
-            transition: None,
-            left: None,
-            entered: Some(stay),
-            killed: false,
-            signal: None,
-        });
-        true
-    }
-
     fn forget_listener(&mut self, netns: u32, port: u16) {
         if let Some(count) = self.listeners.get_mut(&(netns, port)) {
             *count -= 1;
@@ -700,59 +453,6 @@ impl Tracker {
             Role::Server => self.policy.label(role, local_port),
             Role::Client => self.policy.label(role, remote_port),
         }
-    }
-
-    /// Timewait sockets still in substate FIN_WAIT2: the ones whose move to
-    /// TIME_WAIT may happen without an event, to be looked up in the kernel.
-    pub fn fin_wait2_timewaits(&self) -> Vec<(u64, Endpoints)> {
-        self.sockets
-            .iter()
-            .filter(|(_, s)| s.timewait && s.stay.state == TcpState::FinWait2)
-            .map(|(&cookie, s)| (cookie, s.endpoints))
-            .collect()
-    }
-
-    /// Applies what a kernel lookup found of a FIN_WAIT2 timewait socket: if
-    /// it is now in TIME_WAIT, it entered when its 60 s timer was re-armed,
-    /// which the timer's remaining time tells.
-    pub fn looked_up(
-        &mut self,
-        cookie: u64,
-        found: &DiagSocket,
-        now_ns: u64,
-        sink: &mut impl FnMut(&Change),
-    ) {
-        let Some(socket) = self.sockets.get_mut(&cookie) else {
-            return;
-        };
-        let moved = socket.timewait
-            && socket.stay.state == TcpState::FinWait2
-            && found.timewait
-            && found.state == TcpState::TimeWait as u8;
-        if !moved {
-            return;
-        }
-        let elapsed = found.time_in_time_wait().map_or(0, |elapsed| {
-            u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX)
-        });
-        let entered = Stay {
-            state: TcpState::TimeWait,
-            // Never before it entered FIN_WAIT2, whatever the timer says.
-            since_ns: now_ns.saturating_sub(elapsed).max(socket.stay.since_ns),
-            known: true,
-        };
-        let left = socket.stay;
-        socket.stay = entered;
-        sink(&Change {
-            event: socket.endpoints.to_event(cookie, entered),
-            role: socket.role,
-            port: socket.port,
-            transition: Some((TcpState::FinWait2, TcpState::TimeWait)),
-            left: Some(left),
-            entered: Some(entered),
-            killed: false,
-            signal: None,
-        });
     }
 
     /// Cookies of the sockets tracked now, with their state.

@@ -7,6 +7,7 @@ use super::*;
 use crate::events::TcpState::{
     Close, CloseWait, Established, FinWait1, FinWait2, LastAck, Listen, SynRecv, SynSent, TimeWait,
 };
+use crate::{events::Family, host::sock_diag::DiagSocket};
 
 const MS: u64 = 1_000_000;
 

@@ -14,7 +14,7 @@ use crate::{
     kernel::ring::{Batch, EventSource},
     support::clock::WallClock,
     track::labels::PortPolicy,
-    track::lookups::{Lookups, Tracked},
+    track::lookups::{Lookups, WithTracker},
     track::{Change, Tracker},
 };
 
@@ -111,7 +111,7 @@ struct Stream {
     failed: Option<io::Error>,
 }
 
-impl Tracked for Stream {
+impl WithTracker for Stream {
     fn with_tracker<R>(&mut self, f: impl FnOnce(&mut Tracker, &mut dyn FnMut(&Change)) -> R) -> R {
         let Self {
             tracker,

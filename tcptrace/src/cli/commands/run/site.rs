@@ -17,7 +17,7 @@ use crate::{
     host::sysctls,
     kernel::probes::{Probes, ResetReasons},
     support::clock,
-    track::{Change, Tracker, lookups::Tracked},
+    track::{Change, Tracker, lookups::WithTracker},
 };
 
 use super::state::{self, State, find_owners};
@@ -42,7 +42,7 @@ impl Exporter {
     }
 }
 
-impl Tracked for &Exporter {
+impl WithTracker for &Exporter {
     fn with_tracker<R>(&mut self, f: impl FnOnce(&mut Tracker, &mut dyn FnMut(&Change)) -> R) -> R {
         let mut state = self.state();
         let State {

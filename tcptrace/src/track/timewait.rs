@@ -1,0 +1,83 @@
+//! TIME_WAIT, which no state event reports: a timewait socket's timer
+//! being armed starts it (or an orphaned FIN_WAIT2), its expiry or a kill
+//! ends it.
+
+use super::{Change, Stay, Tracker};
+use crate::events::{SocketEvent, TcpState};
+
+impl Tracker {
+    pub(super) fn timewait_armed(
+        &mut self,
+        event: &SocketEvent,
+        substate: TcpState,
+        sink: &mut impl FnMut(&Change),
+    ) {
+        let entered = Stay {
+            state: substate,
+            since_ns: event.ts_ns,
+            known: true,
+        };
+        let Some(socket) = self.sockets.get_mut(&event.cookie) else {
+            // A timewait socket whose history was missed: track it from now,
+            // without a duration to observe.
+            let role = self.role_of(event.endpoints.netns, event.endpoints.sport);
+            let port = self.label(role, event.endpoints.sport, event.endpoints.dport);
+            let stay = Stay {
+                known: false,
+                ..entered
+            };
+            self.insert(event, stay, role, port, true, sink);
+            sink(&Change {
+                event: *event,
+                role,
+                port,
+                transition: None,
+                left: None,
+                entered: Some(stay),
+                killed: false,
+                signal: None,
+            });
+            return;
+        };
+        socket.timewait = true;
+        socket.cancel = None;
+        if socket.stay.state == substate {
+            return; // re-armed, or an orphan staying in FIN_WAIT2
+        }
+        let left = socket.stay;
+        socket.stay = entered;
+        sink(&Change {
+            event: *event,
+            role: socket.role,
+            port: socket.port,
+            transition: Some((left.state, substate)),
+            left: Some(left),
+            entered: Some(entered),
+            killed: false,
+            signal: None,
+        });
+    }
+
+    pub(super) fn timewait_ended(
+        &mut self,
+        event: &SocketEvent,
+        killed: bool,
+        sink: &mut impl FnMut(&Change),
+    ) {
+        let Some(socket) = self.sockets.remove(&event.cookie) else {
+            return;
+        };
+        self.remember_ended(event, &socket);
+        self.ended(event.cookie);
+        sink(&Change {
+            event: *event,
+            role: socket.role,
+            port: socket.port,
+            transition: Some((socket.stay.state, TcpState::Close)),
+            left: Some(socket.stay),
+            entered: None,
+            killed,
+            signal: None,
+        });
+    }
+}
