@@ -33,7 +33,7 @@ use crate::{
     export::prometheus::SelfMetrics,
     export::web::{self, security::WebSecurity},
     kernel::probes::Probes,
-    kernel::ring::Batch,
+    kernel::ring::{Batch, EventSource},
     kernel::version,
     track::Tracker,
     track::labels::{self, PortPolicy},
@@ -79,7 +79,6 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
         settings: Mutex::new(Vec::new()),
         probes: Mutex::new(probes),
     });
-    let max_netns = args.max_netns;
 
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(web::serve(
@@ -97,10 +96,25 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     // the dump taken now completes the picture. Events already queued are
     // applied first, so the dump cannot resurrect a socket they closed.
     let mut batch = Batch::default();
-    let seeded = reconcile(&exporter, &mut source, &mut batch, true, max_netns).await?;
+    let seeded = reconcile(&exporter, &mut source, &mut batch, true, args.max_netns).await?;
     tracing::info!(seeded, "ready: existing sockets read");
     exporter.ready.store(true, Ordering::Relaxed);
 
+    let result = follow(&exporter, &mut source, &mut batch, &args).await;
+    let _ = stop_tx.send(true);
+    let _ = server.await;
+    result
+}
+
+/// Follows the kernel until SIGINT or SIGTERM: batches of events as they
+/// come, the upkeep and the stale report each second, reconciliation every
+/// `--reconcile-interval`.
+async fn follow(
+    exporter: &Exporter,
+    source: &mut EventSource,
+    batch: &mut Batch,
+    args: &RunArgs,
+) -> Result<(), Error> {
     let shutdown = crate::cli::commands::shutdown_signal();
     tokio::pin!(shutdown);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -109,32 +123,30 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     let mut reconcile_tick =
         tokio::time::interval(reconcile_every.unwrap_or(Duration::from_secs(3600)));
     reconcile_tick.reset(); // the first pass was the seeding
-    let result = loop {
+    loop {
         tokio::select! {
             signal = &mut shutdown => break signal.map_err(Error::Io),
-            read = source.next_batch(&mut batch) => {
+            read = source.next_batch(batch) => {
                 if let Err(error) = read {
                     break Err(Error::Io(error));
                 }
-                exporter.state().apply_batch(&batch, &metrics);
+                exporter.state().apply_batch(batch, &exporter.metrics);
             }
             _ = tick.tick() => {
                 lookups.upkeep(&mut &*exporter).await;
                 let evictions = exporter.state().tracker.evictions();
+                let metrics = &exporter.metrics;
                 metrics.evictions.inc_by(evictions - metrics.evictions.get());
                 metrics.events_lost.inc_by(source.lost().saturating_sub(metrics.events_lost.get()));
                 report_stale(&exporter.state).await;
             }
             _ = reconcile_tick.tick(), if reconcile_every.is_some() => {
-                if let Err(error) = reconcile(&exporter, &mut source, &mut batch, false, max_netns).await {
+                if let Err(error) = reconcile(exporter, source, batch, false, args.max_netns).await {
                     tracing::warn!("reconciliation skipped: {error}");
                 }
             }
         }
-    };
-    let _ = stop_tx.send(true);
-    let _ = server.await;
-    result
+    }
 }
 
 /// What `--web.config.file` asks of clients; nothing without it.
