@@ -13,7 +13,7 @@ use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, ProgramError},
 };
-use tcptrace_common::DEFAULT_RING_BUFFER_BYTES;
+use tcptrace_common::{DEFAULT_RING_BUFFER_BYTES, KernelLayout};
 
 use crate::{
     kernel::btf,
@@ -185,15 +185,58 @@ pub struct Probes {
     reset_reasons: ResetReasons,
 }
 
-impl Probes {
-    pub fn load(config: &ProbeConfig) -> Result<Self, ProbeError> {
+/// What loading the programs needs of the running kernel's BTF, read and
+/// resolved once: the bytes (for aya's loader), the layout the programs
+/// read sockets with, and the names of the kernel's reset reasons.
+/// `doctor` judges the kernel from it, then loads from the same resolution.
+pub struct ProbeSpec {
+    config: ProbeConfig,
+    btf_bytes: Vec<u8>,
+    layout: KernelLayout,
+    reset_reasons: ResetReasons,
+}
+
+impl ProbeSpec {
+    /// Reads and resolves the kernel BTF at `config.btf_path`; needs no
+    /// privileges. Proves that every member the programs read is there.
+    pub fn resolve(config: &ProbeConfig) -> Result<Self, ProbeError> {
+        // Read once, bounded, for both parsers.
+        let btf_bytes = btf::read(&config.btf_path)?;
+        let kernel_btf = btf::Btf::parse(&btf_bytes)?;
+        // Timer symbols are filled in at load, once privileges are known
+        // to be there: without them kallsyms shows zeros.
+        let mut layout = layout::kernel_layout(&kernel_btf, TimerSymbols::default())?;
+        layout.ring_wakeup_bytes = u64::from(config.ring_buffer_bytes / 4);
+        Ok(Self {
+            config: config.clone(),
+            btf_bytes,
+            layout,
+            reset_reasons: reset_reason_names(&kernel_btf),
+        })
+    }
+
+    /// The layout the programs will read sockets with.
+    pub fn layout(&self) -> &KernelLayout {
+        &self.layout
+    }
+
+    /// The running kernel's names for its reset reasons.
+    pub fn reset_reasons(&self) -> &ResetReasons {
+        &self.reset_reasons
+    }
+
+    /// Loads the programs and attaches each hook the kernel allows.
+    pub fn load(self) -> Result<Probes, ProbeError> {
+        let Self {
+            config,
+            btf_bytes,
+            mut layout,
+            reset_reasons,
+        } = self;
         check_privileges()?;
         if OBJECT.is_empty() {
             return Err(ProbeError::EmptyObject);
         }
-        // Read once, bounded, for both parsers.
-        let btf_bytes = btf::read(&config.btf_path)?;
-        let kernel_btf = btf::Btf::parse(&btf_bytes)?;
         let mut unresolved: Vec<(&str, String)> = Vec::new();
         let mut symbol = |name: &'static str| {
             kallsyms::address_of(Path::new(KALLSYMS), name).unwrap_or_else(|reason| {
@@ -202,13 +245,8 @@ impl Probes {
                 0
             })
         };
-        let symbols = TimerSymbols {
-            tw_timer_handler: symbol("tw_timer_handler"),
-            tcp_keepalive_timer: symbol("tcp_keepalive_timer"),
-        };
-        let mut layout = layout::kernel_layout(&kernel_btf, symbols)?;
-        layout.ring_wakeup_bytes = u64::from(config.ring_buffer_bytes / 4);
-        let reset_reasons = reset_reason_names(&kernel_btf);
+        layout.tw_timer_handler = symbol("tw_timer_handler");
+        layout.tcp_keepalive_timer = symbol("tcp_keepalive_timer");
         let loader_btf = aya::Btf::parse(&btf_bytes, Endianness::default()).map_err(|source| {
             ProbeError::LoaderBtf {
                 path: config.btf_path.clone(),
@@ -244,12 +282,19 @@ impl Probes {
                 not_attached.push((hook.program, reason));
             }
         }
-        Ok(Self {
+        Ok(Probes {
             ebpf,
             attached,
             not_attached,
             reset_reasons,
         })
+    }
+}
+
+impl Probes {
+    /// Resolves what the programs need of the running kernel and loads them.
+    pub fn load(config: &ProbeConfig) -> Result<Self, ProbeError> {
+        ProbeSpec::resolve(config)?.load()
     }
 
     /// The running kernel's names for its reset reasons.
@@ -358,6 +403,15 @@ pub struct ResetReasons(std::collections::HashMap<u32, String>);
 impl ResetReasons {
     /// The label for a reason value: the kernel's name, lower-case, without
     /// its `SK_RST_REASON_` prefix; `unknown` without one.
+    /// How many reasons the kernel names (none before Linux 6.10).
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     pub fn name(&self, reason: Option<u32>) -> &str {
         reason
             .and_then(|value| self.0.get(&value))

@@ -15,11 +15,9 @@ use crate::{
     host::netns,
     host::sock_diag::{self, DiagError},
     host::sysctls,
-    kernel::btf,
     kernel::capabilities::Capabilities,
     kernel::kallsyms,
-    kernel::layout::{self, TimerSymbols},
-    kernel::probes::{Hook, ProbeConfig, Probes},
+    kernel::probes::{Hook, ProbeConfig, ProbeSpec},
     support::errors::one_line,
 };
 
@@ -44,35 +42,33 @@ pub fn run(args: &DoctorArgs) -> Result<Verdict, Error> {
 /// the BPF programs for a moment.
 pub fn gather(config: &ProbeConfig) -> Findings {
     let (namespaces, namespaces_without_sockets) = namespaces();
+    // The BTF is read and resolved once, for the facts and for loading.
+    let spec = ProbeSpec::resolve(config).map_err(|e| one_line(&e));
+    let btf = spec.as_ref().map(btf_facts).map_err(Clone::clone);
     Findings {
         kernel_release: crate::kernel::version::release(),
         btf_path: config.btf_path.clone(),
-        btf: btf_facts(&config.btf_path),
+        btf,
         capabilities: Capabilities::effective(),
         kernel_addresses: kallsyms::addresses_visible(Path::new("/proc/kallsyms")),
-        hooks: attach_hooks(config),
+        hooks: spec.and_then(attach_hooks),
         tracefs: tracefs_mounts(),
         namespaces,
         namespaces_without_sockets,
     }
 }
 
-fn btf_facts(path: &Path) -> Result<BtfFacts, String> {
-    let btf = btf::Btf::from_file(path).map_err(|e| one_line(&e))?;
-    // Resolving the layout proves every member the programs read is there.
-    let layout = layout::kernel_layout(&btf, TimerSymbols::default()).map_err(|e| one_line(&e))?;
-    Ok(BtfFacts {
-        send_reset_has_reason: layout.send_reset_has_reason != 0,
-        reset_reason_names: btf
-            .enum_values("sk_rst_reason")
-            .map_or(0, |names| names.len()),
-    })
+fn btf_facts(spec: &ProbeSpec) -> BtfFacts {
+    BtfFacts {
+        send_reset_has_reason: spec.layout().send_reset_has_reason != 0,
+        reset_reason_names: spec.reset_reasons().len(),
+    }
 }
 
 /// Loads and attaches the programs as `run` would, notes which hooks took,
 /// and drops them again, which detaches everything.
-fn attach_hooks(config: &ProbeConfig) -> Result<Vec<(&'static Hook, Option<String>)>, String> {
-    let probes = Probes::load(config).map_err(|e| one_line(&e))?;
+fn attach_hooks(spec: ProbeSpec) -> Result<Vec<(&'static Hook, Option<String>)>, String> {
+    let probes = spec.load().map_err(|e| one_line(&e))?;
     let outcomes = probes
         .attached()
         .iter()
