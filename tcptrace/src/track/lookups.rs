@@ -57,16 +57,13 @@ impl Tracker {
         };
         let left = socket.stay;
         socket.stay = entered;
-        sink(&Change {
-            event: socket.endpoints.to_event(cookie, entered),
-            role: socket.role,
-            port: socket.port,
-            transition: Some((TcpState::FinWait2, TcpState::TimeWait)),
-            left: Some(left),
-            entered: Some(entered),
-            killed: false,
-            signal: None,
-        });
+        sink(&Change::transition(
+            socket.endpoints.to_event(cookie, entered),
+            (socket.role, socket.port),
+            (TcpState::FinWait2, TcpState::TimeWait),
+            Some(left),
+            Some(entered),
+        ));
     }
 }
 

@@ -71,6 +71,70 @@ pub struct Change {
     pub signal: Option<Signal>,
 }
 
+impl Change {
+    /// A transition the kernel reported or the timewait timer implies.
+    pub fn transition(
+        event: SocketEvent,
+        (role, port): (Role, PortLabel),
+        transition: (TcpState, TcpState),
+        left: Option<Stay>,
+        entered: Option<Stay>,
+    ) -> Self {
+        Self {
+            event,
+            role,
+            port,
+            transition: Some(transition),
+            left,
+            entered,
+            killed: false,
+            signal: None,
+        }
+    }
+
+    /// A socket found without seeing its transition (start-up, lost events).
+    pub fn discovered(event: SocketEvent, (role, port): (Role, PortLabel), entered: Stay) -> Self {
+        Self {
+            event,
+            role,
+            port,
+            transition: None,
+            left: None,
+            entered: Some(entered),
+            killed: false,
+            signal: None,
+        }
+    }
+
+    /// A socket no longer tracked (eviction, reconciliation), last in `left`.
+    pub fn forgotten(event: SocketEvent, (role, port): (Role, PortLabel), left: Stay) -> Self {
+        Self {
+            event,
+            role,
+            port,
+            transition: None,
+            left: Some(left),
+            entered: None,
+            killed: false,
+            signal: None,
+        }
+    }
+
+    /// Something that happened to the socket besides a state change.
+    pub fn signal(event: SocketEvent, (role, port): (Role, PortLabel), signal: Signal) -> Self {
+        Self {
+            event,
+            role,
+            port,
+            transition: None,
+            left: None,
+            entered: None,
+            killed: false,
+            signal: Some(signal),
+        }
+    }
+}
+
 /// What happened to a socket without changing its state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Signal {
@@ -234,16 +298,7 @@ impl Tracker {
                 }
             }
         };
-        let mut change = Change {
-            event: *event,
-            role,
-            port,
-            transition: None,
-            left: None,
-            entered: None,
-            killed: false,
-            signal: Some(signal),
-        };
+        let mut change = Change::signal(*event, (role, port), signal);
         sink(&change);
         if signal == (Signal::Error { errno: ETIMEDOUT }) && keepalive_probes > 0 {
             change.signal = Some(Signal::KeepaliveTimeout);
@@ -306,16 +361,13 @@ impl Tracker {
                     .entry((event.endpoints.netns, event.endpoints.sport))
                     .or_default() += 1;
             }
-            sink(&Change {
-                event: *event,
-                role,
-                port,
-                transition: Some((old, new)),
-                left: None,
+            sink(&Change::transition(
+                *event,
+                (role, port),
+                (old, new),
+                None,
                 entered,
-                killed: false,
-                signal: None,
-            });
+            ));
             return;
         };
         if socket.timewait && new == TcpState::Close {
@@ -341,16 +393,13 @@ impl Tracker {
                 .entry((event.endpoints.netns, event.endpoints.sport))
                 .or_default() += 1;
         }
-        sink(&Change {
-            event: *event,
-            role,
-            port,
-            transition: Some((old, new)),
-            left: Some(left),
+        sink(&Change::transition(
+            *event,
+            (role, port),
+            (old, new),
+            Some(left),
             entered,
-            killed: false,
-            signal: None,
-        });
+        ));
     }
 
     /// Starts tracking a socket, making room if the table is full.
@@ -399,19 +448,15 @@ impl Tracker {
         if socket.stay.state == TcpState::Listen {
             self.forget_listener(socket.endpoints.netns, socket.endpoints.sport);
         }
-        sink(&Change {
-            event: socket.endpoints.to_event(cookie, socket.stay),
-            role: socket.role,
-            port: socket.port,
-            transition: None,
-            left: Some(Stay {
-                known: false,
-                ..socket.stay
-            }),
-            entered: None,
-            killed: false,
-            signal: None,
-        });
+        let left = Stay {
+            known: false,
+            ..socket.stay
+        };
+        sink(&Change::forgotten(
+            socket.endpoints.to_event(cookie, socket.stay),
+            (socket.role, socket.port),
+            left,
+        ));
     }
 
     fn remember_ended(&mut self, event: &SocketEvent, socket: &Socket) {

@@ -174,16 +174,7 @@ impl Tracker {
         };
         let event = endpoints.to_event(found.cookie, stay);
         self.insert(&event, stay, role, port, found.timewait, sink);
-        sink(&Change {
-            event,
-            role,
-            port,
-            transition: None,
-            left: None,
-            entered: Some(stay),
-            killed: false,
-            signal: None,
-        });
+        sink(&Change::discovered(event, (role, port), stay));
         true
     }
 }

@@ -27,16 +27,7 @@ impl Tracker {
                 ..entered
             };
             self.insert(event, stay, role, port, true, sink);
-            sink(&Change {
-                event: *event,
-                role,
-                port,
-                transition: None,
-                left: None,
-                entered: Some(stay),
-                killed: false,
-                signal: None,
-            });
+            sink(&Change::discovered(*event, (role, port), stay));
             return;
         };
         socket.timewait = true;
@@ -46,16 +37,13 @@ impl Tracker {
         }
         let left = socket.stay;
         socket.stay = entered;
-        sink(&Change {
-            event: *event,
-            role: socket.role,
-            port: socket.port,
-            transition: Some((left.state, substate)),
-            left: Some(left),
-            entered: Some(entered),
-            killed: false,
-            signal: None,
-        });
+        sink(&Change::transition(
+            *event,
+            (socket.role, socket.port),
+            (left.state, substate),
+            Some(left),
+            Some(entered),
+        ));
     }
 
     pub(super) fn timewait_ended(
@@ -70,14 +58,14 @@ impl Tracker {
         self.remember_ended(event, &socket);
         self.ended(event.cookie);
         sink(&Change {
-            event: *event,
-            role: socket.role,
-            port: socket.port,
-            transition: Some((socket.stay.state, TcpState::Close)),
-            left: Some(socket.stay),
-            entered: None,
             killed,
-            signal: None,
+            ..Change::transition(
+                *event,
+                (socket.role, socket.port),
+                (socket.stay.state, TcpState::Close),
+                Some(socket.stay),
+                None,
+            )
         });
     }
 }
