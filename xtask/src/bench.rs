@@ -35,6 +35,8 @@ const TOOLS: [&str; 5] = [
     "bpftrace",
     "node_exporter",
 ];
+/// `--against`'s binary, in the rows after tcptrace.
+const AGAINST: &str = "tcptrace (against)";
 const TCPTRACE_ADDRESS: &str = "127.0.0.1:19101";
 const NODE_EXPORTER_ADDRESS: &str = "127.0.0.1:19102";
 /// Transitions per churn connection: five on each end.
@@ -60,11 +62,23 @@ struct Run {
     /// tcptrace only: its metrics after the run.
     lost: f64,
     state_events: f64,
+    /// tcptrace only: from start to `/-/ready` (programs attached, existing
+    /// sockets read).
+    startup_seconds: f64,
 }
 
-pub fn run(tcptrace: &Path, xtask: &Path, plan: &Plan) -> Result<String, String> {
+pub fn run(
+    tcptrace: &Path,
+    against: Option<&Path>,
+    xtask: &Path,
+    plan: &Plan,
+) -> Result<String, String> {
     mount_tracefs()?;
     let clock_ticks = clock_ticks()?;
+    let mut tools = TOOLS.to_vec();
+    if against.is_some() {
+        tools.insert(2, AGAINST);
+    }
     let mut runs: BTreeMap<&str, Vec<Run>> = BTreeMap::new();
     for repetition in 0..plan.repetitions {
         let close = if repetition % 2 == 0 {
@@ -72,8 +86,13 @@ pub fn run(tcptrace: &Path, xtask: &Path, plan: &Plan) -> Result<String, String>
         } else {
             "server"
         };
-        for tool in TOOLS {
-            let run = measure(tool, tcptrace, xtask, plan, close, clock_ticks)?;
+        for &tool in &tools {
+            let binary = if tool == AGAINST {
+                against.unwrap_or(tcptrace)
+            } else {
+                tcptrace
+            };
+            let run = measure(tool, binary, xtask, plan, close, clock_ticks)?;
             println!(
                 "[bench] {tool:<14} {close}-first  {:>8.0} conn/s  cpu {:.3} s",
                 run.connections as f64 / run.seconds,
@@ -82,7 +101,7 @@ pub fn run(tcptrace: &Path, xtask: &Path, plan: &Plan) -> Result<String, String>
             runs.entry(tool).or_default().push(run);
         }
     }
-    let mut report = throughput_report(&runs, plan);
+    let mut report = throughput_report(&tools, &runs, plan);
     println!("\n{report}");
     let streams = crate::streams::report(tcptrace, xtask, plan)?;
     println!("{streams}");
@@ -109,7 +128,9 @@ fn measure(
     close: &str,
     clock_ticks: f64,
 ) -> Result<Run, String> {
+    let started = Instant::now();
     let mut child = start(tool, tcptrace)?;
+    let startup_seconds = started.elapsed().as_secs_f64();
     let scraping = Arc::new(AtomicBool::new(true));
     let scraper = scrape_url(tool).map(|address| {
         let scraping = scraping.clone();
@@ -143,7 +164,8 @@ fn measure(
     if let Some(scraper) = scraper {
         let _ = scraper.join();
     }
-    if tool == "tcptrace" {
+    if is_tcptrace(tool) {
+        run.startup_seconds = startup_seconds;
         let metrics = http_get(TCPTRACE_ADDRESS, "/metrics").unwrap_or_default();
         run.lost = sample(&metrics, "tcptrace_events_lost_total", "");
         run.state_events = sample(&metrics, "tcptrace_events_total", "kind=\"state_change\"");
@@ -168,7 +190,7 @@ fn start(tool: &str, tcptrace: &Path) -> Result<Option<Tool>, String> {
     };
     let tool = match tool {
         "baseline" => return Ok(None),
-        "tcptrace" => start_tcptrace(tcptrace, TCPTRACE_ADDRESS)?,
+        "tcptrace" | AGAINST => start_tcptrace(tcptrace, TCPTRACE_ADDRESS)?,
         "tcpstates" => {
             let child = spawn(&mut Command::new("tcpstates"))?;
             thread::sleep(Duration::from_secs(2)); // attaches within a second here
@@ -195,13 +217,17 @@ fn start(tool: &str, tcptrace: &Path) -> Result<Option<Tool>, String> {
 
 fn scrape_url(tool: &str) -> Option<&'static str> {
     match tool {
-        "tcptrace" => Some(TCPTRACE_ADDRESS),
+        "tcptrace" | AGAINST => Some(TCPTRACE_ADDRESS),
         "node_exporter" => Some(NODE_EXPORTER_ADDRESS),
         _ => None,
     }
 }
 
-fn throughput_report(runs: &BTreeMap<&str, Vec<Run>>, plan: &Plan) -> String {
+fn is_tcptrace(tool: &str) -> bool {
+    tool == "tcptrace" || tool == AGAINST
+}
+
+fn throughput_report(tools: &[&str], runs: &BTreeMap<&str, Vec<Run>>, plan: &Plan) -> String {
     let mut report = String::new();
     let baseline = &runs["baseline"];
     let _ = writeln!(
@@ -214,7 +240,7 @@ fn throughput_report(runs: &BTreeMap<&str, Vec<Run>>, plan: &Plan) -> String {
         "| tool | connections/s (median, min–max) | vs baseline (median of per-run ratios) | tracer CPU s per million transitions | tracer peak RSS |"
     );
     let _ = writeln!(report, "|---|---|---|---|---|");
-    for tool in TOOLS {
+    for &tool in tools {
         let tool_runs = &runs[tool];
         let rate = spread(
             tool_runs
@@ -252,17 +278,22 @@ fn throughput_report(runs: &BTreeMap<&str, Vec<Run>>, plan: &Plan) -> String {
             rate.0, rate.1, rate.2, ratio.0, ratio.1, ratio.2
         );
     }
-    let tcptrace = &runs["tcptrace"];
-    let lost: f64 = tcptrace.iter().map(|r| r.lost).sum();
-    let events: f64 = tcptrace.iter().map(|r| r.state_events).sum();
-    let transitions: f64 = tcptrace
-        .iter()
-        .map(|r| r.connections as f64 * TRANSITIONS_PER_CONNECTION)
-        .sum();
-    let _ = writeln!(
-        report,
-        "\ntcptrace: {lost} events lost; {events} state-change events for {transitions} transitions made by the churn (the rest of the host adds a few).\n"
-    );
+    report.push('\n');
+    for &tool in tools.iter().filter(|tool| is_tcptrace(tool)) {
+        let tcptrace = &runs[tool];
+        let lost: f64 = tcptrace.iter().map(|r| r.lost).sum();
+        let events: f64 = tcptrace.iter().map(|r| r.state_events).sum();
+        let transitions: f64 = tcptrace
+            .iter()
+            .map(|r| r.connections as f64 * TRANSITIONS_PER_CONNECTION)
+            .sum();
+        let startup = spread(tcptrace.iter().map(|r| r.startup_seconds).collect());
+        let _ = writeln!(
+            report,
+            "{tool}: {lost} events lost; {events} state-change events for {transitions} transitions made by the churn (the rest of the host adds a few); start to ready {:.2} s ({:.2}–{:.2}).\n",
+            startup.0, startup.1, startup.2
+        );
+    }
     report
 }
 

@@ -41,9 +41,12 @@ tasks:
                      or the path of a bzImage: each booted in a VM for the
                      integration tests. Default: host and debian-6.1. ARGS
                      go to the test binaries
-  bench [--quick]    tcptrace against baseline, tcpstates, bpftrace and
+  bench [--quick] [--against BINARY]
+                     tcptrace against baseline, tcpstates, bpftrace and
                      node_exporter under loopback churn, then its cost with
-                     many sockets open; about 11 minutes (--quick: 2)
+                     many sockets open; about 11 minutes (--quick: 2).
+                     --against adds another tcptrace binary (an earlier
+                     commit's, say) to the same interleaved churn rows
   soak [--minutes N] tcptrace run under mixed churn for N minutes (10),
                      sampling its memory, fds and tracked sockets
 ";
@@ -103,7 +106,15 @@ fn run_task(args: Vec<String>) -> Result<(), String> {
             test(&root, &pins, &kernels, &passthrough)
         }
         Some("bench") => {
-            only(&["--quick"])?;
+            let (against, flags) = against_flag(flags)?;
+            if let Some(flag) = flags.iter().find(|f| *f != "--quick") {
+                return Err(format!("unknown option {flag:?} for \"bench\"\n{USAGE}"));
+            }
+            if let Some(binary) = &against
+                && !binary.is_file()
+            {
+                return Err(format!("--against {}: no such file", binary.display()));
+            }
             setup::ensure_build_tools(&pins)?;
             setup::ensure_debian_packages(setup::BENCH_PACKAGES)?;
             build(&root, &pins, false)?;
@@ -114,7 +125,8 @@ fn run_task(args: Vec<String>) -> Result<(), String> {
                 measure::Plan::full()
             };
             let xtask = env::current_exe().map_err(|e| format!("own path: {e}"))?;
-            let report = bench::run(&root.join("target/release/tcptrace"), &xtask, &plan)?;
+            let tcptrace = root.join("target/release/tcptrace");
+            let report = bench::run(&tcptrace, against.as_deref(), &xtask, &plan)?;
             let path = bench::report_path(&root);
             let _ = std::fs::create_dir_all(path.parent().unwrap_or(&root));
             std::fs::write(&path, &report).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -174,6 +186,26 @@ fn kernel_flags(flags: &[String]) -> Result<Vec<KernelSpec>, String> {
         kernels = vec![KernelSpec::Host, KernelSpec::parse("debian-6.1")];
     }
     Ok(kernels)
+}
+
+/// `bench`'s `--against BINARY` (or `--against=BINARY`), and the other flags.
+fn against_flag(flags: &[String]) -> Result<(Option<PathBuf>, Vec<String>), String> {
+    let mut against = None;
+    let mut rest = Vec::new();
+    let mut flags = flags.iter();
+    while let Some(flag) = flags.next() {
+        if let Some(value) = flag.strip_prefix("--against=") {
+            against = Some(PathBuf::from(value));
+        } else if flag == "--against" {
+            let value = flags
+                .next()
+                .ok_or(format!("--against needs a tcptrace binary\n{USAGE}"))?;
+            against = Some(PathBuf::from(value));
+        } else {
+            rest.push(flag.clone());
+        }
+    }
+    Ok((against, rest))
 }
 
 fn workspace_root() -> PathBuf {
