@@ -44,7 +44,7 @@ tasks:
   bench [--quick] [--against BINARY]
                      tcptrace against baseline, tcpstates, bpftrace and
                      node_exporter under loopback churn, then its cost with
-                     many sockets open; about 11 minutes (--quick: 2).
+                     many sockets open; about 11 minutes (--quick: about 6).
                      --against adds another tcptrace binary (an earlier
                      commit's, say) to the same interleaved churn rows
   soak [--minutes N] tcptrace run under mixed churn for N minutes (10),
