@@ -1,5 +1,6 @@
 //! Reading the guest's serial console as it streams: which test binary and
-//! which test are running, and whether the kernel oopsed or panicked.
+//! which test are running, and whether the kernel oopsed, panicked, locked
+//! up or stalled RCU.
 //!
 //! The kernel writes to the same serial line as the tests, so its report
 //! may start in the middle of a line libtest began (`test name ... ` is
@@ -17,9 +18,12 @@ pub struct Console {
     oops: Option<Oops>,
 }
 
-/// A kernel oops or panic, as its report reads on the console.
+/// A kernel oops, panic, lockup or RCU stall, as its report reads on the
+/// console: after any of them the guest's results mean nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Oops {
+    /// `oops`, `panic`, `soft lockup`, `hard lockup` or `RCU stall`.
+    pub kind: &'static str,
     /// The report's first line, e.g. `Oops: int3: 0000 [#1] PREEMPT SMP NOPTI`.
     pub header: String,
     /// Where it happened: the `RIP:` line's function and offset, e.g.
@@ -27,7 +31,9 @@ pub struct Oops {
     pub site: Option<String>,
     /// What was running in the guest then.
     pub during: String,
-    /// The kernel printed its end (`---[ end trace`, or the panic line).
+    /// The kernel printed its end (`---[ end trace`, the panic line, or
+    /// for a lockup or stall the end of the first stack dumped after its
+    /// `RIP:`).
     pub complete: bool,
 }
 
@@ -38,7 +44,10 @@ impl Oops {
             .site
             .as_ref()
             .map_or_else(String::new, |site| format!(" at {site}"));
-        format!("kernel oops {}: `{}`{site}", self.during, self.header)
+        format!(
+            "kernel {} {}: `{}`{site}",
+            self.kind, self.during, self.header
+        )
     }
 }
 
@@ -51,8 +60,9 @@ impl Console {
         };
         match &mut self.oops {
             None => {
-                if is_report_start(message) {
+                if let Some(kind) = report_kind(message) {
                     self.oops = Some(Oops {
+                        kind,
                         header: message.trim_end().to_owned(),
                         site: None,
                         during: self.during(),
@@ -63,10 +73,14 @@ impl Console {
                 }
             }
             Some(oops) => {
-                if oops.site.is_none() {
+                let had_site = oops.site.is_some();
+                if !had_site {
                     oops.site = rip_site(message);
                 }
-                if message.starts_with("---[ end trace") || message.starts_with(PANIC) {
+                // A lockup or stall dumps stacks and carries on: no end
+                // marker comes.
+                let dumped = had_site && oops.kind != "oops" && message.trim() == "</TASK>";
+                if message.starts_with("---[ end trace") || message.starts_with(PANIC) || dumped {
                     oops.complete = true;
                 }
             }
@@ -153,18 +167,30 @@ fn is_digits(text: &str) -> bool {
     !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit())
 }
 
-/// The first line of an oops (`Oops: …`, or on older kernels `int3: 0000
-/// [#1] …`), a `BUG:` or a panic.
-fn is_report_start(message: &str) -> bool {
-    const STARTS: &[&str] = &[
-        "Oops",
-        "BUG:",
-        "watchdog: BUG:",
-        "kernel BUG at",
-        "general protection fault",
-        PANIC,
+/// The kind of report `message` starts, if it is the first line of one: an
+/// oops (`Oops: …`, or on older kernels `int3: 0000 [#1] …`), a `BUG:`, a
+/// panic, a watchdog's lockup or an RCU stall.
+fn report_kind(message: &str) -> Option<&'static str> {
+    const STARTS: &[(&str, &str)] = &[
+        ("Oops", "oops"),
+        ("watchdog: BUG: soft lockup", "soft lockup"),
+        ("watchdog: Watchdog detected hard LOCKUP", "hard lockup"),
+        ("BUG:", "oops"),
+        ("kernel BUG at", "oops"),
+        ("general protection fault", "oops"),
+        (PANIC, "panic"),
     ];
-    STARTS.iter().any(|start| message.starts_with(start)) || is_die_header(message)
+    if let Some((_, kind)) = STARTS.iter().find(|(start, _)| message.starts_with(start)) {
+        return Some(kind);
+    }
+    // `rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:`, `…
+    // self-detected stall on CPU`, `… detected expedited stalls …`; older
+    // kernels print no `rcu: `.
+    let rcu = message.strip_prefix("rcu: ").unwrap_or(message);
+    if rcu.starts_with("INFO: rcu_") && rcu.contains(" stall") {
+        return Some("RCU stall");
+    }
+    is_die_header(message).then_some("oops")
 }
 
 /// `<trap>: <4 hex digits> [#<n>]`, what x86's `die()` prints.
@@ -282,6 +308,7 @@ mod tests {
         assert_eq!(console.oops().unwrap().during, "in the script");
         let console = feed(&["[    2.5] Kernel panic - not syncing: VFS: Unable to mount root fs"]);
         let oops = console.oops().unwrap();
+        assert_eq!(oops.kind, "panic");
         assert!(oops.complete);
         assert_eq!(oops.site, None);
         assert!(feed(&["[    2.5] general protection fault, probably for non-canonical address 0xdead: 0000 [#1] SMP"]).oops().is_some());
@@ -289,6 +316,94 @@ mod tests {
             feed(&["[   30.0] watchdog: BUG: soft lockup - CPU#0 stuck for 26s!"])
                 .oops()
                 .is_some()
+        );
+    }
+
+    /// From the 6.12 guest's console under multi-threaded TCG
+    /// (`cargo xtask vm` running the ftrace enable/disable loop).
+    #[test]
+    fn a_real_int3_oops_is_complete_at_its_end_trace() {
+        let mut console = feed(&[
+            "tcptrace-vm: running script",
+            "churn: 8000 connections",
+            "[   36.885398] Oops: int3: 0000 [#1] PREEMPT SMP NOPTI",
+            "[   36.885739] CPU: 1 UID: 0 PID: 165 Comm: python3 Not tainted 6.12.117+deb12-amd64 #1  Debian 6.12.117-1~deb12u1",
+            "[   36.885851] Hardware name: QEMU Standard PC (i440FX + PIIX, 1996), BIOS 1.16.2-debian-1.16.2-1 04/01/2014",
+            "[   36.885951] RIP: 0010:try_to_wake_up+0x5b4/0x680",
+            "[   36.886669] Call Trace:",
+            "[   36.887242]  <IRQ>",
+            "[   36.887852]  </IRQ>",
+            "[   36.887864]  <TASK>",
+            "[   36.888624]  ? do_sync_core+0x2a/0x30",
+            "[   36.888835] RIP: 0033:0x7f508a6f7ba4",
+            "[   36.889141]  </TASK>",
+            "[   36.889180] Modules linked in: veth tcp_diag inet_diag 9p 9pnet_virtio 9pnet netfs",
+        ]);
+        let oops = console.oops().unwrap().clone();
+        assert_eq!(oops.kind, "oops");
+        assert_eq!(oops.site.as_deref(), Some("try_to_wake_up+0x5b4/0x680"));
+        // An oops's `</TASK>` is not its end: registers and the panic follow.
+        assert!(!oops.complete);
+        console.line("[   36.889736] ---[ end trace 0000000000000000 ]---");
+        console.line("[   36.889817] RIP: 0010:try_to_wake_up+0x5b4/0x680");
+        console.line("[   36.890139] Kernel panic - not syncing: Fatal exception in interrupt");
+        let oops = console.oops().unwrap();
+        assert!(oops.complete);
+        assert_eq!(oops.header, "Oops: int3: 0000 [#1] PREEMPT SMP NOPTI");
+        assert_eq!(
+            oops.describe(),
+            "kernel oops in the script: `Oops: int3: 0000 [#1] PREEMPT SMP NOPTI` \
+             at try_to_wake_up+0x5b4/0x680"
+        );
+    }
+
+    /// The first line is the 6.1 guest's in CI (during `cli_events`); the
+    /// lines after it are in the kernel's format for a soft lockup.
+    #[test]
+    fn a_soft_lockup_is_a_report_complete_after_its_stack() {
+        let mut console = feed(&[
+            "tcptrace-vm: running cli_events",
+            "running 9 tests",
+            "test json_format_is_one_object_per_line ... ok",
+            "test text_format_prints_aligned_transitions ... [ 3139.402877] watchdog: BUG: soft lockup - CPU#0 stuck for 3066s! [tcptrace:1205]",
+            "[ 3139.403411] Modules linked in: veth tcp_diag inet_diag 9p 9pnet_virtio 9pnet netfs",
+            "[ 3139.403920] CPU: 0 PID: 1205 Comm: tcptrace Not tainted 6.1.0-57-amd64 #1  Debian 6.1.158-1",
+            "[ 3139.404300] RIP: 0010:smp_call_function_many_cond+0x12e/0x3d0",
+            "[ 3139.404700] Call Trace:",
+            "[ 3139.404800]  <TASK>",
+            "[ 3139.404900]  on_each_cpu_cond_mask+0x24/0x40",
+        ]);
+        let oops = console.oops().unwrap();
+        assert_eq!(oops.kind, "soft lockup");
+        assert!(!oops.complete);
+        console.line("[ 3139.405000]  </TASK>");
+        let oops = console.oops().unwrap();
+        assert!(oops.complete);
+        assert_eq!(
+            oops.describe(),
+            "kernel soft lockup in cli_events, test text_format_prints_aligned_transitions: \
+             `watchdog: BUG: soft lockup - CPU#0 stuck for 3066s! [tcptrace:1205]` \
+             at smp_call_function_many_cond+0x12e/0x3d0"
+        );
+    }
+
+    #[test]
+    fn rcu_stalls_are_reports() {
+        for line in [
+            "[ 3160.1] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:",
+            "[ 3160.1] rcu: INFO: rcu_preempt self-detected stall on CPU",
+            "[ 3160.1] rcu: INFO: rcu_sched detected expedited stalls on CPUs/tasks: { 0-... } 21003 jiffies s: 61 root: 0x1/.",
+            "[  160.1] INFO: rcu_sched detected stalls on CPUs/tasks:",
+        ] {
+            let console = feed(&["tcptrace-vm: running cli_events", line]);
+            let oops = console.oops().unwrap_or_else(|| panic!("{line}"));
+            assert_eq!(oops.kind, "RCU stall", "{line}");
+            assert_eq!(oops.during, "in cli_events, before its first test");
+        }
+        // RCU's ordinary messages are not stalls.
+        assert_eq!(
+            feed(&["[    0.1] rcu: Hierarchical RCU implementation."]).oops(),
+            None
         );
     }
 
