@@ -402,6 +402,12 @@ fn test_binaries(root: &Path, pins: &Pins) -> Result<Vec<vm::TestBinary>, String
         .lines()
         .filter_map(|line| {
             let path = cmd::json_string(line, "executable")?;
+            // Only test harnesses: the tcptrace executable the integration
+            // tests run is an artifact too, and knows no `--list`.
+            let profile = line.split("\"profile\":").nth(1)?;
+            if !profile.contains("\"test\":true") {
+                return None;
+            }
             let target = line.split("\"target\":").nth(1)?;
             let name = cmd::json_string(target, "name")?;
             // `"kind":["test"]`: the target's first kind.
