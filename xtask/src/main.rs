@@ -7,6 +7,7 @@
 mod bench;
 mod churn;
 mod cmd;
+mod console;
 mod cpio;
 mod kernels;
 mod measure;
@@ -40,7 +41,13 @@ tasks:
                      kernel) or `debian-6.12` (its newer LTS), fetched once,
                      or the path of a bzImage: each booted in a VM for the
                      integration tests. Default: host and debian-6.1. ARGS
-                     go to the test binaries
+                     go to the test binaries; a test name filter must
+                     select a test somewhere
+  vm --kernel K SCRIPT
+                     boot kernel K (named as for test) and run the shell
+                     script SCRIPT in it instead of the tests, as root in the
+                     host's files like them, with $RESULTS a directory shared
+                     read-write with the host; stops at a kernel oops
   bench [--quick] [--against BINARY]
                      tcptrace against baseline, tcpstates, bpftrace and
                      node_exporter under loopback churn, then its cost with
@@ -105,6 +112,7 @@ fn run_task(args: Vec<String>) -> Result<(), String> {
             }
             test(&root, &pins, &kernels, &passthrough)
         }
+        Some("vm") => vm_task(&root, flags),
         Some("bench") => {
             let (against, flags) = against_flag(flags)?;
             if let Some(flag) = flags.iter().find(|f| *f != "--quick") {
@@ -208,6 +216,61 @@ fn against_flag(flags: &[String]) -> Result<(Option<PathBuf>, Vec<String>), Stri
     Ok((against, rest))
 }
 
+/// `cargo xtask vm --kernel K SCRIPT`.
+fn vm_task(root: &Path, flags: &[String]) -> Result<(), String> {
+    let (kernel, script) = vm_flags(flags)?;
+    let body =
+        std::fs::read_to_string(&script).map_err(|e| format!("{}: {e}", script.display()))?;
+    setup::ensure_debian_packages(vm::PACKAGES)?;
+    let layout = vm_layout(root);
+    std::fs::create_dir_all(&layout.target)
+        .map_err(|e| format!("{}: {e}", layout.target.display()))?;
+    let kernel = kernels::prepare(&kernel, &layout.cache)?;
+    vm::run_script(&kernel, &body, &layout)
+}
+
+/// `vm`'s one `--kernel K` (not `host`) and its script's path.
+fn vm_flags(flags: &[String]) -> Result<(KernelSpec, PathBuf), String> {
+    let mut kernel = None;
+    let mut script = None;
+    let mut flags = flags.iter();
+    while let Some(flag) = flags.next() {
+        let value = match flag.strip_prefix("--kernel=") {
+            Some(value) => Some(value),
+            None if flag == "--kernel" => Some(
+                flags
+                    .next()
+                    .ok_or(format!("--kernel needs a value\n{USAGE}"))?
+                    .as_str(),
+            ),
+            None if flag.starts_with('-') => {
+                return Err(format!("unknown option {flag:?} for \"vm\"\n{USAGE}"));
+            }
+            None => None,
+        };
+        match value {
+            Some(_) if kernel.is_some() => return Err("vm boots one --kernel".to_owned()),
+            Some("host") => return Err("vm boots a kernel in a VM: not host".to_owned()),
+            Some(value) => kernel = Some(KernelSpec::parse(value)),
+            None if script.is_some() => return Err(format!("vm runs one script\n{USAGE}")),
+            None => script = Some(PathBuf::from(flag)),
+        }
+    }
+    match (kernel, script) {
+        (Some(kernel), Some(script)) => Ok((kernel, script)),
+        _ => Err(format!("vm needs --kernel K and a script\n{USAGE}")),
+    }
+}
+
+fn vm_layout(root: &Path) -> vm::Layout {
+    let target = target_dir(root);
+    vm::Layout {
+        cache: target.join("vm"),
+        target,
+        package: root.join("tcptrace"),
+    }
+}
+
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -280,6 +343,33 @@ fn test(
     step("deploy/ (promtool, systemd-analyze)");
     cmd::run(Command::new("python3").arg(root.join("deploy/check.py")))?;
 
+    let guests: Vec<&KernelSpec> = kernels.iter().filter(|k| **k != KernelSpec::Host).collect();
+    // A filter that selects nothing would pass everywhere without a test
+    // run: it is a mistake, said before anything runs.
+    let binaries = if guests.is_empty() && test_args.is_empty() {
+        Vec::new()
+    } else {
+        step("building the test binaries");
+        test_binaries(root, pins)?
+    };
+    if !test_args.is_empty() {
+        let mut selected = 0;
+        for binary in &binaries {
+            let listed = cmd::stdout(
+                Command::new(&binary.path)
+                    .args(["--list", "--include-ignored"])
+                    .args(test_args),
+            )?;
+            selected += vm::count_listed(&listed);
+        }
+        if selected == 0 {
+            return Err(format!(
+                "{} matches no test in any test binary",
+                vm::shell_words(test_args)
+            ));
+        }
+    }
+
     // Every kernel is tested even when one fails: the matrix is the result.
     let mut failures = Vec::new();
     if kernels.contains(&KernelSpec::Host) {
@@ -302,16 +392,8 @@ fn test(
         );
         failures.extend(host.err().map(|e| format!("host: {e}")));
     }
-    let guests: Vec<&KernelSpec> = kernels.iter().filter(|k| **k != KernelSpec::Host).collect();
     if !guests.is_empty() {
-        step("building the test binaries for the VMs");
-        let binaries = test_binaries(root, pins)?;
-        let target = target_dir(root);
-        let layout = vm::Layout {
-            cache: target.join("vm"),
-            target,
-            package: root.join("tcptrace"),
-        };
+        let layout = vm_layout(root);
         for spec in guests {
             let outcome = kernels::prepare(spec, &layout.cache)
                 .and_then(|kernel| vm::run(&kernel, &binaries, test_args, &layout));
@@ -339,8 +421,10 @@ fn test_command(root: &Path, pins: &Pins) -> Command {
 }
 
 /// Builds the test binaries (as the host run does, so nothing is compiled
-/// twice) and returns the integration tests' ones and the tcptrace
-/// library's (named [`vm::LIBRARY`]), from cargo's JSON messages.
+/// twice) and returns every one, from cargo's JSON messages. Integration
+/// tests keep their target's name and the tcptrace library's is named
+/// [`vm::LIBRARY`]; the others' names are prefixed with their kind
+/// (`bin:…`, `lib:…`), to match no name of [`vm::GUEST_TESTS`].
 fn test_binaries(root: &Path, pins: &Pins) -> Result<Vec<vm::TestBinary>, String> {
     let messages = cmd::stdout(test_command(root, pins).args([
         "--no-run",
@@ -351,14 +435,20 @@ fn test_binaries(root: &Path, pins: &Pins) -> Result<Vec<vm::TestBinary>, String
         .lines()
         .filter_map(|line| {
             let path = cmd::json_string(line, "executable")?;
+            // Only test harnesses: the tcptrace executable the integration
+            // tests run is an artifact too, and knows no `--list`.
+            let profile = line.split("\"profile\":").nth(1)?;
+            if !profile.contains("\"test\":true") {
+                return None;
+            }
             let target = line.split("\"target\":").nth(1)?;
             let name = cmd::json_string(target, "name")?;
-            let name = if target.contains("\"kind\":[\"test\"]") {
-                name
-            } else if target.contains("\"kind\":[\"lib\"]") && name == "tcptrace" {
-                vm::LIBRARY.to_owned()
-            } else {
-                return None;
+            // `"kind":["test"]`: the target's first kind.
+            let kind = target.split("\"kind\":[\"").nth(1)?.split('"').next()?;
+            let name = match kind {
+                "test" => name,
+                "lib" if name == "tcptrace" => vm::LIBRARY.to_owned(),
+                other => format!("{other}:{name}"),
             };
             Some(vm::TestBinary {
                 name,

@@ -16,11 +16,18 @@ use std::{
     io::{BufRead, BufReader, Write as _},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
     thread,
     time::{Duration, Instant},
 };
 
-use crate::{cpio::Archive, kernels, kernels::Kernel, setup::step};
+use crate::{
+    console::{Console, Oops, RUNNING, SCRIPT},
+    cpio::Archive,
+    kernels,
+    kernels::Kernel,
+    setup::step,
+};
 
 /// The Debian packages the VM needs: QEMU, and xz for the modules of
 /// kernels that compress them (Debian's 6.12).
@@ -62,7 +69,18 @@ const SKIPPED_EMULATED: &[(&str, &str)] = &[(
 )];
 
 const VCPUS: &str = "2";
+
 const MEMORY: &str = "2048M";
+
+/// Why the emulator runs the vCPUs in turn on one host thread
+/// (`-accel tcg,thread=single`), not each on its own (`thread=multi`):
+/// with a thread per vCPU, a vCPU can still run an `int3` that another has
+/// already patched away while switching a tracepoint on or off, and the
+/// guest kernel oopses (6.12) or hangs (6.1), whichever program switches it;
+/// one thread, or one vCPU, never did. Measured with `cargo xtask vm`
+/// switching two timer trace events on and off 3,000 times under loopback
+/// churn; the README's kernel matrix has the numbers.
+const TCG_ONE_THREAD: &str = "both vCPUs on one host thread: with a thread each, switching tracepoints on and off oopsed the 6.12 guest in 3 of 3 runs and hung the 6.1 guest in 3 of 3";
 
 /// A test binary the host built.
 #[derive(Debug, Clone)]
@@ -123,21 +141,25 @@ impl Accel {
     fn binary_limit(&self) -> Duration {
         match self {
             Self::Kvm => Duration::from_secs(10 * 60),
-            Self::Tcg(_) => Duration::from_secs(20 * 60),
+            Self::Tcg(_) => Duration::from_secs(15 * 60),
         }
     }
 
-    /// The whole VM, from boot to power-off, if the guest itself hangs.
+    /// The whole VM, from boot to power-off, if the guest hangs without a
+    /// word on its console (an oops, lockup or stall stops it at once): the
+    /// emulated suite takes about 13 minutes on one host thread, and CI
+    /// gives the whole run 90.
     fn vm_limit(&self) -> Duration {
         match self {
-            Self::Kvm => Duration::from_secs(30 * 60),
-            Self::Tcg(_) => Duration::from_secs(60 * 60),
+            Self::Kvm | Self::Tcg(_) => Duration::from_secs(30 * 60),
         }
     }
 }
 
 /// Boots `kernel`, runs `binaries` (those named in [`GUEST_TESTS`]) with
-/// `args` inside it, and fails unless every one passed.
+/// `args` inside it, and fails unless every one passed. A binary in which
+/// `args` select no test is not run; if they select none in any, nothing is
+/// booted.
 pub fn run(
     kernel: &Kernel,
     binaries: &[TestBinary],
@@ -153,12 +175,23 @@ pub fn run(
                 .ok_or_else(|| format!("cargo built no test binary {name}"))
         })
         .collect::<Result<_, _>>()?;
+    let mut selected = Vec::new();
+    let mut unmatched = Vec::new();
+    for binary in binaries {
+        if matching_tests(binary, args)? == 0 {
+            unmatched.push(binary.name.as_str());
+        } else {
+            selected.push(binary);
+        }
+    }
+    if selected.is_empty() {
+        return Err(format!(
+            "{} matches no test in the VM's test binaries ({})",
+            shell_words(args),
+            GUEST_TESTS.join(", ")
+        ));
+    }
     let accel = Accel::detect();
-    let run_dir = layout.cache.join("runs").join(dir_name(&kernel.name));
-    let results = run_dir.join("results");
-    let _ = fs::remove_dir_all(&run_dir);
-    fs::create_dir_all(&results).map_err(|e| format!("{}: {e}", results.display()))?;
-    let initramfs = run_dir.join("initramfs.cpio");
     let mut args = args.to_vec();
     if matches!(accel, Accel::Tcg(_)) {
         for (test, why) in SKIPPED_EMULATED {
@@ -166,40 +199,38 @@ pub fn run(
             args.extend(["--skip".to_owned(), (*test).to_owned()]);
         }
     }
-    let script = tests_script(&binaries, &args, layout, &accel);
-    let archive = initramfs_archive(kernel, &busybox(&layout.cache)?, &script, layout)?;
-    fs::write(&initramfs, archive).map_err(|e| format!("{}: {e}", initramfs.display()))?;
-
-    let how = match &accel {
-        Accel::Kvm => "KVM".to_owned(),
-        Accel::Tcg(why) => format!("emulated (TCG): {why}"),
-    };
-    crate::step(&format!(
-        "tests in a VM: {} (Linux {}), {VCPUS} vCPUs, {MEMORY}, {how}",
-        kernel.name, kernel.release
-    ));
-    let started = Instant::now();
-    let mut qemu = qemu(kernel, &initramfs, &results, layout, &accel)
-        .spawn()
-        .map_err(|e| format!("cannot start qemu-system-x86_64: {e}"))?;
-    let console = forward_console(&mut qemu, &kernel.name);
-    let ended = wait_bounded(&mut qemu, accel.vm_limit());
-    let _ = console.map(thread::JoinHandle::join);
-    let elapsed = started.elapsed();
-    let verdicts = read_results(&results, &binaries);
-    let summary = verdicts
+    let script = tests_script(&selected, &args, layout, &accel);
+    let boot = boot("tests", kernel, &script, layout, &accel)?;
+    let verdicts = read_results(&boot.results, &selected);
+    let mut summary: Vec<String> = verdicts
         .iter()
+        .filter(|(_, verdict)| boot.oops.is_none() || verdict != "not run")
         .map(|(name, verdict)| format!("{name} {verdict}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    crate::step(&format!(
-        "{} (Linux {}) after {}: {summary}",
+        .collect();
+    summary.extend(
+        unmatched
+            .iter()
+            .map(|name| format!("{name} no test matches")),
+    );
+    let summary = summary.join(", ");
+    let head = format!(
+        "{} (Linux {}) after {}",
         kernel.name,
         kernel.release,
-        minutes(elapsed)
-    ));
-    ended?;
-    if !results.join("finished").exists() {
+        minutes(boot.elapsed)
+    );
+    if let Some(oops) = &boot.oops {
+        let before = if summary.is_empty() {
+            String::new()
+        } else {
+            format!(" {summary}, then")
+        };
+        crate::step(&format!("{head}:{before} {}", oops.describe()));
+        return Err(format!("Linux {}: {}", kernel.release, oops.describe()));
+    }
+    crate::step(&format!("{head}: {summary}"));
+    boot.ended?;
+    if !boot.results.join("finished").exists() {
         return Err(
             "the guest stopped before its tests finished (its console above says why)".to_owned(),
         );
@@ -216,6 +247,126 @@ pub fn run(
     }
 }
 
+/// Boots `kernel` and runs the shell script `script` (its contents) in the
+/// guest instead of the tests, as root in the host's files, like them. The
+/// script finds a directory shared read-write with the host in `$RESULTS`.
+/// Fails if it fails, or if the kernel oopses.
+pub fn run_script(kernel: &Kernel, script: &str, layout: &Layout) -> Result<(), String> {
+    let accel = Accel::detect();
+    let boot = boot(
+        "a script",
+        kernel,
+        &guest_script(script, layout),
+        layout,
+        &accel,
+    )?;
+    crate::step(&format!(
+        "{} (Linux {}) after {}; the guest's {RESULTS} is {} here",
+        kernel.name,
+        kernel.release,
+        minutes(boot.elapsed),
+        boot.results.display()
+    ));
+    if let Some(oops) = &boot.oops {
+        return Err(format!("Linux {}: {}", kernel.release, oops.describe()));
+    }
+    boot.ended?;
+    match fs::read_to_string(boot.results.join("script.exit")).as_deref() {
+        Ok("0\n") => Ok(()),
+        Ok(code) => Err(format!(
+            "the script failed in the VM (exit {})",
+            code.trim()
+        )),
+        Err(_) => Err("the guest stopped before the script ended".to_owned()),
+    }
+}
+
+/// How a VM run ended.
+struct Boot {
+    /// The results directory the guest wrote to.
+    results: PathBuf,
+    elapsed: Duration,
+    /// QEMU's own end: exited by itself, failed or killed.
+    ended: Result<(), String>,
+    /// The kernel oops or panic that stopped it, if one did.
+    oops: Option<Oops>,
+}
+
+/// Builds the initramfs for `script`, boots `kernel` with it and streams the
+/// console until QEMU exits, the time limit passes, or the kernel oopses
+/// (QEMU is then stopped once the report is printed).
+/// `what` names what runs in it, in the header line.
+fn boot(
+    what: &str,
+    kernel: &Kernel,
+    script: &str,
+    layout: &Layout,
+    accel: &Accel,
+) -> Result<Boot, String> {
+    let run_dir = layout.cache.join("runs").join(dir_name(&kernel.name));
+    let results = run_dir.join("results");
+    let _ = fs::remove_dir_all(&run_dir);
+    fs::create_dir_all(&results).map_err(|e| format!("{}: {e}", results.display()))?;
+    let initramfs = run_dir.join("initramfs.cpio");
+    let archive = initramfs_archive(kernel, &busybox(&layout.cache)?, script, layout)?;
+    fs::write(&initramfs, archive).map_err(|e| format!("{}: {e}", initramfs.display()))?;
+
+    let how = match accel {
+        Accel::Kvm => "KVM".to_owned(),
+        Accel::Tcg(why) => format!("emulated (TCG, {TCG_ONE_THREAD}): {why}"),
+    };
+    crate::step(&format!(
+        "{what} in a VM: {} (Linux {}), {VCPUS} vCPUs, {MEMORY}, {how}",
+        kernel.name, kernel.release
+    ));
+    let started = Instant::now();
+    let mut qemu = qemu(kernel, &initramfs, &results, layout, accel)
+        .spawn()
+        .map_err(|e| format!("cannot start qemu-system-x86_64: {e}"))?;
+    let watch = Arc::new(Mutex::new(Watch::default()));
+    let console = forward_console(&mut qemu, &kernel.name, Arc::clone(&watch));
+    let ended = wait_bounded(&mut qemu, accel.vm_limit(), &watch);
+    let _ = console.map(thread::JoinHandle::join);
+    let oops = lock(&watch).console.oops().cloned();
+    Ok(Boot {
+        results,
+        elapsed: started.elapsed(),
+        ended,
+        oops,
+    })
+}
+
+/// The console as read so far, shared by the thread that reads it and the
+/// one that waits for QEMU.
+#[derive(Default)]
+struct Watch {
+    console: Console,
+    /// When the console first showed an oops.
+    oops_seen: Option<Instant>,
+}
+
+impl Watch {
+    /// Whether QEMU should be stopped: the kernel oopsed, and has printed
+    /// its report or had [`OOPS_GRACE`] to.
+    fn oopsed(&self) -> bool {
+        let printed = self.console.oops().is_some_and(|oops| oops.complete);
+        printed
+            || self
+                .oops_seen
+                .is_some_and(|seen| seen.elapsed() > OOPS_GRACE)
+    }
+}
+
+/// How long the kernel may take to print an oops's report, trace and
+/// registers included, before QEMU is stopped anyway.
+const OOPS_GRACE: Duration = Duration::from_secs(20);
+
+fn lock(watch: &Mutex<Watch>) -> std::sync::MutexGuard<'_, Watch> {
+    watch
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn qemu(
     kernel: &Kernel,
     initramfs: &Path,
@@ -226,7 +377,8 @@ fn qemu(
     let mut qemu = Command::new("qemu-system-x86_64");
     match accel {
         Accel::Kvm => qemu.args(["-accel", "kvm", "-cpu", "host"]),
-        Accel::Tcg(_) => qemu.args(["-accel", "tcg,thread=multi", "-cpu", "max"]),
+        // One host thread for every vCPU: see TCG_ONE_THREAD.
+        Accel::Tcg(_) => qemu.args(["-accel", "tcg,thread=single", "-cpu", "max"]),
     };
     let share = |tag: &str, path: &Path, readonly: bool| {
         // multidevs=remap: the root export spans several host file systems,
@@ -255,8 +407,13 @@ fn qemu(
     qemu
 }
 
-/// Prints the guest's console, line by line, behind its kernel's name.
-fn forward_console(qemu: &mut Child, name: &str) -> Option<thread::JoinHandle<()>> {
+/// Prints the guest's console, line by line, behind its kernel's name, and
+/// watches it for oopses.
+fn forward_console(
+    qemu: &mut Child,
+    name: &str,
+    watch: Arc<Mutex<Watch>>,
+) -> Option<thread::JoinHandle<()>> {
     let console = qemu.stdout.take()?;
     let prefix = format!("[{name}] ");
     Some(thread::spawn(move || {
@@ -267,18 +424,30 @@ fn forward_console(qemu: &mut Child, name: &str) -> Option<thread::JoinHandle<()
             let text = String::from_utf8_lossy(&line);
             let text = text.trim_end_matches(['\r', '\n']);
             let _ = writeln!(stdout.lock(), "{prefix}{text}");
+            let mut watch = lock(&watch);
+            watch.console.line(text);
+            if watch.oops_seen.is_none() && watch.console.oops().is_some() {
+                watch.oops_seen = Some(Instant::now());
+            }
             line.clear();
         }
     }))
 }
 
 /// Waits for QEMU to exit; past `limit`, kills it (by its PID) and fails.
-fn wait_bounded(qemu: &mut Child, limit: Duration) -> Result<(), String> {
+/// Once the console shows an oops, kills it too: the guest's kernel can no
+/// longer be trusted to run the rest.
+fn wait_bounded(qemu: &mut Child, limit: Duration, watch: &Mutex<Watch>) -> Result<(), String> {
     let deadline = Instant::now() + limit;
     loop {
         match qemu.try_wait() {
             Ok(Some(status)) if status.success() => return Ok(()),
             Ok(Some(status)) => return Err(format!("qemu-system-x86_64 failed ({status})")),
+            Ok(None) if lock(watch).oopsed() => {
+                let _ = qemu.kill();
+                let _ = qemu.wait();
+                return Ok(());
+            }
             Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(200)),
             Ok(None) => {
                 let pid = qemu.id();
@@ -292,6 +461,41 @@ fn wait_bounded(qemu: &mut Child, limit: Duration) -> Result<(), String> {
             Err(e) => return Err(format!("waiting for qemu: {e}")),
         }
     }
+}
+
+/// How many of `binary`'s tests `args` select in the guest, from its own
+/// `--list` run on the host.
+fn matching_tests(binary: &TestBinary, args: &[String]) -> Result<usize, String> {
+    let mut list = Command::new(&binary.path);
+    list.arg("--list");
+    if binary.name == LIBRARY {
+        list.arg("--ignored");
+    }
+    let listed = crate::cmd::stdout(list.args(args))?;
+    Ok(count_listed(&listed))
+}
+
+/// The tests in libtest's `--list` output (`name: test` lines).
+pub fn count_listed(listed: &str) -> usize {
+    listed
+        .lines()
+        .filter(|line| line.ends_with(": test"))
+        .count()
+}
+
+/// Arguments as a user would type them.
+pub fn shell_words(args: &[String]) -> String {
+    args.iter()
+        .map(|arg| {
+            if arg.is_empty() || arg.contains(|c: char| c.is_whitespace() || "'\"\\$`".contains(c))
+            {
+                quote(arg)
+            } else {
+                arg.clone()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Each binary's outcome, from the exit code the guest wrote.
@@ -392,26 +596,16 @@ fn tests_script(
     layout: &Layout,
     accel: &Accel,
 ) -> String {
-    let mut script = format!(
-        r#"#!/bin/sh
-# The tests in the VM, written by xtask/src/vm.rs; run by the host's /bin/sh.
-export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-export HOME=/tmp RUST_BACKTRACE=1
-results=/run/tcptrace-vm/results
-# The host's limit on open files (init's default, 1024, is too few).
-ulimit -n {nofile}
-ip link set lo up
-cd {package} 2>/dev/null || cd /
-echo "tcptrace-vm: Linux $(uname -r), $(nproc) CPUs, $(ulimit -n) open files"
-run() {{
+    let mut script = script_head("The tests in the VM", layout);
+    let _ = write!(
+        script,
+        r#"run() {{
     name=$1; shift
-    echo "tcptrace-vm: running $name"
+    echo "{RUNNING}$name"
     timeout -k 10 {limit} "$@" --test-threads=1 --color never{args}
     echo $? > $results/$name.exit
 }}
 "#,
-        nofile = open_files_limit(),
-        package = quote(&layout.package.display().to_string()),
         limit = accel.binary_limit().as_secs(),
         args = args.iter().fold(String::new(), |mut out, arg| {
             let _ = write!(out, " {}", quote(arg));
@@ -433,6 +627,52 @@ run() {{
     }
     script.push_str("echo done > $results/finished\n");
     script
+}
+
+/// Where the guest's scripts find the directory shared with the host.
+const RESULTS: &str = "/run/tcptrace-vm/results";
+
+/// A script of the caller's, run in the guest as the tests are.
+fn guest_script(body: &str, layout: &Layout) -> String {
+    let mut script = script_head("A script run in the VM by `cargo xtask vm`", layout);
+    // A here-document the body cannot end early: its end word is not a line
+    // of the body.
+    let mut end = "TCPTRACE_VM_SCRIPT".to_owned();
+    while body.lines().any(|line| line == end) {
+        end.push('_');
+    }
+    let _ = write!(
+        script,
+        r#"cat > /tmp/script.sh <<'{end}'
+{body}{newline}{end}
+echo "{RUNNING}{SCRIPT}"
+RESULTS=$results sh /tmp/script.sh
+echo $? > $results/script.exit
+echo done > $results/finished
+"#,
+        newline = if body.ends_with('\n') { "" } else { "\n" },
+    );
+    script
+}
+
+/// What every guest script starts with: the environment the tests have on
+/// the host, loopback up.
+fn script_head(what: &str, layout: &Layout) -> String {
+    format!(
+        r#"#!/bin/sh
+# {what}, written by xtask/src/vm.rs; run by the host's /bin/sh.
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export HOME=/tmp RUST_BACKTRACE=1
+results={RESULTS}
+# The host's limit on open files (init's default, 1024, is too few).
+ulimit -n {nofile}
+ip link set lo up
+cd {package} 2>/dev/null || cd /
+echo "tcptrace-vm: Linux $(uname -r), $(nproc) CPUs, $(ulimit -n) open files"
+"#,
+        nofile = open_files_limit(),
+        package = quote(&layout.package.display().to_string()),
+    )
 }
 
 /// Debian's statically linked busybox, unpacked once into the cache.

@@ -116,6 +116,9 @@ pub struct Findings {
     pub namespaces: Vec<NamespaceFacts>,
     /// Namespaces entered that hold no TCP socket; not shown one by one.
     pub namespaces_without_sockets: usize,
+    /// How many CPUs, if `/proc/cpuinfo` names QEMU's emulated CPU (see
+    /// [`emulated_cpus`]).
+    pub emulated_cpus: Option<usize>,
 }
 
 /// What the kernel's BTF says about tcptrace's needs.
@@ -150,6 +153,9 @@ pub struct Report {
     pub verdict: Verdict,
     pub exit_code: u8,
     pub kernel: Check,
+    /// A note when the CPUs are QEMU's emulated ones.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub emulator: Option<Check>,
     pub btf: Vec<Check>,
     pub hooks: Vec<HookCheck>,
     pub capabilities: Vec<Check>,
@@ -224,6 +230,7 @@ pub fn assess(findings: &Findings) -> Report {
         verdict: Verdict::Ready,
         exit_code: 0,
         kernel: kernel_check(findings.kernel_release.as_deref(), kernel),
+        emulator: findings.emulated_cpus.and_then(emulator_check),
         btf: btf_checks(findings),
         hooks: hook_checks(&findings.hooks, kernel),
         capabilities: capability_checks(findings.capabilities, &findings.kernel_addresses),
@@ -240,6 +247,7 @@ impl Report {
     /// The status of every check.
     pub fn statuses(&self) -> impl Iterator<Item = Status> + '_ {
         std::iter::once(self.kernel.status)
+            .chain(self.emulator.iter().map(|c| c.status))
             .chain(self.btf.iter().map(|c| c.status))
             .chain(self.hooks.iter().map(|c| c.status))
             .chain(self.capabilities.iter().map(|c| c.status))
@@ -252,7 +260,8 @@ impl Report {
     /// `grep ^warn` tells everything).
     pub fn write_text(&self, out: &mut impl Write) -> io::Result<()> {
         let mut text = String::new();
-        section(&mut text, "Kernel", [self.kernel.line()]);
+        let kernel = std::iter::once(&self.kernel).chain(&self.emulator);
+        section(&mut text, "Kernel", kernel.map(Check::line));
         section(&mut text, "BTF", self.btf.iter().map(Check::line));
         section(
             &mut text,
@@ -478,6 +487,35 @@ fn kernel_check(release: Option<&str>, kernel: Option<KernelVersion>) -> Check {
             without: None,
         }
     }
+}
+
+/// How many CPUs `cpuinfo` (`/proc/cpuinfo`'s text) lists, if their model is
+/// QEMU's emulated one (`QEMU TCG CPU version 2.5+` under TCG with `-cpu
+/// max`; KVM shows the host's model).
+pub fn emulated_cpus(cpuinfo: &str) -> Option<usize> {
+    let models: Vec<&str> = cpuinfo
+        .lines()
+        .filter_map(|line| line.strip_prefix("model name")?.split_once(':'))
+        .map(|(_, model)| model.trim())
+        .collect();
+    models
+        .iter()
+        .all(|model| model.starts_with("QEMU TCG CPU"))
+        .then_some(models.len())
+        .filter(|&cpus| cpus > 0)
+}
+
+/// With two or more emulated CPUs, QEMU's multi-threaded TCG (its default
+/// then) lets a vCPU run an `int3` that another has already patched away:
+/// the kernel oopses or locks up when a tracepoint is switched on or off,
+/// whichever program does it.
+fn emulator_check(cpus: usize) -> Option<Check> {
+    (cpus > 1).then(|| Check {
+        status: Status::Note,
+        subject: format!("{cpus} CPUs emulated by QEMU (TCG)"),
+        detail: "under multi-threaded TCG (QEMU's default with more than one vCPU) the kernel can oops at an int3 or lock up when any tracepoint is switched on or off, as tcptrace does at start and exit; run the VM with KVM or -accel tcg,thread=single".to_owned(),
+        without: None,
+    })
 }
 
 fn btf_checks(findings: &Findings) -> Vec<Check> {

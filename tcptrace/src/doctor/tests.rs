@@ -43,6 +43,7 @@ fn healthy() -> Findings {
             },
         ],
         namespaces_without_sockets: 2,
+        emulated_cpus: None,
     }
 }
 
@@ -88,6 +89,35 @@ fn a_healthy_host_is_ready_despite_setting_notes() {
     findings.kernel_release = Some("5.10.0".to_owned());
     assert_eq!(assess(&findings).kernel.status, Status::Note);
     assert_eq!(assess(&findings).verdict, Verdict::Ready);
+}
+
+#[test]
+fn qemu_tcg_cpus_get_a_note() {
+    // The first CPU of the 2-vCPU guest's /proc/cpuinfo (QEMU TCG,
+    // `-cpu max`); the second differs only in its numbers.
+    let cpu = |n: usize| {
+        format!(
+            "processor\t: {n}\nvendor_id\t: AuthenticAMD\ncpu family\t: 15\nmodel\t\t: 107\nmodel name\t: QEMU TCG CPU version 2.5+\nstepping\t: 1\n\n"
+        )
+    };
+    let guest = cpu(0) + &cpu(1);
+    assert_eq!(emulated_cpus(&guest), Some(2));
+    assert_eq!(emulated_cpus(&cpu(0)), Some(1));
+    let kvm = "processor\t: 0\nmodel name\t: AMD EPYC 7B13\n\n";
+    assert_eq!(emulated_cpus(kvm), None);
+    assert_eq!(emulated_cpus(""), None);
+
+    let mut findings = healthy();
+    findings.emulated_cpus = emulated_cpus(&guest);
+    let report = assess(&findings);
+    assert_eq!(report.verdict, Verdict::Ready);
+    let text = text(&report);
+    assert!(text.contains("\nnote 2 CPUs emulated by QEMU (TCG): under multi-threaded TCG"));
+    assert!(text.contains("thread=single"));
+    // One vCPU cannot run code another has patched.
+    findings.emulated_cpus = Some(1);
+    assert!(assess(&findings).emulator.is_none());
+    assert!(assess(&healthy()).emulator.is_none());
 }
 
 #[test]

@@ -55,6 +55,9 @@ pub fn gather(config: &ProbeConfig) -> Findings {
         tracefs: tracefs_mounts(),
         namespaces,
         namespaces_without_sockets,
+        emulated_cpus: fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|cpuinfo| doctor::emulated_cpus(&cpuinfo)),
     }
 }
 
