@@ -165,13 +165,27 @@ fn close_wait_leak_shows_count_and_growing_age() {
             &[("state", "CLOSE_WAIT"), ("role", "server"), ("port", &port)],
         )
     };
+    // The age is computed when a scrape is answered: between two scrapes
+    // it grows by at least the time from the first's answer to the second's
+    // request, and at most from the first's request to the second's answer
+    // (wide when scrapes are slow, as under emulation).
+    let before_first = Instant::now();
+    let first_again = daemon.scrape();
+    let after_first = Instant::now();
     thread::sleep(Duration::from_secs(2));
+    let before_second = Instant::now();
     let second = daemon.scrape();
-    let grew = oldest(&second) - oldest(&first);
-    assert!(
-        (1.5..3.0).contains(&grew),
-        "oldest age grew by {grew} s over 2 s"
+    let after_second = Instant::now();
+    let grew = oldest(&second) - oldest(&first_again);
+    let (least, most) = (
+        (before_second - after_first).as_secs_f64(),
+        (after_second - before_first).as_secs_f64(),
     );
+    assert!(
+        (least - 0.01..=most + 0.01).contains(&grew),
+        "oldest age grew by {grew} s between scrapes {least:.3} to {most:.3} s apart"
+    );
+    assert!(oldest(&first) <= oldest(&first_again), "ages only grow");
     assert_eq!(
         durations(&second, "CLOSE_WAIT", "server", leaking).0,
         0.0,
