@@ -16,6 +16,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use tcptrace::export::web;
+
 use common::{
     Daemon, NetNs, Scrape, Scratch, client_closes_first, leak_close_wait, one_line_failure,
     server_closes_first,
@@ -165,10 +167,13 @@ fn close_wait_leak_shows_count_and_growing_age() {
             &[("state", "CLOSE_WAIT"), ("role", "server"), ("port", &port)],
         )
     };
-    // The age is computed when a scrape is answered: between two scrapes
+    // The age is computed when a scrape is gathered: between two scrapes
     // it grows by at least the time from the first's answer to the second's
     // request, and at most from the first's request to the second's answer
-    // (wide when scrapes are slow, as under emulation).
+    // (wide when scrapes are slow, as under emulation). A scrape within
+    // FRESH_FOR of the last gather shares that body, so each one here comes
+    // longer than that after the one before.
+    thread::sleep(web::FRESH_FOR + Duration::from_millis(100));
     let before_first = Instant::now();
     let first_again = daemon.scrape();
     let after_first = Instant::now();
