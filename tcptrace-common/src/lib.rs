@@ -30,6 +30,18 @@ pub mod kind {
     /// `tcp_keepalive_timer` sent a keepalive probe; `arg` is the number of
     /// unanswered probes now.
     pub const KEEPALIVE_PROBE: u8 = 8;
+    /// `bind()` on a TCP socket failed with errno `arg`. `saddr`/`sport` are
+    /// the address asked for; `flags` tell `SO_REUSEADDR`/`SO_REUSEPORT`.
+    pub const BIND_ERROR: u8 = 9;
+    /// `listen()` on a TCP socket failed with errno `arg`; `saddr`/`sport`
+    /// are the address the socket is bound to; `flags` as for bind.
+    pub const LISTEN_ERROR: u8 = 10;
+    /// `connect()` on a TCP socket failed with errno `arg` (not
+    /// EINPROGRESS: the connection then goes on without the caller).
+    /// `daddr`/`dport` are the address asked for. `flags` has
+    /// [`super::FLAG_REPORTED`] when the socket itself reported the error
+    /// (the attempt reached the network and failed there).
+    pub const CONNECT_ERROR: u8 = 11;
 }
 
 /// `Event::flags`: `arg` holds a reset reason (kernels since 6.10 pass one).
@@ -39,6 +51,13 @@ pub const FLAG_RESET_REASON: u8 = 1;
 /// the task on the CPU is rarely the socket's, so it is not read: its name
 /// alone costs about as much as reading the clock.
 pub const FLAG_TASK: u8 = 2;
+/// `Event::flags` of a failed bind or listen: the socket had `SO_REUSEADDR`.
+pub const FLAG_REUSEADDR: u8 = 4;
+/// `Event::flags` of a failed bind or listen: the socket had `SO_REUSEPORT`.
+pub const FLAG_REUSEPORT: u8 = 8;
+/// `Event::flags` of a failed connect: the socket reported the same error
+/// (`inet_sk_error_report`), so it is already counted as a socket error.
+pub const FLAG_REPORTED: u8 = 16;
 
 /// TCP states as the kernel numbers them (`include/net/tcp_states.h`).
 /// The daemon's `TcpState` takes its numbers from here.
@@ -195,9 +214,27 @@ pub struct KernelLayout {
     pub tw_timer: u32,
     /// `struct timer_list`: `function`.
     pub timer_function: u32,
+    /// From a system call's file descriptor to its socket: `task_struct.files`,
+    /// `files_struct.fdt`, `fdtable.fd` and `fdtable.max_fds`, `file.f_inode`
+    /// and `file.private_data` (the `struct socket`), `inode.i_mode` (to
+    /// know the file is a socket), `socket.sk`.
+    pub task_files: u32,
+    pub files_fdt: u32,
+    pub fdtable_fd: u32,
+    pub fdtable_max_fds: u32,
+    pub file_inode: u32,
+    pub file_private_data: u32,
+    pub inode_mode: u32,
+    pub socket_sk: u32,
+    /// `sock_common`'s bitfields `skc_reuse` and `skc_reuseport`: the byte
+    /// that holds each, and the bit it starts at there.
+    pub common_reuse_byte: u32,
+    pub common_reuse_bit: u32,
+    pub common_reuseport_byte: u32,
+    pub common_reuseport_bit: u32,
 }
 
-const _: () = assert!(size_of::<KernelLayout>() == 128);
+const _: () = assert!(size_of::<KernelLayout>() == 176);
 
 // SAFETY: plain old data, `#[repr(C)]`, every bit pattern valid, padding explicit.
 #[cfg(feature = "user")]

@@ -3,7 +3,7 @@
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 use tcptrace_common::kind;
 
-use crate::{maps, socket};
+use crate::{maps, socket, syscalls};
 
 #[btf_tracepoint(function = "inet_sk_error_report")]
 pub fn inet_sk_error_report(ctx: BtfTracePointContext) -> i32 {
@@ -25,6 +25,9 @@ pub fn inet_sk_error_report(ctx: BtfTracePointContext) -> i32 {
         socket::full_socket(event, sk, &layout);
         event.arg = errno.unsigned_abs();
         socket::record_task(event);
+        // A connect() that fails with this error is then known to be
+        // counted here already (see `syscalls`).
+        syscalls::reported(event.cookie, event.arg);
     });
     0
 }

@@ -17,6 +17,7 @@ mod maps;
 mod resets;
 mod socket;
 mod state;
+mod syscalls;
 mod timers;
 
 #[cfg(not(test))]

@@ -59,6 +59,18 @@ static LAYOUT: KernelLayout = KernelLayout {
     tw_substate: 0,
     tw_timer: 0,
     timer_function: 0,
+    task_files: 0,
+    files_fdt: 0,
+    fdtable_fd: 0,
+    fdtable_max_fds: 0,
+    file_inode: 0,
+    file_private_data: 0,
+    inode_mode: 0,
+    socket_sk: 0,
+    common_reuse_byte: 0,
+    common_reuse_bit: 0,
+    common_reuseport_byte: 0,
+    common_reuseport_bit: 0,
 };
 
 #[inline(always)]

@@ -1,6 +1,7 @@
 //! Aggregates: what the tracked sockets add up to per role and port, stale
 //! sockets and their owners.
 
+pub mod failures;
 pub mod owners;
 pub mod ports;
 pub mod stale;

@@ -82,6 +82,24 @@ pub enum Reset {
     Sent { reason: Option<u32> },
 }
 
+/// A system call that opens a port or a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Call {
+    Bind,
+    Listen,
+    Connect,
+}
+
+impl Call {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Bind => "bind",
+            Self::Listen => "listen",
+            Self::Connect => "connect",
+        }
+    }
+}
+
 /// What the tracked sockets add up to.
 #[derive(Debug, Default)]
 pub struct Aggregates {
@@ -92,6 +110,8 @@ pub struct Aggregates {
     errors: FxHashMap<(u32, Role, PortLabel), u64>,
     keepalive_probes: FxHashMap<(Role, PortLabel), u64>,
     keepalive_timeouts: FxHashMap<(Role, PortLabel), u64>,
+    /// Failed bind, listen and connect calls by errno and port.
+    failed_calls: FxHashMap<(Call, u32, PortLabel), u64>,
 }
 
 impl Aggregates {
@@ -119,6 +139,9 @@ impl Aggregates {
             Some(Signal::KeepaliveTimeout) => {
                 *self.keepalive_timeouts.entry((role, port)).or_default() += 1;
             }
+            Some(Signal::BindFailed { errno, .. }) => self.call_failed(Call::Bind, errno, port),
+            Some(Signal::ListenFailed { errno, .. }) => self.call_failed(Call::Listen, errno, port),
+            Some(Signal::ConnectFailed { errno }) => self.call_failed(Call::Connect, errno, port),
             None => {}
         }
         if change.transition.is_none() && change.left.is_none() && change.entered.is_none() {
@@ -148,6 +171,18 @@ impl Aggregates {
                 .get_or_insert_default()
                 .insert((entered.since_ns, cookie));
         }
+    }
+
+    fn call_failed(&mut self, call: Call, errno: u32, port: PortLabel) {
+        *self.failed_calls.entry((call, errno, port)).or_default() += 1;
+    }
+
+    /// Failed system calls by call, errno and port.
+    pub fn failed_calls(&self) -> Vec<(Call, u32, PortLabel, u64)> {
+        sorted(&self.failed_calls)
+            .into_iter()
+            .map(|(&(call, errno, port), &count)| (call, errno, port, count))
+            .collect()
     }
 
     /// Sockets now in `state` for `role` and `port`.

@@ -2,9 +2,12 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use tcptrace_common::{AF_INET, AF_INET6, Event, FLAG_RESET_REASON, FLAG_TASK, kind};
+use tcptrace_common::{
+    AF_INET, AF_INET6, Event, FLAG_REPORTED, FLAG_RESET_REASON, FLAG_REUSEADDR, FLAG_REUSEPORT,
+    FLAG_TASK, kind,
+};
 
-use crate::events::{Comm, Endpoints, EventKind, Family, SocketEvent, Task, TcpState};
+use crate::events::{Comm, Endpoints, EventKind, Family, Reuse, SocketEvent, Task, TcpState};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -63,6 +66,18 @@ pub fn decode(bytes: &[u8]) -> Result<SocketEvent, DecodeError> {
                 _ => EventKind::TimewaitCancel { substate },
             }
         }
+        kind::BIND_ERROR => EventKind::BindFailed {
+            errno: raw.arg,
+            reuse: reuse(raw.flags),
+        },
+        kind::LISTEN_ERROR => EventKind::ListenFailed {
+            errno: raw.arg,
+            reuse: reuse(raw.flags),
+        },
+        kind::CONNECT_ERROR => EventKind::ConnectFailed {
+            errno: raw.arg,
+            reported: raw.flags & FLAG_REPORTED != 0,
+        },
         other => return Err(DecodeError::Kind(other)),
     };
     #[expect(clippy::cast_possible_truncation, reason = "pid_tgid packs two u32")]
@@ -85,6 +100,13 @@ pub fn decode(bytes: &[u8]) -> Result<SocketEvent, DecodeError> {
         task,
         kind,
     })
+}
+
+fn reuse(flags: u8) -> Reuse {
+    Reuse {
+        addr: flags & FLAG_REUSEADDR != 0,
+        port: flags & FLAG_REUSEPORT != 0,
+    }
 }
 
 fn ipv4(bytes: &[u8; 16]) -> IpAddr {
@@ -224,6 +246,49 @@ mod tests {
         assert_eq!(
             decoded(kind::KEEPALIVE_PROBE, 3, 0),
             EventKind::KeepaliveProbe { unanswered: 3 }
+        );
+    }
+
+    #[test]
+    fn decodes_failed_system_calls() {
+        let decoded = |kind, arg, flags| {
+            let mut raw = sample();
+            (raw.kind, raw.arg, raw.flags) = (kind, arg, flags);
+            decode(&record(&raw)).expect("valid").kind
+        };
+        assert_eq!(
+            decoded(kind::BIND_ERROR, 98, FLAG_REUSEADDR),
+            EventKind::BindFailed {
+                errno: 98,
+                reuse: Reuse {
+                    addr: true,
+                    port: false
+                }
+            }
+        );
+        assert_eq!(
+            decoded(kind::LISTEN_ERROR, 98, FLAG_REUSEPORT),
+            EventKind::ListenFailed {
+                errno: 98,
+                reuse: Reuse {
+                    addr: false,
+                    port: true
+                }
+            }
+        );
+        assert_eq!(
+            decoded(kind::CONNECT_ERROR, 111, FLAG_REPORTED),
+            EventKind::ConnectFailed {
+                errno: 111,
+                reported: true
+            }
+        );
+        assert_eq!(
+            decoded(kind::CONNECT_ERROR, 99, 0),
+            EventKind::ConnectFailed {
+                errno: 99,
+                reported: false
+            }
         );
     }
 

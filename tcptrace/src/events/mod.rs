@@ -132,6 +132,23 @@ pub enum EventKind {
     SocketError { errno: u32 },
     /// A keepalive probe went out; `unanswered` probes so far.
     KeepaliveProbe { unanswered: u8 },
+    /// `bind()` failed: the endpoints' local address is the one asked for.
+    BindFailed { errno: u32, reuse: Reuse },
+    /// `listen()` failed on a socket bound to the local address.
+    ListenFailed { errno: u32, reuse: Reuse },
+    /// `connect()` failed: the remote address is the one asked for.
+    /// `reported`: the socket reported the error too (the attempt reached
+    /// the network), so it is counted as a socket error.
+    ConnectFailed { errno: u32, reported: bool },
+}
+
+/// The socket options that let a bind share a port.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reuse {
+    /// `SO_REUSEADDR`: binding over TIME_WAIT sockets is allowed.
+    pub addr: bool,
+    /// `SO_REUSEPORT`: sockets of the same user may share the port.
+    pub port: bool,
 }
 
 impl EventKind {
@@ -151,10 +168,13 @@ impl EventKind {
             Self::ResetReceived => 5,
             Self::SocketError { .. } => 6,
             Self::KeepaliveProbe { .. } => 7,
+            Self::BindFailed { .. } => 8,
+            Self::ListenFailed { .. } => 9,
+            Self::ConnectFailed { .. } => 10,
         }
     }
 
-    pub const NAMES: [&'static str; 8] = [
+    pub const NAMES: [&'static str; 11] = [
         "state_change",
         "timewait_start",
         "timewait_expire",
@@ -163,6 +183,9 @@ impl EventKind {
         "reset_received",
         "socket_error",
         "keepalive_probe",
+        "bind_error",
+        "listen_error",
+        "connect_error",
     ];
 }
 
@@ -227,7 +250,7 @@ impl Comm {
 /// The symbolic name of an errno, as `errno(3)` lists it; `E<number>` for
 /// the ones a TCP socket does not report.
 pub fn errno_name(errno: u32) -> std::borrow::Cow<'static, str> {
-    const NAMES: [(i32, &str); 18] = [
+    const NAMES: [(i32, &str); 22] = [
         (libc::ECONNRESET, "ECONNRESET"),
         (libc::ECONNREFUSED, "ECONNREFUSED"),
         (libc::ETIMEDOUT, "ETIMEDOUT"),
@@ -246,6 +269,10 @@ pub fn errno_name(errno: u32) -> std::borrow::Cow<'static, str> {
         (libc::EPERM, "EPERM"),
         (libc::EADDRNOTAVAIL, "EADDRNOTAVAIL"),
         (libc::ENONET, "ENONET"),
+        (libc::EADDRINUSE, "EADDRINUSE"),
+        (libc::EINVAL, "EINVAL"),
+        (libc::EAFNOSUPPORT, "EAFNOSUPPORT"),
+        (libc::EBADF, "EBADF"),
     ];
     NAMES
         .iter()

@@ -5,6 +5,8 @@
 //!   addresses or command lines: served to every client, like `/metrics`.
 //! - `/api/v1/sockets`: one record per socket, with addresses, pid, command
 //!   line and cgroup; loopback clients only unless `--web.enable-api`.
+//! - `/api/v1/ports/<port>`: what holds a local port in each namespace and
+//!   the last bind or listen that failed on it; loopback clients only, too.
 
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
@@ -14,6 +16,68 @@ use crate::{events::TcpState, support::duration};
 
 pub const OVERVIEW_PATH: &str = "/api/v1/overview";
 pub const SOCKETS_PATH: &str = "/api/v1/sockets";
+/// Followed by the port number.
+pub const PORTS_PATH: &str = "/api/v1/ports/";
+
+/// What holds one local port, per network namespace.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PortView {
+    pub port: u16,
+    /// Namespaces with a tracked socket on the port or a failure on it.
+    pub namespaces: Vec<PortInNamespace>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PortInNamespace {
+    pub netns: u32,
+    /// One line for a person: "37 TIME_WAIT (the last ends in 41 s);
+    /// nothing listens; …".
+    pub summary: String,
+    /// Tracked sockets whose local port it is, by state name.
+    pub sockets: BTreeMap<String, usize>,
+    /// The processes that made its listeners listen, where tcptrace saw it.
+    pub listeners: Vec<TaskRecord>,
+    /// Seconds until the last TIME_WAIT socket on the port ends.
+    pub time_wait_ends_in_seconds: Option<f64>,
+    pub last_failure: Option<FailureRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    pub pid: u32,
+    pub comm: String,
+}
+
+/// A failed bind or listen.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FailureRecord {
+    /// `bind` or `listen`.
+    pub call: String,
+    /// The errno name.
+    pub error: String,
+    pub address: SocketAddr,
+    pub seconds_ago: f64,
+    pub process: Option<TaskRecord>,
+    pub reuseaddr: bool,
+    pub reuseport: bool,
+}
+
+impl FailureRecord {
+    /// "`bind()` of 127.0.0.1:8080 failed with EADDRINUSE 3.2 s ago (pid
+    /// 707 python3, no `SO_REUSEADDR`)".
+    pub fn describe(&self) -> String {
+        let process = self
+            .process
+            .as_ref()
+            .map_or_else(String::new, |p| format!("pid {} {}, ", p.pid, p.comm));
+        let reuseaddr = if self.reuseaddr { "with" } else { "no" };
+        let reuseport = if self.reuseport { ", SO_REUSEPORT" } else { "" };
+        format!(
+            "{}() of {} failed with {} {:.1} s ago ({process}{reuseaddr} SO_REUSEADDR{reuseport})",
+            self.call, self.address, self.error, self.seconds_ago
+        )
+    }
+}
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Overview {

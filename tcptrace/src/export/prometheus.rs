@@ -9,7 +9,7 @@ use prometheus::{
 
 use crate::{
     aggregate::{
-        ports::{Aggregates, DURATION_BUCKETS, DurationHistogram, Reset},
+        ports::{Aggregates, Call, DURATION_BUCKETS, DurationHistogram, Reset},
         stale::StaleReport,
     },
     events::{TcpState, errno_name},
@@ -108,7 +108,41 @@ pub fn state_families(
     [sockets, transitions, durations, oldest, killed]
         .into_iter()
         .chain(signal_families(aggregates, reset_reasons))
+        .chain(failed_call_families(aggregates))
         .collect()
+}
+
+/// Failed bind, listen and connect calls: why a port or a connection could
+/// not be opened.
+fn failed_call_families(aggregates: &Aggregates) -> [MetricFamily; 3] {
+    let mut bind = family(
+        "tcptrace_bind_errors_total",
+        "Failed bind() calls on TCP sockets, by errno name and the port asked for.",
+        MetricType::COUNTER,
+    );
+    let mut listen = family(
+        "tcptrace_listen_errors_total",
+        "Failed listen() calls on TCP sockets, by errno name and bound port.",
+        MetricType::COUNTER,
+    );
+    let mut connect = family(
+        "tcptrace_connect_errors_total",
+        "connect() calls that failed before a SYN was sent (EADDRNOTAVAIL, EHOSTUNREACH from the routing table …), by errno name and remote port. Failures after the SYN are tcptrace_socket_errors_total.",
+        MetricType::COUNTER,
+    );
+    for (call, errno, port, count) in aggregates.failed_calls() {
+        let (error, port) = (errno_name(errno), port.to_string());
+        let (family, labels) = match call {
+            Call::Bind => (&mut bind, labels(&[("error", &error), ("port", &port)])),
+            Call::Listen => (&mut listen, labels(&[("error", &error), ("port", &port)])),
+            Call::Connect => (
+                &mut connect,
+                labels(&[("error", &error), ("role", "client"), ("port", &port)]),
+            ),
+        };
+        family.mut_metric().push(counter(labels, count));
+    }
+    [bind, listen, connect]
 }
 
 /// Resets, errors and keepalive: what happened besides state changes.

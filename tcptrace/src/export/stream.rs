@@ -12,7 +12,10 @@ use crate::{
     events::{EventKind, errno_name},
     kernel::probes::ResetReasons,
     support::clock::{self, WallClock},
-    track::{Change, Signal},
+    track::{
+        Change, Signal,
+        holders::{FailedCall, PortHolders},
+    },
 };
 
 /// The formats of the stream (offered on the command line by `cli`).
@@ -56,6 +59,18 @@ struct JsonEvent<'a> {
     /// Keepalive probes: how many are unanswered now.
     #[serde(skip_serializing_if = "Option::is_none")]
     probes: Option<u8>,
+    /// Failed bind and listen calls: whether the socket had `SO_REUSEADDR`
+    /// and `SO_REUSEPORT`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reuseaddr: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reuseport: Option<bool>,
+    /// Failed bind and listen calls: the sockets already on the port.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    holders: Option<JsonHolders>,
+    /// Failed system calls: the failing process's cgroup.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cgroup: Option<&'a str>,
     /// The task, where the event has one (see `SocketEvent::task`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pid: Option<u32>,
@@ -63,6 +78,71 @@ struct JsonEvent<'a> {
     tid: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     comm: Option<Cow<'a, str>>,
+}
+
+/// Fills in `line` for a failed bind, listen or connect; returns the text
+/// format's description.
+fn failed_call_line(
+    line: &mut JsonEvent<'_>,
+    signal: Signal,
+    holders: Option<&PortHolders>,
+) -> String {
+    let (call, event, errno, reuse) = match signal {
+        Signal::BindFailed { errno, reuse } => ("bind", "bind_error", errno, Some(reuse)),
+        Signal::ListenFailed { errno, reuse } => ("listen", "listen_error", errno, Some(reuse)),
+        Signal::ConnectFailed { errno } => ("connect", "connect_error", errno, None),
+        _ => return String::new(),
+    };
+    let name = errno_name(errno);
+    let what = match holders {
+        Some(holders) => format!("{call}() {name}: {}", holders.describe()),
+        None => format!("{call}() {name}"),
+    };
+    line.event = event;
+    line.error = Some(name);
+    line.reuseaddr = reuse.map(|r| r.addr);
+    line.reuseport = reuse.map(|r| r.port);
+    what
+}
+
+/// The sockets on a port a bind failed on, as the stream shows them.
+#[derive(Serialize)]
+struct JsonHolders {
+    /// Sockets by state name.
+    states: std::collections::BTreeMap<&'static str, usize>,
+    /// The processes that made the listeners listen, where known.
+    listeners: Vec<JsonTask>,
+    /// Seconds until the last TIME_WAIT socket on the port ends.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    time_wait_ends_in_seconds: Option<f64>,
+}
+
+#[derive(Serialize)]
+struct JsonTask {
+    pid: u32,
+    comm: String,
+}
+
+impl From<&PortHolders> for JsonHolders {
+    fn from(holders: &PortHolders) -> Self {
+        Self {
+            states: holders
+                .states
+                .iter()
+                .map(|&(state, count)| (state.name(), count))
+                .collect(),
+            listeners: holders
+                .listeners
+                .iter()
+                .flatten()
+                .map(|task| JsonTask {
+                    pid: task.pid,
+                    comm: task.comm.as_str().into_owned(),
+                })
+                .collect(),
+            time_wait_ends_in_seconds: holders.time_wait_ends_in.map(|d| d.as_secs_f64()),
+        }
+    }
 }
 
 /// Formats lines into a buffer that [`EventWriter::write_to`] hands over in
@@ -107,8 +187,15 @@ impl EventWriter {
     }
 
     /// Formats one transition or signal as one line; changes with neither
-    /// (discovered or forgotten sockets) print nothing.
-    pub fn write(&mut self, change: &Change, clock: WallClock) -> io::Result<()> {
+    /// (discovered or forgotten sockets) print nothing. `failed_call`
+    /// explains a failed bind, listen or connect.
+    pub fn write(
+        &mut self,
+        change: &Change,
+        failed_call: Option<&FailedCall>,
+        clock: WallClock,
+    ) -> io::Result<()> {
+        let holders = failed_call.and_then(|call| call.holders.as_ref());
         let event = &change.event;
         let mut line = JsonEvent {
             ts: String::new(),
@@ -128,6 +215,10 @@ impl EventWriter {
             reason: None,
             error: None,
             probes: None,
+            reuseaddr: None,
+            reuseport: None,
+            holders: holders.map(JsonHolders::from),
+            cgroup: failed_call.and_then(|call| call.cgroup.as_deref()),
             pid: event.task.map(|t| t.pid),
             tid: event.task.map(|t| t.tid),
             comm: event.task.as_ref().map(|t| t.comm.as_str()),
@@ -165,6 +256,14 @@ impl EventWriter {
                 line.event = "keepalive_timeout";
                 "keepalive timeout".to_owned()
             }
+            (
+                None,
+                Some(
+                    signal @ (Signal::BindFailed { .. }
+                    | Signal::ListenFailed { .. }
+                    | Signal::ConnectFailed { .. }),
+                ),
+            ) => failed_call_line(&mut line, signal, holders),
             (None, None) => return Ok(()),
         };
         let unix_ns = clock.unix_ns(event.ts_ns);

@@ -30,6 +30,13 @@ pub fn read_process(pid: u32) -> Option<Process> {
     })
 }
 
+/// The cgroup path of a process (see [`Process::cgroup`]); `None` once it
+/// has exited.
+pub fn cgroup_of(pid: u32) -> Option<String> {
+    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    Some(cgroup_path(&text))
+}
+
 /// `/proc/<pid>/cmdline` is NUL-separated and NUL-terminated.
 fn join_cmdline(raw: &[u8]) -> String {
     let text = String::from_utf8_lossy(raw);

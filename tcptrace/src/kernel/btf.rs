@@ -568,8 +568,41 @@ impl Btf {
     /// Walks `path` from struct `struct_name`; returns the final member's byte
     /// offset and type id (the struct itself for an empty path).
     fn walk(&self, struct_name: &str, path: &[&str]) -> Result<(u64, u32), BtfError> {
+        let (bits, id, width) = self.walk_bits(struct_name, path)?;
+        if width.is_some() || bits % 8 != 0 {
+            return Err(BtfError::Bitfield {
+                ty: struct_name.to_owned(),
+                member: path.join("."),
+            });
+        }
+        Ok((bits / 8, id))
+    }
+
+    /// Bit offset and width of a bitfield member reached by `path` (see
+    /// [`Btf::member_offset`]), e.g. `sock_common.skc_reuse`.
+    ///
+    /// # Errors
+    /// As [`Btf::member_offset`]; `Malformed` if the member is no bitfield.
+    pub fn bitfield(&self, struct_name: &str, path: &[&str]) -> Result<(u32, u32), BtfError> {
+        let (bits, _, width) = self.walk_bits(struct_name, path)?;
+        let width = width.ok_or_else(|| {
+            malformed(format!(
+                "{struct_name}.{} is not a bitfield",
+                path.join(".")
+            ))
+        })?;
+        Ok((to_u32(bits, "bit offset")?, width))
+    }
+
+    /// Walks `path`: the final member's offset in bits, its type id, and its
+    /// width in bits if it is a bitfield.
+    fn walk_bits(
+        &self,
+        struct_name: &str,
+        path: &[&str],
+    ) -> Result<(u64, u32, Option<u32>), BtfError> {
         let mut id = self.struct_id(struct_name)?;
-        let (mut bits, mut bitfield) = (0u64, false);
+        let (mut bits, mut width) = (0u64, None);
         // "sock.__sk_common" etc., for error messages.
         let mut container = struct_name.to_owned();
         for &member in path {
@@ -587,21 +620,25 @@ impl Btf {
                 .find_member(members, member, 0, &mut HashSet::new())?
                 .ok_or_else(not_found)?;
             bits += off;
-            // Old-style bitfields (no kind_flag) point at an INT narrower than its storage.
-            let narrow_int = matches!(self.resolve(m.ty)?, Type::Int { size, bits, bit_offset }
-                if *bit_offset != 0 || u64::from(*bits) < u64::from(*size) * 8);
-            bitfield = m.bitfield_size != 0 || narrow_int;
+            // Old-style bitfields (no kind_flag) point at an INT narrower
+            // than its storage, its own bit offset added.
+            width = match self.resolve(m.ty)? {
+                _ if m.bitfield_size != 0 => Some(m.bitfield_size),
+                Type::Int {
+                    size,
+                    bits: int_bits,
+                    bit_offset,
+                } if *bit_offset != 0 || u64::from(*int_bits) < u64::from(*size) * 8 => {
+                    bits += u64::from(*bit_offset);
+                    Some(*int_bits)
+                }
+                _ => None,
+            };
             id = m.ty;
             container.push('.');
             container.push_str(member);
         }
-        if bitfield || bits % 8 != 0 {
-            return Err(BtfError::Bitfield {
-                ty: struct_name.to_owned(),
-                member: path.join("."),
-            });
-        }
-        Ok((bits / 8, id))
+        Ok((bits, id, width))
     }
 }
 

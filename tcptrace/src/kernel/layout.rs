@@ -44,6 +44,8 @@ pub fn kernel_layout(btf: &Btf, symbols: TimerSymbols) -> Result<KernelLayout, B
         }
     }
     let common = |member: &str, size: u32| field("sock_common", &[member], size);
+    let reuse = byte_and_bit(btf, "skc_reuse")?;
+    let reuseport = byte_and_bit(btf, "skc_reuseport")?;
     Ok(KernelLayout {
         tw_timer_handler: symbols.tw_timer_handler,
         tcp_keepalive_timer: symbols.tcp_keepalive_timer,
@@ -74,7 +76,32 @@ pub fn kernel_layout(btf: &Btf, symbols: TimerSymbols) -> Result<KernelLayout, B
         tw_substate: field("inet_timewait_sock", &["tw_substate"], 1)?,
         tw_timer: btf.member_offset("inet_timewait_sock", &["tw_timer"])?,
         timer_function: field("timer_list", &["function"], 8)?,
+        task_files: field("task_struct", &["files"], 8)?,
+        files_fdt: field("files_struct", &["fdt"], 8)?,
+        fdtable_fd: field("fdtable", &["fd"], 8)?,
+        fdtable_max_fds: field("fdtable", &["max_fds"], 4)?,
+        file_inode: field("file", &["f_inode"], 8)?,
+        file_private_data: field("file", &["private_data"], 8)?,
+        inode_mode: field("inode", &["i_mode"], 2)?,
+        socket_sk: field("socket", &["sk"], 8)?,
+        common_reuse_byte: reuse.0,
+        common_reuse_bit: reuse.1,
+        common_reuseport_byte: reuseport.0,
+        common_reuseport_bit: reuseport.1,
     })
+}
+
+/// Where a `sock_common` bitfield of at most 8 bits sits: its byte, and the
+/// bit it starts at there (the programs read that one byte).
+fn byte_and_bit(btf: &Btf, member: &str) -> Result<(u32, u32), BtfError> {
+    let (bit_offset, width) = btf.bitfield("sock_common", &[member])?;
+    let (byte, bit) = (bit_offset / 8, bit_offset % 8);
+    if bit + width > 8 {
+        return Err(BtfError::Malformed(format!(
+            "sock_common.{member} spans bytes, tcptrace reads one"
+        )));
+    }
+    Ok((byte, bit))
 }
 
 /// Where, from the socket's start, the timer `tcp_keepalive_timer` runs
@@ -113,5 +140,8 @@ mod tests {
         assert!(layout.tw_timer < btf.struct_size("inet_timewait_sock").expect("size"));
         assert!(layout.inet_sport >= btf.struct_size("sock").expect("size"));
         assert!(layout.keepalive_timer < btf.struct_size("tcp_sock").expect("size"));
+        // skc_reuse (4 bits) is followed by skc_reuseport in the same byte.
+        assert_eq!(layout.common_reuseport_byte, layout.common_reuse_byte);
+        assert_eq!(layout.common_reuseport_bit, layout.common_reuse_bit + 4);
     }
 }

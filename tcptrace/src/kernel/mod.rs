@@ -7,4 +7,5 @@ pub mod kallsyms;
 pub mod layout;
 pub mod probes;
 pub mod ring;
+pub mod tracefs;
 pub mod version;

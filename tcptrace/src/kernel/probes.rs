@@ -11,7 +11,7 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader, Endianness,
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, ProgramError},
+    programs::{BtfTracePoint, ProgramError, TracePoint},
 };
 use tcptrace_common::{DEFAULT_RING_BUFFER_BYTES, KernelLayout};
 
@@ -21,6 +21,7 @@ use crate::{
     kernel::kallsyms,
     kernel::layout::{self, TimerSymbols},
     kernel::ring::EventSource,
+    kernel::tracefs,
     kernel::version::KernelVersion,
 };
 
@@ -34,8 +35,9 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tc
 pub struct Hook {
     /// Program name in the BPF object.
     pub program: &'static str,
-    /// BTF tracepoint (`btf_trace_<name>`) it attaches to.
+    /// The tracepoint it attaches to, of the kind `kind` says.
     pub tracepoint: &'static str,
+    pub kind: HookKind,
     /// Oldest kernel with everything the program uses: `tp_btf` (5.5), ring
     /// buffers (5.8), `bpf_get_socket_cookie` in tracing programs (5.12).
     pub min_kernel: KernelVersion,
@@ -44,6 +46,16 @@ pub struct Hook {
     /// What is missing without it; empty for the hooks tcptrace cannot run
     /// without.
     pub without: &'static str,
+}
+
+/// How a program attaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HookKind {
+    /// A BTF tracepoint (`tp_btf`, `btf_trace_<name>`): typed arguments.
+    Btf,
+    /// A system call's tracepoint (`syscalls:<name>`, kernels built with
+    /// `CONFIG_FTRACE_SYSCALLS`), found through tracefs.
+    Syscall,
 }
 
 const TIMEWAIT_LOST: &str = "TIME_WAIT is not seen: closing sockets end at CLOSE, and orphaned FIN_WAIT2 durations are unknown";
@@ -56,6 +68,7 @@ pub const HOOKS: &[Hook] = &[
         min_kernel: KernelVersion::new(5, 12),
         symbol: None,
         without: "",
+        kind: HookKind::Btf,
     },
     Hook {
         program: "timer_start",
@@ -63,6 +76,7 @@ pub const HOOKS: &[Hook] = &[
         min_kernel: KernelVersion::new(5, 12),
         symbol: Some("tw_timer_handler"),
         without: TIMEWAIT_LOST,
+        kind: HookKind::Btf,
     },
     Hook {
         program: "timer_expire_entry",
@@ -70,6 +84,7 @@ pub const HOOKS: &[Hook] = &[
         min_kernel: KernelVersion::new(5, 12),
         symbol: Some("tw_timer_handler"),
         without: TIMEWAIT_LOST,
+        kind: HookKind::Btf,
     },
     Hook {
         program: "timer_cancel",
@@ -77,6 +92,7 @@ pub const HOOKS: &[Hook] = &[
         min_kernel: KernelVersion::new(5, 12),
         symbol: Some("tw_timer_handler"),
         without: TIMEWAIT_LOST,
+        kind: HookKind::Btf,
     },
     Hook {
         program: "timer_expire_exit",
@@ -84,6 +100,7 @@ pub const HOOKS: &[Hook] = &[
         min_kernel: KernelVersion::new(5, 12),
         symbol: Some("tcp_keepalive_timer"),
         without: "keepalive probes are not counted",
+        kind: HookKind::Btf,
     },
     Hook {
         program: "tcp_send_reset",
@@ -92,6 +109,7 @@ pub const HOOKS: &[Hook] = &[
         min_kernel: KernelVersion::new(5, 12),
         symbol: None,
         without: RESETS_LOST,
+        kind: HookKind::Btf,
     },
     Hook {
         program: "tcp_receive_reset",
@@ -99,6 +117,7 @@ pub const HOOKS: &[Hook] = &[
         min_kernel: KernelVersion::new(5, 12),
         symbol: None,
         without: RESETS_LOST,
+        kind: HookKind::Btf,
     },
     Hook {
         program: "inet_sk_error_report",
@@ -106,8 +125,32 @@ pub const HOOKS: &[Hook] = &[
         min_kernel: KernelVersion::new(5, 14),
         symbol: None,
         without: "socket errors (ECONNRESET, ETIMEDOUT …) and keepalive timeouts are not counted",
+        kind: HookKind::Btf,
     },
+    syscall("sys_enter_bind", BIND_LOST),
+    syscall("sys_exit_bind", BIND_LOST),
+    syscall("sys_enter_listen", LISTEN_LOST),
+    syscall("sys_exit_listen", LISTEN_LOST),
+    syscall("sys_enter_connect", CONNECT_LOST),
+    syscall("sys_exit_connect", CONNECT_LOST),
 ];
+
+const BIND_LOST: &str = "failed bind() calls are not counted";
+const LISTEN_LOST: &str = "failed listen() calls are not counted";
+const CONNECT_LOST: &str =
+    "connect() calls that fail before a SYN is sent (EADDRNOTAVAIL …) are not counted";
+
+/// The hook of a system call's tracepoint; its program has the same name.
+const fn syscall(tracepoint: &'static str, without: &'static str) -> Hook {
+    Hook {
+        program: tracepoint,
+        tracepoint,
+        min_kernel: KernelVersion::new(5, 12),
+        symbol: None,
+        without,
+        kind: HookKind::Syscall,
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct ProbeConfig {
@@ -165,6 +208,8 @@ pub enum ProbeError {
         min_kernel: KernelVersion,
         source: Box<ProgramError>,
     },
+    #[error("{0}")]
+    Tracefs(String),
     #[error("BPF map {0} is missing from the object")]
     MissingMap(&'static str),
     #[error("cannot watch the event ring buffer: {0}")]
@@ -372,14 +417,7 @@ fn attach(ebpf: &mut Ebpf, hook: &'static Hook, btf: &aya::Btf) -> Result<(), Pr
         min_kernel: hook.min_kernel,
         source: Box::new(source),
     };
-    let program: &mut BtfTracePoint = ebpf
-        .program_mut(hook.program)
-        .ok_or(ProbeError::MissingProgram {
-            program: hook.program,
-        })?
-        .try_into()
-        .map_err(attach_error)?;
-    program.load(hook.tracepoint, btf).map_err(|e| match e {
+    let load_error = |e| match e {
         ProgramError::LoadError {
             io_error,
             verifier_log,
@@ -390,8 +428,27 @@ fn attach(ebpf: &mut Ebpf, hook: &'static Hook, btf: &aya::Btf) -> Result<(), Pr
             log: verifier_log.to_string(),
         },
         other => attach_error(other),
-    })?;
-    program.attach().map_err(attach_error)?;
+    };
+    let program = ebpf
+        .program_mut(hook.program)
+        .ok_or(ProbeError::MissingProgram {
+            program: hook.program,
+        })?;
+    match hook.kind {
+        HookKind::Btf => {
+            let program: &mut BtfTracePoint = program.try_into().map_err(attach_error)?;
+            program.load(hook.tracepoint, btf).map_err(load_error)?;
+            program.attach().map_err(attach_error)?;
+        }
+        HookKind::Syscall => {
+            tracefs::mount_if_needed().map_err(ProbeError::Tracefs)?;
+            let program: &mut TracePoint = program.try_into().map_err(attach_error)?;
+            program.load().map_err(load_error)?;
+            program
+                .attach("syscalls", hook.tracepoint)
+                .map_err(attach_error)?;
+        }
+    }
     Ok(())
 }
 

@@ -15,6 +15,7 @@
 //! TIME_WAIT (60 s re-armed as 60 s). So sockets in that substate are looked
 //! up in the kernel ([`Tracker::fin_wait2_timewaits`], [`Tracker::looked_up`]).
 
+pub mod holders;
 pub mod labels;
 pub mod lookups;
 mod reconcile;
@@ -27,7 +28,7 @@ use std::collections::VecDeque;
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::{
-    events::{Endpoints, EventKind, SocketEvent, Task, TcpState},
+    events::{Endpoints, EventKind, Reuse, SocketEvent, Task, TcpState},
     track::labels::{PortLabel, PortPolicy, Role},
 };
 
@@ -150,6 +151,22 @@ pub enum Signal {
     /// The connection died of unanswered keepalive probes: ETIMEDOUT while
     /// probes were outstanding.
     KeepaliveTimeout,
+    /// `bind()` failed on the port (server role: the port it asked for).
+    BindFailed {
+        errno: u32,
+        reuse: Reuse,
+    },
+    /// `listen()` failed on the port the socket is bound to.
+    ListenFailed {
+        errno: u32,
+        reuse: Reuse,
+    },
+    /// `connect()` failed before the attempt reached the network (client
+    /// role: the port it asked for). Failures the socket reports itself
+    /// are [`Signal::Error`]s.
+    ConnectFailed {
+        errno: u32,
+    },
 }
 
 /// How long an ended socket's labels are kept: the kernel reports a socket's
@@ -256,6 +273,28 @@ impl Tracker {
                 }
                 self.signal(event, Signal::KeepaliveProbe, sink);
             }
+            EventKind::BindFailed { errno, reuse } => {
+                self.call_failed(
+                    event,
+                    Role::Server,
+                    Signal::BindFailed { errno, reuse },
+                    sink,
+                );
+            }
+            EventKind::ListenFailed { errno, reuse } => {
+                self.call_failed(
+                    event,
+                    Role::Server,
+                    Signal::ListenFailed { errno, reuse },
+                    sink,
+                );
+            }
+            EventKind::ConnectFailed {
+                errno,
+                reported: false,
+            } => self.call_failed(event, Role::Client, Signal::ConnectFailed { errno }, sink),
+            // Counted as the socket's error when it was reported.
+            EventKind::ConnectFailed { reported: true, .. } => {}
             EventKind::TimewaitCancel { .. } => {
                 if let Some(socket) = self.sockets.get_mut(&event.cookie)
                     && socket.timewait
@@ -304,6 +343,19 @@ impl Tracker {
             change.signal = Some(Signal::KeepaliveTimeout);
             sink(&change);
         }
+    }
+
+    /// Reports a failed system call under the label of the port it asked
+    /// for: the local one for bind and listen, the remote one for connect.
+    fn call_failed(
+        &mut self,
+        event: &SocketEvent,
+        role: Role,
+        signal: Signal,
+        sink: &mut impl FnMut(&Change),
+    ) {
+        let port = self.label(role, event.endpoints.sport, event.endpoints.dport);
+        sink(&Change::signal(*event, (role, port), signal));
     }
 
     /// Resolves timewait cancels older than the grace period as kills.

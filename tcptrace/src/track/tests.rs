@@ -379,3 +379,86 @@ fn the_table_is_bounded() {
         "no duration observed"
     );
 }
+
+#[test]
+fn a_failed_bind_reports_what_holds_its_port() {
+    let mut tracker = tracker();
+    let start = |substate| EventKind::TimewaitStart { substate };
+    let mut events = vec![
+        event(1, 0, state(Close, Listen), 8080, 0),
+        event(2, 1, state(Listen, SynRecv), 8080, 40000),
+        event(2, 2, state(SynRecv, Established), 8080, 40000),
+    ];
+    // Two server ends closed first, now in TIME_WAIT since 10 and 20 s.
+    for (cookie, ms) in [(3, 10_000), (4, 20_000)] {
+        events.push(event(cookie, ms - 1, state(Listen, SynRecv), 8080, 40001));
+        events.push(event(cookie, ms, start(TimeWait), 8080, 40001));
+    }
+    run(&mut tracker, &events);
+    let bind = SocketEvent {
+        task: None,
+        ..event(
+            0,
+            30_000,
+            EventKind::BindFailed {
+                errno: 98,
+                reuse: Reuse::default(),
+            },
+            8080,
+            0,
+        )
+    };
+    let explained = tracker.failed_call(&bind).expect("a bind failure");
+    let holders = explained.holders.expect("bind failures have holders");
+    assert_eq!(holders.count(Listen), 1);
+    assert_eq!(holders.count(Established), 1);
+    assert_eq!(holders.count(TimeWait), 2);
+    assert_eq!(holders.total(), 4);
+    // The last TIME_WAIT entered at 20 s: 60 s later is 50 s after 30 s.
+    assert_eq!(
+        holders.time_wait_ends_in,
+        Some(std::time::Duration::from_secs(50))
+    );
+    assert_eq!(
+        holders.describe(),
+        "1 ESTABLISHED, 2 TIME_WAIT (the last ends in 50 s), 1 LISTEN"
+    );
+    // Another namespace's port is another port.
+    let elsewhere = tracker.holders(2, 8080, 30_000 * MS);
+    assert_eq!(elsewhere.describe(), "no socket on the port");
+
+    // Counted under the port's server label; nothing changes state.
+    let changes = run(&mut tracker, &[bind]);
+    assert_eq!(changes.len(), 1);
+    assert_eq!(changes[0].port, PortLabel::Port(8080));
+    assert_eq!(changes[0].role, Role::Server);
+    assert!(changes[0].transition.is_none());
+}
+
+#[test]
+fn a_connect_failure_the_socket_reported_is_not_counted_twice() {
+    let mut tracker = tracker();
+    let failed = |reported| {
+        event(
+            0,
+            0,
+            EventKind::ConnectFailed {
+                errno: 111,
+                reported,
+            },
+            0,
+            5432,
+        )
+    };
+    assert!(run(&mut tracker, &[failed(true)]).is_empty());
+    let changes = run(&mut tracker, &[failed(false)]);
+    assert_eq!(changes.len(), 1);
+    assert_eq!(
+        changes[0].signal,
+        Some(Signal::ConnectFailed { errno: 111 })
+    );
+    assert_eq!(
+        (changes[0].role, changes[0].port),
+        (Role::Client, PortLabel::Port(5432))
+    );
+}

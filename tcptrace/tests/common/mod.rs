@@ -10,13 +10,13 @@
 
 use std::{
     fs::File,
-    io::{self, Read},
+    io::{self, BufRead, BufReader, Read},
     net::{SocketAddr, TcpListener, TcpStream},
     os::{
         fd::{AsRawFd, OwnedFd},
         unix::{fs::MetadataExt, process::CommandExt},
     },
-    process::{Child, Command},
+    process::{Child, Command, Stdio},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -565,8 +565,8 @@ impl Daemon {
             Command::new(env!("CARGO_BIN_EXE_tcptrace"))
                 .args(["run", "--web.listen-address", listen])
                 .args(args)
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
                 .spawn()
                 .expect("start tcptrace run"),
         );
@@ -574,7 +574,7 @@ impl Daemon {
         let (address_tx, address_rx) = mpsc::channel();
         let stderr = thread::spawn(move || {
             let mut all = String::new();
-            for line in io::BufRead::lines(io::BufReader::new(stderr)).map_while(Result::ok) {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 // "serving http://ADDRESS/metrics", or https.
                 let url = line
                     .split("serving ")
@@ -938,7 +938,7 @@ sys.stdin.readline()
 /// removed.
 pub struct Leaker {
     child: ChildGuard,
-    stdout: io::BufReader<std::process::ChildStdout>,
+    stdout: BufReader<std::process::ChildStdout>,
     pub name: String,
     pub port: u16,
     pub cgroup: Cgroup,
@@ -966,12 +966,12 @@ impl Leaker {
             netns
                 .command(&args[0])
                 .args(&args[1..])
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::piped())
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
                 .spawn()
                 .expect("start python3 (installed by cargo xtask test)"),
         );
-        let stdout = io::BufReader::new(child.0.stdout.take().expect("stdout"));
+        let stdout = BufReader::new(child.0.stdout.take().expect("stdout"));
         let mut leaker = Self {
             child,
             stdout,
@@ -1108,8 +1108,8 @@ pub fn one_line_failure(args: &[&str]) -> (Option<i32>, String) {
     let mut child = ChildGuard(
         Command::new(env!("CARGO_BIN_EXE_tcptrace"))
             .args(args)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("run tcptrace"),
     );
@@ -1156,5 +1156,127 @@ impl Scratch {
 impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running `tcptrace events`, its stdout lines arriving on a channel.
+pub struct EventsProcess {
+    child: ChildGuard,
+    lines: mpsc::Receiver<String>,
+    stderr: thread::JoinHandle<String>,
+    /// The last loss tcptrace reported on stderr, if any.
+    loss: Arc<Mutex<Option<String>>>,
+}
+
+impl EventsProcess {
+    /// Starts the binary and waits (bounded) until its programs are attached.
+    pub fn start(args: &[&str]) -> Self {
+        let mut child = ChildGuard(
+            Command::new(env!("CARGO_BIN_EXE_tcptrace"))
+                .arg("events")
+                .args(args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("start tcptrace"),
+        );
+        let stdout = child.0.stdout.take().expect("stdout");
+        let stderr = child.0.stderr.take().expect("stderr");
+        let (line_tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line_tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let loss = Arc::new(Mutex::new(None));
+        let stderr = thread::spawn({
+            let loss = loss.clone();
+            move || {
+                let mut all = String::new();
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if line.contains("attached") {
+                        let _ = ready_tx.send(());
+                    }
+                    if line.contains("lost") || line.contains("malformed") {
+                        *loss.lock().expect("lock") = Some(line.clone());
+                    }
+                    all.push_str(&line);
+                    all.push('\n');
+                }
+                all
+            }
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("tcptrace did not report its programs attached within 30 s");
+        Self {
+            child,
+            lines,
+            stderr,
+            loss,
+        }
+    }
+
+    /// Collects stdout lines until `count` of them satisfy `keep`, or
+    /// `timeout` runs out, or tcptrace exits: the caller checks how many
+    /// came after `stop`, so that a shortfall is reported with what
+    /// tcptrace said on stderr. Fails at once when tcptrace reports lost or
+    /// malformed events: the lines waited for can then never come.
+    pub fn collect(
+        &self,
+        count: usize,
+        timeout: Duration,
+        keep: impl Fn(&str) -> bool,
+    ) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        let mut kept = Vec::new();
+        while kept.len() < count {
+            if let Some(loss) = self.loss.lock().expect("lock").as_deref() {
+                panic!(
+                    "{} of {count} lines came, then tcptrace said: {loss}",
+                    kept.len()
+                );
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return kept;
+            }
+            match self
+                .lines
+                .recv_timeout(left.min(Duration::from_millis(100)))
+            {
+                Ok(line) if keep(&line) => kept.push(line),
+                Ok(_) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => return kept,
+            }
+        }
+        // Anything beyond the expected lines would show up here.
+        let grace = Instant::now() + Duration::from_millis(300);
+        while let Ok(line) = self
+            .lines
+            .recv_timeout(grace.saturating_duration_since(Instant::now()))
+        {
+            if keep(&line) {
+                kept.push(line);
+            }
+        }
+        kept
+    }
+
+    /// SIGTERM, then the exit status and everything printed on stderr.
+    pub fn stop(mut self) -> (std::process::ExitStatus, String) {
+        signal(&self.child.0, libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = self.child.0.try_wait().expect("wait") {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "tcptrace ignored SIGTERM");
+            thread::sleep(Duration::from_millis(20));
+        };
+        (status, self.stderr.join().expect("stderr reader"))
     }
 }

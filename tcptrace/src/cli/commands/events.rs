@@ -8,14 +8,14 @@ use std::{
 use crate::{
     cli::EventsArgs,
     cli::commands::Error,
-    events::TcpState,
+    events::{SocketEvent, TcpState},
     export::stream::EventWriter,
     kernel::probes::Probes,
     kernel::ring::{Batch, EventSource},
     support::clock::WallClock,
     track::labels::PortPolicy,
     track::lookups::{Lookups, WithTracker},
-    track::{Change, Tracker},
+    track::{Change, Tracker, holders::FailedCall},
 };
 
 /// Which transitions the user asked to see.
@@ -54,6 +54,7 @@ pub async fn run(args: EventsArgs) -> Result<(), Error> {
         },
         out: EventWriter::new(args.format, probes.reset_reasons().clone()),
         failed: None,
+        failed_call: None,
     };
     widen_pipe(&io::stdout());
     let mut stdout = io::stdout().lock();
@@ -75,11 +76,7 @@ pub async fn run(args: EventsArgs) -> Result<(), Error> {
                 signal = &mut shutdown => return signal,
                 read = source.next_batch(&mut batch) => {
                     read?;
-                    stream.with_tracker(|tracker, mut sink| {
-                        for event in &batch.events {
-                            tracker.apply(event, &mut sink);
-                        }
-                    });
+                    stream.apply(&batch.events);
                     losses.decode_errors += batch.decode_errors.len() as u64;
                 }
                 _ = tick.tick() => {
@@ -109,6 +106,18 @@ struct Stream {
     filter: EventFilter,
     out: EventWriter,
     failed: Option<io::Error>,
+    /// What explains the failed system call being applied.
+    failed_call: Option<FailedCall>,
+}
+
+impl Stream {
+    fn apply(&mut self, events: &[SocketEvent]) {
+        for event in events {
+            self.failed_call = self.tracker.failed_call(event);
+            self.with_tracker(|tracker, mut sink| tracker.apply(event, &mut sink));
+        }
+        self.failed_call = None;
+    }
 }
 
 impl WithTracker for Stream {
@@ -118,11 +127,12 @@ impl WithTracker for Stream {
             filter,
             out,
             failed,
+            failed_call,
         } = self;
         f(tracker, &mut |change| {
             if failed.is_none()
                 && filter.matches(change)
-                && let Err(error) = out.write(change, WallClock::now())
+                && let Err(error) = out.write(change, failed_call.as_ref(), WallClock::now())
             {
                 *failed = Some(error);
             }

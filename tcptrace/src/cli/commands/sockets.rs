@@ -11,11 +11,14 @@ use crate::{
     aggregate::owners::{self, Wanted},
     cli::SocketsArgs,
     cli::commands::Error,
-    events::TcpState,
-    export::api::{SOCKETS_PATH, SocketList, SocketQuery, SocketRecord},
+    events::{TIME_WAIT_LEN, TcpState},
+    export::api::{
+        PORTS_PATH, PortInNamespace, PortView, SOCKETS_PATH, SocketList, SocketQuery, SocketRecord,
+    },
     export::client::{self, ClientError},
     export::overview,
     host::sock_diag::{self, DiagSocket},
+    track::holders::PortHolders,
 };
 
 pub async fn run(args: SocketsArgs) -> Result<(), Error> {
@@ -27,8 +30,18 @@ pub async fn run(args: SocketsArgs) -> Result<(), Error> {
         limit: args.limit,
     };
     let path = format!("{SOCKETS_PATH}?{}", query.to_query());
-    let list = match client::get_json::<SocketList>(args.address, &path).await {
-        Ok(list) => list,
+    let (list, summaries) = match client::get_json::<SocketList>(args.address, &path).await {
+        Ok(list) => {
+            let summaries = match args.port {
+                Some(port) => {
+                    let path = format!("{PORTS_PATH}{port}");
+                    let view = client::get_json::<PortView>(args.address, &path).await?;
+                    summary_lines(&view)
+                }
+                None => Vec::new(),
+            };
+            (list, summaries)
+        }
         Err(ClientError::Unreachable { address, source }) => {
             if args.stale {
                 return Err(Error::Usage(format!(
@@ -55,7 +68,10 @@ pub async fn run(args: SocketsArgs) -> Result<(), Error> {
             .map_err(io::Error::other)
             .and_then(|()| writeln!(out))
     } else {
-        write_table(&mut out, &list)
+        summaries
+            .iter()
+            .try_for_each(|line| writeln!(out, "{line}"))
+            .and_then(|()| write_table(&mut out, &list))
     };
     match written {
         Err(error) if error.kind() == io::ErrorKind::BrokenPipe => Ok(()),
@@ -63,13 +79,81 @@ pub async fn run(args: SocketsArgs) -> Result<(), Error> {
     }
 }
 
+/// One line per namespace on what holds the port: the `--port` summary.
+fn summary_lines(view: &PortView) -> Vec<String> {
+    if view.namespaces.is_empty() {
+        return vec![format!(":{}: no socket on the port", view.port)];
+    }
+    view.namespaces
+        .iter()
+        .map(|namespace| {
+            format!(
+                ":{} in netns {}: {}",
+                view.port, namespace.netns, namespace.summary
+            )
+        })
+        .collect()
+}
+
+/// What holds local `port` in each namespace of a kernel dump: the states,
+/// the listeners (unnamed: the list below names their owners) and when the
+/// last TIME_WAIT socket ends.
+fn kernel_port_view(dump: &[DiagSocket], port: u16) -> PortView {
+    let mut namespaces: Vec<u32> = dump
+        .iter()
+        .filter(|s| s.sport == port)
+        .map(|s| s.netns)
+        .collect();
+    namespaces.sort_unstable();
+    namespaces.dedup();
+    let namespaces = namespaces
+        .into_iter()
+        .map(|netns| {
+            let on_port = || {
+                dump.iter()
+                    .filter(move |s| s.netns == netns && s.sport == port)
+            };
+            let mut holders = PortHolders::default();
+            for state in TcpState::ALL {
+                let count = on_port().filter(|s| s.state == state as u8).count();
+                if count > 0 {
+                    holders.states.push((state, count));
+                }
+            }
+            holders.listeners = vec![None; holders.count(TcpState::Listen)];
+            holders.time_wait_ends_in = on_port()
+                .filter_map(DiagSocket::time_in_time_wait)
+                .min()
+                .map(|age| TIME_WAIT_LEN.saturating_sub(age));
+            PortInNamespace {
+                netns,
+                summary: holders.describe(),
+                sockets: holders
+                    .states
+                    .iter()
+                    .map(|&(state, count)| (state.name().to_owned(), count))
+                    .collect(),
+                listeners: Vec::new(),
+                time_wait_ends_in_seconds: holders.time_wait_ends_in.map(|d| d.as_secs_f64()),
+                last_failure: None,
+            }
+        })
+        .collect();
+    PortView { port, namespaces }
+}
+
 /// The sockets of every namespace as the kernel has them now, with owners;
-/// ages only for TIME_WAIT (its timer's remaining time tells).
-fn from_kernel(query: &SocketQuery) -> SocketList {
+/// ages only for TIME_WAIT (its timer's remaining time tells). With a port,
+/// the summary of what holds it.
+fn from_kernel(query: &SocketQuery) -> (SocketList, Vec<String>) {
     let (dump, failures) = sock_diag::dump_all();
     for (namespace, error) in failures {
         tracing::warn!(path = %namespace.path.display(), %error, "namespace skipped");
     }
+    let summaries = query
+        .port
+        .map(|port| summary_lines(&kernel_port_view(&dump, port)))
+        .unwrap_or_default();
     let listening: HashSet<(u32, u16)> = dump
         .iter()
         .filter(|s| s.state == TcpState::Listen as u8)
@@ -108,7 +192,7 @@ fn from_kernel(query: &SocketQuery) -> SocketList {
     });
     let total = sockets.len();
     sockets.truncate(query.limit);
-    SocketList { sockets, total }
+    (SocketList { sockets, total }, summaries)
 }
 
 fn kernel_record(socket: &DiagSocket, listening: &HashSet<(u32, u16)>) -> Option<SocketRecord> {

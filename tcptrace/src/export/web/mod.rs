@@ -65,6 +65,8 @@ pub trait Site: Send + Sync + 'static {
     fn overview(&self) -> Vec<u8>;
     /// [`api::SocketList`] as JSON; owners may need looking up first.
     fn sockets(self: Arc<Self>, query: SocketQuery) -> Pending;
+    /// [`api::PortView`] of a local port as JSON.
+    fn port(&self, port: u16) -> Vec<u8>;
 }
 
 /// The page at `/`: self-contained, it reads the JSON API.
@@ -277,6 +279,17 @@ fn unauthorized(turn: Responding) -> Response<Body> {
     response
 }
 
+/// The `<port>` of `/api/v1/ports/<port>`: a number from 1 to 65535.
+fn parse_port(text: &str) -> Result<u16, String> {
+    match text.parse::<u16>() {
+        Ok(port) if port > 0 => Ok(port),
+        _ => Err(format!(
+            "{text:?} is not a port: use {}<1-65535>",
+            api::PORTS_PATH
+        )),
+    }
+}
+
 fn too_many_attempts(turn: Responding, retry_after: Duration) -> Response<Body> {
     let mut response = text(
         StatusCode::TOO_MANY_REQUESTS,
@@ -324,12 +337,13 @@ async fn respond(served: &Served, request: Request<Incoming>, turn: Responding) 
             turn,
         ),
         api::OVERVIEW_PATH => json(StatusCode::OK, site.overview(), turn),
-        api::SOCKETS_PATH
-            if !served.expose_sockets && !served.peer.ip().to_canonical().is_loopback() =>
+        path if (path == api::SOCKETS_PATH || path.starts_with(api::PORTS_PATH))
+            && !served.expose_sockets
+            && !served.peer.ip().to_canonical().is_loopback() =>
         {
             text(
                 StatusCode::FORBIDDEN,
-                "the socket list shows addresses and command lines: it is served to loopback clients only (start tcptrace with --web.enable-api to serve it to every client)\n",
+                "the socket and port views show addresses and processes: they are served to loopback clients only (start tcptrace with --web.enable-api to serve them to every client)\n",
                 turn,
             )
         }
@@ -341,6 +355,16 @@ async fn respond(served: &Served, request: Request<Incoming>, turn: Responding) 
                 turn,
             ),
         },
+        path if path.starts_with(api::PORTS_PATH) => {
+            match parse_port(&path[api::PORTS_PATH.len()..]) {
+                Ok(port) => json(StatusCode::OK, site.port(port), turn),
+                Err(error) => json(
+                    StatusCode::BAD_REQUEST,
+                    serde_json::to_vec(&serde_json::json!({ "error": error })).unwrap_or_default(),
+                    turn,
+                ),
+            }
+        }
         _ => text(StatusCode::NOT_FOUND, "not found\n", turn),
     }
 }
@@ -660,6 +684,19 @@ mod tests {
         }
         fn sockets(self: Arc<Self>, _: SocketQuery) -> Pending {
             Box::pin(async { Vec::new() })
+        }
+        fn port(&self, _: u16) -> Vec<u8> {
+            Vec::new()
+        }
+    }
+
+    #[test]
+    fn port_paths_take_a_port_number_only() {
+        assert_eq!(parse_port("8080"), Ok(8080));
+        assert_eq!(parse_port("65535"), Ok(65535));
+        for bad in ["0", "65536", "", "80a", "-1", "8080/x"] {
+            let error = parse_port(bad).expect_err(bad);
+            assert!(error.contains("1-65535"), "{error}");
         }
     }
 

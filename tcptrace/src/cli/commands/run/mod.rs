@@ -25,6 +25,7 @@ use site::Exporter;
 use state::{State, report_stale};
 
 use crate::{
+    aggregate::failures::Failures,
     aggregate::owners::Owners,
     aggregate::ports::Aggregates,
     aggregate::stale::{StaleAfter, StaleReport},
@@ -72,6 +73,7 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
             aggregates: Aggregates::default(),
             owners: Owners::default(),
             stale: StaleReport::new(StaleAfter::new(&args.stale_after), args.max_processes),
+            failures: Failures::default(),
         }),
         metrics: metrics.clone(),
         reset_reasons: probes.reset_reasons().clone(),

@@ -106,6 +106,11 @@ impl Site for Exporter {
         serde_json::to_vec(&overview).unwrap_or_default()
     }
 
+    fn port(&self, port: u16) -> Vec<u8> {
+        let view = self.state().port_view(port, clock::boot_ns());
+        serde_json::to_vec(&view).unwrap_or_default()
+    }
+
     fn sockets(self: Arc<Self>, query: SocketQuery) -> Pending {
         Box::pin(async move {
             let now = Instant::now();

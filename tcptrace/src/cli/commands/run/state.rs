@@ -9,15 +9,18 @@ use std::{
 };
 
 use crate::{
+    aggregate::failures::{Failure, Failures},
     aggregate::owners::{self, Owner, Owners},
     aggregate::ports::Aggregates,
     aggregate::stale::{self, StaleReport, StaleSocket},
-    events::{Endpoints, EventKind, Task, TcpState},
-    export::api::{SocketQuery, SocketRecord},
+    events::{Endpoints, EventKind, Task, TcpState, errno_name},
+    export::api::{
+        FailureRecord, PortInNamespace, PortView, SocketQuery, SocketRecord, TaskRecord,
+    },
     export::prometheus::SelfMetrics,
     kernel::ring::Batch,
     support::clock,
-    track::Tracker,
+    track::{Tracker, holders::FailedCall},
 };
 
 /// The tracked sockets, what they add up to, and who holds the stale ones.
@@ -26,6 +29,7 @@ pub struct State {
     pub aggregates: Aggregates,
     pub owners: Owners,
     pub stale: StaleReport,
+    pub failures: Failures,
 }
 
 impl State {
@@ -33,11 +37,18 @@ impl State {
         let Self {
             tracker,
             aggregates,
+            failures,
             ..
         } = self;
         let mut kinds = [0u64; EventKind::NAMES.len()];
         for event in &batch.events {
             kinds[event.kind.index()] += 1;
+            if let Some(failure) = Failure::of(event)
+                && failures.record(failure)
+            {
+                // Before the event is applied: the holders as the call met them.
+                log_failure(&failure, &tracker.failed_call(event).unwrap_or_default());
+            }
             tracker.apply(event, &mut |change| aggregates.apply(change));
         }
         for (name, count) in EventKind::NAMES.iter().zip(kinds) {
@@ -48,6 +59,61 @@ impl State {
         metrics
             .decode_errors
             .inc_by(batch.decode_errors.len() as u64);
+    }
+
+    /// What holds local `port` in each namespace, and the last bind or
+    /// listen that failed on it.
+    pub fn port_view(&self, port: u16, now_ns: u64) -> PortView {
+        let mut holders = self.tracker.holders_on(port, now_ns);
+        let failures = self.failures.on_port(port);
+        for failure in &failures {
+            let netns = failure.endpoints.netns;
+            if !holders.iter().any(|(n, _)| *n == netns) {
+                holders.push((netns, self.tracker.holders(netns, port, now_ns)));
+            }
+        }
+        holders.sort_by_key(|(netns, _)| *netns);
+        let task_record = |task: &Task| TaskRecord {
+            pid: task.pid,
+            comm: task.comm.as_str().into_owned(),
+        };
+        let namespaces = holders
+            .into_iter()
+            .map(|(netns, holders)| {
+                let failure = failures.iter().find(|f| f.endpoints.netns == netns);
+                let last_failure = failure.map(|failure| FailureRecord {
+                    call: failure.call.name().to_owned(),
+                    error: errno_name(failure.errno).into_owned(),
+                    address: SocketAddr::new(failure.endpoints.saddr, failure.endpoints.sport),
+                    seconds_ago: clock::seconds(now_ns.saturating_sub(failure.ts_ns)),
+                    process: failure.task.as_ref().map(task_record),
+                    reuseaddr: failure.reuse.addr,
+                    reuseport: failure.reuse.port,
+                });
+                let summary = match &last_failure {
+                    Some(failure) => format!("{}; {}", holders.describe(), failure.describe()),
+                    None => holders.describe(),
+                };
+                PortInNamespace {
+                    netns,
+                    summary,
+                    sockets: holders
+                        .states
+                        .iter()
+                        .map(|&(state, count)| (state.name().to_owned(), count))
+                        .collect(),
+                    listeners: holders
+                        .listeners
+                        .iter()
+                        .flatten()
+                        .map(task_record)
+                        .collect(),
+                    time_wait_ends_in_seconds: holders.time_wait_ends_in.map(|d| d.as_secs_f64()),
+                    last_failure,
+                }
+            })
+            .collect();
+        PortView { port, namespaces }
     }
 
     /// The stale sockets now, with what finding their owners needs.
@@ -121,6 +187,38 @@ impl State {
         selected.truncate(query.limit);
         (selected, total)
     }
+}
+
+/// One line that says why a bind or listen failed: the call, the process,
+/// its socket options, and what already holds the port.
+fn log_failure(failure: &Failure, explained: &FailedCall) {
+    let call = failure.call.name();
+    let endpoints = &failure.endpoints;
+    let process = failure.task.map_or_else(
+        || "an unknown process".to_owned(),
+        |task| {
+            let cgroup = explained.cgroup.as_deref().unwrap_or("?");
+            format!("pid {} ({}, cgroup {cgroup})", task.pid, task.comm.as_str())
+        },
+    );
+    let options = match (failure.reuse.addr, failure.reuse.port) {
+        (false, false) => "without SO_REUSEADDR or SO_REUSEPORT",
+        (true, false) => "with SO_REUSEADDR",
+        (false, true) => "with SO_REUSEPORT",
+        (true, true) => "with SO_REUSEADDR and SO_REUSEPORT",
+    };
+    let holders = explained
+        .holders
+        .as_ref()
+        .map_or_else(String::new, |holders| {
+            format!("; on the port: {}", holders.describe())
+        });
+    tracing::warn!(
+        "{call}() on {} in netns {} failed with {} for {process} {options}{holders}",
+        SocketAddr::new(endpoints.saddr, endpoints.sport),
+        endpoints.netns,
+        errno_name(failure.errno),
+    );
 }
 
 /// Finds owners on a blocking thread (it reads `/proc` and asks the kernel).
