@@ -64,7 +64,7 @@ pub fn sys_enter_bind(ctx: TracePointContext) -> u32 {
 
 #[tracepoint(category = "syscalls", name = "sys_exit_bind")]
 pub fn sys_exit_bind(ctx: TracePointContext) -> u32 {
-    exit(&ctx, kind::BIND_ERROR);
+    exit::<{ kind::BIND_ERROR }>(&ctx);
     0
 }
 
@@ -76,7 +76,7 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
 
 #[tracepoint(category = "syscalls", name = "sys_exit_connect")]
 pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
-    exit(&ctx, kind::CONNECT_ERROR);
+    exit::<{ kind::CONNECT_ERROR }>(&ctx);
     0
 }
 
@@ -96,7 +96,7 @@ pub fn sys_enter_listen(ctx: TracePointContext) -> u32 {
 
 #[tracepoint(category = "syscalls", name = "sys_exit_listen")]
 pub fn sys_exit_listen(ctx: TracePointContext) -> u32 {
-    exit(&ctx, kind::LISTEN_ERROR);
+    exit::<{ kind::LISTEN_ERROR }>(&ctx);
     0
 }
 
@@ -140,8 +140,13 @@ fn enter_with_address(ctx: &TracePointContext) {
     let _ = CALLS.insert(&bpf_get_current_pid_tgid(), &call, 0);
 }
 
+/// Generic over the kind so that each program gets its own copy of the code
+/// that fills the event: shared, the compiler makes it a function of its
+/// own, whose frame on top of the program's exceeds the 512-byte stack
+/// older verifiers (6.1) allow for the two together.
 #[inline(always)]
-fn exit(ctx: &TracePointContext, kind: u8) {
+fn exit<const KIND: u8>(ctx: &TracePointContext) {
+    let kind = KIND;
     let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: the value is copied out before the entry is removed.
     let Some(call) = (unsafe { CALLS.get(&pid_tgid) }).copied() else {

@@ -10,7 +10,7 @@
 mod common;
 
 use std::{
-    io::{BufRead, BufReader},
+    io::{BufRead, BufReader, Read, Write},
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
     process::{ChildStdin, ChildStdout, Stdio},
     time::Duration,
@@ -176,11 +176,18 @@ fn a_restart_onto_time_wait_cannot_bind_and_tcptrace_says_why() {
         .expect("run tcptrace sockets");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let first = stdout.lines().next().unwrap_or_default();
-    assert_eq!(
-        first,
-        format!(":{PORT} in netns {}: {summary}", netns.inode()),
-        "{stdout}"
+    // Its seconds are its own: time passed since the API was asked.
+    let head = format!(
+        ":{PORT} in netns {}: 50 TIME_WAIT (the last ends in ",
+        netns.inode()
     );
+    assert!(first.starts_with(&head), "{stdout}");
+    for part in [
+        "; nothing listens; bind() of 127.0.0.1:18201 failed with EADDRINUSE ",
+        "python3, no SO_REUSEADDR)",
+    ] {
+        assert!(first.contains(part), "{part}: {stdout}");
+    }
 
     // With SO_REUSEADDR the same bind succeeds, and nothing more is counted.
     drop(restarted);
@@ -325,8 +332,11 @@ fn connects_that_find_no_local_port_are_counted_exactly() {
         for _ in 0..150 {
             match TcpStream::connect(local(PORT)) {
                 Ok(client) => {
-                    let (accepted, _) = listener.accept().expect("accept");
-                    drop(client); // the client closes first: TIME_WAIT here
+                    // The client closes first, and the server once it has
+                    // the client's FIN: the client's port stays in TIME_WAIT.
+                    let (mut accepted, _) = listener.accept().expect("accept");
+                    drop(client);
+                    assert_eq!(accepted.read(&mut [0; 1]).expect("read FIN"), 0);
                     drop(accepted);
                 }
                 Err(error) => failed.push(error.raw_os_error()),
@@ -450,6 +460,85 @@ fn the_port_view_refuses_bad_ports_and_the_hooks_attach() {
             "{program} attached"
         );
     }
+    let (status, stderr) = daemon.stop();
+    assert!(status.success(), "{status}: {stderr}");
+}
+
+/// A listener with backlog 4 that never accepts: its queue fills (the
+/// kernel lets one more in than the backlog), and every connection beyond
+/// is dropped and counted by the namespace.
+#[test]
+fn a_full_accept_queue_shows_in_the_queue_gauges_and_the_overflow_count() {
+    const PORT: u16 = 18208;
+    let daemon = Daemon::start(&["--reconcile-interval", "1s"]);
+    let netns = NetNs::new();
+    let inode = netns.inode().to_string();
+    let script = r#"
+import socket, sys, time
+listener = socket.socket()
+listener.bind(("127.0.0.1", 18208))
+listener.listen(4)
+clients = []
+for _ in range(40):
+    c = socket.socket()
+    c.setblocking(False)
+    c.connect_ex(("127.0.0.1", 18208))
+    clients.append(c)
+time.sleep(1)
+print("connected", flush=True)
+sys.stdin.readline()
+for c in clients:
+    c.close()
+print("closed", flush=True)
+sys.stdin.readline()
+"#;
+    let mut child = ChildGuard(
+        netns
+            .command("/usr/bin/python3")
+            .args(["-c", script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3"),
+    );
+    let mut stdin = child.0.stdin.take().expect("stdin");
+    let mut stdout = BufReader::new(child.0.stdout.take().expect("stdout"));
+    let mut said = String::new();
+    stdout.read_line(&mut said).expect("python3 connected");
+    let queue = |what: &str| {
+        let out = netns
+            .command("ss")
+            .args(["-H", "-ltn", &format!("sport = :{PORT}")])
+            .output()
+            .expect("ss");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let fields: Vec<&str> = text.split_ascii_whitespace().collect();
+        let index = if what == "length" { 1 } else { 2 };
+        fields[index].parse::<f64>().expect("ss queue field")
+    };
+    assert_eq!((queue("length"), queue("limit")), (5.0, 4.0));
+    daemon.wait_for("the queue gauges", Duration::from_secs(10), |s| {
+        let port = [("port", "18208")];
+        s.sum("tcptrace_listen_queue_length", &port) == 5.0
+            && s.sum("tcptrace_listen_queue_limit", &port) == 4.0
+    });
+    // No more SYNs once the clients are gone: the count settles.
+    stdin.write_all(b"close\n").expect("tell python3");
+    said.clear();
+    stdout.read_line(&mut said).expect("python3 closed");
+    let overflows = netns.nstat("TcpExtListenOverflows");
+    assert!(
+        overflows >= 35,
+        "{overflows} overflows for 35 dropped connections"
+    );
+    #[expect(clippy::cast_precision_loss, reason = "a small count")]
+    let expected = overflows as f64;
+    daemon.wait_for("the overflow count", Duration::from_secs(10), |s| {
+        s.sum("tcptrace_listen_overflows_total", &[("netns", &inode)]) == expected
+    });
+    assert_eq!(netns.nstat("TcpExtListenOverflows"), overflows, "settled");
+    drop(stdin);
+    drop(child);
     let (status, stderr) = daemon.stop();
     assert!(status.success(), "{status}: {stderr}");
 }

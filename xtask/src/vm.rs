@@ -44,6 +44,7 @@ pub const GUEST_TESTS: &[&str] = &[
     "doctor",
     "transitions",
     "cli_events",
+    "failures",
     "signals",
     "exporter",
     "owners",

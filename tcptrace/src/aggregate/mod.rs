@@ -2,6 +2,7 @@
 //! sockets and their owners.
 
 pub mod failures;
+pub mod listen;
 pub mod owners;
 pub mod ports;
 pub mod stale;

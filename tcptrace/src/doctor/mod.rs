@@ -761,13 +761,13 @@ fn syslog_check(held: Capabilities, kernel_addresses: &Result<bool, String>) -> 
 }
 
 fn tracefs_check(mounted: &[PathBuf]) -> Check {
-    const NOT_NEEDED: &str = "tcptrace attaches through BTF and does not need it; tools that attach classic tracepoints (tcpstates, bpftrace) do";
+    const NEEDED: &str = "the system call hooks (failed bind, listen, connect) attach through it, as tcpstates and bpftrace do";
     if mounted.is_empty() {
         Check {
             status: Status::Note,
             subject: "tracefs".to_owned(),
             detail: format!(
-                "not mounted; {NOT_NEEDED}: mount -t tracefs tracefs /sys/kernel/tracing"
+                "not mounted; {NEEDED}: tcptrace mounts it at /sys/kernel/tracing when it holds CAP_SYS_ADMIN, else mount -t tracefs tracefs /sys/kernel/tracing"
             ),
             without: None,
         }
@@ -776,7 +776,7 @@ fn tracefs_check(mounted: &[PathBuf]) -> Check {
         Check {
             status: Status::Ok,
             subject: "tracefs".to_owned(),
-            detail: format!("mounted at {}; {NOT_NEEDED}", at.join(", ")),
+            detail: format!("mounted at {}; {NEEDED}", at.join(", ")),
             without: None,
         }
     }

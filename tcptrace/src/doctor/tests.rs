@@ -84,7 +84,7 @@ fn a_healthy_host_is_ready_despite_setting_notes() {
     );
     // A missing tracefs and an old-looking kernel are notes too.
     assert_eq!(report.tracefs.status, Status::Note);
-    assert!(report.tracefs.detail.contains("does not need it"));
+    assert!(report.tracefs.detail.contains("tcptrace mounts it"));
     let mut findings = healthy();
     findings.kernel_release = Some("5.10.0".to_owned());
     assert_eq!(assess(&findings).kernel.status, Status::Note);

@@ -9,6 +9,7 @@ use prometheus::{
 
 use crate::{
     aggregate::{
+        listen::ListenReport,
         ports::{Aggregates, Call, DURATION_BUCKETS, DurationHistogram, Reset},
         stale::StaleReport,
     },
@@ -436,6 +437,41 @@ pub fn sysctl_family(settings: &[(String, Settings)]) -> Option<MetricFamily> {
         }
     }
     (!family.get_metric().is_empty()).then_some(family)
+}
+
+/// The listeners' accept queues per port, and connections dropped at a full
+/// queue per namespace.
+pub fn listen_families(report: &ListenReport) -> [MetricFamily; 3] {
+    let mut length = family(
+        "tcptrace_listen_queue_length",
+        "Connections waiting in the listeners' accept queues (ss -lt Recv-Q), as of the last reconciliation.",
+        MetricType::GAUGE,
+    );
+    let mut limit = family(
+        "tcptrace_listen_queue_limit",
+        "The listeners' accept queue limits (their backlogs, ss -lt Send-Q), as of the last reconciliation.",
+        MetricType::GAUGE,
+    );
+    for (port, queue) in &report.queues {
+        let labels = || labels(&[("port", &port.to_string())]);
+        length
+            .mut_metric()
+            .push(gauge(labels(), sample(queue.length)));
+        limit
+            .mut_metric()
+            .push(gauge(labels(), sample(queue.limit)));
+    }
+    let mut overflows = family(
+        "tcptrace_listen_overflows_total",
+        "Connections listeners dropped because their accept queue was full (TcpExtListenOverflows), per network namespace, as of the last reconciliation.",
+        MetricType::COUNTER,
+    );
+    for (netns, count) in &report.overflows {
+        overflows
+            .mut_metric()
+            .push(counter(labels(&[("netns", netns)]), *count));
+    }
+    [length, limit, overflows]
 }
 
 /// Registers a metric built from constant, valid names (so neither step can

@@ -78,6 +78,12 @@ pub struct DiagSocket {
     pub expires_ms: u32,
     /// `idiag_retrans` (for the keepalive timer: probes sent).
     pub retrans: u8,
+    /// `idiag_rqueue`: for a listener, connections waiting in its accept
+    /// queue; else bytes received and not read.
+    pub rqueue: u32,
+    /// `idiag_wqueue`: for a listener, its accept queue's limit (the
+    /// backlog); else bytes not yet acknowledged.
+    pub wqueue: u32,
 }
 
 impl DiagSocket {

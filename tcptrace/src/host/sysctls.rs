@@ -44,13 +44,14 @@ pub fn read_current() -> Settings {
     settings
 }
 
-/// Reads the settings of the namespaces `wanted` (by inode, most important
-/// first), at most `max` of them; blocking. Namespaces that cannot be entered
-/// are skipped with their error.
-pub fn read_namespaces(
+/// Runs `read` (e.g. [`read_current`]) in the namespaces `wanted` (by inode,
+/// most important first), at most `max` of them; blocking. Namespaces that
+/// cannot be entered are skipped with their error.
+pub fn read_namespaces<T: Send>(
     wanted: &[u32],
     max: usize,
-) -> (HashMap<u32, Settings>, Vec<(u32, NamespaceError)>) {
+    read: impl Fn() -> T + Send + Sync,
+) -> (HashMap<u32, T>, Vec<(u32, NamespaceError)>) {
     let known: HashMap<u32, Namespace> = netns::namespaces()
         .into_iter()
         .map(|ns| (ns.inode, ns))
@@ -61,7 +62,7 @@ pub fn read_namespaces(
         let Some(namespace) = known.get(inode) else {
             continue;
         };
-        match netns::in_namespace(namespace, || Ok::<_, NamespaceError>(read_current())) {
+        match netns::in_namespace(namespace, || Ok::<_, NamespaceError>(read())) {
             Ok(read) => {
                 settings.insert(*inode, read);
             }

@@ -552,6 +552,11 @@ impl Tracker {
         }
     }
 
+    /// The label a server socket on local `port` has, without claiming one.
+    pub fn server_label(&self, port: u16) -> PortLabel {
+        self.policy.existing(Role::Server, port)
+    }
+
     /// Cookies of the sockets tracked now, with their state.
     pub fn states(&self) -> impl Iterator<Item = (u64, TcpState)> + '_ {
         self.sockets

@@ -229,6 +229,8 @@ fn a_silent_re_arm_is_found_by_lookup() {
         timer: 3,
         expires_ms: 59_000,
         retrans: 0,
+        rqueue: 0,
+        wqueue: 0,
     };
     let mut changes = Vec::new();
     tracker.looked_up(8, &found, 1_000 * MS, &mut |c| changes.push(*c));
@@ -273,6 +275,8 @@ fn handshakes_in_a_dump_are_left_to_their_events() {
         timer,
         expires_ms: 0,
         retrans: 0,
+        rqueue: 0,
+        wqueue: 0,
     };
     let dump = [socket(9, SynRecv, 1), socket(10, Established, 0)];
     tracker.begin_reconcile();

@@ -138,8 +138,8 @@ pub(super) fn parse_inet_diag_msg(payload: &[u8], netns: u32) -> Result<DiagSock
     let cookie_low = msg.u32("idiag_cookie[0]")?;
     let cookie_high = msg.u32("idiag_cookie[1]")?;
     let expires_ms = msg.u32("idiag_expires")?;
-    let _rqueue = msg.u32("idiag_rqueue")?;
-    let _wqueue = msg.u32("idiag_wqueue")?;
+    let rqueue = msg.u32("idiag_rqueue")?;
+    let wqueue = msg.u32("idiag_wqueue")?;
     let uid = msg.u32("idiag_uid")?;
     let inode = msg.u32("idiag_inode")?;
     let (saddr, daddr) = match family {
@@ -169,6 +169,8 @@ pub(super) fn parse_inet_diag_msg(payload: &[u8], netns: u32) -> Result<DiagSock
         timer,
         expires_ms,
         retrans,
+        rqueue,
+        wqueue,
     })
 }
 

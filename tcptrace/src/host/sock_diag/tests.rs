@@ -88,8 +88,8 @@ fn diag_payload(s: &DiagSocket, extra: &[u8]) -> Vec<u8> {
     p.extend_from_slice(&halves[0].to_ne_bytes());
     p.extend_from_slice(&halves[1].to_ne_bytes());
     p.extend_from_slice(&s.expires_ms.to_ne_bytes());
-    p.extend_from_slice(&7u32.to_ne_bytes()); // rqueue
-    p.extend_from_slice(&9u32.to_ne_bytes()); // wqueue
+    p.extend_from_slice(&s.rqueue.to_ne_bytes());
+    p.extend_from_slice(&s.wqueue.to_ne_bytes());
     p.extend_from_slice(&s.uid.to_ne_bytes());
     p.extend_from_slice(&u32::try_from(s.inode).unwrap().to_ne_bytes());
     assert_eq!(p.len(), INET_DIAG_MSG_LEN);
@@ -114,6 +114,8 @@ fn sample_sockets() -> Vec<DiagSocket> {
             timer: 2,
             expires_ms: 7_000,
             retrans: 1,
+            rqueue: 7,
+            wqueue: 9,
         },
         DiagSocket {
             netns: NETNS,
@@ -130,6 +132,8 @@ fn sample_sockets() -> Vec<DiagSocket> {
             timer: 3,
             expires_ms: 59_000,
             retrans: 0,
+            rqueue: 0,
+            wqueue: 0,
         },
         DiagSocket {
             netns: NETNS,
@@ -146,6 +150,8 @@ fn sample_sockets() -> Vec<DiagSocket> {
             timer: 0,
             expires_ms: 0,
             retrans: 0,
+            rqueue: 5,
+            wqueue: 4,
         },
     ]
 }

@@ -26,6 +26,7 @@ use state::{State, report_stale};
 
 use crate::{
     aggregate::failures::Failures,
+    aggregate::listen::ListenReport,
     aggregate::owners::Owners,
     aggregate::ports::Aggregates,
     aggregate::stale::{StaleAfter, StaleReport},
@@ -74,6 +75,7 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
             owners: Owners::default(),
             stale: StaleReport::new(StaleAfter::new(&args.stale_after), args.max_processes),
             failures: Failures::default(),
+            listen: ListenReport::default(),
         }),
         metrics: metrics.clone(),
         reset_reasons: probes.reset_reasons().clone(),

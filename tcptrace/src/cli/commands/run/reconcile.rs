@@ -5,8 +5,10 @@
 use std::collections::HashMap;
 
 use crate::{
+    aggregate::listen::ListenReport,
     cli::commands::Error,
-    host::{sock_diag, sysctls},
+    events::TcpState,
+    host::{netstat, sock_diag, sysctls},
     kernel::ring::{Batch, EventSource, POLL_INTERVAL},
     support::clock,
 };
@@ -24,13 +26,13 @@ pub async fn reconcile(
 ) -> Result<u64, Error> {
     let started_ns = clock::boot_ns();
     exporter.state().tracker.begin_reconcile();
-    let (sockets, settings) = tokio::task::spawn_blocking(move || {
+    let (sockets, (settings, overflows)) = tokio::task::spawn_blocking(move || {
         let (sockets, failures) = sock_diag::dump_all();
         for (namespace, error) in failures {
             tracing::debug!(path = %namespace.path.display(), %error, "namespace skipped");
         }
-        let settings = read_settings(&sockets, max_netns);
-        (sockets, settings)
+        let read = read_namespaces(&sockets, max_netns);
+        (sockets, read)
     })
     .await
     .map_err(|e| Error::Io(std::io::Error::other(e)))?;
@@ -50,11 +52,23 @@ pub async fn reconcile(
     let State {
         tracker,
         aggregates,
+        listen,
         ..
     } = &mut *state;
     let corrections = tracker.reconcile(&sockets, started_ns, clock::boot_ns(), &mut |change| {
         aggregates.apply(change);
     });
+    let listeners = sockets
+        .iter()
+        .filter(|socket| socket.state == TcpState::Listen as u8)
+        .map(|socket| {
+            (
+                tracker.server_label(socket.sport),
+                socket.rqueue,
+                socket.wqueue,
+            )
+        });
+    *listen = ListenReport::new(listeners, overflows);
     #[expect(clippy::cast_precision_loss, reason = "a duration in seconds")]
     let took = clock::boot_ns().saturating_sub(started_ns) as f64 / 1e9;
     exporter.metrics.reconcile_seconds.set(took);
@@ -75,12 +89,13 @@ pub async fn reconcile(
     Ok(corrections.missing)
 }
 
-/// The TCP settings of the host's namespace and of every namespace with TCP
-/// sockets, those with the most first, up to `max_netns`; blocking.
-fn read_settings(
-    sockets: &[sock_diag::DiagSocket],
-    max_netns: usize,
-) -> Vec<(String, sysctls::Settings)> {
+/// Settings by namespace label, and listen overflows by namespace label.
+type NamespaceReadings = (Vec<(String, sysctls::Settings)>, Vec<(String, u64)>);
+
+/// The TCP settings and the listen overflow count of the host's namespace
+/// and of every namespace with TCP sockets, those with the most first, up to
+/// `max_netns`; blocking.
+fn read_namespaces(sockets: &[sock_diag::DiagSocket], max_netns: usize) -> NamespaceReadings {
     let host = crate::host::netns::own_inode();
     let mut counts: HashMap<u32, usize> = HashMap::new();
     for socket in sockets {
@@ -91,7 +106,9 @@ fn read_settings(
     if let Some(host) = host.filter(|host| !counts.contains_key(host)) {
         wanted.insert(0, host);
     }
-    let (settings, failures) = sysctls::read_namespaces(&wanted, max_netns);
+    let (read, failures) = sysctls::read_namespaces(&wanted, max_netns, || {
+        (sysctls::read_current(), netstat::listen_overflows())
+    });
     for (inode, error) in failures {
         tracing::debug!(netns = inode, %error, "settings not read");
     }
@@ -102,10 +119,15 @@ fn read_settings(
             inode.to_string()
         }
     };
-    let mut labelled: Vec<(String, sysctls::Settings)> = settings
-        .into_iter()
-        .map(|(inode, values)| (label(inode), values))
+    let mut overflows: Vec<(String, u64)> = read
+        .iter()
+        .filter_map(|(&inode, (_, overflows))| Some((label(inode), (*overflows)?)))
         .collect();
-    labelled.sort_by(|a, b| a.0.cmp(&b.0));
-    labelled
+    overflows.sort();
+    let mut settings: Vec<(String, sysctls::Settings)> = read
+        .into_iter()
+        .map(|(inode, (values, _))| (label(inode), values))
+        .collect();
+    settings.sort_by(|a, b| a.0.cmp(&b.0));
+    (settings, overflows)
 }

@@ -67,6 +67,7 @@ impl Site for Exporter {
                 clock::boot_ns(),
             );
             families.push(prometheus::stale_family(&state.stale));
+            families.extend(prometheus::listen_families(&state.listen));
             families
         };
         families.extend(self.metrics.families());

@@ -10,6 +10,7 @@ use std::{
 
 use crate::{
     aggregate::failures::{Failure, Failures},
+    aggregate::listen::ListenReport,
     aggregate::owners::{self, Owner, Owners},
     aggregate::ports::Aggregates,
     aggregate::stale::{self, StaleReport, StaleSocket},
@@ -30,6 +31,7 @@ pub struct State {
     pub owners: Owners,
     pub stale: StaleReport,
     pub failures: Failures,
+    pub listen: ListenReport,
 }
 
 impl State {
