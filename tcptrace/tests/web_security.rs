@@ -17,7 +17,7 @@ use std::{
 };
 
 use base64::Engine;
-use common::{Daemon, Scratch, one_line_failure};
+use common::{Daemon, Scratch, TestCa, one_line_failure};
 use rustls_pki_types::{CertificateDer, ServerName, pem::PemObject};
 use tokio_rustls::rustls;
 
@@ -67,15 +67,15 @@ fn tls_and_basic_auth_guard_every_path() {
     let (cert, key, config) = (
         scratch.path("tls.crt"),
         scratch.path("tls.key"),
-        scratch.path("web.toml"),
+        scratch.path("web.yml"),
     );
     make_certificate(&cert, &key);
     let hash = bcrypt::hash("s3cret", 4).expect("bcrypt");
     std::fs::write(
         &config,
         format!(
-            "[tls_server_config]\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\n\n\
-             [basic_auth_users]\nprometheus = \"{hash}\"\n"
+            "tls_server_config:\n  cert_file: {cert}\n  key_file: {key}\n\
+             basic_auth_users:\n  prometheus: {hash}\n"
         ),
     )
     .expect("write the web config");
@@ -121,17 +121,21 @@ fn tls_and_basic_auth_guard_every_path() {
 #[test]
 fn a_bad_web_config_is_one_line_and_exit_2() {
     let scratch = Scratch::new("web-security-errors");
-    let config = scratch.path("web.toml");
+    let config = scratch.path("web.yml");
     for (text, needle) in [
         (
-            "[basic_auth_users]\nprometheus = \"secret\"\n",
+            "basic_auth_users:\n  prometheus: secret\n",
             ":2: basic_auth_users.prometheus: is not a bcrypt hash",
         ),
         (
-            "[tls_server_config]\ncert_file = \"/nonexistent.crt\"\nkey_file = \"/nonexistent.key\"\n",
-            "cannot read certificates from /nonexistent.crt",
+            "tls_server_config:\n  cert_file: /nonexistent.crt\n  key_file: /nonexistent.key\n",
+            ":2: tls_server_config.cert_file: cannot read certificates from /nonexistent.crt",
         ),
-        ("[tls]\n", ":1: tls: no such section"),
+        ("tls:\n", ":1: tls: unknown key"),
+        (
+            "[tls_server_config]\n",
+            ": is TOML: --web.config.file takes the exporter toolkit's YAML",
+        ),
     ] {
         std::fs::write(&config, text).expect("write");
         let (code, stderr) = one_line_failure(&["run", "--web.config.file", &config]);
@@ -290,7 +294,7 @@ fn guessing_from_one_address_does_not_hold_up_another() {
     let (cert, key, config) = (
         scratch.path("tls.crt"),
         scratch.path("tls.key"),
-        scratch.path("web.toml"),
+        scratch.path("web.yml"),
     );
     make_certificate(&cert, &key);
     // The cost htpasswd uses by default: tens of milliseconds a check.
@@ -299,8 +303,8 @@ fn guessing_from_one_address_does_not_hold_up_another() {
     std::fs::write(
         &config,
         format!(
-            "[tls_server_config]\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\n\n\
-             [basic_auth_users]\nprometheus = \"{prometheus}\"\nreplica = \"{replica}\"\n"
+            "tls_server_config:\n  cert_file: {cert}\n  key_file: {key}\n\
+             basic_auth_users:\n  prometheus: {prometheus}\n  replica: {replica}\n"
         ),
     )
     .expect("write the web config");
@@ -363,4 +367,205 @@ fn guessing_from_one_address_does_not_hold_up_another() {
     let (status, stderr) = daemon.stop();
     assert!(status.success(), "{status}: {stderr}");
     assert!(stderr.contains("failed logins"), "{stderr}");
+}
+
+/// The web config of a TLS endpoint: `tls_server_config` with `cert` and
+/// `key`, then `extra` lines.
+fn tls_config(cert: &str, key: &str, extra: &str) -> String {
+    format!("tls_server_config:\n  cert_file: {cert}\n  key_file: {key}\n{extra}")
+}
+
+/// Waits (bounded) until curl with `args` gets 200 from `/-/ready` at `url`.
+fn wait_ready(url: &str, args: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while curl(&[args, &[&format!("{url}/-/ready")]].concat()).0 != 200 {
+        assert!(Instant::now() < deadline, "not ready within 60 s");
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `RequireAndVerifyClientCert`: a client needs a certificate of the
+/// configured CA; one without, or with another CA's, gets no TLS session.
+/// The configured headers come with every response, refusals included.
+#[test]
+fn client_certificates_are_required_and_verified() {
+    let scratch = Scratch::new("web-security-mtls");
+    let ca = TestCa::new(&scratch.0, "ca");
+    let (cert, key) = ca.issue("server", false);
+    let (client, client_key) = ca.issue("client", true);
+    let (stranger, stranger_key) = TestCa::new(&scratch.0, "stranger-ca").issue("stranger", true);
+    let config = scratch.path("web.yml");
+    let hash = bcrypt::hash("s3cret", 4).expect("bcrypt");
+    std::fs::write(
+        &config,
+        tls_config(
+            &cert,
+            &key,
+            &format!(
+                "  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: {}\n\
+                 http_server_config:\n  headers:\n    X-Frame-Options: deny\n    \
+                 X-Content-Type-Options: nosniff\n\
+                 basic_auth_users:\n  prometheus: {hash}\n",
+                ca.cert
+            ),
+        ),
+    )
+    .expect("write the web config");
+    let daemon = Daemon::spawn_at("127.0.0.1:0", &["--web.config.file", &config]);
+    let url = format!("https://{}", daemon.address);
+    let trusted = ["--cacert", ca.cert.as_str()];
+    let known = [
+        &trusted[..],
+        &[
+            "--cert",
+            &client,
+            "--key",
+            &client_key,
+            "--user",
+            "prometheus:s3cret",
+        ],
+    ]
+    .concat();
+    wait_ready(&url, &known);
+
+    let (status, text) = curl(
+        &[
+            &known[..],
+            &["--dump-header", "-", &format!("{url}/metrics")],
+        ]
+        .concat(),
+    );
+    assert_eq!(status, 200);
+    assert!(text.contains("tcptrace_sockets"), "{text}");
+    let head = text
+        .split("\r\n\r\n")
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    assert!(head.contains("\r\nx-frame-options: deny"), "{head}");
+    assert!(
+        head.contains("\r\nx-content-type-options: nosniff"),
+        "{head}"
+    );
+    // A refusal carries them too.
+    let metrics = format!("{url}/metrics");
+    let wrong = [
+        &trusted[..],
+        &[
+            "--cert",
+            &client,
+            "--key",
+            &client_key,
+            "--user",
+            "prometheus:guess",
+        ],
+        &["--dump-header", "-", &metrics],
+    ]
+    .concat();
+    let (status, text) = curl(&wrong);
+    assert_eq!(status, 401);
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("\r\nx-frame-options: deny"),
+        "{text}"
+    );
+
+    let user = ["--user", "prometheus:s3cret", &format!("{url}/metrics")];
+    assert_eq!(
+        curl(&[&trusted[..], &user].concat()).0,
+        0,
+        "no client certificate"
+    );
+    let foreign = [
+        &trusted[..],
+        &["--cert", &stranger, "--key", &stranger_key],
+        &user,
+    ]
+    .concat();
+    assert_eq!(curl(&foreign).0, 0, "another CA's client certificate");
+    let (status, stderr) = daemon.stop();
+    assert!(status.success(), "{status}: {stderr}");
+}
+
+/// The certificate the endpoint presents to a new TLS connection.
+fn served_certificate(address: SocketAddr, ca: &str) -> Vec<u8> {
+    let mut client = TlsClient::connect(&trusting(ca), Ipv4Addr::LOCALHOST, address);
+    let TlsClient(stream) = &mut client;
+    stream
+        .conn
+        .complete_io(&mut stream.sock)
+        .expect("TLS handshake");
+    stream.conn.peer_certificates().expect("a certificate")[0].to_vec()
+}
+
+fn certificate_der(path: &str) -> Vec<u8> {
+    CertificateDer::from_pem_file(path)
+        .expect("read the certificate")
+        .to_vec()
+}
+
+/// Replaces `to` with `from` as a rotation does: written aside, renamed over.
+fn rotate(from: &str, to: &str) {
+    let aside = format!("{to}.new");
+    std::fs::copy(from, &aside).expect("copy");
+    std::fs::rename(&aside, to).expect("rename");
+}
+
+/// Certificates are re-read when their files change, as the exporter
+/// toolkit re-reads them per handshake: the next connection after a
+/// rotation gets the new certificate, without a restart. Half way (the
+/// certificate replaced, not its key yet), the last good pair is served.
+#[test]
+fn a_replaced_certificate_is_served_from_the_next_handshake() {
+    let scratch = Scratch::new("web-security-rotation");
+    let ca = TestCa::new(&scratch.0, "ca");
+    let (first, first_key) = ca.issue("first", false);
+    let (second, second_key) = ca.issue("second", false);
+    let (cert, key) = (scratch.path("tls.crt"), scratch.path("tls.key"));
+    rotate(&first, &cert);
+    rotate(&first_key, &key);
+    let config = scratch.path("web.yml");
+    // Relative to the file's folder, as the toolkit resolves them.
+    std::fs::write(&config, tls_config("tls.crt", "tls.key", "")).expect("write the web config");
+    let daemon = Daemon::spawn_at("127.0.0.1:0", &["--web.config.file", &config]);
+    wait_ready(
+        &format!("https://{}", daemon.address),
+        &["--cacert", &ca.cert],
+    );
+    assert_eq!(
+        served_certificate(daemon.address, &ca.cert),
+        certificate_der(&first)
+    );
+
+    rotate(&second, &cert);
+    assert_eq!(
+        served_certificate(daemon.address, &ca.cert),
+        certificate_der(&first),
+        "the new certificate without its key: the last good pair"
+    );
+    rotate(&second_key, &key);
+    assert_eq!(
+        served_certificate(daemon.address, &ca.cert),
+        certificate_der(&second)
+    );
+    // Rewritten in place rather than renamed over: seen too.
+    std::fs::write(&key, std::fs::read(&first_key).expect("read")).expect("write");
+    std::fs::write(&cert, std::fs::read(&first).expect("read")).expect("write");
+    assert_eq!(
+        served_certificate(daemon.address, &ca.cert),
+        certificate_der(&first)
+    );
+
+    let (status, stderr) = daemon.stop();
+    assert!(status.success(), "{status}: {stderr}");
+    assert_eq!(
+        stderr.matches("TLS certificate re-read").count(),
+        2,
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("TLS certificate not re-read").count(),
+        1,
+        "{stderr}"
+    );
 }
