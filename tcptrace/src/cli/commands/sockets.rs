@@ -19,6 +19,7 @@ use crate::{
 };
 
 pub async fn run(args: SocketsArgs) -> Result<(), Error> {
+    let daemon = super::daemon(&args.client)?;
     let query = SocketQuery {
         states: args.states.clone(),
         min_age: args.min_age.unwrap_or_default(),
@@ -27,9 +28,13 @@ pub async fn run(args: SocketsArgs) -> Result<(), Error> {
         limit: args.limit,
     };
     let path = format!("{SOCKETS_PATH}?{}", query.to_query());
-    let list = match client::get_json::<SocketList>(args.address, &path).await {
+    // Only when nothing answers: a daemon that refuses is an error.
+    let list = match client::get_json::<SocketList>(&daemon, &path).await {
         Ok(list) => list,
-        Err(ClientError::Unreachable { address, source }) => {
+        Err(ClientError::Unreachable {
+            url: address,
+            source,
+        }) => {
             if args.stale {
                 return Err(Error::Usage(format!(
                     "--stale needs the daemon's ages, and no daemon answers at {address} ({source})"
