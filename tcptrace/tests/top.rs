@@ -186,7 +186,7 @@ fn top_without_a_daemon_exits_with_one_line() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(
-        stderr.contains("no tcptrace daemon answers at 127.0.0.1:1"),
+        stderr.contains("no tcptrace daemon answers at http://127.0.0.1:1"),
         "{stderr}"
     );
     assert!(out.stdout.is_empty(), "the terminal is left alone");

@@ -17,7 +17,7 @@ use std::{
 };
 
 use base64::Engine;
-use common::{Daemon, Scratch, one_line_failure};
+use common::{Daemon, Scratch, TestCa, one_line_failure};
 use rustls_pki_types::{CertificateDer, ServerName, pem::PemObject};
 use tokio_rustls::rustls;
 
@@ -67,15 +67,15 @@ fn tls_and_basic_auth_guard_every_path() {
     let (cert, key, config) = (
         scratch.path("tls.crt"),
         scratch.path("tls.key"),
-        scratch.path("web.toml"),
+        scratch.path("web.yml"),
     );
     make_certificate(&cert, &key);
     let hash = bcrypt::hash("s3cret", 4).expect("bcrypt");
     std::fs::write(
         &config,
         format!(
-            "[tls_server_config]\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\n\n\
-             [basic_auth_users]\nprometheus = \"{hash}\"\n"
+            "tls_server_config:\n  cert_file: {cert}\n  key_file: {key}\n\
+             basic_auth_users:\n  prometheus: {hash}\n"
         ),
     )
     .expect("write the web config");
@@ -121,17 +121,21 @@ fn tls_and_basic_auth_guard_every_path() {
 #[test]
 fn a_bad_web_config_is_one_line_and_exit_2() {
     let scratch = Scratch::new("web-security-errors");
-    let config = scratch.path("web.toml");
+    let config = scratch.path("web.yml");
     for (text, needle) in [
         (
-            "[basic_auth_users]\nprometheus = \"secret\"\n",
+            "basic_auth_users:\n  prometheus: secret\n",
             ":2: basic_auth_users.prometheus: is not a bcrypt hash",
         ),
         (
-            "[tls_server_config]\ncert_file = \"/nonexistent.crt\"\nkey_file = \"/nonexistent.key\"\n",
-            "cannot read certificates from /nonexistent.crt",
+            "tls_server_config:\n  cert_file: /nonexistent.crt\n  key_file: /nonexistent.key\n",
+            ":2: tls_server_config.cert_file: cannot read certificates from /nonexistent.crt",
         ),
-        ("[tls]\n", ":1: tls: no such section"),
+        ("tls:\n", ":1: tls: unknown key"),
+        (
+            "[tls_server_config]\n",
+            ": is TOML: --web.config.file takes the exporter toolkit's YAML",
+        ),
     ] {
         std::fs::write(&config, text).expect("write");
         let (code, stderr) = one_line_failure(&["run", "--web.config.file", &config]);
@@ -290,7 +294,7 @@ fn guessing_from_one_address_does_not_hold_up_another() {
     let (cert, key, config) = (
         scratch.path("tls.crt"),
         scratch.path("tls.key"),
-        scratch.path("web.toml"),
+        scratch.path("web.yml"),
     );
     make_certificate(&cert, &key);
     // The cost htpasswd uses by default: tens of milliseconds a check.
@@ -299,8 +303,8 @@ fn guessing_from_one_address_does_not_hold_up_another() {
     std::fs::write(
         &config,
         format!(
-            "[tls_server_config]\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\n\n\
-             [basic_auth_users]\nprometheus = \"{prometheus}\"\nreplica = \"{replica}\"\n"
+            "tls_server_config:\n  cert_file: {cert}\n  key_file: {key}\n\
+             basic_auth_users:\n  prometheus: {prometheus}\n  replica: {replica}\n"
         ),
     )
     .expect("write the web config");
@@ -363,4 +367,565 @@ fn guessing_from_one_address_does_not_hold_up_another() {
     let (status, stderr) = daemon.stop();
     assert!(status.success(), "{status}: {stderr}");
     assert!(stderr.contains("failed logins"), "{stderr}");
+}
+
+/// The web config of a TLS endpoint: `tls_server_config` with `cert` and
+/// `key`, then `extra` lines.
+fn tls_config(cert: &str, key: &str, extra: &str) -> String {
+    format!("tls_server_config:\n  cert_file: {cert}\n  key_file: {key}\n{extra}")
+}
+
+/// Waits (bounded) until curl with `args` gets 200 from `/-/ready` at `url`.
+fn wait_ready(url: &str, args: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while curl(&[args, &[&format!("{url}/-/ready")]].concat()).0 != 200 {
+        assert!(Instant::now() < deadline, "not ready within 60 s");
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `RequireAndVerifyClientCert`: a client needs a certificate of the
+/// configured CA; one without, or with another CA's, gets no TLS session.
+/// The configured headers come with every response, refusals included.
+#[test]
+fn client_certificates_are_required_and_verified() {
+    let scratch = Scratch::new("web-security-mtls");
+    let ca = TestCa::new(&scratch.0, "ca");
+    let (cert, key) = ca.issue("server", false);
+    let (client, client_key) = ca.issue("client", true);
+    let (stranger, stranger_key) = TestCa::new(&scratch.0, "stranger-ca").issue("stranger", true);
+    let config = scratch.path("web.yml");
+    let hash = bcrypt::hash("s3cret", 4).expect("bcrypt");
+    std::fs::write(
+        &config,
+        tls_config(
+            &cert,
+            &key,
+            &format!(
+                "  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: {}\n\
+                 http_server_config:\n  headers:\n    X-Frame-Options: deny\n    \
+                 X-Content-Type-Options: nosniff\n\
+                 basic_auth_users:\n  prometheus: {hash}\n",
+                ca.cert
+            ),
+        ),
+    )
+    .expect("write the web config");
+    let daemon = Daemon::spawn_at("127.0.0.1:0", &["--web.config.file", &config]);
+    let url = format!("https://{}", daemon.address);
+    let trusted = ["--cacert", ca.cert.as_str()];
+    let known = [
+        &trusted[..],
+        &[
+            "--cert",
+            &client,
+            "--key",
+            &client_key,
+            "--user",
+            "prometheus:s3cret",
+        ],
+    ]
+    .concat();
+    wait_ready(&url, &known);
+
+    let (status, text) = curl(
+        &[
+            &known[..],
+            &["--dump-header", "-", &format!("{url}/metrics")],
+        ]
+        .concat(),
+    );
+    assert_eq!(status, 200);
+    assert!(text.contains("tcptrace_sockets"), "{text}");
+    let head = text
+        .split("\r\n\r\n")
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    assert!(head.contains("\r\nx-frame-options: deny"), "{head}");
+    assert!(
+        head.contains("\r\nx-content-type-options: nosniff"),
+        "{head}"
+    );
+    // A refusal carries them too.
+    let metrics = format!("{url}/metrics");
+    let wrong = [
+        &trusted[..],
+        &[
+            "--cert",
+            &client,
+            "--key",
+            &client_key,
+            "--user",
+            "prometheus:guess",
+        ],
+        &["--dump-header", "-", &metrics],
+    ]
+    .concat();
+    let (status, text) = curl(&wrong);
+    assert_eq!(status, 401);
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("\r\nx-frame-options: deny"),
+        "{text}"
+    );
+
+    let user = ["--user", "prometheus:s3cret", &format!("{url}/metrics")];
+    assert_eq!(
+        curl(&[&trusted[..], &user].concat()).0,
+        0,
+        "no client certificate"
+    );
+    let foreign = [
+        &trusted[..],
+        &["--cert", &stranger, "--key", &stranger_key],
+        &user,
+    ]
+    .concat();
+    assert_eq!(curl(&foreign).0, 0, "another CA's client certificate");
+    let (status, stderr) = daemon.stop();
+    assert!(status.success(), "{status}: {stderr}");
+}
+
+/// The certificate the endpoint presents to a new TLS connection.
+fn served_certificate(address: SocketAddr, ca: &str) -> Vec<u8> {
+    let mut client = TlsClient::connect(&trusting(ca), Ipv4Addr::LOCALHOST, address);
+    let TlsClient(stream) = &mut client;
+    stream
+        .conn
+        .complete_io(&mut stream.sock)
+        .expect("TLS handshake");
+    stream.conn.peer_certificates().expect("a certificate")[0].to_vec()
+}
+
+fn certificate_der(path: &str) -> Vec<u8> {
+    CertificateDer::from_pem_file(path)
+        .expect("read the certificate")
+        .to_vec()
+}
+
+/// Replaces `to` with `from` as a rotation does: written aside, renamed over.
+fn rotate(from: &str, to: &str) {
+    let aside = format!("{to}.new");
+    std::fs::copy(from, &aside).expect("copy");
+    std::fs::rename(&aside, to).expect("rename");
+}
+
+/// Certificates are re-read when their files change, as the exporter
+/// toolkit re-reads them per handshake: the next connection after a
+/// rotation gets the new certificate, without a restart. Half way (the
+/// certificate replaced, not its key yet), the last good pair is served.
+#[test]
+fn a_replaced_certificate_is_served_from_the_next_handshake() {
+    let scratch = Scratch::new("web-security-rotation");
+    let ca = TestCa::new(&scratch.0, "ca");
+    let (first, first_key) = ca.issue("first", false);
+    let (second, second_key) = ca.issue("second", false);
+    let (cert, key) = (scratch.path("tls.crt"), scratch.path("tls.key"));
+    rotate(&first, &cert);
+    rotate(&first_key, &key);
+    let config = scratch.path("web.yml");
+    // Relative to the file's folder, as the toolkit resolves them.
+    std::fs::write(&config, tls_config("tls.crt", "tls.key", "")).expect("write the web config");
+    let daemon = Daemon::spawn_at("127.0.0.1:0", &["--web.config.file", &config]);
+    wait_ready(
+        &format!("https://{}", daemon.address),
+        &["--cacert", &ca.cert],
+    );
+    assert_eq!(
+        served_certificate(daemon.address, &ca.cert),
+        certificate_der(&first)
+    );
+
+    rotate(&second, &cert);
+    assert_eq!(
+        served_certificate(daemon.address, &ca.cert),
+        certificate_der(&first),
+        "the new certificate without its key: the last good pair"
+    );
+    rotate(&second_key, &key);
+    assert_eq!(
+        served_certificate(daemon.address, &ca.cert),
+        certificate_der(&second)
+    );
+    // Rewritten in place rather than renamed over: seen too.
+    std::fs::write(&key, std::fs::read(&first_key).expect("read")).expect("write");
+    std::fs::write(&cert, std::fs::read(&first).expect("read")).expect("write");
+    assert_eq!(
+        served_certificate(daemon.address, &ca.cert),
+        certificate_der(&first)
+    );
+
+    let (status, stderr) = daemon.stop();
+    assert!(status.success(), "{status}: {stderr}");
+    assert_eq!(
+        stderr.matches("TLS certificate re-read").count(),
+        2,
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("TLS certificate not re-read").count(),
+        1,
+        "{stderr}"
+    );
+}
+
+/// Runs the CLI, `tcptrace ARGS`, to its end with `TCPTRACE_PASSWORD` set
+/// to `password` if given: (exit code, stdout, stderr).
+fn cli(args: &[&str], password: Option<&str>) -> (i32, String, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tcptrace"));
+    command.args(args).env_remove("TCPTRACE_PASSWORD");
+    if let Some(password) = password {
+        command.env("TCPTRACE_PASSWORD", password);
+    }
+    let out = command.output().expect("run tcptrace");
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    (
+        out.status.code().expect("exited, not killed"),
+        text(&out.stdout),
+        text(&out.stderr),
+    )
+}
+
+/// `tcptrace ARGS` fails with one line holding `needle`, and `code`; it
+/// never reads the kernel instead.
+fn cli_refused(args: &[&str], password: Option<&str>, code: i32, needle: &str) {
+    let (status, stdout, stderr) = cli(args, password);
+    assert_eq!(status, code, "{args:?}: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{args:?}: one line: {stderr}");
+    assert!(stderr.starts_with("tcptrace: "), "{stderr}");
+    assert!(
+        stderr.contains(needle),
+        "{args:?}: {stderr:?} lacks {needle:?}"
+    );
+    assert!(!stderr.contains("read the kernel"), "{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+}
+
+/// `tcptrace top` in a detached 80×24 tmux session of its own: the screen
+/// once it shows `wanted`.
+fn top_screen(args: &[&str], wanted: &str) -> String {
+    let socket = format!("tcptrace-web-security-{}", std::process::id());
+    let tmux = |more: &[&str]| {
+        Command::new("tmux")
+            .args(["-L", &socket])
+            .args(more)
+            .env("TERM", "xterm-256color")
+            .output()
+            .expect("run tmux (installed by cargo xtask test)")
+    };
+    let command = std::iter::once(env!("CARGO_BIN_EXE_tcptrace"))
+        .chain(std::iter::once("top"))
+        .chain(args.iter().copied())
+        .map(|word| format!("'{word}'"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let started = tmux(&[
+        "new-session",
+        "-d",
+        "-x",
+        "80",
+        "-y",
+        "24",
+        "-s",
+        "top",
+        &command,
+    ]);
+    assert!(started.status.success(), "tmux: {started:?}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let screen = loop {
+        let screen = String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-t", "top"]).stdout)
+            .into_owned();
+        if screen.contains(wanted) || Instant::now() >= deadline {
+            break screen;
+        }
+        thread::sleep(Duration::from_millis(100));
+    };
+    let _ = tmux(&["kill-server"]);
+    screen
+}
+
+/// `sockets ARGS…`, the parts joined.
+fn sockets<'a>(parts: &[&[&'a str]]) -> Vec<&'a str> {
+    let mut args = vec!["sockets"];
+    for part in parts {
+        args.extend_from_slice(part);
+    }
+    args
+}
+
+/// A daemon with TLS, mTLS (`RequireAndVerifyClientCert`) and basic auth,
+/// and what a client needs for it, made by openssl.
+struct Guarded {
+    _scratch: Scratch,
+    daemon: Daemon,
+    https: String,
+    ca: String,
+    client: String,
+    client_key: String,
+    stranger: String,
+    stranger_key: String,
+    password_file: String,
+    wrong_file: String,
+}
+
+impl Guarded {
+    fn start(name: &str) -> Self {
+        let scratch = Scratch::new(name);
+        let ca = TestCa::new(&scratch.0, "ca");
+        let (cert, key) = ca.issue("server", false);
+        let (client, client_key) = ca.issue("client", true);
+        let (stranger, stranger_key) =
+            TestCa::new(&scratch.0, "stranger-ca").issue("stranger", true);
+        let config = scratch.path("web.yml");
+        let hash = bcrypt::hash("s3cret", 4).expect("bcrypt");
+        std::fs::write(
+            &config,
+            tls_config(
+                &cert,
+                &key,
+                &format!(
+                    "  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: {}\n\
+                     basic_auth_users:\n  prometheus: {hash}\n",
+                    ca.cert
+                ),
+            ),
+        )
+        .expect("write the web config");
+        let password_file = scratch.path("password");
+        std::fs::write(&password_file, "s3cret\n").expect("write the password");
+        let wrong_file = scratch.path("wrong");
+        std::fs::write(&wrong_file, "guess\n").expect("write the password");
+        let daemon = Daemon::spawn_at("127.0.0.1:0", &["--web.config.file", &config]);
+        let https = format!("https://{}", daemon.address);
+        wait_ready(
+            &https,
+            &[
+                "--cacert",
+                &ca.cert,
+                "--cert",
+                &client,
+                "--key",
+                &client_key,
+                "--user",
+                "prometheus:s3cret",
+            ],
+        );
+        Self {
+            _scratch: scratch,
+            daemon,
+            https,
+            ca: ca.cert,
+            client,
+            client_key,
+            stranger,
+            stranger_key,
+            password_file,
+            wrong_file,
+        }
+    }
+
+    fn stop(self) {
+        let (status, stderr) = self.daemon.stop();
+        assert!(status.success(), "{status}: {stderr}");
+    }
+}
+
+/// The CLI against a daemon with TLS, mTLS and basic auth: with the right
+/// CA, client certificate, user and password (from a file or the
+/// environment), `sockets` and `top` show the daemon's data.
+#[test]
+fn the_cli_reaches_a_guarded_daemon() {
+    let g = Guarded::start("web-security-cli");
+    let trust = ["--tls.ca-file", g.ca.as_str()];
+    let identity = [
+        "--tls.cert-file",
+        g.client.as_str(),
+        "--tls.key-file",
+        g.client_key.as_str(),
+    ];
+    let user = ["--user", "prometheus"];
+    let all = [
+        &["--address", g.https.as_str()][..],
+        &trust,
+        &identity,
+        &user,
+        &["--password-file", g.password_file.as_str()],
+    ]
+    .concat();
+
+    // Everything right: the daemon's list, not the kernel's.
+    let (code, stdout, stderr) = cli(&[&["sockets", "--json"][..], &all].concat(), None);
+    assert_eq!(code, 0, "{stderr}");
+    let list: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+    assert!(
+        list["total"].is_u64() && list["sockets"].is_array(),
+        "{stdout}"
+    );
+    assert!(!stderr.contains("read the kernel"), "{stderr}");
+    // The password from the environment; TLS implied by the CA, no scheme.
+    let plain_address = g.daemon.address.to_string();
+    let implied = sockets(&[&["--address", &plain_address], &trust, &identity, &user]);
+    let (code, stdout, stderr) = cli(&implied, Some("s3cret"));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.starts_with("STATE "), "{stdout}");
+    // `top` over the same options draws its table.
+    let screen = top_screen(&all, "ROLE");
+    assert!(
+        screen.contains("ROLE") && screen.contains(&g.https),
+        "{screen}"
+    );
+    g.stop();
+}
+
+/// Each thing missing or wrong against that daemon is said in one line,
+/// exit 1, and the kernel is never read instead: the daemon answered.
+/// Options that cannot work exit 2.
+#[test]
+fn the_cli_says_why_a_guarded_daemon_refused_it() {
+    let g = Guarded::start("web-security-cli-refused");
+    let https = g.https.as_str();
+    let at = ["--address", https];
+    let trust = ["--tls.ca-file", g.ca.as_str()];
+    let identity = [
+        "--tls.cert-file",
+        g.client.as_str(),
+        "--tls.key-file",
+        g.client_key.as_str(),
+    ];
+    let user = ["--user", "prometheus"];
+    let with_file = ["--password-file", g.password_file.as_str()];
+
+    let no_certificate = sockets(&[&at, &trust, &user, &with_file]);
+    cli_refused(
+        &no_certificate,
+        None,
+        1,
+        &format!("tcptrace at {https}: TLS failed: "),
+    );
+    cli_refused(
+        &no_certificate,
+        None,
+        1,
+        "--tls.cert-file and --tls.key-file",
+    );
+    let foreign = [
+        "--tls.cert-file",
+        g.stranger.as_str(),
+        "--tls.key-file",
+        g.stranger_key.as_str(),
+    ];
+    cli_refused(
+        &sockets(&[&at, &trust, &foreign, &user, &with_file]),
+        None,
+        1,
+        "TLS failed: ",
+    );
+    cli_refused(
+        &sockets(&[&at, &identity, &user, &with_file]),
+        None,
+        1,
+        "invalid peer certificate: UnknownIssuer (give the CA of the daemon's certificate with --tls.ca-file)",
+    );
+    cli_refused(
+        &sockets(&[&at, &trust, &identity]),
+        None,
+        1,
+        &format!(
+            "tcptrace at {https} refused to answer without a user: give --user, with --password-file or TCPTRACE_PASSWORD"
+        ),
+    );
+    cli_refused(
+        &sockets(&[
+            &at,
+            &trust,
+            &identity,
+            &user,
+            &["--password-file", &g.wrong_file],
+        ]),
+        None,
+        1,
+        &format!("tcptrace at {https} refused user \"prometheus\": wrong user or password"),
+    );
+    let http = format!("http://{}", g.daemon.address);
+    cli_refused(
+        &sockets(&[&["--address", &http], &user, &with_file]),
+        None,
+        1,
+        &format!("tcptrace at {http} does not answer in plain HTTP: it may serve HTTPS"),
+    );
+    let top = [&["top"][..], &at, &trust, &identity].concat();
+    cli_refused(&top, None, 1, "refused to answer without a user");
+    cli_refused(
+        &sockets(&[&at, &trust, &identity, &user]),
+        None,
+        2,
+        "--user needs a password: --password-file FILE, or TCPTRACE_PASSWORD in the environment",
+    );
+    cli_refused(
+        &sockets(&[&["--address", &http], &trust]),
+        None,
+        2,
+        "is plain HTTP, but a CA or client certificate is given: use https://",
+    );
+    cli_refused(
+        &sockets(&[&at, &["--tls.cert-file", &g.client]]),
+        None,
+        2,
+        "--tls.cert-file needs its key: --tls.key-file FILE",
+    );
+    cli_refused(
+        &sockets(&[&at, &["--password-file", &g.password_file]]),
+        None,
+        2,
+        "--password-file needs the user it is the password of: --user USER",
+    );
+    g.stop();
+}
+
+/// "Falls back to the kernel" holds only when nothing answers: with no
+/// daemon on the port, `sockets` reads the kernel and says so; a plain
+/// daemon that wants a user is not taken for an absent one.
+#[test]
+fn sockets_reads_the_kernel_only_when_nothing_answers() {
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .to_string();
+    let (code, stdout, stderr) = cli(&["sockets", "--address", &free], None);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.starts_with("STATE "), "{stdout}");
+    assert!(
+        stderr.contains(&format!("no daemon at http://{free}"))
+            && stderr.contains("read the kernel once instead"),
+        "{stderr}"
+    );
+
+    let scratch = Scratch::new("web-security-fallback");
+    let config = scratch.path("web.yml");
+    let hash = bcrypt::hash("s3cret", 4).expect("bcrypt");
+    std::fs::write(
+        &config,
+        format!("basic_auth_users:\n  prometheus: {hash}\n"),
+    )
+    .expect("write");
+    let daemon = Daemon::spawn_at("127.0.0.1:0", &["--web.config.file", &config]);
+    let address = daemon.address.to_string();
+    wait_ready(
+        &format!("http://{address}"),
+        &["--user", "prometheus:s3cret"],
+    );
+    cli_refused(
+        &["sockets", "--address", &address],
+        None,
+        1,
+        &format!("tcptrace at http://{address} refused to answer without a user"),
+    );
+    let (code, _, stderr) = cli(
+        &["sockets", "--address", &address, "--user", "prometheus"],
+        Some("s3cret"),
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let (status, stderr) = daemon.stop();
+    assert!(status.success(), "{status}: {stderr}");
 }

@@ -12,7 +12,9 @@ use crate::{cmd, pins::Pins};
 /// the dashboard and alerts are evaluated by; python3 runs the leaking
 /// services of the owner tests; chromium and tmux drive the web page and
 /// `tcptrace top` as a person would; openssl and curl make a certificate
-/// and speak TLS with basic auth to the endpoint.)
+/// and speak TLS with basic auth to the endpoint; `node_exporter` is run on a
+/// loopback port with the same web config files as tcptrace, to check that
+/// both take and refuse the same ones.)
 pub const TEST_PACKAGES: &[&str] = &[
     "iproute2",
     "prometheus",
@@ -21,6 +23,7 @@ pub const TEST_PACKAGES: &[&str] = &[
     "tmux",
     "openssl",
     "curl",
+    "prometheus-node-exporter",
 ];
 
 /// The peers the benchmark compares tcptrace with.
@@ -109,7 +112,41 @@ pub fn ensure_debian_packages<S: AsRef<str>>(packages: &[S]) -> Result<(), Strin
     apt(&["update", "-qq"])?;
     let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
     args.extend(&missing);
+    let _no_services = NoServiceStarts::hold();
     apt(&args)
+}
+
+/// Keeps the packages being installed from starting their services (node
+/// exporter, prometheus): the tests and benchmarks run their own copies, on
+/// ports of their own, and a service left running would take a port and
+/// CPU from them. Debian's maintainer scripts ask `/usr/sbin/policy-rc.d`,
+/// and 101 means "not allowed". One that is already there is left alone.
+struct NoServiceStarts(Option<PathBuf>);
+
+impl NoServiceStarts {
+    const POLICY: &str = "/usr/sbin/policy-rc.d";
+
+    fn hold() -> Self {
+        use std::os::unix::fs::PermissionsExt;
+        let path = PathBuf::from(Self::POLICY);
+        if path.exists() {
+            return Self(None);
+        }
+        let written = std::fs::write(
+            &path,
+            "#!/bin/sh\n# cargo xtask: no service starts while it installs\nexit 101\n",
+        )
+        .and_then(|()| std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)));
+        Self(written.is_ok().then_some(path))
+    }
+}
+
+impl Drop for NoServiceStarts {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 /// bpf-linker must be the pinned version and built against the pinned LLVM;

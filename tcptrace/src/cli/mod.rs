@@ -217,11 +217,43 @@ pub struct RunArgs {
     pub web_config_file: Option<PathBuf>,
 }
 
+/// How `sockets` and `top` reach the daemon, whatever its
+/// `--web.config.file` asks for.
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// Where `tcptrace run` serves (its --web.listen-address): HOST:PORT,
+    /// http://HOST:PORT or https://HOST:PORT.
+    #[arg(long, value_name = "URL", default_value = DEFAULT_DAEMON_ADDRESS)]
+    pub address: String,
+
+    /// CA certificates (PEM) trusted for the daemon's certificate; TLS even
+    /// without https:// in --address. Default: the system's.
+    #[arg(long = "tls.ca-file", value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+
+    /// Client certificate (PEM, the chain after the leaf), for a daemon
+    /// that asks for one (mTLS); with --tls.key-file.
+    #[arg(long = "tls.cert-file", value_name = "FILE")]
+    pub cert_file: Option<PathBuf>,
+
+    /// The client certificate's private key (PEM).
+    #[arg(long = "tls.key-file", value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+
+    /// User for basic authentication; its password comes from
+    /// --password-file, or else the environment variable `TCPTRACE_PASSWORD`.
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+
+    /// File whose first line is the password of --user.
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+}
+
 #[derive(Debug, Args)]
 pub struct SocketsArgs {
-    /// Where `tcptrace run` serves (its --web.listen-address).
-    #[arg(long, value_name = "HOST:PORT", default_value = DEFAULT_DAEMON_ADDRESS)]
-    pub address: std::net::SocketAddr,
+    #[command(flatten)]
+    pub client: ClientArgs,
 
     /// Only sockets in this state (repeat or comma-separate).
     #[arg(long = "state", value_name = "STATE", value_delimiter = ',')]
@@ -251,9 +283,8 @@ pub struct SocketsArgs {
 
 #[derive(Debug, Args)]
 pub struct TopArgs {
-    /// Where `tcptrace run` serves (its --web.listen-address).
-    #[arg(long, value_name = "HOST:PORT", default_value = DEFAULT_DAEMON_ADDRESS)]
-    pub address: std::net::SocketAddr,
+    #[command(flatten)]
+    pub client: ClientArgs,
 
     /// Time between refreshes, e.g. 1s, 500ms.
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_refresh)]

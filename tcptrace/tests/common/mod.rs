@@ -1280,3 +1280,104 @@ impl EventsProcess {
         (status, self.stderr.join().expect("stderr reader"))
     }
 }
+
+/// A certificate authority made with openssl for a test, in `dir`, and the
+/// certificates it signs: EC P-256, valid a day.
+pub struct TestCa {
+    pub cert: String,
+    key: String,
+    dir: std::path::PathBuf,
+}
+
+fn openssl(args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("run openssl (installed by cargo xtask test)");
+    assert!(out.status.success(), "openssl {args:?}: {out:?}");
+}
+
+impl TestCa {
+    pub fn new(dir: &std::path::Path, name: &str) -> Self {
+        let path = |file: &str| dir.join(file).to_string_lossy().into_owned();
+        let (cert, key) = (path(&format!("{name}.crt")), path(&format!("{name}.key")));
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            &format!("/CN={name}"),
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+            "-keyout",
+            &key,
+            "-out",
+            &cert,
+        ]);
+        Self {
+            cert,
+            key,
+            dir: dir.to_owned(),
+        }
+    }
+
+    /// A certificate for `name` signed by this CA, for a server at
+    /// 127.0.0.1 or for a client: (certificate, key) paths.
+    pub fn issue(&self, name: &str, client: bool) -> (String, String) {
+        let path = |file: String| self.dir.join(file).to_string_lossy().into_owned();
+        let (cert, key, csr, ext) = (
+            path(format!("{name}.crt")),
+            path(format!("{name}.key")),
+            path(format!("{name}.csr")),
+            path(format!("{name}.ext")),
+        );
+        openssl(&[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-subj",
+            &format!("/CN={name}"),
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+        ]);
+        let usage = if client {
+            "extendedKeyUsage=clientAuth\n"
+        } else {
+            "extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1\n"
+        };
+        std::fs::write(&ext, format!("basicConstraints=critical,CA:FALSE\n{usage}"))
+            .expect("write the extensions");
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &self.cert,
+            "-CAkey",
+            &self.key,
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            &ext,
+            "-out",
+            &cert,
+        ]);
+        (cert, key)
+    }
+}

@@ -1,6 +1,10 @@
 //! One module per subcommand; each is a plain async function over its args.
 
-use crate::{cli, export, kernel};
+use std::path::Path;
+
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+
+use crate::{cli, export, kernel, support::files};
 
 pub mod doctor;
 pub mod events;
@@ -17,6 +21,92 @@ pub fn drop_capabilities() {
         Ok(left) => tracing::info!(kept = ?left.names(), "capabilities dropped after attaching"),
         Err(error) => tracing::warn!("capabilities could not be dropped: {error}"),
     }
+}
+
+/// Where the password of `--user` comes from when no `--password-file` is
+/// given.
+pub const PASSWORD_VARIABLE: &str = "TCPTRACE_PASSWORD";
+
+/// The daemon `sockets` and `top` read, and how to be let in, from their
+/// client options: the files are read here, once.
+pub fn daemon(args: &cli::ClientArgs) -> Result<export::client::Daemon, Error> {
+    let read = |flag: &str, path: &Path| {
+        files::read_bounded(path, files::CONFIG_MAX_BYTES)
+            .map_err(|e| Error::Usage(format!("{flag} {}: {e}", path.display())))
+    };
+    let certificates = |flag: &str, path: &Path| -> Result<Vec<CertificateDer<'static>>, Error> {
+        let certs = CertificateDer::pem_slice_iter(&read(flag, path)?)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Error::Usage(format!("{flag} {}: {e}", path.display())))?;
+        if certs.is_empty() {
+            return Err(Error::Usage(format!(
+                "{flag} {}: no certificate in it",
+                path.display()
+            )));
+        }
+        Ok(certs)
+    };
+    let ca = args
+        .ca_file
+        .as_deref()
+        .map(|path| certificates("--tls.ca-file", path))
+        .transpose()?;
+    let identity = match (&args.cert_file, &args.key_file) {
+        (Some(cert), Some(key)) => {
+            let chain = certificates("--tls.cert-file", cert)?;
+            let key = PrivateKeyDer::from_pem_slice(&read("--tls.key-file", key)?)
+                .map_err(|e| Error::Usage(format!("--tls.key-file {}: {e}", key.display())))?;
+            Some((chain, key))
+        }
+        (Some(_), None) => {
+            return Err(Error::Usage(
+                "--tls.cert-file needs its key: --tls.key-file FILE".to_owned(),
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(Error::Usage(
+                "--tls.key-file needs its certificate: --tls.cert-file FILE".to_owned(),
+            ));
+        }
+        (None, None) => None,
+    };
+    if args.password_file.is_some() && args.user.is_none() {
+        return Err(Error::Usage(
+            "--password-file needs the user it is the password of: --user USER".to_owned(),
+        ));
+    }
+    let password = match &args.password_file {
+        Some(path) => {
+            let text = String::from_utf8(read("--password-file", path)?).map_err(|_| {
+                Error::Usage(format!(
+                    "--password-file {}: not UTF-8 text",
+                    path.display()
+                ))
+            })?;
+            Some(text.lines().next().unwrap_or_default().to_owned())
+        }
+        None => std::env::var(PASSWORD_VARIABLE).ok(),
+    };
+    let login = match (&args.user, password) {
+        (Some(user), _) if user.contains(':') => {
+            return Err(Error::Usage(format!(
+                "--user {user:?}: basic authentication cannot send a user with a colon"
+            )));
+        }
+        (Some(user), Some(password)) => Some((user.clone(), password)),
+        (Some(_), None) => {
+            return Err(Error::Usage(format!(
+                "--user needs a password: --password-file FILE, or {PASSWORD_VARIABLE} in the environment"
+            )));
+        }
+        (None, _) => None,
+    };
+    Ok(export::client::Daemon::new(export::client::Settings {
+        address: args.address.clone(),
+        ca,
+        identity,
+        login,
+    })?)
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -56,6 +146,7 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Self::Usage(_)
+            | Self::Client(export::client::ClientError::Setup(_))
             | Self::Probe(kernel::probes::ProbeError::Btf(kernel::btf::BtfError::Unsuitable {
                 ..
             })) => 2,

@@ -22,6 +22,7 @@ use crate::{
 };
 
 pub async fn run(args: SocketsArgs) -> Result<(), Error> {
+    let daemon = super::daemon(&args.client)?;
     let query = SocketQuery {
         states: args.states.clone(),
         min_age: args.min_age.unwrap_or_default(),
@@ -30,19 +31,23 @@ pub async fn run(args: SocketsArgs) -> Result<(), Error> {
         limit: args.limit,
     };
     let path = format!("{SOCKETS_PATH}?{}", query.to_query());
-    let (list, summaries) = match client::get_json::<SocketList>(args.address, &path).await {
+    // Only when nothing answers: a daemon that refuses is an error.
+    let (list, summaries) = match client::get_json::<SocketList>(&daemon, &path).await {
         Ok(list) => {
             let summaries = match args.port {
                 Some(port) => {
                     let path = format!("{PORTS_PATH}{port}");
-                    let view = client::get_json::<PortView>(args.address, &path).await?;
+                    let view = client::get_json::<PortView>(&daemon, &path).await?;
                     summary_lines(&view)
                 }
                 None => Vec::new(),
             };
             (list, summaries)
         }
-        Err(ClientError::Unreachable { address, source }) => {
+        Err(ClientError::Unreachable {
+            url: address,
+            source,
+        }) => {
             if args.stale {
                 return Err(Error::Usage(format!(
                     "--stale needs the daemon's ages, and no daemon answers at {address} ({source})"

@@ -138,7 +138,8 @@ struct View {
 
 pub async fn run(args: TopArgs) -> Result<(), Error> {
     // Fail before taking over the terminal if nothing answers.
-    let first: Overview = client::get_json(args.address, OVERVIEW_PATH).await?;
+    let daemon = super::daemon(&args.client)?;
+    let first: Overview = client::get_json(&daemon, OVERVIEW_PATH).await?;
     let mut view = View {
         rows: Vec::new(),
         overview: Overview::default(),
@@ -150,7 +151,7 @@ pub async fn run(args: TopArgs) -> Result<(), Error> {
     view.update(first, Instant::now());
 
     let mut terminal = ratatui::try_init()?;
-    let result = show(&mut terminal, &mut view, &args).await;
+    let result = show(&mut terminal, &mut view, &args, &daemon).await;
     ratatui::restore();
     result
 }
@@ -159,6 +160,7 @@ async fn show(
     terminal: &mut DefaultTerminal,
     view: &mut View,
     args: &TopArgs,
+    daemon: &client::Daemon,
 ) -> Result<(), Error> {
     let (keys, mut key_rx) = tokio::sync::mpsc::channel(16);
     let stop = Arc::new(AtomicBool::new(false));
@@ -171,7 +173,7 @@ async fn show(
     let result = loop {
         terminal.draw(|frame| view.draw(frame, args))?;
         tokio::select! {
-            _ = refresh.tick() => match client::get_json::<Overview>(args.address, OVERVIEW_PATH).await {
+            _ = refresh.tick() => match client::get_json::<Overview>(daemon, OVERVIEW_PATH).await {
                 Ok(overview) => view.update(overview, Instant::now()),
                 Err(error) => view.status = error.to_string(),
             },
@@ -308,7 +310,7 @@ impl View {
         let title = if self.status.is_empty() {
             format!(
                 "tcptrace top  {}  every {:?}  sort {}{direction}{lost}",
-                args.address, args.interval, COLUMNS[self.sort].header
+                args.client.address, args.interval, COLUMNS[self.sort].header
             )
         } else {
             format!("tcptrace top  {}", self.status)

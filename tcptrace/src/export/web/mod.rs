@@ -21,6 +21,7 @@
 //! bookkeeping) of its response.
 
 pub mod security;
+pub mod tls;
 
 use std::{
     collections::BTreeMap,
@@ -244,15 +245,19 @@ where
                     .headers()
                     .get(header::AUTHORIZATION)
                     .and_then(|v| v.to_str().ok());
+                let security = &served.security;
                 match auth.check(header, served.peer.ip()).await {
                     Verdict::Allowed => {}
-                    Verdict::Denied => return Ok::<_, Infallible>(unauthorized(turn)),
+                    Verdict::Denied => {
+                        return Ok::<_, Infallible>(with_headers(security, unauthorized(turn)));
+                    }
                     Verdict::Limited { retry_after } => {
-                        return Ok(too_many_attempts(turn, retry_after));
+                        return Ok(with_headers(security, too_many_attempts(turn, retry_after)));
                     }
                 }
             }
-            Ok(respond(&served, request, turn).await)
+            let response = respond(&served, request, turn).await;
+            Ok(with_headers(&served.security, response))
         }
     });
     let outcome = http1::Builder::new()
@@ -264,6 +269,14 @@ where
     if let Err(error) = outcome {
         tracing::debug!(%error, "HTTP connection ended with an error");
     }
+}
+
+/// `http_server_config.headers`, on every response as the toolkit does.
+fn with_headers(security: &WebSecurity, mut response: Response<Body>) -> Response<Body> {
+    for (name, value) in &security.headers {
+        response.headers_mut().insert(name.clone(), value.clone());
+    }
+    response
 }
 
 fn unauthorized(turn: Responding) -> Response<Body> {

@@ -12,44 +12,22 @@
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     net::{IpAddr, Ipv6Addr},
-    path::Path,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use crate::support::files;
 use base64::Engine;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+use hyper::header::{HeaderName, HeaderValue};
 use tokio::sync::Semaphore;
-use tokio_rustls::{TlsAcceptor, rustls};
+use tokio_rustls::TlsAcceptor;
 
 /// What the endpoint requires of its clients; the default requires nothing.
 #[derive(Default)]
 pub struct WebSecurity {
     pub tls: Option<TlsAcceptor>,
     pub auth: Option<BasicAuth>,
-}
-
-/// A TLS server from a PEM certificate chain and private key.
-pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
-    let cert_pem = files::read_bounded(cert, files::CONFIG_MAX_BYTES)
-        .map_err(|e| format!("cannot read certificates from {}: {e}", cert.display()))?;
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("cannot read certificates from {}: {e}", cert.display()))?;
-    if chain.is_empty() {
-        return Err(format!("no certificate in {}", cert.display()));
-    }
-    let key_pem = files::read_bounded(key, files::CONFIG_MAX_BYTES)
-        .map_err(|e| format!("cannot read a private key from {}: {e}", key.display()))?;
-    let key = PrivateKeyDer::from_pem_slice(&key_pem)
-        .map_err(|e| format!("cannot read a private key from {}: {e}", key.display()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .and_then(|builder| builder.with_no_client_auth().with_single_cert(chain, key))
-        .map_err(|e| format!("certificate and key do not make a TLS server: {e}"))?;
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    /// `http_server_config.headers`: set on every response.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 /// Whether `hash` is one bcrypt can verify against: one that cannot would
