@@ -321,7 +321,7 @@ except OSError as e:
 #[test]
 fn connects_that_find_no_local_port_are_counted_exactly() {
     const PORT: u16 = 18204;
-    let daemon = Daemon::start(&[]);
+    let daemon = Daemon::start(&["--reconcile-interval", "1s"]);
     let netns = NetNs::new();
     netns.sysctl("net/ipv4/ip_local_port_range", "40000 40099");
     // Loopback would otherwise reuse TIME_WAIT ports (the default, 2).
@@ -373,6 +373,30 @@ fn connects_that_find_no_local_port_are_counted_exactly() {
         ),
         50.0
     );
+    // Every port of the range is held towards that one destination.
+    let port = [("port", "18204")];
+    // The range is the namespace's, read at the next reconciliation.
+    daemon.wait_for(
+        "100 ports in use, none left",
+        Duration::from_secs(10),
+        |s| {
+            s.sum("tcptrace_local_ports_in_use", &port) == 100.0
+                && s.matching("tcptrace_local_ports_available", &port).count() == 1
+                && s.sum("tcptrace_local_ports_available", &port) == 0.0
+        },
+    );
+    let (status, body) = daemon.get("/api/v1/destinations");
+    assert_eq!(status, 200, "{body}");
+    let top: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(top[0]["remote"], "127.0.0.1:18204", "{body}");
+    assert_eq!(top[0]["netns"], netns.inode(), "{body}");
+    assert_eq!(top[0]["in_use"], 100, "{body}");
+    assert_eq!(top[0]["range"], 100, "{body}");
+    // The namespace's end takes its TIME_WAIT sockets with it.
+    drop(netns);
+    daemon.wait_for("the ports freed", Duration::from_secs(10), |s| {
+        s.sum("tcptrace_local_ports_in_use", &port) == 0.0
+    });
     let (status, stderr) = daemon.stop();
     assert!(status.success(), "{status}: {stderr}");
 }

@@ -10,6 +10,7 @@ pub mod notes;
 use std::{
     fmt::Write as _,
     io::{self, Write},
+    net::SocketAddr,
     path::PathBuf,
 };
 
@@ -145,6 +146,9 @@ pub struct NamespaceFacts {
 pub struct NamespaceContents {
     pub tcp_sockets: usize,
     pub settings: Settings,
+    /// The destination whose client connections hold the most local ports
+    /// (TIME_WAIT included), and how many.
+    pub busiest_destination: Option<(SocketAddr, usize)>,
 }
 
 /// The report: every check with its status, and the verdict.
@@ -803,6 +807,12 @@ fn namespace_check(facts: &NamespaceFacts) -> NamespaceCheck {
         Ok(contents) => {
             check.tcp_sockets = Some(contents.tcp_sockets);
             check.notes = notes::notes(&contents.settings);
+            if let Some(note) =
+                notes::port_headroom(&contents.settings, contents.busiest_destination)
+            {
+                check.status = Status::Warn;
+                check.notes.push(note);
+            }
             check.settings.clone_from(&contents.settings);
         }
         Err(error) => {

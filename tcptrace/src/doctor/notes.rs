@@ -1,7 +1,7 @@
 //! Remarks on TCP settings whose values are known traps: what each one
 //! means for TIME_WAIT, keepalive and ports, in plain language.
 
-use std::fmt::Write as _;
+use std::{fmt::Write as _, net::SocketAddr};
 
 use crate::events::TIME_WAIT_LEN;
 
@@ -20,6 +20,26 @@ pub struct Note {
     /// The sysctl, e.g. `net.ipv4.tcp_fin_timeout`.
     pub setting: &'static str,
     pub text: String,
+}
+
+/// A note when client connections towards one destination hold more than
+/// half of the namespace's `ip_local_port_range`: `connect()` to it fails
+/// with `EADDRNOTAVAIL` once they hold it all.
+pub fn port_headroom(settings: &Settings, busiest: Option<(SocketAddr, usize)>) -> Option<Note> {
+    let value = |name: &str| settings.iter().find(|(n, _)| *n == name).map(|&(_, v)| v);
+    let (destination, in_use) = busiest?;
+    let range = usize::try_from(value(PORT_RANGE_HIGH)? - value(PORT_RANGE_LOW)? + 1).ok()?;
+    (in_use * 2 > range).then(|| Note {
+        setting: PORT_RANGE,
+        text: format!(
+            "{in_use} of the {range} local ports ({}%) are held by connections to {destination}, \
+             TIME_WAIT ones included: connect() to it fails with EADDRNOTAVAIL once all are; \
+             reuse connections (keep-alive, pools), widen the range, or let the client close \
+             last (the side that closes first keeps TIME_WAIT); tcp_tw_reuse only helps with \
+             TCP timestamps on",
+            in_use * 100 / range
+        ),
+    })
 }
 
 /// The remarks one namespace's settings call for, in the order of

@@ -30,6 +30,7 @@ fn healthy() -> Findings {
                 contents: Ok(NamespaceContents {
                     tcp_sockets: 3,
                     settings: settings(7200),
+                    busiest_destination: None,
                 }),
             },
             NamespaceFacts {
@@ -39,6 +40,7 @@ fn healthy() -> Findings {
                 contents: Ok(NamespaceContents {
                     tcp_sockets: 1,
                     settings: settings(300),
+                    busiest_destination: Some(("10.0.0.5:5432".parse().expect("address"), 3)),
                 }),
             },
         ],
@@ -321,4 +323,31 @@ fn hooks_need_no_newer_kernel_than_named() {
         KernelVersion::new(5, 12)
     ));
     assert!(!older(None, KernelVersion::new(5, 12)));
+}
+
+#[test]
+fn a_destination_holding_most_local_ports_is_a_warning() {
+    let mut findings = healthy();
+    let contents = findings.namespaces[1].contents.as_mut().expect("read");
+    // The fixture's range is the kernel's default: 28,232 ports.
+    contents.busiest_destination = Some(("10.0.0.5:5432".parse().expect("address"), 14_117));
+    let report = assess(&findings);
+    let namespace = &report.namespaces[1];
+    assert_eq!(namespace.status, Status::Warn);
+    let note = namespace
+        .notes
+        .iter()
+        .find(|note| note.text.contains("are held by connections to"))
+        .expect("a headroom note");
+    assert!(
+        note.text.starts_with(
+            "14117 of the 28232 local ports (50%) are held by connections to 10.0.0.5:5432"
+        ),
+        "{}",
+        note.text
+    );
+    // Half of them exactly is not more than half.
+    let contents = findings.namespaces[1].contents.as_mut().expect("read");
+    contents.busiest_destination = Some(("10.0.0.5:5432".parse().expect("address"), 14_116));
+    assert_eq!(assess(&findings).namespaces[1].status, Status::Ok);
 }

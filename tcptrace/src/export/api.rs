@@ -7,6 +7,8 @@
 //!   line and cgroup; loopback clients only unless `--web.enable-api`.
 //! - `/api/v1/ports/<port>`: what holds a local port in each namespace and
 //!   the last bind or listen that failed on it; loopback clients only, too.
+//! - `/api/v1/destinations`: the destinations whose client connections
+//!   hold the most local ports; loopback clients only.
 
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
@@ -18,6 +20,22 @@ pub const OVERVIEW_PATH: &str = "/api/v1/overview";
 pub const SOCKETS_PATH: &str = "/api/v1/sockets";
 /// Followed by the port number.
 pub const PORTS_PATH: &str = "/api/v1/ports/";
+pub const DESTINATIONS_PATH: &str = "/api/v1/destinations";
+/// Destinations [`DESTINATIONS_PATH`] lists, most local ports first.
+pub const DESTINATIONS_LISTED: usize = 20;
+
+/// A destination of client connections and the local ports they hold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DestinationRecord {
+    pub netns: u32,
+    pub local_address: std::net::IpAddr,
+    pub remote: SocketAddr,
+    /// Local ports in use towards it, TIME_WAIT included.
+    pub in_use: u64,
+    /// The size of the namespace's `ip_local_port_range`, if read.
+    pub range: Option<u64>,
+    pub available: Option<u64>,
+}
 
 /// What holds one local port, per network namespace.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -2,6 +2,8 @@
 //! the aggregates, the stale report, the settings and the daemon's own
 //! health, in O(series).
 
+use std::collections::BTreeMap;
+
 use prometheus::{
     Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
     proto::{self, Bucket, Counter, Histogram, LabelPair, Metric, MetricFamily, MetricType},
@@ -17,6 +19,7 @@ use crate::{
     host::sysctls::Settings,
     kernel::probes::ResetReasons,
     support::clock::seconds,
+    track::{holders::Destination, labels::PortLabel},
 };
 
 /// The socket-state metric families, as of `now_ns` (`CLOCK_BOOTTIME`).
@@ -472,6 +475,47 @@ pub fn listen_families(report: &ListenReport) -> [MetricFamily; 3] {
             .push(counter(labels(&[("netns", netns)]), *count));
     }
     [length, limit, overflows]
+}
+
+/// Per remote-port label, the destination closest to running out of local
+/// ports: how many it uses, and how many of its namespace's
+/// `ip_local_port_range` are left (`range_of` gives a namespace's range
+/// size; a destination in a namespace whose range is unknown shows only
+/// its use).
+pub fn local_port_families(
+    destinations: &[Destination],
+    range_of: impl Fn(u32) -> Option<u64>,
+) -> [MetricFamily; 2] {
+    let mut worst: BTreeMap<PortLabel, (u64, Option<u64>)> = BTreeMap::new();
+    for destination in destinations {
+        let in_use = destination.in_use as u64;
+        let available = range_of(destination.netns).map(|range| range.saturating_sub(in_use));
+        // The fewest left first; among unknown ranges, the most used.
+        let tightness =
+            |(used, left): (u64, Option<u64>)| (left.unwrap_or(u64::MAX), u64::MAX - used);
+        let entry = worst.entry(destination.port).or_insert((in_use, available));
+        if tightness((in_use, available)) < tightness(*entry) {
+            *entry = (in_use, available);
+        }
+    }
+    let mut in_use = family(
+        "tcptrace_local_ports_in_use",
+        "Local ports client sockets (TIME_WAIT included) hold towards the destination of this remote port with the fewest left.",
+        MetricType::GAUGE,
+    );
+    let mut available = family(
+        "tcptrace_local_ports_available",
+        "Local ports of ip_local_port_range still free towards that destination.",
+        MetricType::GAUGE,
+    );
+    for (port, (used, left)) in worst {
+        let labels = || labels(&[("port", &port.to_string())]);
+        in_use.mut_metric().push(gauge(labels(), sample(used)));
+        if let Some(left) = left {
+            available.mut_metric().push(gauge(labels(), sample(left)));
+        }
+    }
+    [in_use, available]
 }
 
 /// Registers a metric built from constant, valid names (so neither step can

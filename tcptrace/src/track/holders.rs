@@ -1,12 +1,17 @@
 //! Who holds a port: the tracked sockets whose local end is on it, for the
 //! moment a `bind()` fails with EADDRINUSE and for the port views.
 
-use std::time::Duration;
+use std::{net::IpAddr, time::Duration};
+
+use rustc_hash::FxHashMap;
 
 use crate::{
     events::{EventKind, SocketEvent, TIME_WAIT_LEN, Task, TcpState},
     host::procfs,
-    track::Tracker,
+    track::{
+        Tracker,
+        labels::{PortLabel, Role},
+    },
 };
 
 /// The tracked sockets on one local port of one network namespace.
@@ -147,5 +152,58 @@ impl Tracker {
             Duration::from_nanos(ends_ns.saturating_sub(now_ns))
         });
         holders
+    }
+}
+
+/// Local ports a client holds towards one destination: every connection to
+/// the same remote address and port from the same local address needs a
+/// port of its own, TIME_WAIT ones included, out of the namespace's
+/// `ip_local_port_range`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Destination {
+    pub netns: u32,
+    pub saddr: IpAddr,
+    pub daddr: IpAddr,
+    pub dport: u16,
+    /// The remote port's label, as the client sockets to it have.
+    pub port: PortLabel,
+    /// Local ports in use towards it.
+    pub in_use: usize,
+}
+
+impl Tracker {
+    /// Client sockets with a local port, per destination, most ports first.
+    pub fn destinations(&self) -> Vec<Destination> {
+        let mut counts: FxHashMap<(u32, IpAddr, IpAddr, u16), (PortLabel, usize)> =
+            FxHashMap::default();
+        for socket in self.sockets.values() {
+            let e = &socket.endpoints;
+            if socket.role != Role::Client || e.sport == 0 {
+                continue;
+            }
+            let entry = counts
+                .entry((e.netns, e.saddr, e.daddr, e.dport))
+                .or_insert((socket.port, 0));
+            entry.1 += 1;
+        }
+        let mut destinations: Vec<Destination> = counts
+            .into_iter()
+            .map(
+                |((netns, saddr, daddr, dport), (port, in_use))| Destination {
+                    netns,
+                    saddr,
+                    daddr,
+                    dport,
+                    port,
+                    in_use,
+                },
+            )
+            .collect();
+        destinations.sort_by(|a, b| {
+            b.in_use.cmp(&a.in_use).then_with(|| {
+                (a.netns, a.saddr, a.daddr, a.dport).cmp(&(b.netns, b.saddr, b.daddr, b.dport))
+            })
+        });
+        destinations
     }
 }

@@ -3,8 +3,10 @@
 
 use std::{
     cmp::Reverse,
+    collections::{HashMap, HashSet},
     fs,
     io::{self, Write},
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
 };
 
@@ -12,8 +14,9 @@ use crate::{
     cli::DoctorArgs,
     cli::commands::Error,
     doctor::{self, BtfFacts, Findings, NamespaceContents, NamespaceFacts, ReportFormat, Verdict},
+    events::TcpState,
     host::netns,
-    host::sock_diag::{self, DiagError},
+    host::sock_diag::{self, DiagError, DiagSocket},
     host::sysctls,
     kernel::capabilities::Capabilities,
     kernel::kallsyms,
@@ -102,6 +105,29 @@ fn tracefs_mounts() -> Vec<PathBuf> {
         .collect()
 }
 
+/// The destination whose client sockets (those not on a listening port)
+/// hold the most local ports, and how many: each connection from one local
+/// address to one remote address and port needs a local port of its own.
+fn busiest_destination(sockets: &[DiagSocket]) -> Option<(SocketAddr, usize)> {
+    let listening: HashSet<u16> = sockets
+        .iter()
+        .filter(|s| s.state == TcpState::Listen as u8)
+        .map(|s| s.sport)
+        .collect();
+    let mut counts: HashMap<(IpAddr, IpAddr, u16), usize> = HashMap::new();
+    for socket in sockets {
+        if socket.state != TcpState::Listen as u8 && !listening.contains(&socket.sport) {
+            *counts
+                .entry((socket.saddr, socket.daddr, socket.dport))
+                .or_default() += 1;
+        }
+    }
+    counts
+        .into_iter()
+        .max_by_key(|&(_, count)| count)
+        .map(|((_, daddr, dport), count)| (SocketAddr::new(daddr, dport), count))
+}
+
 /// tcptrace's own namespace and every other one with TCP sockets (the most
 /// first), then those that could not be entered; and how many hold no TCP
 /// socket. Each is entered once, for its sockets and its settings together.
@@ -113,16 +139,22 @@ fn namespaces() -> (Vec<NamespaceFacts>, usize) {
     for namespace in netns::namespaces() {
         let is_host = Some(namespace.inode) == host;
         let entered = netns::in_namespace(&namespace, || {
-            Ok((sock_diag::dump_current()?.len(), sysctls::read_current()))
+            let sockets = sock_diag::dump_current()?;
+            Ok((
+                sockets.len(),
+                busiest_destination(&sockets),
+                sysctls::read_current(),
+            ))
         });
         let contents = match entered {
-            Ok((0, _)) if !is_host => {
+            Ok((0, _, _)) if !is_host => {
                 without_sockets += 1;
                 continue;
             }
-            Ok((tcp_sockets, settings)) => Ok(NamespaceContents {
+            Ok((tcp_sockets, busiest_destination, settings)) => Ok(NamespaceContents {
                 tcp_sockets,
                 settings,
+                busiest_destination,
             }),
             Err(error) if vanished(&error) => continue,
             Err(error) => Err(one_line(&error)),

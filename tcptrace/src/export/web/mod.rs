@@ -68,6 +68,8 @@ pub trait Site: Send + Sync + 'static {
     fn sockets(self: Arc<Self>, query: SocketQuery) -> Pending;
     /// [`api::PortView`] of a local port as JSON.
     fn port(&self, port: u16) -> Vec<u8>;
+    /// The busiest [`api::DestinationRecord`]s as JSON.
+    fn destinations(&self) -> Vec<u8>;
 }
 
 /// The page at `/`: self-contained, it reads the JSON API.
@@ -350,7 +352,9 @@ async fn respond(served: &Served, request: Request<Incoming>, turn: Responding) 
             turn,
         ),
         api::OVERVIEW_PATH => json(StatusCode::OK, site.overview(), turn),
-        path if (path == api::SOCKETS_PATH || path.starts_with(api::PORTS_PATH))
+        path if (path == api::SOCKETS_PATH
+            || path == api::DESTINATIONS_PATH
+            || path.starts_with(api::PORTS_PATH))
             && !served.expose_sockets
             && !served.peer.ip().to_canonical().is_loopback() =>
         {
@@ -368,6 +372,7 @@ async fn respond(served: &Served, request: Request<Incoming>, turn: Responding) 
                 turn,
             ),
         },
+        api::DESTINATIONS_PATH => json(StatusCode::OK, site.destinations(), turn),
         path if path.starts_with(api::PORTS_PATH) => {
             match parse_port(&path[api::PORTS_PATH.len()..]) {
                 Ok(port) => json(StatusCode::OK, site.port(port), turn),
@@ -699,6 +704,9 @@ mod tests {
             Box::pin(async { Vec::new() })
         }
         fn port(&self, _: u16) -> Vec<u8> {
+            Vec::new()
+        }
+        fn destinations(&self) -> Vec<u8> {
             Vec::new()
         }
     }

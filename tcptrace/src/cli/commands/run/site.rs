@@ -2,6 +2,7 @@
 //! overview and socket queries, all read from the daemon's state.
 
 use std::{
+    collections::HashMap,
     sync::{
         Arc, Mutex, MutexGuard,
         atomic::{AtomicBool, Ordering},
@@ -10,11 +11,14 @@ use std::{
 };
 
 use crate::{
-    export::api::{Overview, SocketList, SocketQuery, SocketRecord, StaleGroup},
+    export::api::{
+        DESTINATIONS_LISTED, DestinationRecord, Overview, SocketList, SocketQuery, SocketRecord,
+        StaleGroup,
+    },
     export::overview,
     export::prometheus::{self, SelfMetrics},
     export::web::{Pending, Site},
-    host::sysctls,
+    host::{netns, sysctls},
     kernel::probes::{Probes, ResetReasons},
     support::clock,
     track::{Change, Tracker, lookups::WithTracker},
@@ -40,6 +44,32 @@ impl Exporter {
     pub fn state(&self) -> MutexGuard<'_, State> {
         state::lock(&self.state)
     }
+
+    /// The size of each namespace's `ip_local_port_range`, by inode, as of
+    /// the last reconciliation.
+    fn port_ranges(&self) -> HashMap<u32, u64> {
+        let host = netns::own_inode();
+        let settings = self
+            .settings
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        settings
+            .iter()
+            .filter_map(|(label, values)| {
+                let inode = if label == "host" {
+                    host?
+                } else {
+                    label.parse().ok()?
+                };
+                let value = |name| values.iter().find(|(n, _)| *n == name).map(|&(_, v)| v);
+                let (low, high) = (
+                    value(sysctls::PORT_RANGE_LOW)?,
+                    value(sysctls::PORT_RANGE_HIGH)?,
+                );
+                Some((inode, u64::try_from(high - low + 1).ok()?))
+            })
+            .collect()
+    }
 }
 
 impl WithTracker for &Exporter {
@@ -56,6 +86,8 @@ impl WithTracker for &Exporter {
 
 impl Site for Exporter {
     fn metrics(&self) -> Vec<u8> {
+        // Before the state's lock: no lock is taken while holding another.
+        let ranges = self.port_ranges();
         let mut families = {
             let state = self.state();
             self.metrics
@@ -68,6 +100,10 @@ impl Site for Exporter {
             );
             families.push(prometheus::stale_family(&state.stale));
             families.extend(prometheus::listen_families(&state.listen));
+            families.extend(prometheus::local_port_families(
+                &state.tracker.destinations(),
+                |netns| ranges.get(&netns).copied(),
+            ));
             families
         };
         families.extend(self.metrics.families());
@@ -105,6 +141,28 @@ impl Site for Exporter {
         };
         drop(state);
         serde_json::to_vec(&overview).unwrap_or_default()
+    }
+
+    fn destinations(&self) -> Vec<u8> {
+        let ranges = self.port_ranges();
+        let destinations = self.state().tracker.destinations();
+        let records: Vec<DestinationRecord> = destinations
+            .into_iter()
+            .take(DESTINATIONS_LISTED)
+            .map(|d| {
+                let range = ranges.get(&d.netns).copied();
+                let in_use = d.in_use as u64;
+                DestinationRecord {
+                    netns: d.netns,
+                    local_address: d.saddr,
+                    remote: std::net::SocketAddr::new(d.daddr, d.dport),
+                    in_use,
+                    range,
+                    available: range.map(|range| range.saturating_sub(in_use)),
+                }
+            })
+            .collect();
+        serde_json::to_vec(&records).unwrap_or_default()
     }
 
     fn port(&self, port: u16) -> Vec<u8> {
