@@ -10,7 +10,7 @@
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, generated::bpf_get_current_task},
     macros::{map, tracepoint},
-    maps::LruHashMap,
+    maps::{HashMap, LruHashMap},
     programs::TracePointContext,
 };
 use tcptrace_common::{
@@ -22,21 +22,30 @@ use crate::{
     socket::{self, read},
 };
 
-/// A system call in progress, by thread (`pid_tgid`). LRU: a thread killed
-/// inside the call never reaches its exit, and its entry must not stay.
+/// A system call in progress, by thread (`pid_tgid`). A plain hash (an LRU
+/// one costs about twice as much per insert): every call that enters also
+/// leaves through the exit tracepoint, a thread killed inside it too (the
+/// call returns before the signal is delivered), so no entry is left behind.
 #[map]
-static CALLS: LruHashMap<u64, Call> = LruHashMap::with_max_entries(16_384, 0);
+static CALLS: HashMap<u64, Call> = HashMap::with_max_entries(16_384, 0);
 
 /// The last error each socket reported, by cookie, so that a `connect()`
 /// failing with it is known to be counted as a socket error already.
 #[map]
 static REPORTED: LruHashMap<u64, u32> = LruHashMap::with_max_entries(4096, 0);
 
+/// What the exit needs of the entry. The address is read only when the
+/// call failed: the caller's memory is still there after the call.
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct Call {
-    fd: u32,
-    /// The address asked for (bind, connect); family 0 for listen.
+    fd: u64,
+    /// The `struct sockaddr` asked for (bind, connect); 0 for listen.
+    address: u64,
+}
+
+/// An IPv4 or IPv6 address and port read from the caller's memory.
+struct Address {
     family: u16,
     port: u16,
     addr: [u8; 16],
@@ -82,15 +91,9 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
 
 #[tracepoint(category = "syscalls", name = "sys_enter_listen")]
 pub fn sys_enter_listen(ctx: TracePointContext) -> u32 {
-    // SAFETY: in bounds of every syscall tracepoint record.
+    // SAFETY: in bounds of the listen tracepoint record.
     let fd: u64 = unsafe { ctx.read_at(FIRST_ARG) }.unwrap_or(u64::MAX);
-    let call = Call {
-        fd: u32::try_from(fd).unwrap_or(u32::MAX),
-        family: 0,
-        port: 0,
-        addr: [0; 16],
-    };
-    let _ = CALLS.insert(&bpf_get_current_pid_tgid(), &call, 0);
+    let _ = CALLS.insert(&bpf_get_current_pid_tgid(), &Call { fd, address: 0 }, 0);
     0
 }
 
@@ -106,22 +109,28 @@ pub fn reported(cookie: u64, errno: u32) {
     let _ = REPORTED.insert(&cookie, &errno, 0);
 }
 
-/// Saves the descriptor and an IPv4 or IPv6 address of `bind()` or
-/// `connect()`; other families (Unix sockets, `AF_UNSPEC` disconnects) are
-/// not followed.
+/// Saves the descriptor and the address argument of `bind()` or
+/// `connect()`.
 #[inline(always)]
 fn enter_with_address(ctx: &TracePointContext) {
     // SAFETY: in bounds of the bind and connect tracepoint records.
-    let (fd, address) = unsafe {
-        (
-            ctx.read_at::<u64>(FIRST_ARG).unwrap_or(u64::MAX),
-            ctx.read_at::<u64>(SECOND_ARG).unwrap_or(0),
-        )
+    let call = unsafe {
+        Call {
+            fd: ctx.read_at::<u64>(FIRST_ARG).unwrap_or(u64::MAX),
+            address: ctx.read_at::<u64>(SECOND_ARG).unwrap_or(0),
+        }
     };
+    let _ = CALLS.insert(&bpf_get_current_pid_tgid(), &call, 0);
+}
+
+/// The IPv4 or IPv6 address at `address` in the caller's memory; `None`
+/// for other families (Unix sockets, `AF_UNSPEC` disconnects).
+#[inline(always)]
+fn read_address(address: u64) -> Option<Address> {
     let address = address as *const u8;
     let family: u16 = read_user(address, 0);
     // `sin_port` and `sin6_port` both follow the family.
-    let port: u16 = read_user(address, 2);
+    let port = u16::from_be(read_user(address, 2));
     let mut addr = [0u8; 16];
     if family == AF_INET {
         let v4: [u8; 4] = read_user(address, 4); // sin_addr
@@ -129,15 +138,9 @@ fn enter_with_address(ctx: &TracePointContext) {
     } else if family == AF_INET6 {
         addr = read_user(address, 8); // sin6_addr
     } else {
-        return;
+        return None;
     }
-    let call = Call {
-        fd: u32::try_from(fd).unwrap_or(u32::MAX),
-        family,
-        port: u16::from_be(port),
-        addr,
-    };
-    let _ = CALLS.insert(&bpf_get_current_pid_tgid(), &call, 0);
+    Some(Address { family, port, addr })
 }
 
 /// Generic over the kind so that each program gets its own copy of the code
@@ -164,15 +167,28 @@ fn exit<const KIND: u8>(ctx: &TracePointContext) {
         return;
     }
     let layout = maps::layout();
-    let sk = socket_of(call.fd, &layout);
+    let sk = socket_of(u32::try_from(call.fd).unwrap_or(u32::MAX), &layout);
     if sk.is_null() || read::<u16>(sk, layout.sock_protocol) != socket::IPPROTO_TCP {
         return;
     }
+    let asked = if kind == kind::LISTEN_ERROR {
+        None
+    } else {
+        let Some(address) = read_address(call.address) else {
+            return;
+        };
+        Some(address)
+    };
     maps::emit(kind, |event| {
         socket::derived_socket(event, sk, &layout);
         event.arg = errno;
+        if let Some(asked) = &asked {
+            event.family = asked.family;
+        }
         if kind == kind::CONNECT_ERROR {
-            (event.family, event.daddr, event.dport) = (call.family, call.addr, call.port);
+            if let Some(asked) = &asked {
+                (event.daddr, event.dport) = (asked.addr, asked.port);
+            }
             if event.cookie != 0
                 // SAFETY: a copy is read; entries are only ever whole.
                 && unsafe { REPORTED.get(&event.cookie) }.is_some_and(|&e| e == errno)
@@ -181,8 +197,8 @@ fn exit<const KIND: u8>(ctx: &TracePointContext) {
                 let _ = REPORTED.remove(&event.cookie);
             }
         } else {
-            if kind == kind::BIND_ERROR {
-                (event.family, event.saddr, event.sport) = (call.family, call.addr, call.port);
+            if let Some(asked) = &asked {
+                (event.saddr, event.sport) = (asked.addr, asked.port);
             }
             reuse_flags(event, sk, &layout);
         }
