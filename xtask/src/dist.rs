@@ -99,17 +99,21 @@ pub fn run(root: &Path, target_dir: &Path, pins: &Pins) -> Result<Artifacts, Str
         }
         mkdir(fresh)?;
     }
-    let mut binaries = Vec::new();
-    for target in [&X86_64, &AARCH64] {
-        step(&format!("building the static binary for {}", target.triple));
-        let mut build = crate::cargo(root, &pins.rust_host);
-        build
-            .args(["build", "--release", "--package", "tcptrace"])
-            .args(["--target", target.triple]);
+    // One cargo run for both targets: the host's build scripts and
+    // proc-macros are built once, and the two targets' crates in parallel.
+    let targets = [&X86_64, &AARCH64];
+    step("building the static binaries (x86_64 and aarch64 musl)");
+    let mut build = crate::cargo(root, &pins.rust_host);
+    build.args(["build", "--release", "--package", "tcptrace"]);
+    for target in targets {
+        build.args(["--target", target.triple]);
         for (key, value) in target.env {
             build.env(key, value);
         }
-        cmd::run(&mut build)?;
+    }
+    cmd::run(&mut build)?;
+    let mut binaries = Vec::new();
+    for target in targets {
         let binary = target_dir.join(target.triple).join("release/tcptrace");
         check_static(&binary, target)?;
         binaries.push(binary);
