@@ -2,8 +2,8 @@
 //! --test`, and the last step of `cargo xtask test`):
 //!
 //! - the .deb: `dpkg -i`, the files where they belong, the unit installed
-//!   but not enabled, `/usr/bin/tcptrace doctor` exits 0, `man tcptrace`
-//!   renders, `dpkg -r` leaves only the conffile, `dpkg --purge` nothing;
+//!   but not enabled, enabled when asked and kept so by an upgrade,
+//!   `/usr/bin/tcptrace doctor` exits 0, `man tcptrace` renders, `dpkg -r` leaves only the conffile, `dpkg --purge` nothing;
 //! - the OCI image: loaded into podman and run as the `DaemonSet` runs it
 //!   (host PID and network namespaces, its capabilities only, read-only
 //!   root file system), it serves `/metrics` and counts, with their owner,
@@ -30,6 +30,8 @@ pub const PACKAGES: &[&str] = &["podman", "runc", "man-db"];
 
 const PACKAGE: &str = "tcptrace";
 const CONFFILE: &str = "/etc/tcptrace/tcptrace.toml";
+/// The link `systemctl enable tcptrace` makes.
+const ENABLED: &str = "/etc/systemd/system/multi-user.target.wants/tcptrace.service";
 
 /// CLOSE_WAIT sockets the leaking container holds.
 const LEAKED: u32 = 25;
@@ -83,6 +85,7 @@ fn deb(artifacts: &Artifacts) -> Result<(), String> {
     let _purge = Purge;
     cmd::run(Command::new("dpkg").arg("-i").arg(&artifacts.deb))?;
     let files = installed()?;
+    enabled_on_request(&artifacts.deb)?;
     serves_and_documents()?;
     removed(&files)
 }
@@ -126,8 +129,8 @@ fn installed() -> Result<Vec<PathBuf>, String> {
         return Err(format!("{CONFFILE} is not a conffile: {conffiles:?}"));
     }
     // Installed, not enabled: the admin asks for it.
-    let wants = Path::new("/etc/systemd/system/multi-user.target.wants/tcptrace.service");
-    if wants.exists() {
+    let wants = Path::new(ENABLED);
+    if wants.symlink_metadata().is_ok() {
         return Err(format!(
             "the unit was enabled on installation ({})",
             wants.display()
@@ -147,6 +150,19 @@ fn installed() -> Result<Vec<PathBuf>, String> {
         cmd::run(Command::new("systemd-analyze").arg("verify").arg(&unit))?;
     }
     Ok(files)
+}
+
+/// The admin asks, `systemctl enable tcptrace` (which needs no running
+/// systemd), and an upgrade keeps the choice: here the same package again.
+fn enabled_on_request(deb: &Path) -> Result<(), String> {
+    cmd::run(Command::new("systemctl").args(["enable", PACKAGE]))?;
+    cmd::run(Command::new("dpkg").arg("-i").arg(deb))?;
+    if Path::new(ENABLED).symlink_metadata().is_err() {
+        return Err(format!(
+            "reinstalling the package undid systemctl enable ({ENABLED})"
+        ));
+    }
+    Ok(())
 }
 
 /// The unit's command starts with the configuration file as installed,
@@ -228,8 +244,8 @@ fn removed(files: &[PathBuf]) -> Result<(), String> {
     if let Some(status) = package_status() {
         return Err(format!("after dpkg --purge: status {status:?}"));
     }
-    for gone in [CONFFILE, "/etc/tcptrace"] {
-        if Path::new(gone).exists() {
+    for gone in [CONFFILE, "/etc/tcptrace", ENABLED] {
+        if Path::new(gone).symlink_metadata().is_ok() {
             return Err(format!("dpkg --purge left {gone}"));
         }
     }
