@@ -1,4 +1,4 @@
-//! Developer tasks: `cargo xtask build | run | test | setup`.
+//! Developer tasks: `cargo xtask build | run | test | dist | setup`.
 //!
 //! Each task first installs, idempotently, the pinned toolchains and tools it
 //! needs (see `toolchain.env`), so a fresh Debian 12 machine needs nothing
@@ -9,9 +9,12 @@ mod churn;
 mod cmd;
 mod console;
 mod cpio;
+mod dist;
 mod kernels;
 mod measure;
+mod oci;
 mod pins;
+mod release_test;
 mod setup;
 mod soak;
 mod streams;
@@ -42,7 +45,14 @@ tasks:
                      or the path of a bzImage: each booted in a VM for the
                      integration tests. Default: host and debian-6.1. ARGS
                      go to the test binaries; a test name filter must
-                     select a test somewhere
+                     select a test somewhere. Then, without ARGS, the
+                     release artifacts are built and tested (dist --test)
+  dist [--test]      the release artifacts in target/dist: static x86_64
+                     and aarch64 binaries (tar.gz), a .deb, an OCI image
+                     archive, SHA256SUMS; the aarch64 binary is run under
+                     qemu. --test then installs the .deb and runs the
+                     image in podman as the DaemonSet does, and removes
+                     both
   vm --kernel K SCRIPT
                      boot kernel K (named as for test) and run the shell
                      script SCRIPT in it instead of the tests, as root in the
@@ -73,10 +83,19 @@ fn run_task(args: Vec<String>) -> Result<(), String> {
         Some(i) => (args[..i].to_vec(), args[i + 1..].to_vec()),
         None => (args, Vec::new()),
     };
-    let root = workspace_root();
-    let pins = Pins::load(&root)?;
     let task = args.first().map(String::as_str);
     let flags = args.get(1..).unwrap_or_default();
+    // The workloads of bench, soak and the image test, run in namespaces
+    // or containers of their own, where the workspace may not be.
+    match task {
+        Some("churn") => return churn::churn(flags),
+        Some("mixed") => return soak::mixed(flags),
+        Some("hold") => return churn::hold(flags),
+        Some("close-wait") => return release_test::close_wait(flags),
+        _ => {}
+    }
+    let root = workspace_root();
+    let pins = Pins::load(&root)?;
     let only = |allowed: &[&str]| match flags.iter().find(|f| !allowed.contains(&f.as_str())) {
         Some(flag) => Err(format!("unknown option {flag:?} for {task:?}\n{USAGE}")),
         None => Ok(()),
@@ -103,44 +122,15 @@ fn run_task(args: Vec<String>) -> Result<(), String> {
             };
             cmd::run(Command::new(root.join("target/release/tcptrace")).args(args))
         }
-        Some("test") => {
-            let kernels = kernel_flags(flags)?;
-            setup::ensure_build_tools(&pins)?;
-            setup::ensure_debian_packages(setup::TEST_PACKAGES)?;
-            if kernels.iter().any(|k| *k != KernelSpec::Host) {
-                setup::ensure_debian_packages(vm::PACKAGES)?;
-            }
-            test(&root, &pins, &kernels, &passthrough)
+        Some("test") => test_task(&root, &pins, flags, &passthrough),
+        Some("dist") => {
+            only(&["--test"])?;
+            let with_tests = flags.iter().any(|f| f == "--test");
+            ensure_dist_tools(&pins, with_tests)?;
+            dist_task(&root, &pins, with_tests)
         }
         Some("vm") => vm_task(&root, flags),
-        Some("bench") => {
-            let (against, flags) = against_flag(flags)?;
-            if let Some(flag) = flags.iter().find(|f| *f != "--quick") {
-                return Err(format!("unknown option {flag:?} for \"bench\"\n{USAGE}"));
-            }
-            if let Some(binary) = &against
-                && !binary.is_file()
-            {
-                return Err(format!("--against {}: no such file", binary.display()));
-            }
-            setup::ensure_build_tools(&pins)?;
-            setup::ensure_debian_packages(setup::BENCH_PACKAGES)?;
-            build(&root, &pins, false)?;
-            let quick = flags.iter().any(|f| f == "--quick");
-            let plan = if quick {
-                measure::Plan::quick()
-            } else {
-                measure::Plan::full()
-            };
-            let xtask = env::current_exe().map_err(|e| format!("own path: {e}"))?;
-            let tcptrace = root.join("target/release/tcptrace");
-            let report = bench::run(&tcptrace, against.as_deref(), &xtask, &plan)?;
-            let path = bench::report_path(&root);
-            let _ = std::fs::create_dir_all(path.parent().unwrap_or(&root));
-            std::fs::write(&path, &report).map_err(|e| format!("{}: {e}", path.display()))?;
-            println!("[bench] report written to {}", path.display());
-            Ok(())
-        }
+        Some("bench") => bench_task(&root, &pins, flags),
         Some("soak") => {
             let minutes = match flags {
                 [] => 10,
@@ -159,10 +149,6 @@ fn run_task(args: Vec<String>) -> Result<(), String> {
             println!("\n{report}\n[soak] report written to {}", path.display());
             Ok(())
         }
-        // The workloads of bench and soak, run in namespaces of their own.
-        Some("churn") => churn::churn(flags),
-        Some("mixed") => soak::mixed(flags),
-        Some("hold") => churn::hold(flags),
         Some("help" | "-h" | "--help") => {
             print!("{USAGE}");
             Ok(())
@@ -170,6 +156,104 @@ fn run_task(args: Vec<String>) -> Result<(), String> {
         Some(other) => Err(format!("unknown task {other:?}\n{USAGE}")),
         None => Err(format!("no task given\n{USAGE}")),
     }
+}
+
+/// `cargo xtask bench [--quick] [--against BINARY]`.
+fn bench_task(root: &Path, pins: &Pins, flags: &[String]) -> Result<(), String> {
+    let (against, flags) = against_flag(flags)?;
+    if let Some(flag) = flags.iter().find(|f| *f != "--quick") {
+        return Err(format!("unknown option {flag:?} for \"bench\"\n{USAGE}"));
+    }
+    if let Some(binary) = &against
+        && !binary.is_file()
+    {
+        return Err(format!("--against {}: no such file", binary.display()));
+    }
+    setup::ensure_build_tools(pins)?;
+    setup::ensure_debian_packages(setup::BENCH_PACKAGES)?;
+    build(root, pins, false)?;
+    let quick = flags.iter().any(|f| f == "--quick");
+    let plan = if quick {
+        measure::Plan::quick()
+    } else {
+        measure::Plan::full()
+    };
+    let xtask = env::current_exe().map_err(|e| format!("own path: {e}"))?;
+    let tcptrace = root.join("target/release/tcptrace");
+    let report = bench::run(&tcptrace, against.as_deref(), &xtask, &plan)?;
+    let path = bench::report_path(root);
+    let _ = std::fs::create_dir_all(path.parent().unwrap_or(root));
+    std::fs::write(&path, &report).map_err(|e| format!("{}: {e}", path.display()))?;
+    println!("[bench] report written to {}", path.display());
+    Ok(())
+}
+
+/// `cargo xtask test`: the checks and tests on each kernel, then, unless
+/// tests were picked by name, the release artifacts built and tested.
+fn test_task(
+    root: &Path,
+    pins: &Pins,
+    flags: &[String],
+    passthrough: &[String],
+) -> Result<(), String> {
+    let kernels = kernel_flags(flags)?;
+    setup::ensure_build_tools(pins)?;
+    setup::ensure_debian_packages(setup::TEST_PACKAGES)?;
+    if kernels.iter().any(|k| *k != KernelSpec::Host) {
+        setup::ensure_debian_packages(vm::PACKAGES)?;
+    }
+    // A filtered run is someone's look at some tests, not a release.
+    let release = passthrough.is_empty();
+    if release {
+        ensure_dist_tools(pins, true)?;
+    }
+    let tests = test(root, pins, &kernels, passthrough);
+    let release = if release {
+        dist_task(root, pins, true).map_err(|e| format!("dist: {e}"))
+    } else {
+        Ok(())
+    };
+    match (tests, release) {
+        (Ok(()), Ok(())) => Ok(()),
+        (Err(e), Ok(())) | (Ok(()), Err(e)) => Err(e),
+        (Err(tests), Err(release)) => Err(format!("{tests}\n{release}")),
+    }
+}
+
+/// What `dist` needs, and with `--test` what its tests run.
+fn ensure_dist_tools(pins: &Pins, with_tests: bool) -> Result<(), String> {
+    dist::ensure_tools(pins)?;
+    if with_tests {
+        setup::ensure_debian_packages(release_test::PACKAGES)?;
+    }
+    Ok(())
+}
+
+/// `cargo xtask dist [--test]`, its tools installed.
+fn dist_task(root: &Path, pins: &Pins, with_tests: bool) -> Result<(), String> {
+    let started = std::time::Instant::now();
+    let artifacts = dist::run(root, &target_dir(root), pins)?;
+    let listing = cmd::stdout(Command::new("ls").arg("-l").arg(&artifacts.dir))?;
+    println!(
+        "[dist] {} in {:.0} s:\n{listing}",
+        artifacts.dir.display(),
+        started.elapsed().as_secs_f64()
+    );
+    if !with_tests {
+        return Ok(());
+    }
+    // The process that leaks in the image test's other container: this
+    // very program, static, for a root file system of one file.
+    step("building a static xtask (the leaking process of the image test)");
+    cmd::run(
+        cargo(root, &pins.rust_host)
+            .args(["build", "--release", "--package", "xtask"])
+            .args(["--target", dist::X86_64.triple]),
+    )?;
+    let leaker = target_dir(root)
+        .join(dist::X86_64.triple)
+        .join("release/xtask");
+    release_test::run(&artifacts, root, &leaker)
 }
 
 /// The kernels `test` runs on: each `--kernel K` (or `--kernel=K`) in

@@ -154,7 +154,7 @@ impl Drop for NoServiceStarts {
 fn ensure_bpf_linker(pins: &Pins) -> Result<(), String> {
     let feature = format!("llvm-{}", pins.llvm_major);
     let what = format!("bpf-linker {} ({feature})", pins.bpf_linker);
-    if bpf_linker_installed(&pins.bpf_linker, &feature) {
+    if crate_installed("bpf-linker", &pins.bpf_linker, Some(&feature)) {
         step(&what, "present");
         return Ok(());
     }
@@ -179,7 +179,60 @@ fn ensure_bpf_linker(pins: &Pins) -> Result<(), String> {
     )
 }
 
-fn bpf_linker_installed(version: &str, feature: &str) -> bool {
+/// A cargo subcommand from crates.io at exactly `version` (cargo-deb …),
+/// installed with the host toolchain unless `cargo install` recorded it.
+pub fn ensure_cargo_tool(pins: &Pins, name: &str, version: &str) -> Result<(), String> {
+    let what = format!("{name} {version}");
+    if crate_installed(name, version, None) {
+        step(&what, "present");
+        return Ok(());
+    }
+    step(&what, "installing (about a minute)");
+    cmd::run(
+        Command::new("cargo")
+            .arg(format!("+{}", pins.rust_host))
+            .args(["install", name, "--locked", "--force"])
+            .args(["--version", &format!("={version}")])
+            .env_remove("RUSTUP_TOOLCHAIN"),
+    )
+}
+
+/// Standard libraries of other targets for the host toolchain.
+pub fn ensure_rust_targets(pins: &Pins, targets: &[&str]) -> Result<(), String> {
+    let toolchain = &pins.rust_host;
+    let installed = cmd::output(Command::new("rustup").args([
+        "target",
+        "list",
+        "--installed",
+        "--toolchain",
+        toolchain,
+    ]))
+    .unwrap_or_default();
+    let missing: Vec<&str> = targets
+        .iter()
+        .copied()
+        .filter(|target| {
+            let present = installed.lines().any(|line| line.trim() == *target);
+            step(
+                &format!("rust target {target} ({toolchain})"),
+                if present { "present" } else { "installing" },
+            );
+            !present
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    cmd::run(
+        Command::new("rustup")
+            .args(["target", "add", "--toolchain", toolchain])
+            .args(&missing),
+    )
+}
+
+/// Whether `cargo install` recorded `name` at `version` (built with
+/// `feature`, if given) and its binary is still there.
+fn crate_installed(name: &str, version: &str, feature: Option<&str>) -> bool {
     let Some(home) = cargo_home() else {
         return false;
     };
@@ -188,10 +241,16 @@ fn bpf_linker_installed(version: &str, feature: &str) -> bool {
     };
     // The record is one JSON object keyed by "name version (source)", whose
     // values are flat objects: the entry runs to the first closing brace.
-    let key = format!("\"bpf-linker {version} (");
+    let key = format!("\"{name} {version} (");
     record.split(&key).nth(1).is_some_and(|entry| {
         let entry = entry.split('}').next().unwrap_or_default();
-        entry.contains(&format!("\"{feature}\"")) && home.join("bin/bpf-linker").exists()
+        let bin = entry
+            .split("\"bins\":[\"")
+            .nth(1)
+            .and_then(|bins| bins.split('"').next())
+            .unwrap_or(name);
+        feature.is_none_or(|feature| entry.contains(&format!("\"{feature}\"")))
+            && home.join("bin").join(bin).exists()
     })
 }
 

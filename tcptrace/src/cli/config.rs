@@ -12,7 +12,7 @@
 
 use std::{
     ffi::OsString,
-    fmt,
+    fmt::{self, Write as _},
     ops::Range,
     path::{Path, PathBuf},
 };
@@ -160,6 +160,107 @@ pub fn arguments(path: &Path, text: &str) -> Result<Vec<(String, Vec<String>)>, 
     Ok(out)
 }
 
+/// The configuration file a package installs: every key `run` reads, each
+/// with its flag's help and its default, commented out, so that the file
+/// changes nothing until a line is uncommented.
+pub fn commented_template() -> String {
+    let mut out = String::from(
+        "# tcptrace run --config /etc/tcptrace/tcptrace.toml\n\
+         #\n\
+         # Every setting is a flag of `tcptrace run` (see tcptrace-run(1)) under\n\
+         # its long name without the dashes; flags given on the command line win\n\
+         # over this file. Each line below shows the default: remove its `#` to\n\
+         # change it. A wrong key or value stops tcptrace at start, naming the\n\
+         # line.\n",
+    );
+    for arg in run_command().get_arguments() {
+        let Some(key) = arg.get_long() else { continue };
+        if arg.is_hide_set() || matches!(key, CONFIG_FLAG | "help" | "version") {
+            continue;
+        }
+        out.push('\n');
+        let help = arg
+            .get_long_help()
+            .or_else(|| arg.get_help())
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        let mut help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+        // clap drops the full stop of a one-sentence help.
+        if !help.is_empty() && !help.ends_with('.') {
+            help.push('.');
+        }
+        let choices: Vec<String> = arg
+            .get_possible_values()
+            .iter()
+            .filter(|value| !value.is_hide_set())
+            .map(|value| value.get_name().to_owned())
+            .collect();
+        if !choices.is_empty() {
+            let _ = write!(help, " One of: {}.", choices.join(", "));
+        }
+        for line in wrapped(&help, 76) {
+            let _ = writeln!(out, "# {line}");
+        }
+        let defaults: Vec<String> = arg
+            .get_default_values()
+            .iter()
+            .map(|value| toml_value(&value.to_string_lossy()))
+            .collect();
+        let value = if !arg.get_action().takes_values() {
+            "false".to_owned()
+        } else if matches!(arg.get_action(), clap::ArgAction::Append) {
+            format!("[{}]", defaults.join(", "))
+        } else if let Some(default) = defaults.first() {
+            default.clone()
+        } else {
+            out.push_str("# Not set by default.\n");
+            let name = arg
+                .get_value_names()
+                .and_then(|names| names.first())
+                .map_or("VALUE".to_owned(), ToString::to_string);
+            toml_value(&name)
+        };
+        let _ = writeln!(out, "#{key} = {value}");
+    }
+    out
+}
+
+/// A whole number as itself, anything else as a TOML basic string.
+fn toml_value(text: &str) -> String {
+    if text.parse::<i64>().is_ok() {
+        return text.to_owned();
+    }
+    let mut quoted = String::from('"');
+    for c in text.chars() {
+        match c {
+            '"' => quoted.push_str("\\\""),
+            '\\' => quoted.push_str("\\\\"),
+            c => quoted.push(c),
+        }
+    }
+    quoted.push('"');
+    quoted
+}
+
+/// `text` in lines of at most `width` characters, broken between words.
+fn wrapped(text: &str, width: usize) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut line = String::new();
+    for word in text.split_whitespace() {
+        if !line.is_empty() && line.len() + 1 + word.len() > width {
+            lines.push(std::mem::take(&mut line));
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(word);
+    }
+    if !line.is_empty() {
+        lines.push(line);
+    }
+    lines
+}
+
 /// `tcptrace run`, with the global flags it inherits.
 fn run_command() -> clap::Command {
     let mut command = Cli::command();
@@ -276,6 +377,50 @@ listen-address = \"127.0.0.1:10091\"
             "tcptrace.toml:1: port: expects a string or a number, or an array of them"
         );
         assert!(error("config = \"other.toml\"").contains("no such setting"));
+    }
+
+    #[test]
+    fn the_commented_template_is_the_defaults() {
+        let template = commented_template();
+        // As installed, it sets nothing.
+        assert_eq!(parse(&template).expect("valid"), []);
+        // Every key `run` reads is in it, and with the `#` removed from
+        // the lines that show a default, each parses as the flag's own
+        // parser wants.
+        let uncommented: String = template
+            .lines()
+            .filter_map(|line| line.strip_prefix('#'))
+            .filter(|line| line.contains(" = ") && !line.starts_with(' '))
+            .filter(|line| !line.starts_with("web.config.file"))
+            .fold(String::new(), |mut text, line| {
+                text.push_str(line);
+                text.push('\n');
+                text
+            });
+        let keys: Vec<String> = parse(&uncommented)
+            .expect("the defaults parse")
+            .into_iter()
+            .map(|(key, _)| key)
+            .collect();
+        for key in [
+            "log-level",
+            "port",
+            "stale-after",
+            "web.listen-address",
+            "web.enable-api",
+            "btf",
+        ] {
+            assert!(
+                keys.iter().any(|k| k == key),
+                "{key} missing from\n{template}"
+            );
+        }
+        assert!(
+            template.contains("#stale-after = [\"60s\"]\n"),
+            "{template}"
+        );
+        assert!(template.contains("#max-ports = 128\n"), "{template}");
+        assert!(!template.contains("#config ="), "{template}");
     }
 
     #[test]

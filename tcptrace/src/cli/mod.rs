@@ -83,6 +83,18 @@ pub enum Command {
     /// Exit code: 0 tcptrace can run fully, 1 it runs without some part
     /// (a warn), 2 it cannot run (a fail).
     Doctor(DoctorArgs),
+    /// Write the man pages, the shell completions and the commented
+    /// configuration file that packages install, from these very flags.
+    #[command(hide = true)]
+    Generate(GenerateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// Directory to write into: `man/`, `completions/` and `tcptrace.toml`
+    /// (created if missing, files replaced).
+    #[arg(value_name = "DIR")]
+    pub out: PathBuf,
 }
 
 /// Options of every command that loads the BPF programs.

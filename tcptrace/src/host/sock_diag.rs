@@ -195,7 +195,7 @@ const LOOKUP_FRUITLESS_ROUNDS: u32 = 8;
 /// up to 32 KiB; anything larger would be reported as truncated.
 const RECV_BUF_LEN: usize = 64 * 1024;
 /// A dump that stalls this long on one `recvmsg` is abandoned.
-const RECV_TIMEOUT_SECS: libc::time_t = 30;
+const RECV_TIMEOUT_SECS: u16 = 30;
 
 /// Sequence numbers of requests, unique within the process.
 static NEXT_SEQ: AtomicU32 = AtomicU32::new(1);
@@ -514,7 +514,7 @@ fn open_diag_socket() -> Result<OwnedFd, DiagError> {
     // SAFETY: `fd` was just created and nothing else owns it.
     let socket = unsafe { OwnedFd::from_raw_fd(fd) };
     let timeout = libc::timeval {
-        tv_sec: RECV_TIMEOUT_SECS,
+        tv_sec: RECV_TIMEOUT_SECS.into(),
         tv_usec: 0,
     };
     // SAFETY: `timeout` is a live timeval and the length passed is its size.

@@ -3,6 +3,7 @@
 //! memory by default).
 
 /// Buffers at least this large get pages of their own, returned when freed.
+#[cfg(target_env = "gnu")]
 const OWN_PAGES_FROM: libc::c_int = 128 << 10;
 
 /// Fixes glibc's threshold for giving a buffer its own pages. By default

@@ -8,6 +8,7 @@ use crate::{cli, export, kernel, support::files};
 
 pub mod doctor;
 pub mod events;
+pub mod generate;
 pub mod run;
 pub mod sockets;
 pub mod top;
@@ -182,5 +183,6 @@ pub async fn dispatch(cli: cli::Cli) -> Result<Outcome, Error> {
         cli::Command::Top(args) => top::run(args).await.map(|()| Outcome::Done),
         // Blocking, on purpose: nothing else runs meanwhile.
         cli::Command::Doctor(args) => doctor::run(&args).map(Outcome::Checked),
+        cli::Command::Generate(args) => generate::run(&args).map(|()| Outcome::Done),
     }
 }
