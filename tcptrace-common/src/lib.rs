@@ -42,6 +42,10 @@ pub mod kind {
     /// [`super::FLAG_REPORTED`] when the socket itself reported the error
     /// (the attempt reached the network and failed there).
     pub const CONNECT_ERROR: u8 = 11;
+    /// `tcp_retransmit_skb`: the socket retransmitted. `arg` packs what
+    /// tells the kind: the segments sent (bits 0-15), `icsk_ca_state`
+    /// (16-23) and `icsk_pending` (24-31); `new_state` is the socket's state.
+    pub const RETRANSMIT: u8 = 12;
 }
 
 /// `Event::flags`: `arg` holds a reset reason (kernels since 6.10 pass one).
@@ -232,9 +236,21 @@ pub struct KernelLayout {
     pub common_reuse_bit: u32,
     pub common_reuseport_byte: u32,
     pub common_reuseport_bit: u32,
+    /// `inet_connection_sock`: the bitfield `icsk_ca_state` (its byte and
+    /// first bit) and `icsk_pending` (u8).
+    pub icsk_ca_state_byte: u32,
+    pub icsk_ca_state_bit: u32,
+    pub icsk_pending: u32,
+    /// `sk_buff.end` (the offset of `skb_shared_info` from `head`) and
+    /// `skb_shared_info.gso_segs` (u16): the segments an skb stands for.
+    pub skb_end: u32,
+    pub shinfo_gso_segs: u32,
+    /// 1 if `tcp_retransmit_skb` has its third argument, the error of the
+    /// attempt (newer kernels trace failed attempts too).
+    pub retransmit_has_err: u32,
 }
 
-const _: () = assert!(size_of::<KernelLayout>() == 176);
+const _: () = assert!(size_of::<KernelLayout>() == 200);
 
 // SAFETY: plain old data, `#[repr(C)]`, every bit pattern valid, padding explicit.
 #[cfg(feature = "user")]

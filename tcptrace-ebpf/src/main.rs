@@ -15,6 +15,7 @@
 mod errors;
 mod maps;
 mod resets;
+mod retransmits;
 mod socket;
 mod state;
 mod syscalls;

@@ -71,6 +71,12 @@ static LAYOUT: KernelLayout = KernelLayout {
     common_reuse_bit: 0,
     common_reuseport_byte: 0,
     common_reuseport_bit: 0,
+    icsk_ca_state_byte: 0,
+    icsk_ca_state_bit: 0,
+    icsk_pending: 0,
+    skb_end: 0,
+    shinfo_gso_segs: 0,
+    retransmit_has_err: 0,
 };
 
 #[inline(always)]

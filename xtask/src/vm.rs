@@ -45,6 +45,7 @@ pub const GUEST_TESTS: &[&str] = &[
     "transitions",
     "cli_events",
     "failures",
+    "retransmits",
     "signals",
     "exporter",
     "owners",

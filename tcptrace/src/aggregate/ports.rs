@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use rustc_hash::FxHashMap;
 
 use crate::{
-    events::TcpState,
+    events::{RetransmitKind, TcpState},
     support::clock::seconds,
     track::{
         Change, Signal,
@@ -112,6 +112,8 @@ pub struct Aggregates {
     keepalive_timeouts: FxHashMap<(Role, PortLabel), u64>,
     /// Failed bind, listen and connect calls by errno and port.
     failed_calls: FxHashMap<(Call, u32, PortLabel), u64>,
+    /// Segments retransmitted.
+    retransmits: FxHashMap<(RetransmitKind, Role, PortLabel), u64>,
 }
 
 impl Aggregates {
@@ -142,6 +144,9 @@ impl Aggregates {
             Some(Signal::BindFailed { errno, .. }) => self.call_failed(Call::Bind, errno, port),
             Some(Signal::ListenFailed { errno, .. }) => self.call_failed(Call::Listen, errno, port),
             Some(Signal::ConnectFailed { errno }) => self.call_failed(Call::Connect, errno, port),
+            Some(Signal::Retransmit { kind, segments }) => {
+                *self.retransmits.entry((kind, role, port)).or_default() += u64::from(segments);
+            }
             None => {}
         }
         if change.transition.is_none() && change.left.is_none() && change.entered.is_none() {
@@ -175,6 +180,14 @@ impl Aggregates {
 
     fn call_failed(&mut self, call: Call, errno: u32, port: PortLabel) {
         *self.failed_calls.entry((call, errno, port)).or_default() += 1;
+    }
+
+    /// Segments retransmitted by kind, role and port.
+    pub fn retransmits(&self) -> Vec<(RetransmitKind, Role, PortLabel, u64)> {
+        sorted(&self.retransmits)
+            .into_iter()
+            .map(|(&(kind, role, port), &count)| (kind, role, port, count))
+            .collect()
     }
 
     /// Failed system calls by call, errno and port.

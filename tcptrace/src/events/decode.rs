@@ -7,7 +7,9 @@ use tcptrace_common::{
     FLAG_TASK, kind,
 };
 
-use crate::events::{Comm, Endpoints, EventKind, Family, Reuse, SocketEvent, Task, TcpState};
+use crate::events::{
+    Comm, Endpoints, EventKind, Family, RetransmitKind, Reuse, SocketEvent, Task, TcpState,
+};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -78,6 +80,13 @@ pub fn decode(bytes: &[u8]) -> Result<SocketEvent, DecodeError> {
             errno: raw.arg,
             reported: raw.flags & FLAG_REPORTED != 0,
         },
+        kind::RETRANSMIT => {
+            let [low, high, ca_state, pending] = raw.arg.to_le_bytes();
+            EventKind::Retransmit {
+                kind: RetransmitKind::of(TcpState::from_kernel(raw.new_state), ca_state, pending),
+                segments: u16::from_le_bytes([low, high]),
+            }
+        }
         other => return Err(DecodeError::Kind(other)),
     };
     #[expect(clippy::cast_possible_truncation, reason = "pid_tgid packs two u32")]
@@ -247,6 +256,23 @@ mod tests {
             decoded(kind::KEEPALIVE_PROBE, 3, 0),
             EventKind::KeepaliveProbe { unanswered: 3 }
         );
+    }
+
+    #[test]
+    fn decodes_retransmissions_by_kind() {
+        let decoded = |state: u8, ca_state: u32, pending: u32| {
+            let mut raw = sample();
+            raw.kind = kind::RETRANSMIT;
+            raw.new_state = state;
+            raw.arg = 3 | (ca_state << 16) | (pending << 24);
+            decode(&record(&raw)).expect("valid").kind
+        };
+        let retransmit = |kind| EventKind::Retransmit { kind, segments: 3 };
+        assert_eq!(decoded(2, 0, 1), retransmit(RetransmitKind::Syn));
+        assert_eq!(decoded(1, 4, 0), retransmit(RetransmitKind::Timeout));
+        assert_eq!(decoded(1, 3, 0), retransmit(RetransmitKind::Fast));
+        assert_eq!(decoded(1, 0, 5), retransmit(RetransmitKind::LossProbe));
+        assert_eq!(decoded(1, 1, 0), retransmit(RetransmitKind::Other));
     }
 
     #[test]

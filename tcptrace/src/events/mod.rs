@@ -140,6 +140,53 @@ pub enum EventKind {
     /// `reported`: the socket reported the error too (the attempt reached
     /// the network), so it is counted as a socket error.
     ConnectFailed { errno: u32, reported: bool },
+    /// The socket retransmitted `segments` segments.
+    Retransmit { kind: RetransmitKind, segments: u16 },
+}
+
+/// Why a socket retransmitted, as the kernel's state at the time tells.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RetransmitKind {
+    /// The retransmission timer fired (RTO): congestion state Loss.
+    Timeout,
+    /// Duplicate ACKs or SACKs showed a loss: congestion state Recovery.
+    Fast,
+    /// A SYN sent again (the socket is in SYN_SENT).
+    Syn,
+    /// A tail loss probe (its timer was the one pending).
+    LossProbe,
+    /// Any other (e.g. a retransmission in the Disorder state).
+    Other,
+}
+
+impl RetransmitKind {
+    /// `enum tcp_ca_state`'s `TCP_CA_Recovery` and `TCP_CA_Loss`, and
+    /// `ICSK_TIME_LOSS_PROBE` (stable numbers of `include/net/tcp.h` and
+    /// `inet_connection_sock.h`).
+    const CA_RECOVERY: u8 = 3;
+    const CA_LOSS: u8 = 4;
+    const TIME_LOSS_PROBE: u8 = 5;
+
+    /// From the socket's state, congestion state and pending timer.
+    pub fn of(state: Option<TcpState>, ca_state: u8, pending: u8) -> Self {
+        match (state, ca_state, pending) {
+            (Some(TcpState::SynSent), _, _) => Self::Syn,
+            (_, Self::CA_LOSS, _) => Self::Timeout,
+            (_, Self::CA_RECOVERY, _) => Self::Fast,
+            (_, _, Self::TIME_LOSS_PROBE) => Self::LossProbe,
+            _ => Self::Other,
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Timeout => "timeout",
+            Self::Fast => "fast",
+            Self::Syn => "syn",
+            Self::LossProbe => "loss_probe",
+            Self::Other => "other",
+        }
+    }
 }
 
 /// The socket options that let a bind share a port.
@@ -171,10 +218,11 @@ impl EventKind {
             Self::BindFailed { .. } => 8,
             Self::ListenFailed { .. } => 9,
             Self::ConnectFailed { .. } => 10,
+            Self::Retransmit { .. } => 11,
         }
     }
 
-    pub const NAMES: [&'static str; 11] = [
+    pub const NAMES: [&'static str; 12] = [
         "state_change",
         "timewait_start",
         "timewait_expire",
@@ -186,6 +234,7 @@ impl EventKind {
         "bind_error",
         "listen_error",
         "connect_error",
+        "retransmit",
     ];
 }
 

@@ -113,7 +113,26 @@ pub fn state_families(
         .into_iter()
         .chain(signal_families(aggregates, reset_reasons))
         .chain(failed_call_families(aggregates))
+        .chain([retransmit_family(aggregates)])
         .collect()
+}
+
+/// Segments retransmitted, by what made the kernel send them again.
+fn retransmit_family(aggregates: &Aggregates) -> MetricFamily {
+    let mut family = family(
+        "tcptrace_retransmits_total",
+        "Segments retransmitted (as TcpRetransSegs counts them), by kind: timeout (RTO), fast, syn, loss_probe, other.",
+        MetricType::COUNTER,
+    );
+    for (kind, role, port, count) in aggregates.retransmits() {
+        let labels = labels(&[
+            ("kind", kind.name()),
+            ("role", role.name()),
+            ("port", &port.to_string()),
+        ]);
+        family.mut_metric().push(counter(labels, count));
+    }
+    family
 }
 
 /// Failed bind, listen and connect calls: why a port or a connection could

@@ -68,6 +68,11 @@ struct JsonEvent<'a> {
     /// Failed bind and listen calls: the sockets already on the port.
     #[serde(skip_serializing_if = "Option::is_none")]
     holders: Option<JsonHolders>,
+    /// Retransmissions: the kind and the segments sent again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kind: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    segments: Option<u16>,
     /// Failed system calls: the failing process's cgroup.
     #[serde(skip_serializing_if = "Option::is_none")]
     cgroup: Option<&'a str>,
@@ -217,6 +222,8 @@ impl EventWriter {
             probes: None,
             reuseaddr: None,
             reuseport: None,
+            kind: None,
+            segments: None,
             holders: holders.map(JsonHolders::from),
             cgroup: failed_call.and_then(|call| call.cgroup.as_deref()),
             pid: event.task.map(|t| t.pid),
@@ -264,6 +271,11 @@ impl EventWriter {
                     | Signal::ConnectFailed { .. }),
                 ),
             ) => failed_call_line(&mut line, signal, holders),
+            (None, Some(Signal::Retransmit { kind, segments })) => {
+                (line.event, line.kind, line.segments) =
+                    ("retransmit", Some(kind.name()), Some(segments));
+                format!("retransmit ({}, {segments} segments)", kind.name())
+            }
             (None, None) => return Ok(()),
         };
         let unix_ns = clock.unix_ns(event.ts_ns);

@@ -44,8 +44,9 @@ pub fn kernel_layout(btf: &Btf, symbols: TimerSymbols) -> Result<KernelLayout, B
         }
     }
     let common = |member: &str, size: u32| field("sock_common", &[member], size);
-    let reuse = byte_and_bit(btf, "skc_reuse")?;
-    let reuseport = byte_and_bit(btf, "skc_reuseport")?;
+    let reuse = byte_and_bit(btf, "sock_common", "skc_reuse")?;
+    let reuseport = byte_and_bit(btf, "sock_common", "skc_reuseport")?;
+    let ca_state = byte_and_bit(btf, "inet_connection_sock", "icsk_ca_state")?;
     Ok(KernelLayout {
         tw_timer_handler: symbols.tw_timer_handler,
         tcp_keepalive_timer: symbols.tcp_keepalive_timer,
@@ -88,17 +89,23 @@ pub fn kernel_layout(btf: &Btf, symbols: TimerSymbols) -> Result<KernelLayout, B
         common_reuse_bit: reuse.1,
         common_reuseport_byte: reuseport.0,
         common_reuseport_bit: reuseport.1,
+        icsk_ca_state_byte: ca_state.0,
+        icsk_ca_state_bit: ca_state.1,
+        icsk_pending: field("inet_connection_sock", &["icsk_pending"], 1)?,
+        skb_end: field("sk_buff", &["end"], 4)?,
+        shinfo_gso_segs: field("skb_shared_info", &["gso_segs"], 2)?,
+        retransmit_has_err: u32::from(btf.tracepoint_args("tcp_retransmit_skb")? >= 3),
     })
 }
 
-/// Where a `sock_common` bitfield of at most 8 bits sits: its byte, and the
-/// bit it starts at there (the programs read that one byte).
-fn byte_and_bit(btf: &Btf, member: &str) -> Result<(u32, u32), BtfError> {
-    let (bit_offset, width) = btf.bitfield("sock_common", &[member])?;
+/// Where a bitfield of at most 8 bits sits: its byte, and the bit it starts
+/// at there (the programs read that one byte).
+fn byte_and_bit(btf: &Btf, ty: &str, member: &str) -> Result<(u32, u32), BtfError> {
+    let (bit_offset, width) = btf.bitfield(ty, &[member])?;
     let (byte, bit) = (bit_offset / 8, bit_offset % 8);
     if bit + width > 8 {
         return Err(BtfError::Malformed(format!(
-            "sock_common.{member} spans bytes, tcptrace reads one"
+            "{ty}.{member} spans bytes, tcptrace reads one"
         )));
     }
     Ok((byte, bit))

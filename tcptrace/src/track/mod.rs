@@ -28,7 +28,7 @@ use std::collections::VecDeque;
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::{
-    events::{Endpoints, EventKind, Reuse, SocketEvent, Task, TcpState},
+    events::{Endpoints, EventKind, RetransmitKind, Reuse, SocketEvent, Task, TcpState},
     track::labels::{PortLabel, PortPolicy, Role},
 };
 
@@ -167,6 +167,11 @@ pub enum Signal {
     ConnectFailed {
         errno: u32,
     },
+    /// The socket retransmitted `segments` segments.
+    Retransmit {
+        kind: RetransmitKind,
+        segments: u16,
+    },
 }
 
 /// How long an ended socket's labels are kept: the kernel reports a socket's
@@ -295,6 +300,9 @@ impl Tracker {
             } => self.call_failed(event, Role::Client, Signal::ConnectFailed { errno }, sink),
             // Counted as the socket's error when it was reported.
             EventKind::ConnectFailed { reported: true, .. } => {}
+            EventKind::Retransmit { kind, segments } => {
+                self.signal(event, Signal::Retransmit { kind, segments }, sink);
+            }
             EventKind::TimewaitCancel { .. } => {
                 if let Some(socket) = self.sockets.get_mut(&event.cookie)
                     && socket.timewait
