@@ -27,7 +27,37 @@ const LEAK_PORT: u16 = 8090;
 const CLOSED_PORT: u16 = 18120;
 const CHURN_PORT: u16 = 18121;
 const KEEPALIVE_PORT: u16 = 18122;
+const BUSY_PORT: u16 = 18123;
 const FOR: &str = "3s";
+
+/// Calls that fail, for the panel of failed calls: a second listen on a
+/// shared port, a bind onto a listener's port, a connect with no route.
+fn fail_some_calls() {
+    let failing = NetNs::new();
+    failing.ip(&["route", "add", "unreachable", "10.99.0.0/16"]);
+    let script = r#"
+import socket, sys
+busy = ("127.0.0.1", int(sys.argv[1]))
+a, b = socket.socket(), socket.socket()
+for s in (a, b):
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(busy)
+a.listen(8)
+for call in (lambda: b.listen(8), lambda: socket.socket().bind(busy),
+             lambda: socket.create_connection(("10.99.0.1", 80))):
+    try:
+        call()
+        sys.exit("%r did not fail" % call)
+    except OSError:
+        pass
+"#;
+    let status = failing
+        .command("/usr/bin/python3")
+        .args(["-c", script, &BUSY_PORT.to_string()])
+        .status()
+        .expect("python3");
+    assert!(status.success(), "{status}");
+}
 
 /// A Prometheus server on loopback with a data directory of its own, both
 /// removed when dropped.
@@ -287,6 +317,8 @@ fn dashboard_panels_have_data_and_the_incidents_alerts_fire() {
     watch_alerts(&prometheus, &mut seen, "the incidents' alerts", |alerts| {
         expected.iter().all(|name| firing(alerts, name))
     });
+
+    fail_some_calls();
 
     // Every panel has data now, or within a few scrapes: a rate() needs two
     // samples of a series, and the last incident's series may have one yet.
