@@ -675,17 +675,23 @@ impl Daemon {
 
     /// SIGTERM; returns the exit status and stderr.
     pub fn stop(mut self) -> (std::process::ExitStatus, String) {
-        signal(&self.child.0, libc::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let status = loop {
-            if let Some(status) = self.child.0.try_wait().expect("wait") {
-                break status;
-            }
-            assert!(Instant::now() < deadline, "tcptrace run ignored SIGTERM");
-            thread::sleep(Duration::from_millis(20));
-        };
+        let status = terminate(&mut self.child.0, "tcptrace run");
         let stderr = self.stderr.take().map(|t| t.join().unwrap_or_default());
         (status, stderr.unwrap_or_default())
+    }
+}
+
+/// SIGTERM to `child`, then its exit status; fails the test if it is still
+/// running 10 s later.
+pub fn terminate(child: &mut Child, what: &str) -> std::process::ExitStatus {
+    signal(child, libc::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "{what} ignored SIGTERM");
+        thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -1268,15 +1274,7 @@ impl EventsProcess {
 
     /// SIGTERM, then the exit status and everything printed on stderr.
     pub fn stop(mut self) -> (std::process::ExitStatus, String) {
-        signal(&self.child.0, libc::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let status = loop {
-            if let Some(status) = self.child.0.try_wait().expect("wait") {
-                break status;
-            }
-            assert!(Instant::now() < deadline, "tcptrace ignored SIGTERM");
-            thread::sleep(Duration::from_millis(20));
-        };
+        let status = terminate(&mut self.child.0, "tcptrace events");
         (status, self.stderr.join().expect("stderr reader"))
     }
 }
