@@ -1296,8 +1296,13 @@ fn real_kernel_fin_wait2_timewait() {
         .expect("building the sockets");
 
     let is_client = |s: &DiagSocket| SocketAddr::new(s.saddr, s.sport) == client_addr.0;
+    // The handover is not atomic for a dump: the ACK of the FIN moves the
+    // full socket to FIN_WAIT2 (with no timer left) before `tcp_time_wait`
+    // hashes its timewait socket in, so a dump can land in between. A full
+    // socket in FIN_WAIT2 with a timer would stay one: that ends the wait.
     let sockets = dump_until(&ns, "the client in FIN_WAIT2", |s| {
-        s.iter().any(|s| is_client(s) && s.state == 5)
+        s.iter()
+            .any(|s| is_client(s) && s.state == 5 && (s.timewait || s.timer != 0))
     });
     for s in &sockets {
         eprintln!("{s:?}");
