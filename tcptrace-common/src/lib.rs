@@ -8,6 +8,10 @@
 /// What a ring-buffer record reports; the byte at `Event::kind`.
 pub mod kind {
     /// `inet_sock_set_state`: the socket moved from `old_state` to `new_state`.
+    /// For a move to CLOSE, `arg` is the socket's `sk_err` (0: none) or,
+    /// from SYN_SENT with none, its `sk_err_soft` (a connect given up after
+    /// an ICMP error); `flags` has [`super::FLAG_USER_TIMEOUT`] if it has a
+    /// user timeout.
     pub const STATE_CHANGE: u8 = 1;
     /// A timewait socket's timer was armed: the socket entered TIME_WAIT, or
     /// an orphaned FIN_WAIT2 timewait socket was (re)armed. `arg` is the
@@ -62,6 +66,9 @@ pub const FLAG_REUSEPORT: u8 = 8;
 /// `Event::flags` of a failed connect: the socket reported the same error
 /// (`inet_sk_error_report`), so it is already counted as a socket error.
 pub const FLAG_REPORTED: u8 = 16;
+/// `Event::flags` of a move to CLOSE: the socket has `TCP_USER_TIMEOUT` set,
+/// so an ETIMEDOUT is that timeout firing.
+pub const FLAG_USER_TIMEOUT: u8 = 32;
 
 /// TCP states as the kernel numbers them (`include/net/tcp_states.h`).
 /// The daemon's `TcpState` takes its numbers from here.
@@ -248,9 +255,14 @@ pub struct KernelLayout {
     /// 1 if `tcp_retransmit_skb` has its third argument, the error of the
     /// attempt (newer kernels trace failed attempts too).
     pub retransmit_has_err: u32,
+    /// `inet_connection_sock.icsk_user_timeout` (u32, ms; 0 if unset).
+    pub icsk_user_timeout: u32,
+    /// `sock.sk_err_soft` (int): an error the connection survived so far,
+    /// such as an ICMP error that came while the socket was busy.
+    pub sock_err_soft: u32,
 }
 
-const _: () = assert!(size_of::<KernelLayout>() == 200);
+const _: () = assert!(size_of::<KernelLayout>() == 208);
 
 // SAFETY: plain old data, `#[repr(C)]`, every bit pattern valid, padding explicit.
 #[cfg(feature = "user")]

@@ -77,6 +77,8 @@ static LAYOUT: KernelLayout = KernelLayout {
     skb_end: 0,
     shinfo_gso_segs: 0,
     retransmit_has_err: 0,
+    icsk_user_timeout: 0,
+    sock_err_soft: 0,
 };
 
 #[inline(always)]

@@ -4,7 +4,7 @@
 //! a separate timewait socket takes over (see `timewait.rs`).
 
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
-use tcptrace_common::{in_task_context, kind};
+use tcptrace_common::{FLAG_USER_TIMEOUT, in_task_context, kind, tcp_state};
 
 use crate::{maps, socket};
 
@@ -26,6 +26,23 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
         event.new_state = u8::try_from(new_state).unwrap_or(0);
         if in_task_context(event.old_state, event.new_state) {
             socket::record_task(event);
+        }
+        // What tells how the connection ended, as the kernel holds it when
+        // the connection ends: the error it ends with is set just before
+        // (and a poller woken by the CLOSE may take it right after), and
+        // an ETIMEDOUT of TCP_USER_TIMEOUT is told only by the option.
+        if event.new_state == tcp_state::CLOSE {
+            let mut errno: i32 = socket::read(sk, layout.sock_err);
+            // An ICMP error that came while connect() held the socket stays
+            // soft: the connect it made the application give up ends here.
+            if errno == 0 && event.old_state == tcp_state::SYN_SENT {
+                errno = socket::read(sk, layout.sock_err_soft);
+            }
+            event.arg = errno.unsigned_abs();
+            let user_timeout: u32 = socket::read(sk, layout.icsk_user_timeout);
+            if user_timeout != 0 {
+                event.flags |= FLAG_USER_TIMEOUT;
+            }
         }
     });
     0

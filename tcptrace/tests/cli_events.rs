@@ -59,11 +59,10 @@ fn port_filter_shows_every_transition_and_nothing_else() {
     });
     let unwanted =
         netns.run(|| client_closes_first(SocketAddr::from((Ipv4Addr::LOCALHOST, 9090)), 10));
-    let lines = tracer.collect(
-        10 * 10 + 2,
-        Duration::from_secs(20),
-        in_netns(netns.inode()),
-    );
+    let in_test = in_netns(netns.inode());
+    let lines = tracer.collect(10 * 10 + 2, Duration::from_secs(20), |line| {
+        in_test(line) && is_state(line)
+    });
     let (status, stderr) = tracer.stop();
 
     assert_eq!(
@@ -171,6 +170,11 @@ fn assert_task_only_on_system_calls(events: &[Value], tid: i32, comm: &str) {
     }
 }
 
+/// A transition's line, not a signal's (resets, errors, ends …).
+fn is_state(line: &str) -> bool {
+    line.contains(r#""event":"state""#)
+}
+
 #[test]
 fn ten_thousand_connections_lose_no_event() {
     let tracer = EventsProcess::start(&["--port", "8081"]);
@@ -182,7 +186,7 @@ fn ten_thousand_connections_lose_no_event() {
     // connection closes: those ends are not counted.
     let in_test = in_netns(netns.inode());
     let lines = tracer.collect(count * 10 + 2, Duration::from_secs(300), |line| {
-        in_test(line) && !line.contains(r#""old":"TIME_WAIT""#)
+        in_test(line) && is_state(line) && !line.contains(r#""old":"TIME_WAIT""#)
     });
     let (status, stderr) = tracer.stop();
     assert_eq!(lines.len(), count * 10 + 2, "stderr: {stderr}");

@@ -83,6 +83,20 @@ fn a_vanished_peer_is_retransmitted_to_until_the_kernel_gives_up() {
         ),
         0.0
     );
+    // Each connection ended once: the data one of tcp_retries2, the other
+    // of tcp_syn_retries.
+    let scrape = daemon.wait_for("both ends", Duration::from_secs(5), |s| {
+        s.ends(None, "client", PORT) == 1.0 && s.ends(None, "client", SYN_PORT) == 1.0
+    });
+    assert_eq!(
+        (
+            scrape.ends(Some("retransmit_timeout"), "client", PORT),
+            scrape.ends(Some("syn_timeout"), "client", SYN_PORT)
+        ),
+        (1.0, 1.0),
+        "{}",
+        scrape.summary()
+    );
     let (status, stderr) = daemon.stop();
     assert!(status.success(), "{status}: {stderr}");
 }

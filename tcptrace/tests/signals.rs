@@ -331,6 +331,16 @@ fn keepalive_timeouts_behind_a_dead_link() {
         20.0,
         "2 probes each"
     );
+    // Each connection ended once, of keepalive, whatever RST went with it.
+    let scrape = daemon.wait_for("10 ends", Duration::from_secs(5), |s| {
+        s.ends(None, "client", port) == 10.0
+    });
+    assert_eq!(
+        scrape.ends(Some("keepalive_timeout"), "client", port),
+        10.0,
+        "{}",
+        scrape.summary()
+    );
     drop(link);
     daemon.stop();
 }

@@ -46,6 +46,7 @@ pub const GUEST_TESTS: &[&str] = &[
     "cli_events",
     "failures",
     "retransmits",
+    "connection_ends",
     "signals",
     "exporter",
     "owners",

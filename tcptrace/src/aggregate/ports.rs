@@ -15,7 +15,7 @@ use crate::{
     events::{RetransmitKind, TcpState},
     support::clock::seconds,
     track::{
-        Change, Signal,
+        Change, End, Signal,
         labels::{PortLabel, Role},
     },
 };
@@ -114,6 +114,8 @@ pub struct Aggregates {
     failed_calls: FxHashMap<(Call, u32, PortLabel), u64>,
     /// Segments retransmitted.
     retransmits: FxHashMap<(RetransmitKind, Role, PortLabel), u64>,
+    /// Connections ended, by how.
+    ends: FxHashMap<(End, Role, PortLabel), u64>,
 }
 
 impl Aggregates {
@@ -146,6 +148,9 @@ impl Aggregates {
             Some(Signal::ConnectFailed { errno }) => self.call_failed(Call::Connect, errno, port),
             Some(Signal::Retransmit { kind, segments }) => {
                 *self.retransmits.entry((kind, role, port)).or_default() += u64::from(segments);
+            }
+            Some(Signal::Ended { how }) => {
+                *self.ends.entry((how, role, port)).or_default() += 1;
             }
             None => {}
         }
@@ -180,6 +185,14 @@ impl Aggregates {
 
     fn call_failed(&mut self, call: Call, errno: u32, port: PortLabel) {
         *self.failed_calls.entry((call, errno, port)).or_default() += 1;
+    }
+
+    /// Connections ended by how, role and port.
+    pub fn ends(&self) -> Vec<(End, Role, PortLabel, u64)> {
+        sorted(&self.ends)
+            .into_iter()
+            .map(|(&(how, role, port), &count)| (how, role, port, count))
+            .collect()
     }
 
     /// Segments retransmitted by kind, role and port.

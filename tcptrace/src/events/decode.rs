@@ -4,11 +4,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use tcptrace_common::{
     AF_INET, AF_INET6, Event, FLAG_REPORTED, FLAG_RESET_REASON, FLAG_REUSEADDR, FLAG_REUSEPORT,
-    FLAG_TASK, kind,
+    FLAG_TASK, FLAG_USER_TIMEOUT, kind,
 };
 
 use crate::events::{
-    Comm, Endpoints, EventKind, Family, RetransmitKind, Reuse, SocketEvent, Task, TcpState,
+    Closing, Comm, Endpoints, EventKind, Family, RetransmitKind, Reuse, SocketEvent, Task, TcpState,
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -48,10 +48,22 @@ pub fn decode(bytes: &[u8]) -> Result<SocketEvent, DecodeError> {
     };
     let state = |value| TcpState::from_kernel(value).ok_or(DecodeError::State(value));
     let kind = match raw.kind {
-        kind::STATE_CHANGE => EventKind::StateChange {
-            old: state(raw.old_state)?,
-            new: state(raw.new_state)?,
-        },
+        kind::STATE_CHANGE => {
+            let new = state(raw.new_state)?;
+            let closing = if new == TcpState::Close {
+                Closing {
+                    errno: (raw.arg != 0).then_some(raw.arg),
+                    user_timeout: raw.flags & FLAG_USER_TIMEOUT != 0,
+                }
+            } else {
+                Closing::default()
+            };
+            EventKind::StateChange {
+                old: state(raw.old_state)?,
+                new,
+                closing,
+            }
+        }
         kind::RESET_SENT => EventKind::ResetSent {
             reason: (raw.flags & FLAG_RESET_REASON != 0).then_some(raw.arg),
         },
@@ -169,7 +181,8 @@ mod tests {
             event.kind,
             EventKind::StateChange {
                 old: TcpState::Established,
-                new: TcpState::FinWait1
+                new: TcpState::FinWait1,
+                closing: Closing::default(),
             }
         );
         let task = event.task.expect("flagged with a task");
@@ -255,6 +268,30 @@ mod tests {
         assert_eq!(
             decoded(kind::KEEPALIVE_PROBE, 3, 0),
             EventKind::KeepaliveProbe { unanswered: 3 }
+        );
+    }
+
+    /// Only a move to CLOSE carries what the socket held then.
+    #[test]
+    fn a_move_to_close_carries_its_error_and_user_timeout() {
+        let decoded = |new_state, arg, flags| {
+            let mut raw = sample();
+            (raw.new_state, raw.arg, raw.flags) = (new_state, arg, flags);
+            decode(&record(&raw)).expect("valid").kind
+        };
+        let closing = |errno, user_timeout| EventKind::StateChange {
+            old: TcpState::Established,
+            new: TcpState::Close,
+            closing: Closing {
+                errno,
+                user_timeout,
+            },
+        };
+        assert_eq!(decoded(7, 110, FLAG_USER_TIMEOUT), closing(Some(110), true));
+        assert_eq!(decoded(7, 0, 0), closing(None, false));
+        assert_eq!(
+            decoded(4, 110, FLAG_USER_TIMEOUT),
+            EventKind::state(TcpState::Established, TcpState::FinWait1)
         );
     }
 

@@ -40,7 +40,7 @@ impl Handshakes {
     /// any; holds it instead if it is an early LISTEN -> SYN_RECV.
     pub fn repair(&mut self, event: SocketEvent, out: &mut Vec<SocketEvent>) {
         self.expire(event.ts_ns);
-        let EventKind::StateChange { old, new } = event.kind else {
+        let EventKind::StateChange { old, new, .. } = event.kind else {
             out.push(event);
             return;
         };
@@ -114,7 +114,7 @@ mod tests {
                 dport,
             },
             task: None,
-            kind: EventKind::StateChange { old, new },
+            kind: EventKind::state(old, new),
         }
     }
 

@@ -114,7 +114,12 @@ impl Family {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventKind {
     /// `inet_sock_set_state` (full sockets; never TIME_WAIT).
-    StateChange { old: TcpState, new: TcpState },
+    StateChange {
+        old: TcpState,
+        new: TcpState,
+        /// For a move to CLOSE: what the socket held then.
+        closing: Closing,
+    },
     /// A timewait socket's timer was armed; `substate` is TIME_WAIT, or
     /// FIN_WAIT2 for an orphaned socket still waiting for the peer's FIN.
     TimewaitStart { substate: TcpState },
@@ -142,6 +147,30 @@ pub enum EventKind {
     ConnectFailed { errno: u32, reported: bool },
     /// The socket retransmitted `segments` segments.
     Retransmit { kind: RetransmitKind, segments: u16 },
+}
+
+impl EventKind {
+    /// A state change other than to CLOSE, or one with nothing to tell.
+    pub const fn state(old: TcpState, new: TcpState) -> Self {
+        Self::StateChange {
+            old,
+            new,
+            closing: Closing {
+                errno: None,
+                user_timeout: false,
+            },
+        }
+    }
+}
+
+/// What a socket held when it moved to CLOSE, which tells how its
+/// connection ended (see `track::ends`); the default for other moves.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Closing {
+    /// `sk_err`: the error the connection ends with, if any.
+    pub errno: Option<u32>,
+    /// `TCP_USER_TIMEOUT` was set.
+    pub user_timeout: bool,
 }
 
 /// Why a socket retransmitted, as the kernel's state at the time tells.

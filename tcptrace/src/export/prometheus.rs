@@ -113,8 +113,26 @@ pub fn state_families(
         .into_iter()
         .chain(signal_families(aggregates, reset_reasons))
         .chain(failed_call_families(aggregates))
-        .chain([retransmit_family(aggregates)])
+        .chain([retransmit_family(aggregates), end_family(aggregates)])
         .collect()
+}
+
+/// How connections ended: each connection once.
+fn end_family(aggregates: &Aggregates) -> MetricFamily {
+    let mut family = family(
+        "tcptrace_connection_ends_total",
+        "Connections ended, each once, by how: closed, reset_received, reset_sent, refused, keepalive_timeout, retransmit_timeout, syn_timeout, user_timeout, unreachable, killed.",
+        MetricType::COUNTER,
+    );
+    for (how, role, port, count) in aggregates.ends() {
+        let labels = labels(&[
+            ("how", how.name()),
+            ("role", role.name()),
+            ("port", &port.to_string()),
+        ]);
+        family.mut_metric().push(counter(labels, count));
+    }
+    family
 }
 
 /// Segments retransmitted, by what made the kernel send them again.
@@ -625,7 +643,7 @@ mod tests {
         use TcpState::{CloseWait, Established, LastAck, Listen};
         let mut tracker = Tracker::new(PortPolicy::new(&[], 32768, 128), 100);
         let mut aggregates = Aggregates::default();
-        let state = |old, new| EventKind::StateChange { old, new };
+        let state = EventKind::state;
         let mut events = vec![event(1, 0, state(TcpState::Close, Listen))];
         // Three server sockets reach CLOSE_WAIT at 10 s, 20 s, 30 s.
         for (cookie, at) in [(2, 10), (3, 20), (4, 30)] {
@@ -683,10 +701,7 @@ mod tests {
             event(
                 1,
                 0,
-                EventKind::StateChange {
-                    old: TcpState::Established,
-                    new: TcpState::FinWait1,
-                },
+                EventKind::state(TcpState::Established, TcpState::FinWait1),
             ),
             event(
                 1,

@@ -31,7 +31,8 @@ pub enum Format {
 #[derive(Serialize)]
 struct JsonEvent<'a> {
     ts: String,
-    /// `state`, `reset`, `error`, `keepalive_probe` or `keepalive_timeout`.
+    /// `state`, `reset`, `error`, `keepalive_probe`, `keepalive_timeout`,
+    /// `bind_error`, `listen_error`, `connect_error`, `retransmit` or `end`.
     event: &'static str,
     cookie: u64,
     netns: u32,
@@ -73,6 +74,9 @@ struct JsonEvent<'a> {
     kind: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     segments: Option<u16>,
+    /// Connection ends: how it ended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    how: Option<&'static str>,
     /// Failed system calls: the failing process's cgroup.
     #[serde(skip_serializing_if = "Option::is_none")]
     cgroup: Option<&'a str>,
@@ -83,6 +87,57 @@ struct JsonEvent<'a> {
     tid: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     comm: Option<Cow<'a, str>>,
+}
+
+/// The fields and the text of a signal's line.
+fn signal_line<'a>(
+    line: &mut JsonEvent<'a>,
+    signal: Signal,
+    kind: &EventKind,
+    reset_reasons: &'a ResetReasons,
+    holders: Option<&PortHolders>,
+) -> String {
+    match signal {
+        Signal::ResetSent { reason } => {
+            let reason = reset_reasons.name(reason);
+            (line.event, line.direction, line.reason) = ("reset", Some("sent"), Some(reason));
+            format!("RST sent ({reason})")
+        }
+        Signal::ResetReceived => {
+            (line.event, line.direction) = ("reset", Some("received"));
+            "RST received".to_owned()
+        }
+        Signal::Error { errno } => {
+            let name = errno_name(errno);
+            let what = format!("error {name}");
+            (line.event, line.error) = ("error", Some(name));
+            what
+        }
+        Signal::KeepaliveProbe => {
+            let probes = match *kind {
+                EventKind::KeepaliveProbe { unanswered } => unanswered,
+                _ => 0,
+            };
+            (line.event, line.probes) = ("keepalive_probe", Some(probes));
+            format!("keepalive probe ({probes} unanswered)")
+        }
+        Signal::KeepaliveTimeout => {
+            line.event = "keepalive_timeout";
+            "keepalive timeout".to_owned()
+        }
+        Signal::BindFailed { .. } | Signal::ListenFailed { .. } | Signal::ConnectFailed { .. } => {
+            failed_call_line(line, signal, holders)
+        }
+        Signal::Retransmit { kind, segments } => {
+            (line.event, line.kind, line.segments) =
+                ("retransmit", Some(kind.name()), Some(segments));
+            format!("retransmit ({}, {segments} segments)", kind.name())
+        }
+        Signal::Ended { how } => {
+            (line.event, line.how) = ("end", Some(how.name()));
+            format!("ended: {}", how.name())
+        }
+    }
 }
 
 /// Fills in `line` for a failed bind, listen or connect; returns the text
@@ -224,6 +279,7 @@ impl EventWriter {
             reuseport: None,
             kind: None,
             segments: None,
+            how: None,
             holders: holders.map(JsonHolders::from),
             cgroup: failed_call.and_then(|call| call.cgroup.as_deref()),
             pid: event.task.map(|t| t.pid),
@@ -236,45 +292,8 @@ impl EventWriter {
                 let killed = if change.killed { " (killed)" } else { "" };
                 format!("{old} -> {new}{killed}")
             }
-            (None, Some(Signal::ResetSent { reason })) => {
-                let reason = self.reset_reasons.name(reason);
-                (line.event, line.direction, line.reason) = ("reset", Some("sent"), Some(reason));
-                format!("RST sent ({reason})")
-            }
-            (None, Some(Signal::ResetReceived)) => {
-                (line.event, line.direction) = ("reset", Some("received"));
-                "RST received".to_owned()
-            }
-            (None, Some(Signal::Error { errno })) => {
-                let name = errno_name(errno);
-                let what = format!("error {name}");
-                (line.event, line.error) = ("error", Some(name));
-                what
-            }
-            (None, Some(Signal::KeepaliveProbe)) => {
-                let probes = match event.kind {
-                    EventKind::KeepaliveProbe { unanswered } => unanswered,
-                    _ => 0,
-                };
-                (line.event, line.probes) = ("keepalive_probe", Some(probes));
-                format!("keepalive probe ({probes} unanswered)")
-            }
-            (None, Some(Signal::KeepaliveTimeout)) => {
-                line.event = "keepalive_timeout";
-                "keepalive timeout".to_owned()
-            }
-            (
-                None,
-                Some(
-                    signal @ (Signal::BindFailed { .. }
-                    | Signal::ListenFailed { .. }
-                    | Signal::ConnectFailed { .. }),
-                ),
-            ) => failed_call_line(&mut line, signal, holders),
-            (None, Some(Signal::Retransmit { kind, segments })) => {
-                (line.event, line.kind, line.segments) =
-                    ("retransmit", Some(kind.name()), Some(segments));
-                format!("retransmit ({}, {segments} segments)", kind.name())
+            (None, Some(signal)) => {
+                signal_line(&mut line, signal, &event.kind, &self.reset_reasons, holders)
             }
             (None, None) => return Ok(()),
         };

@@ -95,6 +95,8 @@ pub fn kernel_layout(btf: &Btf, symbols: TimerSymbols) -> Result<KernelLayout, B
         skb_end: field("sk_buff", &["end"], 4)?,
         shinfo_gso_segs: field("skb_shared_info", &["gso_segs"], 2)?,
         retransmit_has_err: u32::from(btf.tracepoint_args("tcp_retransmit_skb")? >= 3),
+        icsk_user_timeout: field("inet_connection_sock", &["icsk_user_timeout"], 4)?,
+        sock_err_soft: field("sock", &["sk_err_soft"], 4)?,
     })
 }
 

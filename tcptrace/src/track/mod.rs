@@ -15,12 +15,14 @@
 //! TIME_WAIT (60 s re-armed as 60 s). So sockets in that substate are looked
 //! up in the kernel ([`Tracker::fin_wait2_timewaits`], [`Tracker::looked_up`]).
 
+pub(crate) mod ends;
 pub mod holders;
 pub mod labels;
 pub mod lookups;
 mod reconcile;
 mod timewait;
 
+pub use ends::End;
 pub use reconcile::Corrections;
 
 use std::collections::VecDeque;
@@ -28,7 +30,7 @@ use std::collections::VecDeque;
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::{
-    events::{Endpoints, EventKind, RetransmitKind, Reuse, SocketEvent, Task, TcpState},
+    events::{Closing, Endpoints, EventKind, RetransmitKind, Reuse, SocketEvent, Task, TcpState},
     track::labels::{PortLabel, PortPolicy, Role},
 };
 
@@ -172,6 +174,10 @@ pub enum Signal {
         kind: RetransmitKind,
         segments: u16,
     },
+    /// The connection ended, as told in [`ends`].
+    Ended {
+        how: End,
+    },
 }
 
 /// How long an ended socket's labels are kept: the kernel reports a socket's
@@ -183,7 +189,9 @@ const ENDED_KEPT_NS: u64 = 5_000_000_000;
 struct Ended {
     role: Role,
     port: PortLabel,
-    keepalive_probes: u8,
+    evidence: ends::Evidence,
+    /// Its end, until the evidence after it is in.
+    pending: Option<ends::PendingEnd>,
 }
 
 #[derive(Debug)]
@@ -197,8 +205,8 @@ struct Socket {
     timewait: bool,
     /// An unresolved timewait timer cancel (see [`CANCEL_GRACE_NS`]).
     cancel: Option<Box<SocketEvent>>,
-    /// Keepalive probes outstanding, as of the last probe.
-    keepalive_probes: u8,
+    /// What tells how it ends.
+    evidence: ends::Evidence,
     /// The task of the last transition made in process context.
     task: Option<Task>,
 }
@@ -231,6 +239,8 @@ pub struct Tracker {
     /// Recently ended sockets, for the signals that follow their end.
     ended: FxHashMap<u64, Ended>,
     ended_order: VecDeque<(u64, u64)>,
+    /// Ends awaiting their evidence, oldest first: (time, cookie).
+    pending_ends: VecDeque<(u64, u64)>,
 }
 
 impl Tracker {
@@ -245,6 +255,7 @@ impl Tracker {
             ended_during_dump: None,
             ended: FxHashMap::default(),
             ended_order: VecDeque::new(),
+            pending_ends: VecDeque::new(),
         }
     }
 
@@ -264,18 +275,31 @@ impl Tracker {
     /// Applies one kernel event, reporting each resulting change to `sink`.
     pub fn apply(&mut self, event: &SocketEvent, sink: &mut impl FnMut(&Change)) {
         match event.kind {
-            EventKind::StateChange { old, new } => self.state_change(event, old, new, sink),
+            EventKind::StateChange { old, new, closing } => {
+                self.state_change(event, (old, new), closing, sink);
+            }
             EventKind::TimewaitStart { substate } => self.timewait_armed(event, substate, sink),
             EventKind::TimewaitExpire { .. } => self.timewait_ended(event, false, sink),
             EventKind::ResetSent { reason } => {
+                if let Some(ended) = self.ended.get_mut(&event.cookie) {
+                    ended.evidence.reset_sent = true;
+                }
                 self.signal(event, Signal::ResetSent { reason }, sink);
             }
-            EventKind::ResetReceived => self.signal(event, Signal::ResetReceived, sink),
-            EventKind::SocketError { errno } => self.signal(event, Signal::Error { errno }, sink),
+            EventKind::ResetReceived => {
+                self.note(event.cookie, |evidence| evidence.reset_received = true);
+                self.signal(event, Signal::ResetReceived, sink);
+            }
+            EventKind::SocketError { errno } => {
+                self.note(event.cookie, |evidence| {
+                    evidence.error = Some((errno, event.ts_ns));
+                });
+                self.signal(event, Signal::Error { errno }, sink);
+            }
             EventKind::KeepaliveProbe { unanswered } => {
-                if let Some(socket) = self.sockets.get_mut(&event.cookie) {
-                    socket.keepalive_probes = unanswered;
-                }
+                self.note(event.cookie, |evidence| {
+                    evidence.keepalive_probes = unanswered;
+                });
                 self.signal(event, Signal::KeepaliveProbe, sink);
             }
             EventKind::BindFailed { errno, reuse } => {
@@ -294,12 +318,18 @@ impl Tracker {
                     sink,
                 );
             }
-            EventKind::ConnectFailed {
-                errno,
-                reported: false,
-            } => self.call_failed(event, Role::Client, Signal::ConnectFailed { errno }, sink),
-            // Counted as the socket's error when it was reported.
-            EventKind::ConnectFailed { reported: true, .. } => {}
+            EventKind::ConnectFailed { errno, reported } => {
+                // A connect that failed at once (a route that turned
+                // unreachable) ended its socket just before, with no error
+                // of its own.
+                self.note(event.cookie, |evidence| {
+                    evidence.error = Some((errno, event.ts_ns));
+                });
+                // Counted as the socket's error when it was reported.
+                if !reported {
+                    self.call_failed(event, Role::Client, Signal::ConnectFailed { errno }, sink);
+                }
+            }
             EventKind::Retransmit { kind, segments } => {
                 self.signal(event, Signal::Retransmit { kind, segments }, sink);
             }
@@ -314,35 +344,39 @@ impl Tracker {
         }
     }
 
+    /// Adds to the evidence of how a tracked or recently ended socket ends.
+    fn note(&mut self, cookie: u64, add: impl FnOnce(&mut ends::Evidence)) {
+        if let Some(socket) = self.sockets.get_mut(&cookie) {
+            add(&mut socket.evidence);
+        } else if let Some(ended) = self.ended.get_mut(&cookie) {
+            add(&mut ended.evidence);
+        }
+    }
+
     /// Reports a signal under the socket's labels: a tracked socket's, a
     /// recently ended one's, or, for a packet no socket owned (cookie 0), the
     /// server side of the port it was sent to, if that port has a label.
     fn signal(&mut self, event: &SocketEvent, signal: Signal, sink: &mut impl FnMut(&Change)) {
-        let known = self.sockets.get(&event.cookie).map(|s| Ended {
-            role: s.role,
-            port: s.port,
-            keepalive_probes: s.keepalive_probes,
+        let known = self
+            .sockets
+            .get(&event.cookie)
+            .map(|s| (s.role, s.port, s.evidence.keepalive_probes));
+        let known = known.or_else(|| {
+            self.ended
+                .get(&event.cookie)
+                .map(|e| (e.role, e.port, e.evidence.keepalive_probes))
         });
-        let known = known.or_else(|| self.ended.get(&event.cookie).copied());
-        let Ended {
-            role,
-            port,
-            keepalive_probes,
-        } = match known {
+        let (role, port, keepalive_probes) = match known {
             Some(known) => known,
-            None if event.cookie == 0 => Ended {
-                role: Role::Server,
-                port: self.policy.existing(Role::Server, event.endpoints.sport),
-                keepalive_probes: 0,
-            },
+            None if event.cookie == 0 => (
+                Role::Server,
+                self.policy.existing(Role::Server, event.endpoints.sport),
+                0,
+            ),
             None => {
                 let role = self.role_of(event.endpoints.netns, event.endpoints.sport);
                 let port = self.label(role, event.endpoints.sport, event.endpoints.dport);
-                Ended {
-                    role,
-                    port,
-                    keepalive_probes: 0,
-                }
+                (role, port, 0)
             }
         };
         let mut change = Change::signal(*event, (role, port), signal);
@@ -366,8 +400,10 @@ impl Tracker {
         sink(&Change::signal(*event, (role, port), signal));
     }
 
-    /// Resolves timewait cancels older than the grace period as kills.
+    /// Resolves timewait cancels older than the grace period as kills, and
+    /// connection ends whose evidence is in.
     pub fn tick(&mut self, now_ns: u64, sink: &mut impl FnMut(&Change)) {
+        self.resolve_ends(now_ns, sink);
         while let Some(&(ts_ns, cookie)) = self.ended_order.front() {
             if ts_ns.saturating_add(ENDED_KEPT_NS) > now_ns {
                 break;
@@ -390,8 +426,8 @@ impl Tracker {
     fn state_change(
         &mut self,
         event: &SocketEvent,
-        old: TcpState,
-        new: TcpState,
+        (old, new): (TcpState, TcpState),
+        closing: Closing,
         sink: &mut impl FnMut(&Change),
     ) {
         let entered = (new != TcpState::Close).then_some(Stay {
@@ -431,7 +467,15 @@ impl Tracker {
             return;
         };
         if socket.timewait && new == TcpState::Close {
-            return; // the full socket's end after its timewait socket took over
+            // The full socket's end after its timewait socket took over: the
+            // connection ended in a FIN exchange.
+            let labels = (socket.role, socket.port);
+            sink(&Change::signal(
+                *event,
+                labels,
+                Signal::Ended { how: End::Closed },
+            ));
+            return;
         }
         let left = socket.stay;
         let (role, port) = (socket.role, socket.port);
@@ -441,9 +485,18 @@ impl Tracker {
         }
         if let Some(stay) = entered {
             socket.stay = stay;
-        } else if let Some(socket) = self.sockets.remove(&event.cookie) {
+        } else if let Some(mut socket) = self.sockets.remove(&event.cookie) {
+            if let Some(errno) = closing.errno {
+                socket.evidence.error = Some((errno, event.ts_ns));
+            }
+            socket.evidence.user_timeout = closing.user_timeout;
             self.remember_ended(event, &socket);
             self.ended(event.cookie);
+            // Listeners are no connections, nor are sockets that never got a
+            // port (a connect that failed before sending).
+            if left.state != TcpState::Listen && event.endpoints.sport != 0 {
+                self.end_pending(event, old);
+            }
         }
         if left.state == TcpState::Listen && new != TcpState::Listen {
             self.forget_listener(event.endpoints.netns, event.endpoints.sport);
@@ -484,7 +537,7 @@ impl Tracker {
                 endpoints: event.endpoints,
                 timewait,
                 cancel: None,
-                keepalive_probes: 0,
+                evidence: ends::Evidence::default(),
                 task: None,
             },
         );
@@ -523,7 +576,8 @@ impl Tracker {
         let ended = Ended {
             role: socket.role,
             port: socket.port,
-            keepalive_probes: socket.keepalive_probes,
+            evidence: socket.evidence,
+            pending: None,
         };
         self.ended.insert(event.cookie, ended);
         self.ended_order.push_back((event.ts_ns, event.cookie));
@@ -602,10 +656,7 @@ impl Endpoints {
             cookie,
             endpoints: self,
             task: None,
-            kind: EventKind::StateChange {
-                old: stay.state,
-                new: stay.state,
-            },
+            kind: EventKind::state(stay.state, stay.state),
         }
     }
 }

@@ -29,7 +29,7 @@ fn event(cookie: u64, ms: u64, kind: EventKind, sport: u16, dport: u16) -> Socke
 }
 
 fn state(old: TcpState, new: TcpState) -> EventKind {
-    EventKind::StateChange { old, new }
+    EventKind::state(old, new)
 }
 
 /// Applies events, returning every change.
@@ -94,17 +94,18 @@ fn client_closing_first_enters_time_wait_and_expires() {
             .iter()
             .all(|c| c.role == Role::Client && c.port == PortLabel::Port(80))
     );
-    let left_fin_wait2 = changes[4].left.expect("left FIN_WAIT2");
+    let moved: Vec<&Change> = changes.iter().filter(|c| c.transition.is_some()).collect();
+    let left_fin_wait2 = moved[4].left.expect("left FIN_WAIT2");
     assert_eq!(
         (left_fin_wait2.state, left_fin_wait2.since_ns),
         (FinWait2, 11 * MS)
     );
-    let left_time_wait = changes[5].left.expect("left TIME_WAIT");
+    let left_time_wait = moved[5].left.expect("left TIME_WAIT");
     assert_eq!(
         (left_time_wait.since_ns, left_time_wait.known),
         (20 * MS, true)
     );
-    assert!(!changes[5].killed);
+    assert!(!moved[5].killed);
     assert!(tracker.is_empty());
     tracker.tick(u64::MAX, &mut |c| panic!("nothing pending: {c:?}"));
 }
@@ -318,7 +319,8 @@ fn orphaned_fin_wait2_expiring_never_counts_as_time_wait() {
             (FinWait2, Close)
         ]
     );
-    let left = changes[2].left.expect("left FIN_WAIT2");
+    let moved: Vec<&Change> = changes.iter().filter(|c| c.transition.is_some()).collect();
+    let left = moved[2].left.expect("left FIN_WAIT2");
     assert_eq!((left.state, left.since_ns), (FinWait2, MS));
 }
 
@@ -465,4 +467,112 @@ fn a_connect_failure_the_socket_reported_is_not_counted_twice() {
         (changes[0].role, changes[0].port),
         (Role::Client, PortLabel::Port(5432))
     );
+}
+
+/// The ends among `changes`, in order.
+fn ends(changes: &[Change]) -> Vec<End> {
+    changes
+        .iter()
+        .filter_map(|c| match c.signal {
+            Some(Signal::Ended { how }) => Some(how),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn each_connection_ends_once_and_how_is_told_by_what_followed() {
+    let mut tracker = tracker();
+    let sport = |cookie| 40000 + u16::try_from(cookie).expect("small");
+    let connect = |cookie, ms| event(cookie, ms, state(Close, SynSent), sport(cookie), 80);
+    let at = |cookie, ms, kind| event(cookie, ms, kind, sport(cookie), 80);
+    let error = |errno: i32| EventKind::SocketError {
+        errno: errno.unsigned_abs(),
+    };
+    // A move to CLOSE with the error the socket held.
+    let close = |old, errno: i32| EventKind::StateChange {
+        old,
+        new: Close,
+        closing: Closing {
+            errno: Some(errno.unsigned_abs()),
+            user_timeout: false,
+        },
+    };
+    let changes = run(
+        &mut tracker,
+        &[
+            // 1: a FIN exchange: the handover to the timewait socket.
+            connect(1, 0),
+            at(1, 1, state(SynSent, Established)),
+            at(1, 2, state(Established, FinWait1)),
+            at(1, 3, state(FinWait1, FinWait2)),
+            at(1, 3, EventKind::TimewaitStart { substate: FinWait2 }),
+            at(1, 3, state(FinWait2, Close)),
+            // 2: refused: the RST and the CLOSE; the error, taken by the
+            // connecting poller first, is never reported.
+            connect(2, 10),
+            at(2, 11, EventKind::ResetReceived),
+            at(2, 11, close(SynSent, libc::ECONNREFUSED)),
+            // 3: SO_LINGER 0: the CLOSE first, then the RST and ECONNRESET.
+            connect(3, 20),
+            at(3, 21, state(SynSent, Established)),
+            at(3, 22, state(Established, Close)),
+            at(3, 22, EventKind::ResetSent { reason: None }),
+            at(3, 22, error(libc::ECONNRESET)),
+            // 4: keepalive gave up: the error, then the CLOSE.
+            connect(4, 30),
+            at(4, 31, state(SynSent, Established)),
+            at(4, 40, EventKind::KeepaliveProbe { unanswered: 1 }),
+            at(4, 41, EventKind::KeepaliveProbe { unanswered: 2 }),
+            at(4, 42, error(libc::ETIMEDOUT)),
+            at(4, 42, close(Established, libc::ETIMEDOUT)),
+            // 5: a connect given up before it completed.
+            connect(5, 50),
+            at(5, 51, state(SynSent, Close)),
+        ],
+    );
+    assert_eq!(ends(&changes), [End::Closed], "only the handover at once");
+    let mut later = Vec::new();
+    tracker.tick(51 * MS + ends::END_GRACE_NS - 1, &mut |c| later.push(*c));
+    assert_eq!(
+        ends(&later),
+        [End::Refused, End::ResetSent, End::KeepaliveTimeout]
+    );
+    tracker.tick(51 * MS + ends::END_GRACE_NS, &mut |c| later.push(*c));
+    assert_eq!(
+        ends(&later),
+        [
+            End::Refused,
+            End::ResetSent,
+            End::KeepaliveTimeout,
+            End::Closed
+        ]
+    );
+    // The timewait socket's own end is not a second end.
+    let mut expiry = run(
+        &mut tracker,
+        &[at(
+            1,
+            60_003,
+            EventKind::TimewaitExpire { substate: FinWait2 },
+        )],
+    );
+    tracker.tick(70_000 * MS, &mut |c| expiry.push(*c));
+    assert_eq!(ends(&expiry), []);
+}
+
+#[test]
+fn listeners_and_connects_that_never_got_a_port_are_no_connections() {
+    let mut tracker = tracker();
+    let mut changes = run(
+        &mut tracker,
+        &[
+            event(1, 0, state(Close, Listen), 80, 0),
+            event(1, 1, state(Listen, Close), 80, 0),
+            event(2, 2, state(Close, SynSent), 0, 80),
+            event(2, 2, state(SynSent, Close), 0, 80),
+        ],
+    );
+    tracker.tick(10 * ends::END_GRACE_NS, &mut |c| changes.push(*c));
+    assert_eq!(ends(&changes), []);
 }

@@ -485,7 +485,7 @@ pub fn transitions(events: &[&SocketEvent]) -> Vec<(TcpState, TcpState)> {
     events
         .iter()
         .filter_map(|e| match e.kind {
-            EventKind::StateChange { old, new } => Some((old, new)),
+            EventKind::StateChange { old, new, .. } => Some((old, new)),
             _ => None,
         })
         .collect()
@@ -837,8 +837,9 @@ impl Scrape {
     /// counters that explain a gauge gone wrong (lost or malformed events).
     pub fn summary(&self) -> String {
         use std::fmt::Write;
-        const SUMMARY: [&str; 6] = [
+        const SUMMARY: [&str; 7] = [
             "tcptrace_sockets",
+            "tcptrace_connection_ends_total",
             "tcptrace_events_total",
             "tcptrace_events_lost_total",
             "tcptrace_decode_errors_total",
@@ -855,6 +856,15 @@ impl Scrape {
     }
 
     /// Sum of the samples of `name` whose labels include all of `labels`.
+    /// `tcptrace_connection_ends_total` of `role` and `port`: for `how`, or
+    /// every end with `None`.
+    pub fn ends(&self, how: Option<&str>, role: &str, port: u16) -> f64 {
+        let port = port.to_string();
+        let mut labels = vec![("role", role), ("port", port.as_str())];
+        labels.extend(how.map(|how| ("how", how)));
+        self.sum("tcptrace_connection_ends_total", &labels)
+    }
+
     pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         self.matching(name, labels).map(|(_, v)| v).sum()
     }

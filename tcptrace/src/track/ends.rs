@@ -1,0 +1,259 @@
+//! How each connection ended, told from what the kernel reported around the
+//! end of its full socket.
+//!
+//! A connection ends once: when its full socket hands over to a timewait
+//! socket (a FIN exchange: `closed` at once), or when it reaches CLOSE. The
+//! signals that tell why come on both sides of that CLOSE (an RST received
+//! and a timeout's error before it; the error of a received RST, and the RST
+//! of a close with unread data or `SO_LINGER` 0, after it), so a CLOSE is
+//! decided [`END_GRACE_NS`] later, from the evidence gathered by then.
+//!
+//! In order, the first that holds:
+//!
+//! | evidence | `how` |
+//! |---|---|
+//! | ECONNREFUSED | `refused` (an RST answered the SYN) |
+//! | ETIMEDOUT in SYN_SENT | `syn_timeout` (`tcp_syn_retries`) |
+//! | ETIMEDOUT with keepalive probes unanswered | `keepalive_timeout` |
+//! | ETIMEDOUT on a socket with `TCP_USER_TIMEOUT` | `user_timeout` |
+//! | ETIMEDOUT | `retransmit_timeout` (`tcp_retries2`, or the orphan retries) |
+//! | EHOSTUNREACH, ENETUNREACH | `unreachable` (an ICMP error; after a timeout the kernel reports the ICMP error it last got instead of ETIMEDOUT; a connect given up after one is told by the socket's soft error, and one that failed at once by the error `connect()` returned) |
+//! | an RST received | `reset_received` |
+//! | an RST sent | `reset_sent` |
+//! | any other error (ECONNABORTED: `ss -K`, `SOCK_DESTROY`) | `killed` |
+//! | nothing | `closed` (also a connect the application gave up before it completed) |
+//!
+//! An ICMP error that comes back while `connect()` still holds the socket (a
+//! round trip of microseconds) stays a soft error; an application that takes
+//! it (`SO_ERROR`) and closes leaves nothing to tell, and the end counts as
+//! `closed`. Over a real network the ICMP error comes later and ends the
+//! connection itself.
+//!
+//! Only errors reported from [`ERROR_BEFORE_END_NS`] before the end count:
+//! an earlier one (an ICMP error a socket with `IP_RECVERR` survived) is
+//! not what ended it. Sockets that never got a local port (a connect that
+//! failed before sending, counted by `tcptrace_connect_errors_total`) and
+//! listeners are not connections. Sockets forgotten without their end being
+//! seen (lost events, eviction) are not counted.
+
+use super::{Change, Signal, Tracker};
+use crate::events::{SocketEvent, TcpState};
+
+/// How long after a CLOSE its evidence is awaited. The signals after it come
+/// from the same kernel call, within microseconds; the margin covers records
+/// of other CPUs read in between.
+pub const END_GRACE_NS: u64 = 500_000_000;
+
+/// How long before the end an error may have been reported to count.
+const ERROR_BEFORE_END_NS: u64 = 100_000_000;
+
+const ECONNREFUSED: u32 = libc::ECONNREFUSED.unsigned_abs();
+const ETIMEDOUT: u32 = libc::ETIMEDOUT.unsigned_abs();
+const EHOSTUNREACH: u32 = libc::EHOSTUNREACH.unsigned_abs();
+const ENETUNREACH: u32 = libc::ENETUNREACH.unsigned_abs();
+
+/// How a connection ended (`tcptrace_connection_ends_total{how}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum End {
+    Closed,
+    ResetReceived,
+    ResetSent,
+    Refused,
+    KeepaliveTimeout,
+    RetransmitTimeout,
+    SynTimeout,
+    UserTimeout,
+    Unreachable,
+    Killed,
+}
+
+impl End {
+    pub const ALL: [Self; 10] = [
+        Self::Closed,
+        Self::ResetReceived,
+        Self::ResetSent,
+        Self::Refused,
+        Self::KeepaliveTimeout,
+        Self::RetransmitTimeout,
+        Self::SynTimeout,
+        Self::UserTimeout,
+        Self::Unreachable,
+        Self::Killed,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::ResetReceived => "reset_received",
+            Self::ResetSent => "reset_sent",
+            Self::Refused => "refused",
+            Self::KeepaliveTimeout => "keepalive_timeout",
+            Self::RetransmitTimeout => "retransmit_timeout",
+            Self::SynTimeout => "syn_timeout",
+            Self::UserTimeout => "user_timeout",
+            Self::Unreachable => "unreachable",
+            Self::Killed => "killed",
+        }
+    }
+}
+
+/// What the kernel reported of a socket that tells how it ended.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Evidence {
+    pub reset_received: bool,
+    /// Only RSTs sent at or after the end: one sent earlier answered a stray
+    /// segment and left the connection as it was.
+    pub reset_sent: bool,
+    /// The last error, and when: the one the socket held at CLOSE
+    /// (`sk_err`, which a poller woken by the CLOSE may take before the
+    /// error is reported), or the last one reported.
+    pub error: Option<(u32, u64)>,
+    /// The socket had `TCP_USER_TIMEOUT` set when it reached CLOSE.
+    pub user_timeout: bool,
+    /// Keepalive probes outstanding, as of the last probe.
+    pub keepalive_probes: u8,
+}
+
+/// A connection whose CLOSE awaits the evidence that follows it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct PendingEnd {
+    pub event: SocketEvent,
+    /// The state it left for CLOSE.
+    pub from: TcpState,
+}
+
+impl Evidence {
+    /// How a connection with this evidence ended, leaving `from` at `end_ns`.
+    pub fn how(&self, from: TcpState, end_ns: u64) -> End {
+        let errno = self
+            .error
+            .filter(|&(_, ts_ns)| ts_ns.saturating_add(ERROR_BEFORE_END_NS) >= end_ns)
+            .map(|(errno, _)| errno);
+        match errno {
+            Some(ECONNREFUSED) => End::Refused,
+            Some(ETIMEDOUT) if from == TcpState::SynSent => End::SynTimeout,
+            Some(ETIMEDOUT) if self.keepalive_probes > 0 => End::KeepaliveTimeout,
+            Some(ETIMEDOUT) if self.user_timeout => End::UserTimeout,
+            Some(ETIMEDOUT) => End::RetransmitTimeout,
+            Some(EHOSTUNREACH | ENETUNREACH) => End::Unreachable,
+            _ if self.reset_received => End::ResetReceived,
+            _ if self.reset_sent => End::ResetSent,
+            Some(_) => End::Killed,
+            None => End::Closed,
+        }
+    }
+}
+
+impl Tracker {
+    /// A connection's full socket reached CLOSE (and was remembered as
+    /// ended): how is decided once the evidence after it is in.
+    pub(super) fn end_pending(&mut self, event: &SocketEvent, from: TcpState) {
+        if let Some(ended) = self.ended.get_mut(&event.cookie) {
+            ended.pending = Some(PendingEnd {
+                event: *event,
+                from,
+            });
+            self.pending_ends.push_back((event.ts_ns, event.cookie));
+        }
+    }
+
+    /// Decides the ends whose grace has passed.
+    pub(super) fn resolve_ends(&mut self, now_ns: u64, sink: &mut impl FnMut(&Change)) {
+        while let Some(&(ts_ns, cookie)) = self.pending_ends.front() {
+            if ts_ns.saturating_add(END_GRACE_NS) > now_ns {
+                break;
+            }
+            self.pending_ends.pop_front();
+            let Some(ended) = self.ended.get_mut(&cookie) else {
+                continue;
+            };
+            let Some(pending) = ended.pending.take() else {
+                continue;
+            };
+            let how = ended.evidence.how(pending.from, pending.event.ts_ns);
+            sink(&Change::signal(
+                pending.event,
+                (ended.role, ended.port),
+                Signal::Ended { how },
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(errno: i32) -> Evidence {
+        Evidence {
+            error: Some((errno.unsigned_abs(), 1_000)),
+            ..Evidence::default()
+        }
+    }
+
+    #[test]
+    fn the_first_evidence_that_holds_decides() {
+        let est = TcpState::Established;
+        assert_eq!(Evidence::default().how(est, 0), End::Closed);
+        assert_eq!(
+            Evidence::default().how(TcpState::SynSent, 0),
+            End::Closed,
+            "a connect given up"
+        );
+        let refused = Evidence {
+            reset_received: true,
+            ..error(libc::ECONNREFUSED)
+        };
+        assert_eq!(refused.how(TcpState::SynSent, 1_000), End::Refused);
+        assert_eq!(
+            error(libc::ETIMEDOUT).how(TcpState::SynSent, 1_000),
+            End::SynTimeout
+        );
+        let keepalive = Evidence {
+            keepalive_probes: 2,
+            // Since 6.12 the kernel also sends an RST when keepalive gives up.
+            reset_sent: true,
+            ..error(libc::ETIMEDOUT)
+        };
+        assert_eq!(keepalive.how(est, 1_000), End::KeepaliveTimeout);
+        let user = Evidence {
+            user_timeout: true,
+            ..error(libc::ETIMEDOUT)
+        };
+        assert_eq!(user.how(est, 1_000), End::UserTimeout);
+        assert_eq!(
+            error(libc::ETIMEDOUT).how(est, 1_000),
+            End::RetransmitTimeout
+        );
+        assert_eq!(
+            error(libc::EHOSTUNREACH).how(TcpState::SynSent, 1_000),
+            End::Unreachable
+        );
+        assert_eq!(error(libc::ENETUNREACH).how(est, 1_000), End::Unreachable);
+        let reset = Evidence {
+            reset_received: true,
+            ..error(libc::ECONNRESET)
+        };
+        assert_eq!(reset.how(est, 1_000), End::ResetReceived);
+        // SO_LINGER 0: the RST and ECONNRESET both follow the CLOSE.
+        let linger = Evidence {
+            reset_sent: true,
+            ..error(libc::ECONNRESET)
+        };
+        assert_eq!(linger.how(est, 1_000), End::ResetSent);
+        assert_eq!(error(libc::ECONNABORTED).how(est, 1_000), End::Killed);
+    }
+
+    #[test]
+    fn an_error_long_before_the_end_did_not_end_it() {
+        let old = error(libc::EHOSTUNREACH);
+        assert_eq!(
+            old.how(TcpState::FinWait1, 1_000 + ERROR_BEFORE_END_NS),
+            End::Unreachable
+        );
+        assert_eq!(
+            old.how(TcpState::FinWait1, 1_001 + ERROR_BEFORE_END_NS),
+            End::Closed
+        );
+    }
+}
