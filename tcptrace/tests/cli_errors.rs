@@ -40,7 +40,9 @@ fn bad_usage_exits_2_with_one_line() {
         (&["events", "--port", "http"], "--port"),
         (&["events", "--state", "WAITING"], "ESTABLISHED"),
         (&["events", "--format", "xml"], "--format"),
-        (&["--log-level", "loud", "events"], "--log-level"),
+        (&["--log.level", "loud", "events"], "--log.level"),
+        // The old spelling still works.
+        (&["--log-level", "loud", "events"], "--log.level"),
         (&["run", "--reconcile-interval", "500ms"], "at least 1s"),
     ] {
         let (code, stderr) = run(&mut tcptrace(args));

@@ -568,7 +568,7 @@ fn a_burst_of_fifty_thousand_connections_loses_no_event() {
 fn reconciling_during_churn_counts_each_transition_once() {
     // Reconciliation applies the events that arrived during its dump before
     // comparing: those, and only those, not the batch applied before it.
-    let daemon = Daemon::start(&["--reconcile-interval", "1s", "--log-level", "trace"]);
+    let daemon = Daemon::start(&["--reconcile-interval", "1s", "--log.level", "trace"]);
     let netns = NetNs::new();
     // Every connection ends in a TIME_WAIT of its own: none is reused.
     netns.sysctl("net/ipv4/tcp_tw_reuse", "0");

@@ -71,7 +71,7 @@ pub fn with_config_file(
     let given_on_command_line = |key: &str| {
         let id = command
             .get_arguments()
-            .find(|arg| arg.get_long() == Some(key))
+            .find(|arg| is_named(arg, key))
             .map(|arg| arg.get_id().to_string())
             .unwrap_or_default();
         // Asking matches for an id they do not define panics in debug builds.
@@ -121,7 +121,7 @@ pub fn arguments(path: &Path, text: &str) -> Result<Vec<(String, Vec<String>)>, 
         let fail = |message: String| at(value.span(), Some(&key), message);
         let arg = run
             .get_arguments()
-            .find(|arg| arg.get_long() == Some(key.as_str()) && key != CONFIG_FLAG)
+            .find(|arg| is_named(arg, &key) && key != CONFIG_FLAG)
             .ok_or_else(|| {
                 fail("no such setting: the keys are the flags of `tcptrace run --help`, without their dashes".to_owned())
             })?;
@@ -262,6 +262,15 @@ fn wrapped(text: &str, width: usize) -> Vec<String> {
 }
 
 /// `tcptrace run`, with the global flags it inherits.
+/// Whether `key` is the long name of `arg`, or one of its old spellings
+/// (`log-level` for `log.level`).
+fn is_named(arg: &clap::Arg, key: &str) -> bool {
+    arg.get_long() == Some(key)
+        || arg
+            .get_all_aliases()
+            .is_some_and(|aliases| aliases.contains(&key))
+}
+
 fn run_command() -> clap::Command {
     let mut command = Cli::command();
     command.build();
@@ -354,6 +363,25 @@ listen-address = \"127.0.0.1:10091\"
         assert_eq!(args, [("web.enable-api".to_owned(), Vec::new())]);
     }
 
+    /// Files written for the old flag names still work.
+    #[test]
+    fn old_spellings_are_keys_too() {
+        let args = parse("log-level = \"warn\"\nlog.format = \"json\"\n").expect("parses");
+        assert_eq!(
+            args,
+            [
+                (
+                    "log.format".to_owned(),
+                    vec!["--log.format".to_owned(), "json".to_owned()]
+                ),
+                (
+                    "log-level".to_owned(),
+                    vec!["--log-level".to_owned(), "warn".to_owned()]
+                ),
+            ]
+        );
+    }
+
     #[test]
     fn errors_name_the_file_the_line_and_the_key() {
         assert!(
@@ -403,7 +431,7 @@ listen-address = \"127.0.0.1:10091\"
             .map(|(key, _)| key)
             .collect();
         for key in [
-            "log-level",
+            "log.level",
             "port",
             "stale-after",
             "web.listen-address",

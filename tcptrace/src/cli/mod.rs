@@ -29,12 +29,21 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
 
-    /// Least severe log level printed on stderr.
-    #[arg(long, global = true, value_name = "LEVEL", default_value = "info")]
+    /// Least severe log level printed on stderr: error, warn, info, debug or
+    /// trace.
+    #[arg(
+        long = "log.level",
+        alias = "log-level",
+        global = true,
+        value_name = "LEVEL",
+        default_value = "info",
+        help_heading = "Logging"
+    )]
     pub log_level: tracing::Level,
 
     /// Log line format on stderr.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long = "log.format", alias = "log-format", global = true, value_enum,
+          default_value_t = LogFormat::Text, help_heading = "Logging")]
     pub log_format: LogFormat,
 }
 

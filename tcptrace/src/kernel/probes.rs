@@ -408,7 +408,7 @@ impl Probes {
 fn warn_without(hook: &Hook, error: &ProbeError) {
     if let ProbeError::Verifier { error: io, log, .. } = error {
         tracing::warn!(
-            "the kernel rejected BPF program {} ({io}); continuing without it: {} (--log-level debug shows the verifier log)",
+            "the kernel rejected BPF program {} ({io}); continuing without it: {} (--log.level debug shows the verifier log)",
             hook.program,
             hook.without
         );
