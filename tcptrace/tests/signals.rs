@@ -383,3 +383,76 @@ fn tcp_settings_are_read_per_namespace() {
     drop(netns);
     daemon.stop();
 }
+
+/// With `--idle-after 2s`: 10 connections idle without keepalive and 5 with
+/// it are counted per role and keepalive; once data flows again, none is.
+#[test]
+fn idle_connections_are_counted_by_whether_keepalive_is_on() {
+    let port = 18102;
+    let p = port.to_string();
+    let daemon = Daemon::start(&[
+        "--idle-after",
+        "2s",
+        "--reconcile-interval",
+        "1s",
+        "--port",
+        &p,
+    ]);
+    let netns = NetNs::new();
+    let pairs: Vec<(TcpStream, TcpStream)> = netns.run(|| {
+        let listener = TcpListener::bind(local(port)).expect("bind");
+        (0..15)
+            .map(|i| {
+                let client = TcpStream::connect(local(port)).expect("connect");
+                let (server, _) = listener.accept().expect("accept");
+                if i >= 10 {
+                    // On, but long before any probe: what a NAT drops.
+                    keepalive(&client, 600, 60, 5);
+                    keepalive(&server, 600, 60, 5);
+                }
+                (client, server)
+            })
+            .collect()
+    });
+    let idle = |s: &Scrape, keepalive: &str, role: &str| {
+        s.sum(
+            "tcptrace_idle_sockets",
+            &[("keepalive", keepalive), ("role", role), ("port", &p)],
+        )
+    };
+    let scrape = daemon.wait_for("15 idle connections", Duration::from_secs(20), |s| {
+        ["client", "server"]
+            .iter()
+            .all(|role| idle(s, "off", role) == 10.0 && idle(s, "on", role) == 5.0)
+    });
+    let oldest = scrape.sum(
+        "tcptrace_idle_oldest_seconds",
+        &[("role", "client"), ("port", &p)],
+    );
+    assert!(oldest >= 2.0, "oldest idle {oldest} s");
+
+    // Data again, both ways, every 200 ms (for at most 20 s).
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    thread::scope(|scope| {
+        scope.spawn(|| {
+            for _ in 0..100 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                for (client, server) in &pairs {
+                    (&*client).write_all(b"x").expect("client sends");
+                    (&*server).write_all(b"y").expect("server sends");
+                }
+                thread::sleep(Duration::from_millis(200));
+            }
+        });
+        let busy = daemon.wait_for("no idle connection", Duration::from_secs(10), |s| {
+            s.sum("tcptrace_idle_sockets", &[("port", &p)]) == 0.0
+        });
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(busy.sum("tcptrace_idle_sockets", &[("port", &p)]), 0.0);
+    });
+    drop(pairs);
+    drop(netns);
+    daemon.stop();
+}

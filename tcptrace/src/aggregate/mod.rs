@@ -2,6 +2,7 @@
 //! sockets and their owners.
 
 pub mod failures;
+pub mod idle;
 pub mod listen;
 pub mod owners;
 pub mod ports;

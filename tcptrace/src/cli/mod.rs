@@ -212,6 +212,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_reconcile_interval)]
     pub reconcile_interval: Duration,
 
+    /// How long an established connection may exchange no data before it is
+    /// counted in `tcptrace_idle_sockets` (at each reconciliation), e.g.
+    /// 4m: below the idle timeouts of common NATs and load balancers.
+    #[arg(long, value_name = "DURATION", default_value = "4m", value_parser = duration::parse)]
+    pub idle_after: Duration,
+
     /// Age at which a socket in CLOSE_WAIT, FIN_WAIT2 or LAST_ACK is stale:
     /// counted in `tcptrace_stale_sockets` with its owning process, and
     /// warned about. One value for all three, or STATE=DURATION for one

@@ -11,6 +11,7 @@ use prometheus::{
 
 use crate::{
     aggregate::{
+        idle::IdleReport,
         listen::ListenReport,
         ports::{Aggregates, Call, DURATION_BUCKETS, DurationHistogram, Reset},
         stale::StaleReport,
@@ -19,7 +20,10 @@ use crate::{
     host::sysctls::Settings,
     kernel::probes::ResetReasons,
     support::clock::seconds,
-    track::{holders::Destination, labels::PortLabel},
+    track::{
+        holders::Destination,
+        labels::{PortLabel, Role},
+    },
 };
 
 /// The socket-state metric families, as of `now_ns` (`CLOCK_BOOTTIME`).
@@ -477,6 +481,40 @@ pub fn sysctl_family(settings: &[(String, Settings)]) -> Option<MetricFamily> {
         }
     }
     (!family.get_metric().is_empty()).then_some(family)
+}
+
+/// Established connections idle past `--idle-after`, by whether keepalive is
+/// on, and the longest idle per port.
+pub fn idle_families(report: &IdleReport) -> [MetricFamily; 2] {
+    let mut sockets = family(
+        "tcptrace_idle_sockets",
+        "Established connections that exchanged no data for --idle-after or longer, by whether keepalive is on for the socket, as of the last reconciliation.",
+        MetricType::GAUGE,
+    );
+    let mut oldest: BTreeMap<(Role, PortLabel), u64> = BTreeMap::new();
+    for (&(keepalive, role, port), idle) in &report.sockets {
+        let keepalive = if keepalive { "on" } else { "off" };
+        let labels = labels(&[
+            ("keepalive", keepalive),
+            ("role", role.name()),
+            ("port", &port.to_string()),
+        ]);
+        sockets.mut_metric().push(gauge(labels, sample(idle.count)));
+        let longest = oldest.entry((role, port)).or_default();
+        *longest = (*longest).max(idle.oldest_ms);
+    }
+    let mut longest = family(
+        "tcptrace_idle_oldest_seconds",
+        "How long the longest idle of those connections has exchanged no data, as of the last reconciliation.",
+        MetricType::GAUGE,
+    );
+    for ((role, port), ms) in oldest {
+        let labels = labels(&[("role", role.name()), ("port", &port.to_string())]);
+        #[expect(clippy::cast_precision_loss, reason = "milliseconds, far below 2^52")]
+        let seconds = ms as f64 / 1000.0;
+        longest.mut_metric().push(gauge(labels, seconds));
+    }
+    [sockets, longest]
 }
 
 /// The listeners' accept queues per port, and connections dropped at a full

@@ -84,6 +84,9 @@ pub struct DiagSocket {
     /// `idiag_wqueue`: for a listener, its accept queue's limit (the
     /// backlog); else bytes not yet acknowledged.
     pub wqueue: u32,
+    /// Milliseconds since the socket last sent or received data (its
+    /// `tcp_info`); `None` for timewait and request sockets.
+    pub idle_ms: Option<u32>,
 }
 
 impl DiagSocket {
@@ -587,8 +590,10 @@ fn push_request_head(out: &mut Vec<u8>, flags: u16, seq: u32, family: u8) {
     out.extend_from_slice(&flags.to_ne_bytes());
     out.extend_from_slice(&seq.to_ne_bytes());
     out.extend_from_slice(&0u32.to_ne_bytes()); // nlmsg_pid: filled in by the kernel
-    // struct inet_diag_req_v2: family, protocol, idiag_ext (none), pad
-    out.extend_from_slice(&[family, IPPROTO_TCP, 0, 0]);
+    // struct inet_diag_req_v2: family, protocol, idiag_ext, pad. The one
+    // extension asked for is INET_DIAG_INFO (bit 1 << (2 - 1)): tcp_info,
+    // for how long each connection has been idle.
+    out.extend_from_slice(&[family, IPPROTO_TCP, 1 << (2 - 1), 0]);
     out.extend_from_slice(&u32::MAX.to_ne_bytes()); // idiag_states: all
 }
 

@@ -232,6 +232,7 @@ fn a_silent_re_arm_is_found_by_lookup() {
         retrans: 0,
         rqueue: 0,
         wqueue: 0,
+        idle_ms: None,
     };
     let mut changes = Vec::new();
     tracker.looked_up(8, &found, 1_000 * MS, &mut |c| changes.push(*c));
@@ -278,6 +279,7 @@ fn handshakes_in_a_dump_are_left_to_their_events() {
         retrans: 0,
         rqueue: 0,
         wqueue: 0,
+        idle_ms: None,
     };
     let dump = [socket(9, SynRecv, 1), socket(10, Established, 0)];
     tracker.begin_reconcile();

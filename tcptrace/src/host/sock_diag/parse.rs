@@ -116,8 +116,40 @@ pub(super) fn walk_datagram(
     Ok(Progress::More)
 }
 
+/// `INET_DIAG_INFO`: the attribute holding a full socket's `struct tcp_info`.
+const INET_DIAG_INFO: u16 = 2;
+
+/// `struct tcp_info`'s `tcpi_last_data_sent` and `tcpi_last_data_recv`
+/// (milliseconds since), at their offsets of every kernel since 2.6: eight
+/// bytes of `u8` fields and nine `u32`s come first.
+const LAST_DATA_SENT_AT: usize = 44;
+const LAST_DATA_RECV_AT: usize = 52;
+
+/// How long ago the socket last sent or received data, from its
+/// `INET_DIAG_INFO` among the attributes after the message; `None` without
+/// one (timewait and request sockets, or a reply without it).
+fn idle_ms(mut attributes: &[u8]) -> Option<u32> {
+    // struct rtattr { u16 rta_len; u16 rta_type; }, then its payload, each
+    // attribute aligned to 4 bytes.
+    while let Some((header, _)) = attributes.split_first_chunk::<4>() {
+        let len = usize::from(u16::from_ne_bytes([header[0], header[1]]));
+        let kind = u16::from_ne_bytes([header[2], header[3]]);
+        let payload = attributes.get(4..len)?;
+        if kind == INET_DIAG_INFO {
+            let at = |offset: usize| {
+                let bytes = payload.get(offset..offset + 4)?;
+                Some(u32::from_ne_bytes(bytes.try_into().ok()?))
+            };
+            return Some(at(LAST_DATA_SENT_AT)?.min(at(LAST_DATA_RECV_AT)?));
+        }
+        attributes = attributes.get(len.div_ceil(4) * 4..).unwrap_or_default();
+    }
+    None
+}
+
 /// Parses the payload of one `SOCK_DIAG_BY_FAMILY` reply: a
-/// `struct inet_diag_msg`, possibly followed by attributes (ignored).
+/// `struct inet_diag_msg`, possibly followed by attributes (of which only
+/// `INET_DIAG_INFO` is read).
 pub(super) fn parse_inet_diag_msg(payload: &[u8], netns: u32) -> Result<DiagSocket, DiagError> {
     if payload.len() < INET_DIAG_MSG_LEN {
         return Err(DiagError::Malformed(format!(
@@ -171,6 +203,7 @@ pub(super) fn parse_inet_diag_msg(payload: &[u8], netns: u32) -> Result<DiagSock
         retrans,
         rqueue,
         wqueue,
+        idle_ms: idle_ms(payload.get(INET_DIAG_MSG_LEN..).unwrap_or_default()),
     })
 }
 
@@ -227,4 +260,36 @@ pub(super) fn truncated(field: &str, needed: usize, left: usize) -> DiagError {
     DiagError::Malformed(format!(
         "truncated at {field}: {needed} bytes needed, {left} left"
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attribute(kind: u16, payload: &[u8]) -> Vec<u8> {
+        let len = u16::try_from(4 + payload.len()).expect("small");
+        let mut out = [len.to_ne_bytes(), kind.to_ne_bytes()].concat();
+        out.extend_from_slice(payload);
+        out.resize(out.len().div_ceil(4) * 4, 0);
+        out
+    }
+
+    #[test]
+    fn idle_time_is_the_later_of_the_last_data_sent_and_received() {
+        let mut info = vec![0u8; 104];
+        info[LAST_DATA_SENT_AT..LAST_DATA_SENT_AT + 4].copy_from_slice(&7_000u32.to_ne_bytes());
+        info[LAST_DATA_RECV_AT..LAST_DATA_RECV_AT + 4].copy_from_slice(&3_000u32.to_ne_bytes());
+        // INET_DIAG_SHUTDOWN (one byte, padded) first, as the kernel sends it.
+        let attributes = [attribute(8, &[0]), attribute(INET_DIAG_INFO, &info)].concat();
+        assert_eq!(idle_ms(&attributes), Some(3_000));
+        assert_eq!(idle_ms(&attribute(8, &[0])), None, "no tcp_info");
+        assert_eq!(
+            idle_ms(&attribute(INET_DIAG_INFO, &info[..50])),
+            None,
+            "too short"
+        );
+        let mut lying = attribute(INET_DIAG_INFO, &info);
+        lying[0] = 255; // a length past the end
+        assert_eq!(idle_ms(&lying), None);
+    }
 }

@@ -116,6 +116,7 @@ fn sample_sockets() -> Vec<DiagSocket> {
             retrans: 1,
             rqueue: 7,
             wqueue: 9,
+            idle_ms: None,
         },
         DiagSocket {
             netns: NETNS,
@@ -134,6 +135,7 @@ fn sample_sockets() -> Vec<DiagSocket> {
             retrans: 0,
             rqueue: 0,
             wqueue: 0,
+            idle_ms: None,
         },
         DiagSocket {
             netns: NETNS,
@@ -152,6 +154,7 @@ fn sample_sockets() -> Vec<DiagSocket> {
             retrans: 0,
             rqueue: 5,
             wqueue: 4,
+            idle_ms: None,
         },
     ]
 }
@@ -215,7 +218,11 @@ fn request_layout() {
         u32::from_ne_bytes(request[8..12].try_into().unwrap()),
         0x0102_0304
     );
-    assert_eq!(&request[16..20], &[10, 6, 0, 0]);
+    assert_eq!(
+        &request[16..20],
+        &[10, 6, 2, 0],
+        "family, TCP, INET_DIAG_INFO"
+    );
     assert_eq!(&request[20..24], &[0xff; 4]);
     assert!(request[24..].iter().all(|&b| b == 0));
 }
@@ -462,7 +469,7 @@ fn lookup_request_layout() {
         0x0102_0304
     );
     assert_eq!(&request[12..16], &[0; 4]);
-    assert_eq!(&request[16..20], &[2, 6, 0, 0]);
+    assert_eq!(&request[16..20], &[2, 6, 2, 0]);
     assert_eq!(&request[20..24], &[0xff; 4]);
     // inet_diag_sockid: ports in network order, IPv4 in the first 4 bytes.
     assert_eq!(&request[24..28], &[0x12, 0x34, 0xab, 0xcd]);
@@ -493,7 +500,7 @@ fn lookup_request_layout() {
     let second = &request[REQUEST_LEN..];
     assert_eq!(second.len(), REQUEST_LEN);
     assert_eq!(u32::from_ne_bytes(second[8..12].try_into().unwrap()), 7);
-    assert_eq!(&second[16..20], &[10, 6, 0, 0]);
+    assert_eq!(&second[16..20], &[10, 6, 2, 0]);
     assert_eq!(&second[28..44], &local.octets());
     assert_eq!(&second[44..60], &remote.octets());
     assert_eq!(&second[64..72], &request[64..72]);

@@ -26,10 +26,10 @@ use state::{State, report_stale};
 
 use crate::{
     aggregate::failures::Failures,
-    aggregate::listen::ListenReport,
     aggregate::owners::Owners,
     aggregate::ports::Aggregates,
     aggregate::stale::{StaleAfter, StaleReport},
+    aggregate::{idle::IdleReport, listen::ListenReport},
     cli::commands::Error,
     cli::{ListenAddress, RunArgs, web_config},
     export::prometheus::SelfMetrics,
@@ -76,6 +76,7 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
             stale: StaleReport::new(StaleAfter::new(&args.stale_after), args.max_processes),
             failures: Failures::default(),
             listen: ListenReport::default(),
+            idle: IdleReport::default(),
         }),
         metrics: metrics.clone(),
         reset_reasons: probes.reset_reasons().clone(),
@@ -100,7 +101,7 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     // the dump taken now completes the picture. Events already queued are
     // applied first, so the dump cannot resurrect a socket they closed.
     let mut batch = Batch::default();
-    let seeded = reconcile(&exporter, &mut source, &mut batch, true, args.max_netns).await?;
+    let seeded = reconcile(&exporter, &mut source, &mut batch, true, &args).await?;
     tracing::info!(seeded, "ready: existing sockets read");
     exporter.ready.store(true, Ordering::Relaxed);
 
@@ -145,7 +146,7 @@ async fn follow(
                 report_stale(&exporter.state).await;
             }
             _ = reconcile_tick.tick(), if reconcile_every.is_some() => {
-                if let Err(error) = reconcile(exporter, source, batch, false, args.max_netns).await {
+                if let Err(error) = reconcile(exporter, source, batch, false, args).await {
                     tracing::warn!("reconciliation skipped: {error}");
                 }
             }

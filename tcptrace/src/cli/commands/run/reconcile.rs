@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 
 use crate::{
-    aggregate::listen::ListenReport,
-    cli::commands::Error,
+    aggregate::{idle::IdleReport, listen::ListenReport},
+    cli::{RunArgs, commands::Error},
     events::TcpState,
     host::{netstat, sock_diag, sysctls},
     kernel::ring::{Batch, EventSource, POLL_INTERVAL},
@@ -15,6 +15,9 @@ use crate::{
 
 use super::{site::Exporter, state::State};
 
+/// `idiag_timer` of a socket whose keepalive timer is pending.
+const TIMER_KEEPALIVE: u8 = 2;
+
 /// Reads every socket of every network namespace and makes the tracked
 /// picture match it; returns how many sockets were added.
 pub async fn reconcile(
@@ -22,8 +25,9 @@ pub async fn reconcile(
     source: &mut EventSource,
     batch: &mut Batch,
     seeding: bool,
-    max_netns: usize,
+    args: &RunArgs,
 ) -> Result<u64, Error> {
+    let max_netns = args.max_netns;
     let started_ns = clock::boot_ns();
     exporter.state().tracker.begin_reconcile();
     let (sockets, (settings, overflows)) = tokio::task::spawn_blocking(move || {
@@ -53,6 +57,7 @@ pub async fn reconcile(
         tracker,
         aggregates,
         listen,
+        idle,
         ..
     } = &mut *state;
     let corrections = tracker.reconcile(&sockets, started_ns, clock::boot_ns(), &mut |change| {
@@ -69,6 +74,22 @@ pub async fn reconcile(
             )
         });
     *listen = ListenReport::new(listeners, overflows);
+    // A keepalive timer is pending on an established connection only
+    // with SO_KEEPALIVE (sock_diag's timer 2).
+    let established = sockets
+        .iter()
+        .filter(|socket| socket.state == TcpState::Established as u8)
+        .filter_map(|socket| {
+            let tracked = tracker.socket(socket.cookie)?;
+            Some((
+                socket.timer == TIMER_KEEPALIVE,
+                tracked.role,
+                tracked.port,
+                socket.idle_ms?,
+            ))
+        });
+    let idle_after_ms = u64::try_from(args.idle_after.as_millis()).unwrap_or(u64::MAX);
+    *idle = IdleReport::new(established, idle_after_ms);
     #[expect(clippy::cast_precision_loss, reason = "a duration in seconds")]
     let took = clock::boot_ns().saturating_sub(started_ns) as f64 / 1e9;
     exporter.metrics.reconcile_seconds.set(took);

@@ -100,6 +100,7 @@ impl Site for Exporter {
             );
             families.push(prometheus::stale_family(&state.stale));
             families.extend(prometheus::listen_families(&state.listen));
+            families.extend(prometheus::idle_families(&state.idle));
             families.extend(prometheus::local_port_families(
                 &state.tracker.destinations(),
                 |netns| ranges.get(&netns).copied(),

@@ -10,10 +10,10 @@ use std::{
 
 use crate::{
     aggregate::failures::{Failure, Failures},
-    aggregate::listen::ListenReport,
     aggregate::owners::{self, Owner, Owners},
     aggregate::ports::Aggregates,
     aggregate::stale::{self, StaleReport, StaleSocket},
+    aggregate::{idle::IdleReport, listen::ListenReport},
     events::{Endpoints, EventKind, Task, TcpState, errno_name},
     export::api::{
         FailureRecord, PortInNamespace, PortView, SocketQuery, SocketRecord, TaskRecord,
@@ -32,6 +32,7 @@ pub struct State {
     pub stale: StaleReport,
     pub failures: Failures,
     pub listen: ListenReport,
+    pub idle: IdleReport,
 }
 
 impl State {
