@@ -19,7 +19,11 @@ use crate::{
     host::sysctls::Settings,
     kernel::probes::ResetReasons,
     support::clock::seconds,
-    track::{holders::Destination, labels::PortLabel},
+    track::{
+        Tracker,
+        holders::Destination,
+        labels::{PortLabel, Role},
+    },
 };
 
 /// The socket-state metric families, as of `now_ns` (`CLOCK_BOOTTIME`).
@@ -221,6 +225,31 @@ fn signal_families(aggregates: &Aggregates, reset_reasons: &ResetReasons) -> [Me
         }
     }
     [resets, errors, probes, timeouts]
+}
+
+/// The port labels in use per role, and the sockets that got `other`
+/// because all were: the label budget of `--max-ports`.
+pub fn label_families(tracker: &Tracker) -> [MetricFamily; 2] {
+    let mut in_use = family(
+        "tcptrace_port_labels",
+        "Distinct port label values in use per role, other not counted (at most --max-ports; a label idle for --port-label-idle is freed).",
+        MetricType::GAUGE,
+    );
+    let mut overflows = family(
+        "tcptrace_port_label_overflows_total",
+        "Sockets counted as port=\"other\" because all --max-ports labels of their role were in use when their port earned one (a listener or an accepted connection for server, a connection reaching ESTABLISHED for client).",
+        MetricType::COUNTER,
+    );
+    for role in Role::ALL {
+        let labels = || labels(&[("role", role.name())]);
+        in_use
+            .mut_metric()
+            .push(gauge(labels(), sample(tracker.labels_in_use(role) as u64)));
+        overflows
+            .mut_metric()
+            .push(counter(labels(), tracker.label_overflows(role)));
+    }
+    [in_use, overflows]
 }
 
 /// `tcptrace_stale_sockets`: the current groups, and at 0 those stale
@@ -623,7 +652,10 @@ mod tests {
     #[test]
     fn gauges_oldest_and_durations_follow_the_sockets() {
         use TcpState::{CloseWait, Established, LastAck, Listen};
-        let mut tracker = Tracker::new(PortPolicy::new(&[], 32768, 128), 100);
+        let mut tracker = Tracker::new(
+            PortPolicy::new(&[], 32768, 128, std::time::Duration::ZERO),
+            100,
+        );
         let mut aggregates = Aggregates::default();
         let state = |old, new| EventKind::StateChange { old, new };
         let mut events = vec![event(1, 0, state(TcpState::Close, Listen))];
@@ -678,7 +710,10 @@ mod tests {
     #[test]
     fn empty_series_report_zero_and_killed_time_wait_is_counted() {
         let mut aggregates = Aggregates::default();
-        let mut tracker = Tracker::new(PortPolicy::new(&[], 32768, 128), 100);
+        let mut tracker = Tracker::new(
+            PortPolicy::new(&[], 32768, 128, std::time::Duration::ZERO),
+            100,
+        );
         let events = [
             event(
                 1,
