@@ -707,6 +707,36 @@ mod tests {
         has("# TYPE tcptrace_state_duration_seconds histogram");
     }
 
+    /// The budget's gauge and overflow counter, for both roles always.
+    #[test]
+    fn the_label_budget_is_exported_per_role() {
+        let mut tracker = Tracker::new(
+            PortPolicy::new(&[], 32768, 1, std::time::Duration::ZERO),
+            100,
+        );
+        let listen = EventKind::StateChange {
+            old: TcpState::Close,
+            new: TcpState::Listen,
+        };
+        let mut second = event(2, 0, listen);
+        second.endpoints.sport = 8443;
+        for e in [event(1, 0, listen), second] {
+            tracker.apply(&e, &mut |_| {});
+        }
+        let text = String::from_utf8(encode(&label_families(&tracker))).expect("UTF-8");
+        for line in [
+            r#"tcptrace_port_labels{role="client"} 0"#,
+            r#"tcptrace_port_labels{role="server"} 1"#,
+            r#"tcptrace_port_label_overflows_total{role="client"} 0"#,
+            r#"tcptrace_port_label_overflows_total{role="server"} 1"#,
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+    }
+
     #[test]
     fn empty_series_report_zero_and_killed_time_wait_is_counted() {
         let mut aggregates = Aggregates::default();
