@@ -16,10 +16,13 @@
 //! stay, SYN_SENT and its duration, stays with `other` where it was counted
 //! (`left_port`), while the transition to ESTABLISHED and everything after
 //! it count under the port: every gauge stays the sum of the sockets that
-//! carry its label at that moment. That is the only move a socket makes: a
-//! socket that gets `other` because the budget is full keeps it for life,
-//! and so does a listener that started while the budget was full (its
-//! later connections take the label once there is room).
+//! carry its label at that moment. A listener that started while the server
+//! budget was full is counted under `other` until a connection it accepts
+//! (or another listener of its port) finds room and claims the port's
+//! label; it then moves there too, its LISTEN gauge with it (a change with
+//! no transition, and no duration observed). Those are the only moves: any
+//! other socket that gets `other` because the budget is full keeps it for
+//! life.
 //!
 //! A label nobody uses ages out: once no tracked socket carries it and no
 //! counter of it moved for `--port-label-idle`, its slot is free again and

@@ -246,6 +246,12 @@ pub struct Tracker {
     now_ns: u64,
     /// Labels freed since [`Tracker::take_freed_labels`] was last called.
     freed: Vec<(Role, u16)>,
+    /// Listeners counted under `other` because the server budget was full
+    /// when they started, by port: they move to the port's label when a
+    /// connection they accept finds room for it.
+    waiting: FxHashMap<u16, FxHashSet<u64>>,
+    /// Ports just labelled whose waiting listeners are still to move.
+    moves: Vec<u16>,
 }
 
 impl Tracker {
@@ -262,6 +268,8 @@ impl Tracker {
             ended_order: VecDeque::new(),
             now_ns: 0,
             freed: Vec::new(),
+            waiting: FxHashMap::default(),
+            moves: Vec::new(),
         }
     }
 
@@ -281,6 +289,11 @@ impl Tracker {
     /// Applies one kernel event, reporting each resulting change to `sink`.
     pub fn apply(&mut self, event: &SocketEvent, sink: &mut impl FnMut(&Change)) {
         self.clock(event.ts_ns);
+        self.apply_event(event, sink);
+        self.move_listeners(sink);
+    }
+
+    fn apply_event(&mut self, event: &SocketEvent, sink: &mut impl FnMut(&Change)) {
         match event.kind {
             EventKind::StateChange { old, new } => self.state_change(event, old, new, sink),
             EventKind::TimewaitStart { substate } => self.timewait_armed(event, substate, sink),
@@ -544,8 +557,7 @@ impl Tracker {
     /// (rather than being forgotten) it is kept a while for its last signals.
     fn remove(&mut self, event: &SocketEvent, ended: bool) -> Option<Socket> {
         let socket = self.sockets.remove(&event.cookie)?;
-        self.policy
-            .release(socket.role, socket.port, self.now_ns.max(event.ts_ns));
+        self.untrack_label(event.cookie, &socket);
         if ended {
             self.remember_ended(event, &socket);
             self.ended(event.cookie);
@@ -582,8 +594,59 @@ impl Tracker {
             },
         );
         if let Some(replaced) = replaced {
-            self.policy
-                .release(replaced.role, replaced.port, self.now_ns);
+            self.untrack_label(event.cookie, &replaced);
+        }
+        if role == Role::Server && port == PortLabel::Other && stay.state == TcpState::Listen {
+            self.waiting
+                .entry(event.endpoints.sport)
+                .or_default()
+                .insert(event.cookie);
+        }
+    }
+
+    /// A socket no longer tracked gives up its label.
+    fn untrack_label(&mut self, cookie: u64, socket: &Socket) {
+        self.policy.release(socket.role, socket.port, self.now_ns);
+        if let Some(waiting) = self.waiting.get_mut(&socket.endpoints.sport) {
+            waiting.remove(&cookie);
+            if waiting.is_empty() {
+                self.waiting.remove(&socket.endpoints.sport);
+            }
+        }
+    }
+
+    /// Moves the listeners waiting for a label to the ports just labelled:
+    /// their LISTEN gauges follow, with no transition and no duration.
+    fn move_listeners(&mut self, sink: &mut impl FnMut(&Change)) {
+        for port in std::mem::take(&mut self.moves) {
+            let label = self.policy.existing(Role::Server, port);
+            let Some(cookies) = self
+                .waiting
+                .remove(&port)
+                .filter(|_| label != PortLabel::Other)
+            else {
+                continue;
+            };
+            for cookie in cookies {
+                let Some(socket) = self.sockets.get_mut(&cookie) else {
+                    continue;
+                };
+                socket.port = label;
+                self.policy.hold(Role::Server, label);
+                let left = Stay {
+                    known: false,
+                    ..socket.stay
+                };
+                sink(&Change {
+                    left: Some(left),
+                    left_port: Some(PortLabel::Other),
+                    ..Change::discovered(
+                        socket.endpoints.to_event(cookie, socket.stay),
+                        (Role::Server, label),
+                        socket.stay,
+                    )
+                });
+            }
         }
     }
 
@@ -602,7 +665,7 @@ impl Tracker {
         let Some(socket) = self.sockets.remove(&cookie) else {
             return;
         };
-        self.policy.release(socket.role, socket.port, self.now_ns);
+        self.untrack_label(cookie, &socket);
         if socket.stay.state == TcpState::Listen {
             self.forget_listener(socket.endpoints.netns, socket.endpoints.sport);
         }
@@ -665,8 +728,13 @@ impl Tracker {
 
     /// The label of a socket that has earned one (see [`labels`]).
     fn claim(&mut self, role: Role, endpoints: &Endpoints) -> PortLabel {
-        self.policy
-            .claim(role, Self::service_port(role, endpoints), self.now_ns)
+        let port = Self::service_port(role, endpoints);
+        let had = self.policy.existing(role, port);
+        let label = self.policy.claim(role, port, self.now_ns);
+        if role == Role::Server && had != label && self.waiting.contains_key(&port) {
+            self.moves.push(port);
+        }
+        label
     }
 
     /// The label of a socket that has not earned one (yet): its port's, if

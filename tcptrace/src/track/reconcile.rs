@@ -119,6 +119,7 @@ impl Tracker {
         }
         // Re-added after drift: not missing.
         corrections.missing -= corrections.state.min(corrections.missing);
+        self.move_listeners(sink);
         corrections
     }
 

@@ -714,11 +714,45 @@ fn a_listener_holds_its_label() {
     );
     tracker.tick(3611 * S, &mut |_| {});
     assert_eq!(tracker.take_freed_labels(), [(Role::Server, 8080)]);
-    // The listener that got `other` keeps it; a connection it accepts now
-    // finds room and takes the port's label.
-    let changes = run(
+    // The listener that got `other` waits; a connection it accepts now
+    // finds room and takes the port's label, and the listener moves to it
+    // (LISTEN gauge and all, with no transition or duration).
+    let mut aggregates = crate::aggregate::ports::Aggregates::default();
+    assert_eq!(aggregates.count(Listen, Role::Server, PortLabel::Other), 0);
+    let changes = apply_all(
         &mut tracker,
+        &mut aggregates,
         &[event(3, 3_612_000, state(Listen, SynRecv), 9090, 40000)],
     );
+    assert_eq!(changes.len(), 2);
     assert_eq!(changes[0].port, PortLabel::Port(9090));
+    let moved = changes[1];
+    assert_eq!(moved.event.cookie, 2);
+    assert_eq!(
+        (moved.port, moved.left_port),
+        (PortLabel::Port(9090), Some(PortLabel::Other))
+    );
+    assert_eq!(moved.transition, None);
+    assert!(!moved.left.expect("left").known, "no duration observed");
+    assert_eq!(
+        moved.entered.map(|s| (s.state, s.since_ns)),
+        Some((Listen, MS))
+    );
+    assert_eq!(
+        tracker.socket(2).map(|s| s.port),
+        Some(PortLabel::Port(9090))
+    );
+    // Its label is held: the listener's end, not before, lets it go idle.
+    tracker.tick(7200 * S, &mut |_| {});
+    assert!(tracker.take_freed_labels().is_empty());
+    let mut changes = run(
+        &mut tracker,
+        &[
+            event(3, 7_200_000, state(SynRecv, Close), 9090, 40000),
+            event(2, 7_200_000, state(Listen, Close), 9090, 0),
+        ],
+    );
+    assert!(changes.iter().all(|c| c.port == PortLabel::Port(9090)));
+    tracker.tick(7211 * S, &mut |c| changes.push(*c));
+    assert_eq!(tracker.take_freed_labels(), [(Role::Server, 9090)]);
 }
