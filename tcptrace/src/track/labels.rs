@@ -149,11 +149,16 @@ impl PortPolicy {
             budget.overflows += 1;
             if !budget.full {
                 budget.full = true;
+                let until = if self.idle_ns.is_some() {
+                    "until a label has been idle for --port-label-idle"
+                } else {
+                    "for good (--port-label-idle 0)"
+                };
                 tracing::warn!(
                     role = role.name(),
                     max_ports = self.max_per_role,
                     "all {} {} port labels are in use: sockets of other {} ports are counted \
-                     as port=\"other\" until a label has been idle for --port-label-idle",
+                     as port=\"other\" {until}",
                     self.max_per_role,
                     role.name(),
                     role.name(),

@@ -620,11 +620,10 @@ impl Tracker {
     fn move_listeners(&mut self, sink: &mut impl FnMut(&Change)) {
         for port in std::mem::take(&mut self.moves) {
             let label = self.policy.existing(Role::Server, port);
-            let Some(cookies) = self
-                .waiting
-                .remove(&port)
-                .filter(|_| label != PortLabel::Other)
-            else {
+            if label == PortLabel::Other {
+                continue; // they go on waiting
+            }
+            let Some(cookies) = self.waiting.remove(&port) else {
                 continue;
             };
             for cookie in cookies {
