@@ -425,7 +425,9 @@ fn connects_that_find_no_local_port_are_counted_exactly() {
 fn refused_and_unroutable_connects_are_each_counted_once() {
     const REFUSED: u16 = 18205;
     const UNROUTABLE: u16 = 18206;
-    let daemon = Daemon::start(&[]);
+    // Named: a port no connection was ever established to earns no label
+    // of its own otherwise.
+    let daemon = Daemon::start(&["--port", "18205,18206"]);
     let netns = NetNs::new();
     netns.ip(&["route", "add", "unreachable", "10.99.0.0/16"]);
     let (refused, unroutable) = netns.run(|| {

@@ -27,7 +27,8 @@ fn as_sample(count: u64) -> f64 {
 fn a_vanished_peer_is_retransmitted_to_until_the_kernel_gives_up() {
     const PORT: u16 = 18211;
     const SYN_PORT: u16 = 18212;
-    let daemon = Daemon::start(&[]);
+    // Named: a SYN never answered earns its port no label otherwise.
+    let daemon = Daemon::start(&["--port", "18211,18212"]);
     let link = DeadLink::new(PORT, 1);
     link.client_ns.sysctl("net/ipv4/tcp_retries2", "3");
     link.client_ns.sysctl("net/ipv4/tcp_syn_retries", "1");

@@ -41,6 +41,12 @@ impl IdleReport {
         }
         Self { sockets }
     }
+
+    /// Drops the series of a label the tracker freed.
+    pub fn forget_label(&mut self, role: Role, port: u16) {
+        self.sockets
+            .retain(|&(_, r, p), _| (r, p) != (role, PortLabel::Port(port)));
+    }
 }
 
 #[cfg(test)]

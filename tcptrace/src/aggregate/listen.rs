@@ -37,6 +37,12 @@ impl ListenReport {
         }
         Self { queues, overflows }
     }
+
+    /// Drops the queues of a server label the policy freed: its listeners
+    /// are gone since the dump that saw them.
+    pub fn forget_label(&mut self, port: u16) {
+        self.queues.remove(&PortLabel::Port(port));
+    }
 }
 
 #[cfg(test)]

@@ -91,6 +91,15 @@ pub enum Call {
 }
 
 impl Call {
+    /// The role of the port the call asked for: the local port of bind and
+    /// listen, the remote one of connect.
+    pub const fn role(self) -> Role {
+        match self {
+            Self::Bind | Self::Listen => Role::Server,
+            Self::Connect => Role::Client,
+        }
+    }
+
     pub const fn name(self) -> &'static str {
         match self {
             Self::Bind => "bind",
@@ -157,11 +166,11 @@ impl Aggregates {
         if change.transition.is_none() && change.left.is_none() && change.entered.is_none() {
             return;
         }
-        let aggregates = self.ports.entry((role, port)).or_default();
-        if let Some((from, to)) = change.transition {
-            aggregates.transitions[index(from)][index(to)] += 1;
-        }
         if let Some(left) = change.left {
+            // Where the socket was counted until now: the label it moves
+            // from, if this change moves it.
+            let left_port = change.left_port.unwrap_or(port);
+            let aggregates = self.ports.entry((role, left_port)).or_default();
             if let Some(set) = &mut aggregates.sockets[index(left.state)] {
                 set.remove(&(left.since_ns, cookie));
             }
@@ -173,14 +182,41 @@ impl Aggregates {
                 histogram.sum_seconds += seconds;
             }
             if change.killed && left.state == TcpState::TimeWait {
-                *self.killed.entry((role, port)).or_default() += 1;
+                *self.killed.entry((role, left_port)).or_default() += 1;
             }
+        }
+        let aggregates = self.ports.entry((role, port)).or_default();
+        if let Some((from, to)) = change.transition {
+            aggregates.transitions[index(from)][index(to)] += 1;
         }
         if let Some(entered) = change.entered {
             aggregates.sockets[index(entered.state)]
                 .get_or_insert_default()
                 .insert((entered.since_ns, cookie));
         }
+    }
+
+    /// Removes every series of a label the policy freed: no socket carries
+    /// it any more, so its gauges are all zero and its counters stood still.
+    pub fn forget_label(&mut self, role: Role, port: u16) {
+        let port = PortLabel::Port(port);
+        let key = (role, port);
+        if let Some(removed) = self.ports.remove(&key) {
+            debug_assert!(
+                removed.sockets.iter().flatten().all(BTreeSet::is_empty),
+                "a freed label still has sockets: {} {port}",
+                role.name()
+            );
+        }
+        self.killed.remove(&key);
+        self.keepalive_probes.remove(&key);
+        self.keepalive_timeouts.remove(&key);
+        self.resets.retain(|&(_, r, p), _| (r, p) != key);
+        self.errors.retain(|&(_, r, p), _| (r, p) != key);
+        self.retransmits.retain(|&(_, r, p), _| (r, p) != key);
+        self.ends.retain(|&(_, r, p), _| (r, p) != key);
+        self.failed_calls
+            .retain(|&(call, _, p), _| (call.role(), p) != key);
     }
 
     fn call_failed(&mut self, call: Call, errno: u32, port: PortLabel) {

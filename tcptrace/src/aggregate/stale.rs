@@ -277,6 +277,17 @@ impl StaleReport {
         );
     }
 
+    /// Drops the groups of a label the policy freed, the ones kept at 0
+    /// included: their series go with the label's others.
+    pub fn forget_label(&mut self, role: Role, port: u16) {
+        let freed = |key: &GroupKey| key.1 == role && key.2 == PortLabel::Port(port);
+        self.current.retain(|key, _| !freed(key));
+        self.recent.retain(|key, _| !freed(key));
+        self.warned.retain(|key, _| !freed(key));
+        self.groups
+            .retain(|group| !(group.role == role && group.port == PortLabel::Port(port)));
+    }
+
     /// The series of `tcptrace_stale_sockets`: the current groups, and at 0
     /// those stale within the last few minutes, in label order.
     pub fn series(&self) -> Vec<(&GroupKey, u64)> {

@@ -183,8 +183,9 @@ pub struct RunArgs {
     pub listen_address: ListenAddress,
 
     /// Give exactly these service ports their own `port` label (repeat or
-    /// comma-separate); all others become "other". Without it, ports are
-    /// labelled first come, up to --max-ports per role.
+    /// comma-separate); all others become "other". Without it, a port
+    /// earns a label when it listens (server) or when a connection to it is
+    /// established (client), up to --max-ports per role.
     #[arg(long = "port", value_name = "PORT", value_delimiter = ',',
           value_parser = clap::value_parser!(u16).range(1..))]
     pub ports: Vec<u16>,
@@ -193,6 +194,12 @@ pub struct RunArgs {
     /// 0 gives every port the label "other".
     #[arg(long, value_name = "N", default_value_t = 128)]
     pub max_ports: usize,
+
+    /// A port label no socket has used for this long (no socket carries
+    /// it, no counter of it moved) is freed for another port and its
+    /// series removed, e.g. 10m, 1h; 0 keeps labels for good.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = duration::parse)]
+    pub port_label_idle: Duration,
 
     /// Most sockets tracked at once (memory bound); beyond it the oldest
     /// entries are dropped and counted in `tcptrace_tracked_evictions_total`.

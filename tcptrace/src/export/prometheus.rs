@@ -21,6 +21,7 @@ use crate::{
     kernel::probes::ResetReasons,
     support::clock::seconds,
     track::{
+        Tracker,
         holders::Destination,
         labels::{PortLabel, Role},
     },
@@ -243,6 +244,31 @@ fn signal_families(aggregates: &Aggregates, reset_reasons: &ResetReasons) -> [Me
         }
     }
     [resets, errors, probes, timeouts]
+}
+
+/// The port labels in use per role, and the sockets that got `other`
+/// because all were: the label budget of `--max-ports`.
+pub fn label_families(tracker: &Tracker) -> [MetricFamily; 2] {
+    let mut in_use = family(
+        "tcptrace_port_labels",
+        "Distinct port label values in use per role, other not counted (at most --max-ports; a label idle for --port-label-idle is freed).",
+        MetricType::GAUGE,
+    );
+    let mut overflows = family(
+        "tcptrace_port_label_overflows_total",
+        "Sockets counted as port=\"other\" because all --max-ports labels of their role were in use when their port earned one (a listener or an accepted connection for server, a connection reaching ESTABLISHED for client).",
+        MetricType::COUNTER,
+    );
+    for role in Role::ALL {
+        let labels = || labels(&[("role", role.name())]);
+        in_use
+            .mut_metric()
+            .push(gauge(labels(), sample(tracker.labels_in_use(role) as u64)));
+        overflows
+            .mut_metric()
+            .push(counter(labels(), tracker.label_overflows(role)));
+    }
+    [in_use, overflows]
 }
 
 /// `tcptrace_stale_sockets`: the current groups, and at 0 those stale
@@ -679,7 +705,10 @@ mod tests {
     #[test]
     fn gauges_oldest_and_durations_follow_the_sockets() {
         use TcpState::{CloseWait, Established, LastAck, Listen};
-        let mut tracker = Tracker::new(PortPolicy::new(&[], 32768, 128), 100);
+        let mut tracker = Tracker::new(
+            PortPolicy::new(&[], 32768, 128, std::time::Duration::ZERO),
+            100,
+        );
         let mut aggregates = Aggregates::default();
         let state = EventKind::state;
         let mut events = vec![event(1, 0, state(TcpState::Close, Listen))];
@@ -731,10 +760,40 @@ mod tests {
         has("# TYPE tcptrace_state_duration_seconds histogram");
     }
 
+    /// The budget's gauge and overflow counter, for both roles always.
+    #[test]
+    fn the_label_budget_is_exported_per_role() {
+        let mut tracker = Tracker::new(
+            PortPolicy::new(&[], 32768, 1, std::time::Duration::ZERO),
+            100,
+        );
+        let listen = EventKind::state(TcpState::Close, TcpState::Listen);
+        let mut second = event(2, 0, listen);
+        second.endpoints.sport = 8443;
+        for e in [event(1, 0, listen), second] {
+            tracker.apply(&e, &mut |_| {});
+        }
+        let text = String::from_utf8(encode(&label_families(&tracker))).expect("UTF-8");
+        for line in [
+            r#"tcptrace_port_labels{role="client"} 0"#,
+            r#"tcptrace_port_labels{role="server"} 1"#,
+            r#"tcptrace_port_label_overflows_total{role="client"} 0"#,
+            r#"tcptrace_port_label_overflows_total{role="server"} 1"#,
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+    }
+
     #[test]
     fn empty_series_report_zero_and_killed_time_wait_is_counted() {
         let mut aggregates = Aggregates::default();
-        let mut tracker = Tracker::new(PortPolicy::new(&[], 32768, 128), 100);
+        let mut tracker = Tracker::new(
+            PortPolicy::new(&[], 32768, 128, std::time::Duration::ZERO),
+            100,
+        );
         let events = [
             event(
                 1,

@@ -20,6 +20,7 @@
 //! | EHOSTUNREACH, ENETUNREACH | `unreachable` (an ICMP error; after a timeout the kernel reports the ICMP error it last got instead of ETIMEDOUT; a connect given up after one is told by the socket's soft error, and one that failed at once by the error `connect()` returned) |
 //! | an RST received | `reset_received` |
 //! | an RST sent | `reset_sent` |
+//! | ECONNRESET, EPIPE | `reset_received` (the error of an RST whose own event was lost) |
 //! | any other error (ECONNABORTED: `ss -K`, `SOCK_DESTROY`) | `killed` |
 //! | nothing | `closed` (also a connect the application gave up before it completed) |
 //!
@@ -51,6 +52,8 @@ const ECONNREFUSED: u32 = libc::ECONNREFUSED.unsigned_abs();
 const ETIMEDOUT: u32 = libc::ETIMEDOUT.unsigned_abs();
 const EHOSTUNREACH: u32 = libc::EHOSTUNREACH.unsigned_abs();
 const ENETUNREACH: u32 = libc::ENETUNREACH.unsigned_abs();
+const ECONNRESET: u32 = libc::ECONNRESET.unsigned_abs();
+const EPIPE: u32 = libc::EPIPE.unsigned_abs();
 
 /// How a connection ended (`tcptrace_connection_ends_total{how}`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -138,6 +141,8 @@ impl Evidence {
             Some(EHOSTUNREACH | ENETUNREACH) => End::Unreachable,
             _ if self.reset_received => End::ResetReceived,
             _ if self.reset_sent => End::ResetSent,
+            // The error of an RST whose own event was not seen.
+            Some(ECONNRESET | EPIPE) => End::ResetReceived,
             Some(_) => End::Killed,
             None => End::Closed,
         }
@@ -171,6 +176,8 @@ impl Tracker {
                 continue;
             };
             let how = ended.evidence.how(pending.from, pending.event.ts_ns);
+            // No label to touch: the ended socket pins its label for
+            // longer than this grace, and ends are decided first in `tick`.
             sink(&Change::signal(
                 pending.event,
                 (ended.role, ended.port),

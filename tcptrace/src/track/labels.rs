@@ -1,7 +1,47 @@
 //! Which label a socket's metrics carry: its role and service port, through
 //! a cardinality policy that keeps the number of series bounded.
+//!
+//! With `--port`, exactly those ports have a label, always. Otherwise each
+//! role has a budget of `--max-ports` labels, and a port must earn one:
+//!
+//! - a server port when a socket of it is tracked in the server role: a
+//!   listener, or a connection a listener of the port accepted;
+//! - a client's remote port (below the ephemeral range) when a connection
+//!   to it reaches ESTABLISHED. A SYN that is refused, reset or never
+//!   answered earns nothing, so a port scan adds no label.
+//!
+//! A socket in SYN_SENT to a port without a label is counted under `other`;
+//! when it reaches ESTABLISHED it moves to the port's label (claiming one if
+//! there is room). The move is one [`crate::track::Change`] whose `left`
+//! stay, SYN_SENT and its duration, stays with `other` where it was counted
+//! (`left_port`), while the transition to ESTABLISHED and everything after
+//! it count under the port: every gauge stays the sum of the sockets that
+//! carry its label at that moment. A listener that started while the server
+//! budget was full is counted under `other` until a connection it accepts
+//! (or another listener of its port) finds room and claims the port's
+//! label; it then moves there too, its LISTEN gauge with it (a change with
+//! no transition, and no duration observed). Those are the only moves: any
+//! other socket that gets `other` because the budget is full keeps it for
+//! life.
+//!
+//! A label nobody uses ages out: once no tracked socket carries it and no
+//! counter of it moved for `--port-label-idle`, its slot is free again and
+//! its series are removed (the tracker reports it in
+//! [`crate::track::Tracker::take_freed_labels`]). Recently ended sockets,
+//! which the tracker keeps a few seconds for the errors the kernel reports
+//! after the end, pin the label without keeping it busy: it is freed once
+//! the idle time has passed and the last of them is gone, so that a late
+//! signal never lands in a freed slot, nor in one given to another port.
+//! A freed label that comes back starts its counters from zero, which
+//! Prometheus reads as a counter reset.
 
-use std::{collections::HashSet, fmt};
+use std::{
+    collections::{BTreeSet, HashSet},
+    fmt,
+    time::Duration,
+};
+
+use rustc_hash::FxHashMap;
 
 /// Which end of the connection this host is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -13,6 +53,8 @@ pub enum Role {
 }
 
 impl Role {
+    pub const ALL: [Self; 2] = [Self::Client, Self::Server];
+
     pub const fn name(self) -> &'static str {
         match self {
             Self::Client => "client",
@@ -37,66 +79,224 @@ impl fmt::Display for PortLabel {
     }
 }
 
-/// The cardinality policy.
-///
-/// With explicit ports, exactly those get a label. Otherwise a server port
-/// (one with a listener) and a client's remote port below the ephemeral range
-/// get one, first come, up to `max_per_role` per role; all else is `other`.
-/// Labels are never taken back, so a socket keeps its series for life.
+/// Default of `--port-label-idle`.
+pub const DEFAULT_IDLE: Duration = Duration::from_secs(600);
+
+/// One label handed out.
+#[derive(Debug, Default)]
+struct Slot {
+    /// Tracked sockets carrying the label.
+    sockets: u32,
+    /// Ended sockets kept for their late signals that carry it.
+    ended: u32,
+    /// When the label was last busy: its last socket went, or a counter of
+    /// it moved while no socket carried it (`CLOCK_BOOTTIME`).
+    busy_ns: u64,
+}
+
+/// The labels of one role.
+#[derive(Debug, Default)]
+struct Budget {
+    slots: FxHashMap<u16, Slot>,
+    /// Sockets that got `other` because the budget was spent.
+    overflows: u64,
+    /// The budget was full when last asked, and that was logged.
+    full: bool,
+}
+
+/// The cardinality policy (see the module documentation).
 #[derive(Debug)]
 pub struct PortPolicy {
     explicit: Option<HashSet<u16>>,
     ephemeral_low: u16,
     max_per_role: usize,
-    assigned: [HashSet<u16>; 2],
+    /// `None`: labels never age out.
+    idle_ns: Option<u64>,
+    budgets: [Budget; 2],
+    /// Labels no tracked socket carries, by when they were last busy.
+    idle: BTreeSet<(u64, Role, u16)>,
 }
 
 impl PortPolicy {
-    pub fn new(explicit: &[u16], ephemeral_low: u16, max_per_role: usize) -> Self {
+    /// `idle` zero keeps every label for good.
+    pub fn new(explicit: &[u16], ephemeral_low: u16, max_per_role: usize, idle: Duration) -> Self {
         Self {
             explicit: (!explicit.is_empty()).then(|| explicit.iter().copied().collect()),
             ephemeral_low,
             max_per_role,
-            assigned: [HashSet::new(), HashSet::new()],
+            idle_ns: (!idle.is_zero()).then(|| u64::try_from(idle.as_nanos()).unwrap_or(u64::MAX)),
+            budgets: [Budget::default(), Budget::default()],
+            idle: BTreeSet::new(),
         }
     }
 
-    /// The label of a socket of `role` whose service port is `port`.
-    pub fn label(&mut self, role: Role, port: u16) -> PortLabel {
-        if let Some(explicit) = &self.explicit {
-            return if explicit.contains(&port) {
-                PortLabel::Port(port)
-            } else {
-                PortLabel::Other
-            };
+    /// The label of a socket of `role` on service `port` that has earned
+    /// one (see the module documentation): the port's, claimed now if
+    /// needed and there is room, else `other`. A claimed label is idle
+    /// from `now_ns` until a socket carrying it is [`PortPolicy::hold`]ed.
+    pub fn claim(&mut self, role: Role, port: u16, now_ns: u64) -> PortLabel {
+        if self.explicit.is_some() {
+            return self.existing(role, port);
         }
-        if role == Role::Client && port >= self.ephemeral_low {
+        if role == Role::Client && port >= self.ephemeral_low || self.max_per_role == 0 {
             return PortLabel::Other;
         }
-        let assigned = &mut self.assigned[role as usize];
-        if assigned.contains(&port) || (assigned.len() < self.max_per_role && assigned.insert(port))
-        {
-            PortLabel::Port(port)
-        } else {
-            PortLabel::Other
+        let budget = &mut self.budgets[role as usize];
+        if budget.slots.contains_key(&port) {
+            return PortLabel::Port(port);
         }
+        if budget.slots.len() >= self.max_per_role {
+            budget.overflows += 1;
+            if !budget.full {
+                budget.full = true;
+                let until = if self.idle_ns.is_some() {
+                    "until a label has been idle for --port-label-idle"
+                } else {
+                    "for good (--port-label-idle 0)"
+                };
+                tracing::warn!(
+                    role = role.name(),
+                    max_ports = self.max_per_role,
+                    "all {} {} port labels are in use: sockets of other {} ports are counted \
+                     as port=\"other\" {until}",
+                    self.max_per_role,
+                    role.name(),
+                    role.name(),
+                );
+            }
+            return PortLabel::Other;
+        }
+        budget.slots.insert(
+            port,
+            Slot {
+                busy_ns: now_ns,
+                ..Slot::default()
+            },
+        );
+        self.idle.insert((now_ns, role, port));
+        PortLabel::Port(port)
     }
-}
 
-impl PortPolicy {
-    /// The label `port` already has for `role`, or `other`: for ports that
-    /// must not claim a label, like those of resets to closed ports, which a
-    /// port scan would otherwise turn into thousands of series.
+    /// The label `port` already has for `role`, or `other`: for what must
+    /// not claim one, such as a SYN not yet answered or a reset to a closed
+    /// port, which a port scan would otherwise turn into thousands of series.
     pub fn existing(&self, role: Role, port: u16) -> PortLabel {
         let labelled = match &self.explicit {
             Some(explicit) => explicit.contains(&port),
-            None => self.assigned[role as usize].contains(&port),
+            None => self.budgets[role as usize].slots.contains_key(&port),
         };
         if labelled {
             PortLabel::Port(port)
         } else {
             PortLabel::Other
         }
+    }
+
+    /// A tracked socket now carries `label`.
+    pub fn hold(&mut self, role: Role, label: PortLabel) {
+        let Some((port, slot)) = self.slot(role, label) else {
+            return;
+        };
+        slot.sockets += 1;
+        if slot.sockets == 1 {
+            let busy_ns = slot.busy_ns;
+            self.idle.remove(&(busy_ns, role, port));
+        }
+    }
+
+    /// A tracked socket carrying `label` is gone (or moved), at `now_ns`.
+    pub fn release(&mut self, role: Role, label: PortLabel, now_ns: u64) {
+        let Some((port, slot)) = self.slot(role, label) else {
+            return;
+        };
+        debug_assert!(
+            slot.sockets > 0,
+            "{} {port} released more than held",
+            role.name()
+        );
+        slot.sockets = slot.sockets.saturating_sub(1);
+        if slot.sockets == 0 {
+            slot.busy_ns = slot.busy_ns.max(now_ns);
+            let busy_ns = slot.busy_ns;
+            self.idle.insert((busy_ns, role, port));
+        }
+    }
+
+    /// An ended socket kept for its late signals carries `label`
+    /// (`pinned`), or no longer does.
+    pub fn pin(&mut self, role: Role, label: PortLabel, pinned: bool) {
+        if let Some((_, slot)) = self.slot(role, label) {
+            if pinned {
+                slot.ended += 1;
+            } else {
+                slot.ended = slot.ended.saturating_sub(1);
+            }
+        }
+    }
+
+    /// A counter of `label` moved at `now_ns`, perhaps with no socket
+    /// carrying it (a late signal, a reset to the port, a failed call).
+    pub fn touch(&mut self, role: Role, label: PortLabel, now_ns: u64) {
+        let Some((port, slot)) = self.slot(role, label) else {
+            return;
+        };
+        if slot.sockets > 0 || slot.busy_ns >= now_ns {
+            return;
+        }
+        let before = slot.busy_ns;
+        slot.busy_ns = now_ns;
+        self.idle.remove(&(before, role, port));
+        self.idle.insert((now_ns, role, port));
+    }
+
+    /// Frees the labels idle for the idle time as of `now_ns` that no ended
+    /// socket pins; returns them, so that their series can go.
+    pub fn expire(&mut self, now_ns: u64) -> Vec<(Role, u16)> {
+        let Some(idle_ns) = self.idle_ns else {
+            return Vec::new();
+        };
+        let Some(cutoff) = now_ns.checked_sub(idle_ns) else {
+            return Vec::new();
+        };
+        let due: Vec<(u64, Role, u16)> = self
+            .idle
+            .range(..=(cutoff, Role::Server, u16::MAX))
+            .copied()
+            .collect();
+        let mut freed = Vec::new();
+        for key @ (_, role, port) in due {
+            let budget = &mut self.budgets[role as usize];
+            if budget.slots.get(&port).is_some_and(|slot| slot.ended == 0) {
+                budget.slots.remove(&port);
+                budget.full = false;
+                self.idle.remove(&key);
+                freed.push((role, port));
+            }
+        }
+        freed
+    }
+
+    /// Labels in use by `role` now (with `--port`, the ports it names).
+    pub fn in_use(&self, role: Role) -> usize {
+        match &self.explicit {
+            Some(explicit) => explicit.len(),
+            None => self.budgets[role as usize].slots.len(),
+        }
+    }
+
+    /// Sockets of `role` that got `other` because its budget was spent.
+    pub fn overflows(&self, role: Role) -> u64 {
+        self.budgets[role as usize].overflows
+    }
+
+    fn slot(&mut self, role: Role, label: PortLabel) -> Option<(u16, &mut Slot)> {
+        let PortLabel::Port(port) = label else {
+            return None;
+        };
+        self.budgets[role as usize]
+            .slots
+            .get_mut(&port)
+            .map(|slot| (port, slot))
     }
 }
 
@@ -110,50 +310,4 @@ pub fn ephemeral_port_low() -> u16 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn explicit_ports_only() {
-        let mut policy = PortPolicy::new(&[443, 8080], 32768, 1);
-        assert_eq!(policy.label(Role::Server, 443), PortLabel::Port(443));
-        assert_eq!(policy.label(Role::Client, 8080), PortLabel::Port(8080));
-        assert_eq!(policy.label(Role::Server, 22), PortLabel::Other);
-    }
-
-    #[test]
-    fn first_come_up_to_the_limit_per_role() {
-        let mut policy = PortPolicy::new(&[], 32768, 2);
-        assert_eq!(policy.label(Role::Server, 80), PortLabel::Port(80));
-        assert_eq!(policy.label(Role::Server, 443), PortLabel::Port(443));
-        assert_eq!(policy.label(Role::Server, 8080), PortLabel::Other);
-        assert_eq!(policy.label(Role::Server, 80), PortLabel::Port(80), "kept");
-        // The other role has its own budget.
-        assert_eq!(policy.label(Role::Client, 5432), PortLabel::Port(5432));
-    }
-
-    /// `--max-ports 0`: no port gets a label of its own.
-    #[test]
-    fn a_limit_of_zero_labels_nothing() {
-        let mut policy = PortPolicy::new(&[], 32768, 0);
-        assert_eq!(policy.label(Role::Server, 80), PortLabel::Other);
-        assert_eq!(policy.label(Role::Client, 443), PortLabel::Other);
-    }
-
-    #[test]
-    fn ephemeral_client_ports_never_get_a_label() {
-        let mut policy = PortPolicy::new(&[], 32768, 128);
-        assert_eq!(policy.label(Role::Client, 40000), PortLabel::Other);
-        // A server may listen in the ephemeral range.
-        assert_eq!(policy.label(Role::Server, 40000), PortLabel::Port(40000));
-    }
-
-    #[test]
-    fn thousands_of_ports_stay_bounded() {
-        let mut policy = PortPolicy::new(&[], 60000, 128);
-        let labels: HashSet<PortLabel> = (1..=2000)
-            .map(|port| policy.label(Role::Client, port))
-            .collect();
-        assert_eq!(labels.len(), 129, "128 ports and other");
-    }
-}
+mod tests;

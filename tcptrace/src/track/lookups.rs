@@ -36,6 +36,7 @@ impl Tracker {
         now_ns: u64,
         sink: &mut impl FnMut(&Change),
     ) {
+        self.clock(now_ns);
         let Some(socket) = self.sockets.get_mut(&cookie) else {
             return;
         };

@@ -66,6 +66,10 @@ pub struct Change {
     pub transition: Option<(TcpState, TcpState)>,
     /// The tracked state the socket leaves.
     pub left: Option<Stay>,
+    /// The label `left` was counted under, when this change moves the
+    /// socket to `port` (a client's first ESTABLISHED, see
+    /// [`labels`]); `None`: `port`.
+    pub left_port: Option<PortLabel>,
     /// The tracked state the socket enters; `None` when it is gone.
     pub entered: Option<Stay>,
     /// The socket left TIME_WAIT or FIN_WAIT2 before its timer.
@@ -89,6 +93,7 @@ impl Change {
             port,
             transition: Some(transition),
             left,
+            left_port: None,
             entered,
             killed: false,
             signal: None,
@@ -103,6 +108,7 @@ impl Change {
             port,
             transition: None,
             left: None,
+            left_port: None,
             entered: Some(entered),
             killed: false,
             signal: None,
@@ -117,6 +123,7 @@ impl Change {
             port,
             transition: None,
             left: Some(left),
+            left_port: None,
             entered: None,
             killed: false,
             signal: None,
@@ -131,6 +138,7 @@ impl Change {
             port,
             transition: None,
             left: None,
+            left_port: None,
             entered: None,
             killed: false,
             signal: Some(signal),
@@ -209,6 +217,9 @@ struct Socket {
     evidence: ends::Evidence,
     /// The task of the last transition made in process context.
     task: Option<Task>,
+    /// A client socket that has not reached ESTABLISHED: its port has not
+    /// earned a label through it yet (see [`labels`]).
+    unearned: bool,
 }
 
 /// A tracked socket, as the stale report and the API show it.
@@ -241,6 +252,16 @@ pub struct Tracker {
     ended_order: VecDeque<(u64, u64)>,
     /// Ends awaiting their evidence, oldest first: (time, cookie).
     pending_ends: VecDeque<(u64, u64)>,
+    /// The latest `CLOCK_BOOTTIME` seen, of an event or of the caller's.
+    now_ns: u64,
+    /// Labels freed since [`Tracker::take_freed_labels`] was last called.
+    freed: Vec<(Role, u16)>,
+    /// Listeners counted under `other` because the server budget was full
+    /// when they started, by port: they move to the port's label when a
+    /// connection they accept finds room for it.
+    waiting: FxHashMap<u16, FxHashSet<u64>>,
+    /// Ports just labelled whose waiting listeners are still to move.
+    moves: Vec<u16>,
 }
 
 impl Tracker {
@@ -256,6 +277,10 @@ impl Tracker {
             ended: FxHashMap::default(),
             ended_order: VecDeque::new(),
             pending_ends: VecDeque::new(),
+            now_ns: 0,
+            freed: Vec::new(),
+            waiting: FxHashMap::default(),
+            moves: Vec::new(),
         }
     }
 
@@ -274,6 +299,12 @@ impl Tracker {
 
     /// Applies one kernel event, reporting each resulting change to `sink`.
     pub fn apply(&mut self, event: &SocketEvent, sink: &mut impl FnMut(&Change)) {
+        self.clock(event.ts_ns);
+        self.apply_event(event, sink);
+        self.move_listeners(sink);
+    }
+
+    fn apply_event(&mut self, event: &SocketEvent, sink: &mut impl FnMut(&Change)) {
         match event.kind {
             EventKind::StateChange { old, new, closing } => {
                 self.state_change(event, (old, new), closing, sink);
@@ -373,12 +404,13 @@ impl Tracker {
                 self.policy.existing(Role::Server, event.endpoints.sport),
                 0,
             ),
+            // A socket not tracked claims nothing: it never earned a label.
             None => {
                 let role = self.role_of(event.endpoints.netns, event.endpoints.sport);
-                let port = self.label(role, event.endpoints.sport, event.endpoints.dport);
-                (role, port, 0)
+                (role, self.existing(role, &event.endpoints), 0)
             }
         };
+        self.policy.touch(role, port, self.now_ns);
         let mut change = Change::signal(*event, (role, port), signal);
         sink(&change);
         if signal == (Signal::Error { errno: ETIMEDOUT }) && keepalive_probes > 0 {
@@ -388,7 +420,8 @@ impl Tracker {
     }
 
     /// Reports a failed system call under the label of the port it asked
-    /// for: the local one for bind and listen, the remote one for connect.
+    /// for, if that port has one: the local one for bind and listen, the
+    /// remote one for connect. A call that failed earns no label.
     fn call_failed(
         &mut self,
         event: &SocketEvent,
@@ -396,20 +429,26 @@ impl Tracker {
         signal: Signal,
         sink: &mut impl FnMut(&Change),
     ) {
-        let port = self.label(role, event.endpoints.sport, event.endpoints.dport);
+        let port = self.existing(role, &event.endpoints);
+        self.policy.touch(role, port, self.now_ns);
         sink(&Change::signal(*event, (role, port), signal));
     }
 
-    /// Resolves timewait cancels older than the grace period as kills, and
-    /// connection ends whose evidence is in.
+    /// Resolves timewait cancels older than the grace period as kills and
+    /// connection ends whose evidence is in, forgets the ended sockets kept
+    /// long enough, and frees the labels idle for long enough (see
+    /// [`Tracker::take_freed_labels`]).
     pub fn tick(&mut self, now_ns: u64, sink: &mut impl FnMut(&Change)) {
+        self.clock(now_ns);
         self.resolve_ends(now_ns, sink);
         while let Some(&(ts_ns, cookie)) = self.ended_order.front() {
             if ts_ns.saturating_add(ENDED_KEPT_NS) > now_ns {
                 break;
             }
             self.ended_order.pop_front();
-            self.ended.remove(&cookie);
+            if let Some(ended) = self.ended.remove(&cookie) {
+                self.policy.pin(ended.role, ended.port, false);
+            }
         }
         while let Some(&(ts_ns, cookie)) = self.cancels.front() {
             if ts_ns.saturating_add(CANCEL_GRACE_NS) > now_ns {
@@ -421,6 +460,31 @@ impl Tracker {
                 self.timewait_ended(&cancel, true, sink);
             }
         }
+        let freed = self.policy.expire(self.now_ns);
+        self.freed.extend(freed);
+    }
+
+    /// The labels freed since the last call, by role and port: no tracked
+    /// or recently ended socket carries them any more, so that their series
+    /// can be removed before anything claims them again.
+    pub fn take_freed_labels(&mut self) -> Vec<(Role, u16)> {
+        std::mem::take(&mut self.freed)
+    }
+
+    /// Labels in use by `role` now.
+    pub fn labels_in_use(&self, role: Role) -> usize {
+        self.policy.in_use(role)
+    }
+
+    /// Sockets of `role` that got `other` because all labels were in use.
+    pub fn label_overflows(&self, role: Role) -> u64 {
+        self.policy.overflows(role)
+    }
+
+    /// Moves the tracker's clock on (never back: events of other CPUs may
+    /// come slightly out of order).
+    fn clock(&mut self, now_ns: u64) {
+        self.now_ns = self.now_ns.max(now_ns);
     }
 
     fn state_change(
@@ -441,7 +505,10 @@ impl Tracker {
                 (TcpState::Listen, TcpState::SynRecv) | (_, TcpState::Listen) => Role::Server,
                 _ => self.role_of(event.endpoints.netns, event.endpoints.sport),
             };
-            let port = self.label(role, event.endpoints.sport, event.endpoints.dport);
+            // Seen only now: it earned a label if either state says it did.
+            let state = if earned(old) { old } else { new };
+            let port = self.label_in(role, state, &event.endpoints);
+            self.policy.touch(role, port, self.now_ns);
             match entered {
                 Some(stay) => {
                     self.insert(event, stay, role, port, false, sink);
@@ -478,20 +545,23 @@ impl Tracker {
             return;
         }
         let left = socket.stay;
-        let (role, port) = (socket.role, socket.port);
         socket.endpoints = event.endpoints;
         if event.task.is_some() {
             socket.task = event.task;
         }
+        let left_port = self.earn(event.cookie, old, new);
+        let Some(socket) = self.sockets.get_mut(&event.cookie) else {
+            return;
+        };
+        let (role, port) = (socket.role, socket.port);
         if let Some(stay) = entered {
             socket.stay = stay;
-        } else if let Some(mut socket) = self.sockets.remove(&event.cookie) {
+        } else {
             if let Some(errno) = closing.errno {
                 socket.evidence.error = Some((errno, event.ts_ns));
             }
             socket.evidence.user_timeout = closing.user_timeout;
-            self.remember_ended(event, &socket);
-            self.ended(event.cookie);
+            self.remove(event, true);
             // Listeners are no connections, nor are sockets that never got a
             // port (a connect that failed before sending).
             if left.state != TcpState::Listen && event.endpoints.sport != 0 {
@@ -506,13 +576,46 @@ impl Tracker {
                 .entry((event.endpoints.netns, event.endpoints.sport))
                 .or_default() += 1;
         }
-        sink(&Change::transition(
-            *event,
-            (role, port),
-            (old, new),
-            Some(left),
-            entered,
-        ));
+        sink(&Change {
+            left_port,
+            ..Change::transition(*event, (role, port), (old, new), Some(left), entered)
+        });
+    }
+
+    /// Gives a client socket that reaches ESTABLISHED (the transition
+    /// `old` to `new`) its port's label if it had `other` for want of one;
+    /// returns the label it leaves when it moves.
+    fn earn(&mut self, cookie: u64, old: TcpState, new: TcpState) -> Option<PortLabel> {
+        let now_ns = self.now_ns;
+        let socket = self.sockets.get_mut(&cookie)?;
+        if !socket.unearned || !(earned(old) || earned(new)) {
+            return None;
+        }
+        socket.unearned = false;
+        if socket.port != PortLabel::Other {
+            return None;
+        }
+        let port = self
+            .policy
+            .claim(Role::Client, socket.endpoints.dport, now_ns);
+        if port == PortLabel::Other {
+            return None;
+        }
+        socket.port = port;
+        self.policy.hold(Role::Client, port);
+        Some(PortLabel::Other)
+    }
+
+    /// Stops tracking a socket: its label loses a holder, and if it `ended`
+    /// (rather than being forgotten) it is kept a while for its last signals.
+    fn remove(&mut self, event: &SocketEvent, ended: bool) -> Option<Socket> {
+        let socket = self.sockets.remove(&event.cookie)?;
+        self.untrack_label(event.cookie, &socket);
+        if ended {
+            self.remember_ended(event, &socket);
+            self.ended(event.cookie);
+        }
+        Some(socket)
     }
 
     /// Starts tracking a socket, making room if the table is full.
@@ -528,7 +631,8 @@ impl Tracker {
         if self.sockets.len() >= self.max_sockets {
             self.evict_one(sink);
         }
-        self.sockets.insert(
+        self.policy.hold(role, port);
+        let replaced = self.sockets.insert(
             event.cookie,
             Socket {
                 stay,
@@ -539,8 +643,63 @@ impl Tracker {
                 cancel: None,
                 evidence: ends::Evidence::default(),
                 task: None,
+                unearned: role == Role::Client && !earned(stay.state),
             },
         );
+        if let Some(replaced) = replaced {
+            self.untrack_label(event.cookie, &replaced);
+        }
+        if role == Role::Server && port == PortLabel::Other && stay.state == TcpState::Listen {
+            self.waiting
+                .entry(event.endpoints.sport)
+                .or_default()
+                .insert(event.cookie);
+        }
+    }
+
+    /// A socket no longer tracked gives up its label.
+    fn untrack_label(&mut self, cookie: u64, socket: &Socket) {
+        self.policy.release(socket.role, socket.port, self.now_ns);
+        if let Some(waiting) = self.waiting.get_mut(&socket.endpoints.sport) {
+            waiting.remove(&cookie);
+            if waiting.is_empty() {
+                self.waiting.remove(&socket.endpoints.sport);
+            }
+        }
+    }
+
+    /// Moves the listeners waiting for a label to the ports just labelled:
+    /// their LISTEN gauges follow, with no transition and no duration.
+    fn move_listeners(&mut self, sink: &mut impl FnMut(&Change)) {
+        for port in std::mem::take(&mut self.moves) {
+            let label = self.policy.existing(Role::Server, port);
+            if label == PortLabel::Other {
+                continue; // they go on waiting
+            }
+            let Some(cookies) = self.waiting.remove(&port) else {
+                continue;
+            };
+            for cookie in cookies {
+                let Some(socket) = self.sockets.get_mut(&cookie) else {
+                    continue;
+                };
+                socket.port = label;
+                self.policy.hold(Role::Server, label);
+                let left = Stay {
+                    known: false,
+                    ..socket.stay
+                };
+                sink(&Change {
+                    left: Some(left),
+                    left_port: Some(PortLabel::Other),
+                    ..Change::discovered(
+                        socket.endpoints.to_event(cookie, socket.stay),
+                        (Role::Server, label),
+                        socket.stay,
+                    )
+                });
+            }
+        }
     }
 
     /// Forgets one socket (whichever the table yields first): its gauges drop
@@ -558,6 +717,7 @@ impl Tracker {
         let Some(socket) = self.sockets.remove(&cookie) else {
             return;
         };
+        self.untrack_label(cookie, &socket);
         if socket.stay.state == TcpState::Listen {
             self.forget_listener(socket.endpoints.netns, socket.endpoints.sport);
         }
@@ -579,7 +739,10 @@ impl Tracker {
             evidence: socket.evidence,
             pending: None,
         };
-        self.ended.insert(event.cookie, ended);
+        self.policy.pin(ended.role, ended.port, true);
+        if let Some(before) = self.ended.insert(event.cookie, ended) {
+            self.policy.pin(before.role, before.port, false);
+        }
         self.ended_order.push_back((event.ts_ns, event.cookie));
     }
 
@@ -607,10 +770,39 @@ impl Tracker {
         }
     }
 
-    fn label(&mut self, role: Role, local_port: u16, remote_port: u16) -> PortLabel {
+    /// The service port of a socket of `role`: the local port of a server,
+    /// the remote one of a client.
+    fn service_port(role: Role, endpoints: &Endpoints) -> u16 {
         match role {
-            Role::Server => self.policy.label(role, local_port),
-            Role::Client => self.policy.label(role, remote_port),
+            Role::Server => endpoints.sport,
+            Role::Client => endpoints.dport,
+        }
+    }
+
+    /// The label of a socket that has earned one (see [`labels`]).
+    fn claim(&mut self, role: Role, endpoints: &Endpoints) -> PortLabel {
+        let port = Self::service_port(role, endpoints);
+        let had = self.policy.existing(role, port);
+        let label = self.policy.claim(role, port, self.now_ns);
+        if role == Role::Server && had != label && self.waiting.contains_key(&port) {
+            self.moves.push(port);
+        }
+        label
+    }
+
+    /// The label of a socket that has not earned one (yet): its port's, if
+    /// the port has one.
+    fn existing(&self, role: Role, endpoints: &Endpoints) -> PortLabel {
+        self.policy
+            .existing(role, Self::service_port(role, endpoints))
+    }
+
+    /// The label a socket of `role` in `state` gets when first tracked.
+    fn label_in(&mut self, role: Role, state: TcpState, endpoints: &Endpoints) -> PortLabel {
+        if role == Role::Server || earned(state) {
+            self.claim(role, endpoints)
+        } else {
+            self.existing(role, endpoints)
         }
     }
 
@@ -645,6 +837,21 @@ impl Tracker {
     pub fn listening(&self) -> FxHashSet<(u32, u16)> {
         self.listeners.keys().copied().collect()
     }
+}
+
+/// Whether a socket in `state` has reached ESTABLISHED: only then has a
+/// client's remote port earned a label.
+fn earned(state: TcpState) -> bool {
+    matches!(
+        state,
+        TcpState::Established
+            | TcpState::FinWait1
+            | TcpState::FinWait2
+            | TcpState::CloseWait
+            | TcpState::Closing
+            | TcpState::LastAck
+            | TcpState::TimeWait
+    )
 }
 
 impl Endpoints {

@@ -51,6 +51,7 @@ impl Tracker {
         now_ns: u64,
         sink: &mut impl FnMut(&Change),
     ) -> Corrections {
+        self.clock(now_ns);
         let ended = self.ended_during_dump.take().unwrap_or_default();
         let in_dump: FxHashMap<u64, &DiagSocket> = dump.iter().map(|s| (s.cookie, s)).collect();
         // A FIN_WAIT2 timewait socket that got its peer's FIN moved to
@@ -118,6 +119,7 @@ impl Tracker {
         }
         // Re-added after drift: not missing.
         corrections.missing -= corrections.state.min(corrections.missing);
+        self.move_listeners(sink);
         corrections
     }
 
@@ -154,7 +156,7 @@ impl Tracker {
         } else {
             self.role_of(found.netns, found.sport)
         };
-        let port = self.label(role, found.sport, found.dport);
+        let port = self.label_in(role, state, &endpoints);
         // A TIME_WAIT timer always runs TCP_TIMEWAIT_LEN, so what is left of
         // it tells when the socket entered; for anything else only "before
         // now" is known.

@@ -10,6 +10,8 @@ use crate::events::TcpState::{
 use crate::{events::Family, host::sock_diag::DiagSocket};
 
 const MS: u64 = 1_000_000;
+/// The idle time after which the tests' trackers free a label.
+const IDLE: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn event(cookie: u64, ms: u64, kind: EventKind, sport: u16, dport: u16) -> SocketEvent {
     SocketEvent {
@@ -42,7 +44,7 @@ fn run(tracker: &mut Tracker, events: &[SocketEvent]) -> Vec<Change> {
 }
 
 fn tracker() -> Tracker {
-    Tracker::new(PortPolicy::new(&[], 32768, 128), 1000)
+    Tracker::new(PortPolicy::new(&[], 32768, 128, IDLE), 1000)
 }
 
 fn transitions(changes: &[Change]) -> Vec<(TcpState, TcpState)> {
@@ -89,12 +91,13 @@ fn client_closing_first_enters_time_wait_and_expires() {
             (TimeWait, Close)
         ]
     );
-    assert!(
-        changes
-            .iter()
-            .all(|c| c.role == Role::Client && c.port == PortLabel::Port(80))
-    );
+    // SYN_SENT to a port without a label is `other`; established, the
+    // socket moves to the port's label.
+    assert!(changes.iter().all(|c| c.role == Role::Client));
     let moved: Vec<&Change> = changes.iter().filter(|c| c.transition.is_some()).collect();
+    assert_eq!(moved[0].port, PortLabel::Other);
+    assert_eq!(moved[1].left_port, Some(PortLabel::Other));
+    assert!(changes[1..].iter().all(|c| c.port == PortLabel::Port(80)));
     let left_fin_wait2 = moved[4].left.expect("left FIN_WAIT2");
     assert_eq!(
         (left_fin_wait2.state, left_fin_wait2.since_ns),
@@ -368,7 +371,7 @@ fn roles_and_ports() {
 
 #[test]
 fn the_table_is_bounded() {
-    let mut tracker = Tracker::new(PortPolicy::new(&[], 32768, 128), 2);
+    let mut tracker = Tracker::new(PortPolicy::new(&[], 32768, 128, IDLE), 2);
     let changes = run(
         &mut tracker,
         &[
@@ -446,7 +449,7 @@ fn a_failed_bind_reports_what_holds_its_port() {
 #[test]
 fn a_connect_failure_the_socket_reported_is_not_counted_twice() {
     let mut tracker = tracker();
-    let failed = |reported| {
+    let failed = |reported, dport| {
         event(
             0,
             0,
@@ -455,19 +458,169 @@ fn a_connect_failure_the_socket_reported_is_not_counted_twice() {
                 reported,
             },
             0,
-            5432,
+            dport,
         )
     };
-    assert!(run(&mut tracker, &[failed(true)]).is_empty());
-    let changes = run(&mut tracker, &[failed(false)]);
+    assert!(run(&mut tracker, &[failed(true, 5432)]).is_empty());
+    let changes = run(&mut tracker, &[failed(false, 5432)]);
     assert_eq!(changes.len(), 1);
     assert_eq!(
         changes[0].signal,
         Some(Signal::ConnectFailed { errno: 111 })
     );
+    // No connection to 5432 was ever established: no label of its own.
     assert_eq!(
         (changes[0].role, changes[0].port),
-        (Role::Client, PortLabel::Port(5432))
+        (Role::Client, PortLabel::Other)
+    );
+    // Once one was, its failures count under its label.
+    run(
+        &mut tracker,
+        &[
+            event(1, 1, state(Close, SynSent), 50000, 5432),
+            event(1, 2, state(SynSent, Established), 50000, 5432),
+        ],
+    );
+    let changes = run(&mut tracker, &[failed(false, 5432)]);
+    assert_eq!(changes[0].port, PortLabel::Port(5432));
+}
+
+/// The labels of every change, and the gauges they add up to.
+fn apply_all(
+    tracker: &mut Tracker,
+    aggregates: &mut crate::aggregate::ports::Aggregates,
+    events: &[SocketEvent],
+) -> Vec<Change> {
+    let mut changes = Vec::new();
+    for event in events {
+        tracker.apply(event, &mut |c| {
+            aggregates.apply(c);
+            changes.push(*c);
+        });
+    }
+    changes
+}
+
+/// A connect scan of closed ports: SYN_SENT, refused, closed. No port
+/// earns a label, and none is an overflow.
+#[test]
+fn refused_connects_earn_no_label() {
+    let mut tracker = Tracker::new(PortPolicy::new(&[], 32768, 16, IDLE), 100_000);
+    let mut aggregates = crate::aggregate::ports::Aggregates::default();
+    let mut events = Vec::new();
+    for port in 1..=5000u16 {
+        let cookie = u64::from(port);
+        events.push(event(cookie, 0, state(Close, SynSent), 40000, port));
+        events.push(event(cookie, 1, state(SynSent, Close), 40000, port));
+        events.push(event(
+            cookie,
+            1,
+            EventKind::SocketError { errno: 111 },
+            40000,
+            port,
+        ));
+    }
+    let changes = apply_all(&mut tracker, &mut aggregates, &events);
+    assert!(changes.iter().all(|c| c.port == PortLabel::Other));
+    assert_eq!(tracker.labels_in_use(Role::Client), 0);
+    assert_eq!(tracker.label_overflows(Role::Client), 0);
+    assert_eq!(aggregates.ports().len(), 1, "other only");
+}
+
+/// SYN_SENT to a port without a label is `other`; reaching ESTABLISHED
+/// moves the socket to the port's label, and the gauges follow exactly.
+#[test]
+fn an_established_connection_moves_to_its_ports_label() {
+    let mut tracker = tracker();
+    let mut aggregates = crate::aggregate::ports::Aggregates::default();
+    let other = PortLabel::Other;
+    let port = PortLabel::Port(5432);
+    let changes = apply_all(
+        &mut tracker,
+        &mut aggregates,
+        &[
+            event(1, 0, state(Close, SynSent), 50000, 5432),
+            event(2, 0, state(Close, SynSent), 50001, 5432),
+        ],
+    );
+    assert!(changes.iter().all(|c| c.port == other));
+    assert_eq!(aggregates.count(SynSent, Role::Client, other), 2);
+    let changes = apply_all(
+        &mut tracker,
+        &mut aggregates,
+        &[event(1, 30, state(SynSent, Established), 50000, 5432)],
+    );
+    assert_eq!(changes[0].port, port);
+    assert_eq!(changes[0].left_port, Some(other));
+    assert_eq!(aggregates.count(SynSent, Role::Client, other), 1);
+    assert_eq!(aggregates.count(Established, Role::Client, port), 1);
+    // The SYN_SENT time stays where it was counted; the transition is the
+    // port's.
+    let ports = aggregates.ports();
+    let of = |label| {
+        ports
+            .iter()
+            .find(|(r, p, _)| (*r, *p) == (Role::Client, label))
+            .map(|(_, _, a)| *a)
+            .expect("series")
+    };
+    let observed = of(other).durations(SynSent).expect("observed");
+    assert_eq!(observed.counts.iter().sum::<u64>(), 1);
+    assert_eq!(of(port).transitions(SynSent, Established), 1);
+    assert_eq!(of(other).transitions(SynSent, Established), 0);
+    // The second now finds the label there: it keeps `other` until it is
+    // established too, then moves; a third starts under the label.
+    let changes = apply_all(
+        &mut tracker,
+        &mut aggregates,
+        &[
+            event(3, 40, state(Close, SynSent), 50002, 5432),
+            event(2, 50, state(SynSent, Established), 50001, 5432),
+            event(3, 60, state(SynSent, Established), 50002, 5432),
+        ],
+    );
+    assert_eq!(changes[0].port, port, "a labelled port's SYN_SENT");
+    assert_eq!(changes[1].left_port, Some(other));
+    assert_eq!(changes[2].left_port, None, "no move");
+    assert_eq!(aggregates.count(SynSent, Role::Client, other), 0);
+    assert_eq!(aggregates.count(SynSent, Role::Client, port), 0);
+    assert_eq!(aggregates.count(Established, Role::Client, port), 3);
+    assert_eq!(tracker.label_overflows(Role::Client), 0);
+}
+
+/// With the budget spent, a connection that is established stays `other`
+/// for life, counted once as an overflow.
+#[test]
+fn a_full_budget_leaves_an_established_connection_in_other() {
+    let mut tracker = Tracker::new(PortPolicy::new(&[], 32768, 1, IDLE), 1000);
+    let mut aggregates = crate::aggregate::ports::Aggregates::default();
+    let changes = apply_all(
+        &mut tracker,
+        &mut aggregates,
+        &[
+            event(1, 0, state(Close, SynSent), 50000, 5432),
+            event(1, 1, state(SynSent, Established), 50000, 5432),
+            event(2, 2, state(Close, SynSent), 50001, 6379),
+            event(2, 3, state(SynSent, Established), 50001, 6379),
+            event(2, 4, state(Established, FinWait1), 50001, 6379),
+        ],
+    );
+    let labels: Vec<PortLabel> = changes.iter().map(|c| c.port).collect();
+    assert_eq!(
+        labels,
+        [
+            PortLabel::Other,
+            PortLabel::Port(5432),
+            PortLabel::Other,
+            PortLabel::Other,
+            PortLabel::Other,
+        ]
+    );
+    assert_eq!(tracker.label_overflows(Role::Client), 1);
+    assert_eq!(tracker.labels_in_use(Role::Client), 1);
+    assert_eq!(
+        aggregates.count(FinWait1, Role::Client, PortLabel::Other),
+        1
     );
 }
 
@@ -577,4 +730,147 @@ fn listeners_and_connects_that_never_got_a_port_are_no_connections() {
     );
     tracker.tick(10 * ends::END_GRACE_NS, &mut |c| changes.push(*c));
     assert_eq!(ends(&changes), []);
+}
+
+/// A label is freed once its last socket has been gone for the idle time
+/// and the ended sockets kept for late signals are gone too; then another
+/// port gets the slot, and the freed label's next socket starts afresh.
+#[test]
+fn an_idle_label_is_freed_and_reused() {
+    const S: u64 = 1_000 * MS;
+    let mut tracker = Tracker::new(PortPolicy::new(&[], 32768, 1, IDLE), 1000);
+    let mut aggregates = crate::aggregate::ports::Aggregates::default();
+    let tick = |tracker: &mut Tracker, at_s: u64| {
+        let mut changes = Vec::new();
+        tracker.tick(at_s * S, &mut |c| changes.push(*c));
+        // Only the connection's end, decided after its grace.
+        assert!(
+            changes
+                .iter()
+                .all(|c| matches!(c.signal, Some(Signal::Ended { .. }))),
+            "{changes:?}"
+        );
+        tracker.take_freed_labels()
+    };
+    apply_all(
+        &mut tracker,
+        &mut aggregates,
+        &[
+            event(1, 0, state(Close, SynSent), 50000, 5432),
+            event(1, 1, state(SynSent, Established), 50000, 5432),
+            // Reset at 2 s: gone, kept for its late error.
+            event(1, 2_000, state(Established, Close), 50000, 5432),
+        ],
+    );
+    // The late error still finds the label, and moves its counter at 4 s.
+    let late = apply_all(
+        &mut tracker,
+        &mut aggregates,
+        &[event(
+            1,
+            4_000,
+            EventKind::SocketError { errno: 104 },
+            50000,
+            5432,
+        )],
+    );
+    assert_eq!(late[0].port, PortLabel::Port(5432));
+    assert!(
+        tick(&mut tracker, 12).is_empty(),
+        "gone at 2 s, busy at 4 s"
+    );
+    assert!(tick(&mut tracker, 13).is_empty());
+    assert_eq!(tick(&mut tracker, 14), [(Role::Client, 5432)]);
+    assert_eq!(tracker.labels_in_use(Role::Client), 0);
+    aggregates.forget_label(Role::Client, 5432);
+    assert!(
+        aggregates
+            .ports()
+            .iter()
+            .all(|(_, port, _)| *port == PortLabel::Other)
+    );
+    assert!(aggregates.errors().is_empty());
+    // Another port takes the slot.
+    let changes = apply_all(
+        &mut tracker,
+        &mut aggregates,
+        &[
+            event(2, 15_000, state(Close, SynSent), 50001, 6379),
+            event(2, 15_001, state(SynSent, Established), 50001, 6379),
+            event(3, 15_002, state(Close, SynSent), 50002, 5432),
+            event(3, 15_003, state(SynSent, Established), 50002, 5432),
+        ],
+    );
+    assert_eq!(changes[1].port, PortLabel::Port(6379));
+    assert_eq!(changes[3].port, PortLabel::Other);
+    assert_eq!(tracker.label_overflows(Role::Client), 1);
+    // A socket that stays keeps its label however long.
+    assert!(tick(&mut tracker, 3600).is_empty());
+}
+
+/// A listener's port is labelled when it listens, and the label lasts as
+/// long as the listener.
+#[test]
+fn a_listener_holds_its_label() {
+    const S: u64 = 1_000 * MS;
+    let mut tracker = Tracker::new(PortPolicy::new(&[], 32768, 1, IDLE), 1000);
+    let changes = run(
+        &mut tracker,
+        &[
+            event(1, 0, state(Close, Listen), 8080, 0),
+            event(2, 1, state(Close, Listen), 9090, 0),
+        ],
+    );
+    assert_eq!(changes[0].port, PortLabel::Port(8080));
+    assert_eq!(changes[1].port, PortLabel::Other);
+    assert_eq!(tracker.label_overflows(Role::Server), 1);
+    tracker.tick(3600 * S, &mut |_| {});
+    assert!(tracker.take_freed_labels().is_empty());
+    run(
+        &mut tracker,
+        &[event(1, 3_600_000, state(Listen, Close), 8080, 0)],
+    );
+    tracker.tick(3611 * S, &mut |_| {});
+    assert_eq!(tracker.take_freed_labels(), [(Role::Server, 8080)]);
+    // The listener that got `other` waits; a connection it accepts now
+    // finds room and takes the port's label, and the listener moves to it
+    // (LISTEN gauge and all, with no transition or duration).
+    let mut aggregates = crate::aggregate::ports::Aggregates::default();
+    assert_eq!(aggregates.count(Listen, Role::Server, PortLabel::Other), 0);
+    let changes = apply_all(
+        &mut tracker,
+        &mut aggregates,
+        &[event(3, 3_612_000, state(Listen, SynRecv), 9090, 40000)],
+    );
+    assert_eq!(changes.len(), 2);
+    assert_eq!(changes[0].port, PortLabel::Port(9090));
+    let moved = changes[1];
+    assert_eq!(moved.event.cookie, 2);
+    assert_eq!(
+        (moved.port, moved.left_port),
+        (PortLabel::Port(9090), Some(PortLabel::Other))
+    );
+    assert_eq!(moved.transition, None);
+    assert!(!moved.left.expect("left").known, "no duration observed");
+    assert_eq!(
+        moved.entered.map(|s| (s.state, s.since_ns)),
+        Some((Listen, MS))
+    );
+    assert_eq!(
+        tracker.socket(2).map(|s| s.port),
+        Some(PortLabel::Port(9090))
+    );
+    // Its label is held: the listener's end, not before, lets it go idle.
+    tracker.tick(7200 * S, &mut |_| {});
+    assert!(tracker.take_freed_labels().is_empty());
+    let mut changes = run(
+        &mut tracker,
+        &[
+            event(3, 7_200_000, state(SynRecv, Close), 9090, 40000),
+            event(2, 7_200_000, state(Listen, Close), 9090, 0),
+        ],
+    );
+    assert!(changes.iter().all(|c| c.port == PortLabel::Port(9090)));
+    tracker.tick(7211 * S, &mut |c| changes.push(*c));
+    assert_eq!(tracker.take_freed_labels(), [(Role::Server, 9090)]);
 }

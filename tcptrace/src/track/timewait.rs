@@ -21,7 +21,7 @@ impl Tracker {
             // A timewait socket whose history was missed: track it from now,
             // without a duration to observe.
             let role = self.role_of(event.endpoints.netns, event.endpoints.sport);
-            let port = self.label(role, event.endpoints.sport, event.endpoints.dport);
+            let port = self.label_in(role, substate, &event.endpoints);
             let stay = Stay {
                 known: false,
                 ..entered
@@ -36,14 +36,22 @@ impl Tracker {
             return; // re-armed, or an orphan staying in FIN_WAIT2
         }
         let left = socket.stay;
+        // A client whose ESTABLISHED was missed earns its label here.
+        let left_port = self.earn(event.cookie, left.state, substate);
+        let Some(socket) = self.sockets.get_mut(&event.cookie) else {
+            return;
+        };
         socket.stay = entered;
-        sink(&Change::transition(
-            *event,
-            (socket.role, socket.port),
-            (left.state, substate),
-            Some(left),
-            Some(entered),
-        ));
+        sink(&Change {
+            left_port,
+            ..Change::transition(
+                *event,
+                (socket.role, socket.port),
+                (left.state, substate),
+                Some(left),
+                Some(entered),
+            )
+        });
     }
 
     pub(super) fn timewait_ended(
@@ -52,11 +60,9 @@ impl Tracker {
         killed: bool,
         sink: &mut impl FnMut(&Change),
     ) {
-        let Some(socket) = self.sockets.remove(&event.cookie) else {
+        let Some(socket) = self.remove(event, true) else {
             return;
         };
-        self.remember_ended(event, &socket);
-        self.ended(event.cookie);
         sink(&Change {
             killed,
             ..Change::transition(

@@ -1047,6 +1047,16 @@ pub fn set_option<T>(stream: &TcpStream, level: libc::c_int, name: libc::c_int, 
     assert_eq!(ret, 0, "setsockopt: {}", io::Error::last_os_error());
 }
 
+/// `SO_LINGER` 0: closing the socket resets the connection at once, so
+/// that neither end is left in TIME_WAIT.
+pub fn reset_on_close(stream: &TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    set_option(stream, libc::SOL_SOCKET, libc::SO_LINGER, &linger);
+}
+
 /// Turns keepalive on: first probe after `idle` s, then every `interval` s,
 /// `probes` unanswered ones before the kernel gives up.
 pub fn keepalive(stream: &TcpStream, idle: i32, interval: i32, probes: i32) {

@@ -47,7 +47,7 @@ pub async fn run(args: EventsArgs) -> Result<(), Error> {
     tracing::info!("attached; streaming TCP state transitions (Ctrl-C stops)");
     // The tracker only derives TIME_WAIT here; no labels are needed.
     let mut stream = Stream {
-        tracker: Tracker::new(PortPolicy::new(&[], 0, 0), args.max_sockets),
+        tracker: Tracker::new(PortPolicy::new(&[], 0, 0, Duration::ZERO), args.max_sockets),
         filter: EventFilter {
             ports: args.ports,
             states: args.states,

@@ -67,7 +67,12 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     // the capabilities the process had when it was created.
     super::drop_capabilities();
     let mut source = probes.event_source()?;
-    let policy = PortPolicy::new(&args.ports, labels::ephemeral_port_low(), args.max_ports);
+    let policy = PortPolicy::new(
+        &args.ports,
+        labels::ephemeral_port_low(),
+        args.max_ports,
+        args.port_label_idle,
+    );
     let exporter = Arc::new(Exporter {
         state: Mutex::new(State {
             tracker: Tracker::new(policy, args.max_sockets),

@@ -80,7 +80,9 @@ impl WithTracker for &Exporter {
             aggregates,
             ..
         } = &mut *state;
-        f(tracker, &mut |change| aggregates.apply(change))
+        let result = f(tracker, &mut |change| aggregates.apply(change));
+        state.settle_labels();
+        result
     }
 }
 
@@ -99,6 +101,7 @@ impl Site for Exporter {
                 clock::boot_ns(),
             );
             families.push(prometheus::stale_family(&state.stale));
+            families.extend(prometheus::label_families(&state.tracker));
             families.extend(prometheus::listen_families(&state.listen));
             families.extend(prometheus::idle_families(&state.idle));
             families.extend(prometheus::local_port_families(

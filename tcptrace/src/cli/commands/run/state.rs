@@ -21,7 +21,7 @@ use crate::{
     export::prometheus::SelfMetrics,
     kernel::ring::Batch,
     support::clock,
-    track::{Tracker, holders::FailedCall},
+    track::{Tracker, holders::FailedCall, labels::Role},
 };
 
 /// The tracked sockets, what they add up to, and who holds the stale ones.
@@ -62,6 +62,21 @@ impl State {
         metrics
             .decode_errors
             .inc_by(batch.decode_errors.len() as u64);
+    }
+
+    /// Removes the series of the labels the tracker freed. Called under the
+    /// same lock as the tick that freed them, so nothing can claim a label
+    /// again before its old series are gone.
+    pub fn settle_labels(&mut self) {
+        for (role, port) in self.tracker.take_freed_labels() {
+            tracing::debug!(role = role.name(), port, "port label idle: freed");
+            self.aggregates.forget_label(role, port);
+            self.stale.forget_label(role, port);
+            self.idle.forget_label(role, port);
+            if role == Role::Server {
+                self.listen.forget_label(port);
+            }
+        }
     }
 
     /// What holds local `port` in each namespace, and the last bind or
