@@ -111,6 +111,7 @@ pub struct GenerateArgs {
 pub struct ProbeArgs {
     /// The running kernel's BTF type information.
     #[arg(
+        help_heading = "Tracing",
         long,
         env = "TCPTRACE_BTF",
         value_name = "PATH",
@@ -120,7 +121,7 @@ pub struct ProbeArgs {
 
     /// Size of the kernel-to-daemon event buffer: a power of two from 4K to
     /// 1G (suffixes K, M, G). Raise it if events are reported lost.
-    #[arg(long, value_name = "BYTES", default_value = "4M", value_parser = parse_ring_buffer_size)]
+    #[arg(help_heading = "Tracing", long, value_name = "BYTES", default_value = "4M", value_parser = parse_ring_buffer_size)]
     pub ring_buffer_size: u32,
 }
 
@@ -179,75 +180,85 @@ pub struct RunArgs {
     pub probe: ProbeArgs,
 
     /// Address to serve on: HOST:PORT, or :PORT for every interface.
-    #[arg(long = "web.listen-address", value_name = "ADDR", default_value = DEFAULT_LISTEN_ADDRESS)]
+    #[arg(help_heading = "Web", long = "web.listen-address", value_name = "ADDR", default_value = DEFAULT_LISTEN_ADDRESS)]
     pub listen_address: ListenAddress,
 
     /// Give exactly these service ports their own `port` label (repeat or
     /// comma-separate); all others become "other". Without it, a port
     /// earns a label when it listens (server) or when a connection to it is
     /// established (client), up to --max-ports per role.
-    #[arg(long = "port", value_name = "PORT", value_delimiter = ',',
+    #[arg(help_heading = "Labels", long = "port", value_name = "PORT", value_delimiter = ',',
           value_parser = clap::value_parser!(u16).range(1..))]
     pub ports: Vec<u16>,
 
     /// Most distinct `port` label values per role when --port is not given;
     /// 0 gives every port the label "other".
-    #[arg(long, value_name = "N", default_value_t = 128)]
+    #[arg(help_heading = "Labels", long, value_name = "N", default_value_t = 128)]
     pub max_ports: usize,
 
     /// A port label no socket has used for this long (no socket carries
     /// it, no counter of it moved) is freed for another port and its
     /// series removed, e.g. 10m, 1h; 0 keeps labels for good.
-    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = duration::parse)]
+    #[arg(help_heading = "Labels", long, value_name = "DURATION", default_value = "10m", value_parser = duration::parse)]
     pub port_label_idle: Duration,
 
     /// Most sockets tracked at once (memory bound); beyond it the oldest
     /// entries are dropped and counted in `tcptrace_tracked_evictions_total`.
-    #[arg(long, value_name = "N", default_value_t = 1 << 20,
+    #[arg(help_heading = "Tracing", long, value_name = "N", default_value_t = 1 << 20,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_sockets: usize,
 
     /// Most network namespaces whose TCP settings are exported
     /// (`tcptrace_sysctl`); those with the most sockets first, tcptrace's
     /// own before all; 0 exports none.
-    #[arg(long, value_name = "N", default_value_t = 256)]
+    #[arg(
+        help_heading = "Tracing",
+        long,
+        value_name = "N",
+        default_value_t = 256
+    )]
     pub max_netns: usize,
 
     /// How often to compare the tracked sockets with the kernel's and
     /// correct drift, and to re-read the TCP settings, e.g. 60s, 5m: at
     /// least 1s; 0 disables.
-    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_reconcile_interval)]
+    #[arg(help_heading = "Tracing", long, value_name = "DURATION", default_value = "60s", value_parser = parse_reconcile_interval)]
     pub reconcile_interval: Duration,
 
     /// How long an established connection may exchange no data before it is
     /// counted in `tcptrace_idle_sockets` (at each reconciliation), e.g.
     /// 4m: below the idle timeouts of common NATs and load balancers.
-    #[arg(long, value_name = "DURATION", default_value = "4m", value_parser = duration::parse)]
+    #[arg(help_heading = "Reports", long, value_name = "DURATION", default_value = "4m", value_parser = duration::parse)]
     pub idle_after: Duration,
 
     /// Age at which a socket in CLOSE_WAIT, FIN_WAIT2 or LAST_ACK is stale:
     /// counted in `tcptrace_stale_sockets` with its owning process, and
     /// warned about. One value for all three, or STATE=DURATION for one
     /// (repeat), e.g. `--stale-after 60s --stale-after CLOSE_WAIT=5m`.
-    #[arg(long, value_name = "[STATE=]DURATION", default_value = "60s")]
+    #[arg(
+        help_heading = "Reports",
+        long,
+        value_name = "[STATE=]DURATION",
+        default_value = "60s"
+    )]
     pub stale_after: Vec<StaleSetting>,
 
     /// Most distinct `process` label values of `tcptrace_stale_sockets`:
     /// the processes with the most stale sockets; the rest are "other"
     /// (all of them with 0).
-    #[arg(long, value_name = "N", default_value_t = 32)]
+    #[arg(help_heading = "Labels", long, value_name = "N", default_value_t = 32)]
     pub max_processes: usize,
 
     /// Serve the socket list (/api/v1/sockets: addresses, pids, command
     /// lines) to every client, not only to loopback ones.
-    #[arg(long = "web.enable-api")]
+    #[arg(help_heading = "Web", long = "web.enable-api")]
     pub enable_api: bool,
 
-    /// TOML file turning on TLS (`[tls_server_config]`: `cert_file`,
-    /// `key_file`) and basic authentication (`[basic_auth_users]`: user =
-    /// bcrypt hash) for every path, as the Prometheus exporter toolkit's
-    /// web config does.
-    #[arg(long = "web.config.file", value_name = "FILE")]
+    /// The Prometheus exporter toolkit's web config (YAML): TLS
+    /// (`tls_server_config`, client certificates included), basic
+    /// authentication (`basic_auth_users`: user: bcrypt hash) and response
+    /// headers (`http_server_config`), for every path.
+    #[arg(help_heading = "Web", long = "web.config.file", value_name = "FILE")]
     pub web_config_file: Option<PathBuf>,
 }
 
