@@ -327,7 +327,7 @@ except OSError as e:
 
 /// A client with 100 local ports that closes each connection first keeps
 /// each port in TIME_WAIT: of 150 connects to one destination, the last 50
-/// find no port.
+/// find no port, and each failure is counted once.
 #[test]
 fn connects_that_find_no_local_port_are_counted_exactly() {
     const PORT: u16 = 18204;
@@ -354,16 +354,20 @@ fn connects_that_find_no_local_port_are_counted_exactly() {
         }
         failed
     });
-    assert_eq!(failed.len(), 50, "{failed:?}");
+    // 50, unless a port came free during the loop (seen once in the
+    // emulated 6.1 guest: 49): what the daemon must count is the test's own.
+    assert!((40..=50).contains(&failed.len()), "{failed:?}");
     assert!(
         failed.iter().all(|&e| e == Some(libc::EADDRNOTAVAIL)),
         "{failed:?}"
     );
-    let scrape = daemon.wait_for("50 connect errors", Duration::from_secs(10), |s| {
+    #[expect(clippy::cast_precision_loss, reason = "at most 50")]
+    let failures = failed.len() as f64;
+    let scrape = daemon.wait_for("the connect errors", Duration::from_secs(10), |s| {
         s.sum(
             "tcptrace_connect_errors_total",
             &[("port", &PORT.to_string())],
-        ) >= 50.0
+        ) >= failures
     });
     assert_eq!(
         scrape.sum(
@@ -374,14 +378,14 @@ fn connects_that_find_no_local_port_are_counted_exactly() {
                 ("port", &PORT.to_string())
             ]
         ),
-        50.0
+        failures
     );
     assert_eq!(
         scrape.sum(
             "tcptrace_connect_errors_total",
             &[("port", &PORT.to_string())]
         ),
-        50.0
+        failures
     );
     // Every port of the range is held towards that one destination.
     let port = [("port", "18204")];
