@@ -58,9 +58,16 @@ fn a_vanished_peer_is_retransmitted_to_until_the_kernel_gives_up() {
     assert!(syns >= 1, "{syns} SYNs again for tcp_syn_retries=1");
 
     let (port, syn_port) = (PORT.to_string(), SYN_PORT.to_string());
-    let scrape = daemon.wait_for("the retransmissions", Duration::from_secs(10), |s| {
-        s.sum("tcptrace_retransmits_total", &[("port", &port)]) == as_sample(data)
-            && s.sum("tcptrace_retransmits_total", &[("port", &syn_port)]) == as_sample(syns)
+    let what = format!("the retransmissions: {data} of data and {syns} of the SYN (nstat)");
+    // The client's: nstat counts the client's namespace only.
+    let client = |s: &common::Scrape, port: &str| {
+        s.sum(
+            "tcptrace_retransmits_total",
+            &[("role", "client"), ("port", port)],
+        )
+    };
+    let scrape = daemon.wait_for(&what, Duration::from_secs(10), |s| {
+        client(s, &port) == as_sample(data) && client(s, &syn_port) == as_sample(syns)
     });
     let count = |kind: &str, port: &str| {
         scrape.sum(

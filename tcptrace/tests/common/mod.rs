@@ -837,9 +837,10 @@ impl Scrape {
     /// counters that explain a gauge gone wrong (lost or malformed events).
     pub fn summary(&self) -> String {
         use std::fmt::Write;
-        const SUMMARY: [&str; 7] = [
+        const SUMMARY: [&str; 8] = [
             "tcptrace_sockets",
             "tcptrace_connection_ends_total",
+            "tcptrace_retransmits_total",
             "tcptrace_events_total",
             "tcptrace_events_lost_total",
             "tcptrace_decode_errors_total",
