@@ -5,8 +5,10 @@
 //! socket (a FIN exchange: `closed` at once), or when it reaches CLOSE. The
 //! signals that tell why come on both sides of that CLOSE (an RST received
 //! and a timeout's error before it; the error of a received RST, and the RST
-//! of a close with unread data or `SO_LINGER` 0, after it), so a CLOSE is
-//! decided [`END_GRACE_NS`] later, from the evidence gathered by then.
+//! of a close with unread data or `SO_LINGER` 0, after it). The kernel's
+//! error at CLOSE decides most at once; a `close()` of an open connection
+//! with no error is decided [`END_GRACE_NS`] later, from the evidence
+//! gathered by then.
 //!
 //! In order, the first that holds:
 //!
@@ -149,35 +151,65 @@ impl Evidence {
     }
 }
 
+impl Evidence {
+    /// Whether nothing that could still follow a CLOSE from `from` would
+    /// change how the connection ended: an error or a received RST decides
+    /// it, and so does a CLOSE from a closing state (the last ACK, or the
+    /// timers of an orphan). Only a `close()` of an open connection may send
+    /// its RST just after (unread data, `SO_LINGER` 0).
+    fn decided(&self, from: TcpState) -> bool {
+        self.error.is_some()
+            || self.reset_received
+            || !matches!(
+                from,
+                TcpState::Established | TcpState::CloseWait | TcpState::SynSent | TcpState::SynRecv
+            )
+    }
+}
+
 impl Tracker {
     /// A connection's full socket reached CLOSE (and was remembered as
-    /// ended): how is decided once the evidence after it is in.
-    pub(super) fn end_pending(&mut self, event: &SocketEvent, from: TcpState) {
-        if let Some(ended) = self.ended.get_mut(&event.cookie) {
-            ended.pending = Some(PendingEnd {
+    /// ended): how is decided now if nothing after it can change that,
+    /// else once the evidence after it is in.
+    pub(super) fn connection_ended(
+        &mut self,
+        event: &SocketEvent,
+        from: TcpState,
+        sink: &mut impl FnMut(&Change),
+    ) {
+        let Some(ended) = self.ended.get(&event.cookie) else {
+            return;
+        };
+        if ended.evidence.decided(from) {
+            let how = ended.evidence.how(from, event.ts_ns);
+            sink(&Change::signal(
+                *event,
+                (ended.role, ended.port),
+                Signal::Ended { how },
+            ));
+        } else {
+            self.pending_ends.push_back(PendingEnd {
                 event: *event,
                 from,
             });
-            self.pending_ends.push_back((event.ts_ns, event.cookie));
         }
     }
 
     /// Decides the ends whose grace has passed.
     pub(super) fn resolve_ends(&mut self, now_ns: u64, sink: &mut impl FnMut(&Change)) {
-        while let Some(&(ts_ns, cookie)) = self.pending_ends.front() {
-            if ts_ns.saturating_add(END_GRACE_NS) > now_ns {
+        while let Some(pending) = self.pending_ends.front() {
+            if pending.event.ts_ns.saturating_add(END_GRACE_NS) > now_ns {
                 break;
             }
-            self.pending_ends.pop_front();
-            let Some(ended) = self.ended.get_mut(&cookie) else {
-                continue;
+            let Some(pending) = self.pending_ends.pop_front() else {
+                break;
             };
-            let Some(pending) = ended.pending.take() else {
+            // Kept for longer than this grace, and ends are decided first
+            // in `tick`; the ended socket pins its label meanwhile.
+            let Some(ended) = self.ended.get(&pending.event.cookie) else {
                 continue;
             };
             let how = ended.evidence.how(pending.from, pending.event.ts_ns);
-            // No label to touch: the ended socket pins its label for
-            // longer than this grace, and ends are decided first in `tick`.
             sink(&Change::signal(
                 pending.event,
                 (ended.role, ended.port),

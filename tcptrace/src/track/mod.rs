@@ -198,8 +198,6 @@ struct Ended {
     role: Role,
     port: PortLabel,
     evidence: ends::Evidence,
-    /// Its end, until the evidence after it is in.
-    pending: Option<ends::PendingEnd>,
 }
 
 #[derive(Debug)]
@@ -250,8 +248,8 @@ pub struct Tracker {
     /// Recently ended sockets, for the signals that follow their end.
     ended: FxHashMap<u64, Ended>,
     ended_order: VecDeque<(u64, u64)>,
-    /// Ends awaiting their evidence, oldest first: (time, cookie).
-    pending_ends: VecDeque<(u64, u64)>,
+    /// Ends awaiting the evidence after their CLOSE, oldest first.
+    pending_ends: VecDeque<ends::PendingEnd>,
     /// The latest `CLOCK_BOOTTIME` seen, of an event or of the caller's.
     now_ns: u64,
     /// Labels freed since [`Tracker::take_freed_labels`] was last called.
@@ -565,7 +563,7 @@ impl Tracker {
             // Listeners are no connections, nor are sockets that never got a
             // port (a connect that failed before sending).
             if left.state != TcpState::Listen && event.endpoints.sport != 0 {
-                self.end_pending(event, old);
+                self.connection_ended(event, old, sink);
             }
         }
         if left.state == TcpState::Listen && new != TcpState::Listen {
@@ -737,7 +735,6 @@ impl Tracker {
             role: socket.role,
             port: socket.port,
             evidence: socket.evidence,
-            pending: None,
         };
         self.policy.pin(ended.role, ended.port, true);
         if let Some(before) = self.ended.insert(event.cookie, ended) {
