@@ -102,21 +102,31 @@ impl End {
     }
 }
 
-/// What the kernel reported of a socket that tells how it ended.
+/// What the kernel reported of a socket that tells how it ended. Every
+/// tracked socket carries one, so it is packed into 12 bytes.
 #[derive(Debug, Default, Clone, Copy)]
 pub(super) struct Evidence {
     pub reset_received: bool,
     /// Only RSTs sent at or after the end: one sent earlier answered a stray
     /// segment and left the connection as it was.
     pub reset_sent: bool,
-    /// The last error, and when: the one the socket held at CLOSE
-    /// (`sk_err`, which a poller woken by the CLOSE may take before the
-    /// error is reported), or the last one reported.
-    pub error: Option<(u32, u64)>,
     /// The socket had `TCP_USER_TIMEOUT` set when it reached CLOSE.
     pub user_timeout: bool,
     /// Keepalive probes outstanding, as of the last probe.
     pub keepalive_probes: u8,
+    /// The last error (0: none): the one the socket held at CLOSE (`sk_err`,
+    /// which a poller woken by the CLOSE may take before the error is
+    /// reported), or the last one reported. Errnos are below 4096.
+    errno: u16,
+    /// When it came: `CLOCK_BOOTTIME` in milliseconds, wrapping.
+    error_ms: u32,
+}
+
+/// Milliseconds of `CLOCK_BOOTTIME`, wrapping every 49 days: enough to tell
+/// an error from [`ERROR_BEFORE_END_NS`] before an end.
+#[expect(clippy::cast_possible_truncation, reason = "wraps on purpose")]
+const fn wrapping_ms(ns: u64) -> u32 {
+    (ns / 1_000_000) as u32
 }
 
 /// A connection whose CLOSE awaits the evidence that follows it.
@@ -128,12 +138,25 @@ pub(super) struct PendingEnd {
 }
 
 impl Evidence {
+    /// Notes error `errno`, which came at `ts_ns`.
+    pub fn error(&mut self, errno: u32, ts_ns: u64) {
+        self.errno = u16::try_from(errno).unwrap_or(u16::MAX);
+        self.error_ms = wrapping_ms(ts_ns);
+    }
+
+    /// The error, unless it came longer than [`ERROR_BEFORE_END_NS`] before
+    /// an end at `end_ns` (one after it always counts).
+    fn error_at_end(&self, end_ns: u64) -> Option<u32> {
+        let before_ms = wrapping_ms(end_ns).wrapping_sub(self.error_ms);
+        let after_the_end = before_ms > u32::MAX / 2;
+        (self.errno != 0
+            && (after_the_end || u64::from(before_ms) <= ERROR_BEFORE_END_NS / 1_000_000))
+            .then_some(u32::from(self.errno))
+    }
+
     /// How a connection with this evidence ended, leaving `from` at `end_ns`.
     pub fn how(&self, from: TcpState, end_ns: u64) -> End {
-        let errno = self
-            .error
-            .filter(|&(_, ts_ns)| ts_ns.saturating_add(ERROR_BEFORE_END_NS) >= end_ns)
-            .map(|(errno, _)| errno);
+        let errno = self.error_at_end(end_ns);
         match errno {
             Some(ECONNREFUSED) => End::Refused,
             Some(ETIMEDOUT) if from == TcpState::SynSent => End::SynTimeout,
@@ -158,7 +181,7 @@ impl Evidence {
     /// timers of an orphan). Only a `close()` of an open connection may send
     /// its RST just after (unread data, `SO_LINGER` 0).
     fn decided(&self, from: TcpState) -> bool {
-        self.error.is_some()
+        self.errno != 0
             || self.reset_received
             || !matches!(
                 from,
@@ -223,11 +246,13 @@ impl Tracker {
 mod tests {
     use super::*;
 
+    const MS: u64 = 1_000_000;
+
+    /// Evidence of error `errno` at 1 ms.
     fn error(errno: i32) -> Evidence {
-        Evidence {
-            error: Some((errno.unsigned_abs(), 1_000)),
-            ..Evidence::default()
-        }
+        let mut evidence = Evidence::default();
+        evidence.error(errno.unsigned_abs(), MS);
+        evidence
     }
 
     #[test]
@@ -243,9 +268,9 @@ mod tests {
             reset_received: true,
             ..error(libc::ECONNREFUSED)
         };
-        assert_eq!(refused.how(TcpState::SynSent, 1_000), End::Refused);
+        assert_eq!(refused.how(TcpState::SynSent, MS), End::Refused);
         assert_eq!(
-            error(libc::ETIMEDOUT).how(TcpState::SynSent, 1_000),
+            error(libc::ETIMEDOUT).how(TcpState::SynSent, MS),
             End::SynTimeout
         );
         let keepalive = Evidence {
@@ -254,45 +279,45 @@ mod tests {
             reset_sent: true,
             ..error(libc::ETIMEDOUT)
         };
-        assert_eq!(keepalive.how(est, 1_000), End::KeepaliveTimeout);
+        assert_eq!(keepalive.how(est, MS), End::KeepaliveTimeout);
         let user = Evidence {
             user_timeout: true,
             ..error(libc::ETIMEDOUT)
         };
-        assert_eq!(user.how(est, 1_000), End::UserTimeout);
+        assert_eq!(user.how(est, MS), End::UserTimeout);
+        assert_eq!(error(libc::ETIMEDOUT).how(est, MS), End::RetransmitTimeout);
         assert_eq!(
-            error(libc::ETIMEDOUT).how(est, 1_000),
-            End::RetransmitTimeout
-        );
-        assert_eq!(
-            error(libc::EHOSTUNREACH).how(TcpState::SynSent, 1_000),
+            error(libc::EHOSTUNREACH).how(TcpState::SynSent, MS),
             End::Unreachable
         );
-        assert_eq!(error(libc::ENETUNREACH).how(est, 1_000), End::Unreachable);
+        assert_eq!(error(libc::ENETUNREACH).how(est, MS), End::Unreachable);
         let reset = Evidence {
             reset_received: true,
             ..error(libc::ECONNRESET)
         };
-        assert_eq!(reset.how(est, 1_000), End::ResetReceived);
+        assert_eq!(reset.how(est, MS), End::ResetReceived);
         // SO_LINGER 0: the RST and ECONNRESET both follow the CLOSE.
         let linger = Evidence {
             reset_sent: true,
             ..error(libc::ECONNRESET)
         };
-        assert_eq!(linger.how(est, 1_000), End::ResetSent);
-        assert_eq!(error(libc::ECONNABORTED).how(est, 1_000), End::Killed);
+        assert_eq!(linger.how(est, MS), End::ResetSent);
+        assert_eq!(error(libc::ECONNABORTED).how(est, MS), End::Killed);
     }
 
     #[test]
     fn an_error_long_before_the_end_did_not_end_it() {
         let old = error(libc::EHOSTUNREACH);
         assert_eq!(
-            old.how(TcpState::FinWait1, 1_000 + ERROR_BEFORE_END_NS),
+            old.how(TcpState::FinWait1, MS + ERROR_BEFORE_END_NS),
             End::Unreachable
         );
         assert_eq!(
-            old.how(TcpState::FinWait1, 1_001 + ERROR_BEFORE_END_NS),
+            old.how(TcpState::FinWait1, 2 * MS + ERROR_BEFORE_END_NS),
             End::Closed
         );
+        // One after the end (the error of an RST) counts however late.
+        assert_eq!(old.how(TcpState::FinWait1, 0), End::Unreachable);
+        assert_eq!(size_of::<Evidence>(), 12, "carried by every tracked socket");
     }
 }

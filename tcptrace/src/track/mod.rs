@@ -321,7 +321,7 @@ impl Tracker {
             }
             EventKind::SocketError { errno } => {
                 self.note(event.cookie, |evidence| {
-                    evidence.error = Some((errno, event.ts_ns));
+                    evidence.error(errno, event.ts_ns);
                 });
                 self.signal(event, Signal::Error { errno }, sink);
             }
@@ -352,7 +352,7 @@ impl Tracker {
                 // unreachable) ended its socket just before, with no error
                 // of its own.
                 self.note(event.cookie, |evidence| {
-                    evidence.error = Some((errno, event.ts_ns));
+                    evidence.error(errno, event.ts_ns);
                 });
                 // Counted as the socket's error when it was reported.
                 if !reported {
@@ -556,7 +556,7 @@ impl Tracker {
             socket.stay = stay;
         } else {
             if let Some(errno) = closing.errno {
-                socket.evidence.error = Some((errno, event.ts_ns));
+                socket.evidence.error(errno, event.ts_ns);
             }
             socket.evidence.user_timeout = closing.user_timeout;
             self.remove(event, true);
