@@ -476,10 +476,9 @@ fn a_burst_of_fifty_thousand_connections_loses_no_event() {
     // transition, or by a correction.
     let daemon = Daemon::start(&["--reconcile-interval", "2s"]);
     let netns = NetNs::new();
-    // Every connection ends in a TIME_WAIT of its own (none is reused), the
-    // loops have local ports enough for 50,000 of them, and the namespace
-    // room for them all (a small machine's default is 8,192).
-    netns.sysctl("net/ipv4/tcp_tw_reuse", "0");
+    // The loops have local ports enough for 50,000 connections, and the
+    // namespace room for all their TIME_WAITs (a small machine's default is
+    // 8,192).
     netns.sysctl("net/ipv4/ip_local_port_range", "1024 65535");
     netns.sysctl("net/ipv4/tcp_max_tw_buckets", "65536");
     let ports = [18096, 18097];
@@ -570,8 +569,6 @@ fn reconciling_during_churn_counts_each_transition_once() {
     // comparing: those, and only those, not the batch applied before it.
     let daemon = Daemon::start(&["--reconcile-interval", "1s", "--log.level", "trace"]);
     let netns = NetNs::new();
-    // Every connection ends in a TIME_WAIT of its own: none is reused.
-    netns.sysctl("net/ipv4/tcp_tw_reuse", "0");
     let port = 18093;
     // Five seconds of steady churn: every batch the daemon reads holds some
     // of it when a reconciliation starts.

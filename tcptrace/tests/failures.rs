@@ -334,8 +334,6 @@ fn connects_that_find_no_local_port_are_counted_exactly() {
     let daemon = Daemon::start(&["--reconcile-interval", "1s"]);
     let netns = NetNs::new();
     netns.sysctl("net/ipv4/ip_local_port_range", "40000 40099");
-    // Loopback would otherwise reuse TIME_WAIT ports (the default, 2).
-    netns.sysctl("net/ipv4/tcp_tw_reuse", "0");
     let failed = netns.run(|| {
         let listener = TcpListener::bind(local(PORT)).expect("listen");
         let mut failed = Vec::new();

@@ -45,7 +45,8 @@ pub fn kernel_at_least(major: u32, minor: u32) -> bool {
     kernel_version() >= KernelVersion::new(major, minor)
 }
 
-/// A private network namespace with loopback up, alive while this value is.
+/// A private network namespace with loopback up and no TIME_WAIT reuse,
+/// alive while this value is.
 ///
 /// Created by `unshare` in a thread that stays parked inside it (as a
 /// container's process would), so tools that discover namespaces through
@@ -65,6 +66,11 @@ impl NetNs {
                 // SAFETY: plain syscall; only this thread moves.
                 check(unsafe { libc::unshare(libc::CLONE_NEWNET) })?;
                 loopback_up()?;
+                // A test's TIME_WAIT count is the connections it closed: on
+                // loopback the default (2) lets a connect made more than a
+                // second later take over a TIME_WAIT port, which a slow
+                // machine's loop of a few hundred connects reaches.
+                std::fs::write("/proc/sys/net/ipv4/tcp_tw_reuse", "0")?;
                 Ok(File::open("/proc/thread-self/ns/net")?.into())
             })();
             let ok = created.is_ok();
