@@ -11,7 +11,9 @@ pub mod kind {
     /// For a move to CLOSE, `arg` is the socket's `sk_err` (0: none) or,
     /// from SYN_SENT with none, its `sk_err_soft` (a connect given up after
     /// an ICMP error); `flags` has [`super::FLAG_USER_TIMEOUT`] if it has a
-    /// user timeout.
+    /// user timeout. For a move out of ESTABLISHED (a close, the peer's or
+    /// its own), `idle_ms` is how long the connection had exchanged no
+    /// data, when `flags` has [`super::FLAG_IDLE`].
     pub const STATE_CHANGE: u8 = 1;
     /// A timewait socket's timer was armed: the socket entered TIME_WAIT, or
     /// an orphaned FIN_WAIT2 timewait socket was (re)armed. `arg` is the
@@ -69,6 +71,9 @@ pub const FLAG_REPORTED: u8 = 16;
 /// `Event::flags` of a move to CLOSE: the socket has `TCP_USER_TIMEOUT` set,
 /// so an ETIMEDOUT is that timeout firing.
 pub const FLAG_USER_TIMEOUT: u8 = 32;
+/// `Event::flags` of a move out of ESTABLISHED: `idle_ms` is set (the
+/// loader measured the kernel's tick rate, which the times are counted in).
+pub const FLAG_IDLE: u8 = 64;
 
 /// TCP states as the kernel numbers them (`include/net/tcp_states.h`).
 /// The daemon's `TcpState` takes its numbers from here.
@@ -135,7 +140,9 @@ pub struct Event {
     pub old_state: u8,
     pub new_state: u8,
     pub flags: u8,
-    pub pad: [u8; 6],
+    pub pad: [u8; 2],
+    /// See [`kind::STATE_CHANGE`]; 0 for other kinds.
+    pub idle_ms: u32,
     /// `bpf_get_current_comm()`, NUL-padded, when `flags` has
     /// [`FLAG_TASK`]; else zeroes.
     pub comm: [u8; 16],
@@ -159,7 +166,8 @@ impl Event {
         old_state: 0,
         new_state: 0,
         flags: 0,
-        pad: [0; 6],
+        pad: [0; 2],
+        idle_ms: 0,
         comm: [0; 16],
     };
 }
@@ -260,9 +268,17 @@ pub struct KernelLayout {
     /// `sock.sk_err_soft` (int): an error the connection survived so far,
     /// such as an ICMP error that came while the socket was busy.
     pub sock_err_soft: u32,
+    /// When the connection last sent and received data, in jiffies (u32):
+    /// `tcp_sock.lsndtime` and `inet_connection_sock.icsk_ack.lrcvtime`.
+    pub tcp_lsndtime: u32,
+    pub icsk_ack_lrcvtime: u32,
+    /// The kernel's tick rate (`HZ`), measured by the loader; 0 if it could
+    /// not be, and then no idle time is reported.
+    pub hz: u32,
+    pub pad: u32,
 }
 
-const _: () = assert!(size_of::<KernelLayout>() == 208);
+const _: () = assert!(size_of::<KernelLayout>() == 224);
 
 // SAFETY: plain old data, `#[repr(C)]`, every bit pattern valid, padding explicit.
 #[cfg(feature = "user")]

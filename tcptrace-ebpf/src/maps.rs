@@ -79,6 +79,10 @@ static LAYOUT: KernelLayout = KernelLayout {
     retransmit_has_err: 0,
     icsk_user_timeout: 0,
     sock_err_soft: 0,
+    tcp_lsndtime: 0,
+    icsk_ack_lrcvtime: 0,
+    hz: 0,
+    pad: 0,
 };
 
 #[inline(always)]

@@ -3,8 +3,12 @@
 //! It never reports TIME_WAIT: the closing side is seen going to CLOSE while
 //! a separate timewait socket takes over (see `timewait.rs`).
 
-use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
-use tcptrace_common::{FLAG_USER_TIMEOUT, in_task_context, kind, tcp_state};
+use aya_ebpf::{
+    helpers::generated::bpf_jiffies64, macros::btf_tracepoint, programs::BtfTracePointContext,
+};
+use tcptrace_common::{
+    FLAG_IDLE, FLAG_USER_TIMEOUT, KernelLayout, in_task_context, kind, tcp_state,
+};
 
 use crate::{maps, socket};
 
@@ -44,6 +48,31 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
                 event.flags |= FLAG_USER_TIMEOUT;
             }
         }
+        // Leaving ESTABLISHED is the connection's first close, its own or
+        // the peer's: how long it had been idle then tells whose idle
+        // timeout closed it.
+        if event.old_state == tcp_state::ESTABLISHED && layout.hz != 0 {
+            event.idle_ms = idle_ms(sk, &layout);
+            event.flags |= FLAG_IDLE;
+        }
     });
     0
+}
+
+/// Milliseconds since the connection last sent or received data. The
+/// kernel keeps both times as the low 32 bits of jiffies.
+#[inline(always)]
+fn idle_ms(sk: *const u8, layout: &KernelLayout) -> u32 {
+    // SAFETY: a helper with no arguments.
+    let jiffies = unsafe { bpf_jiffies64() };
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "the kernel's own u32 clock"
+    )]
+    let now = jiffies as u32;
+    let sent: u32 = socket::read(sk, layout.tcp_lsndtime);
+    let received: u32 = socket::read(sk, layout.icsk_ack_lrcvtime);
+    let idle = now.wrapping_sub(sent).min(now.wrapping_sub(received));
+    let ms = u64::from(idle) * 1000 / u64::from(layout.hz);
+    u32::try_from(ms).unwrap_or(u32::MAX)
 }

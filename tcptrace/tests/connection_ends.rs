@@ -14,12 +14,15 @@ use std::{
     time::Duration,
 };
 
-use common::{Daemon, DeadLink, NetNs, client_closes_first, set_option};
+use common::{
+    ChildGuard, Daemon, DeadLink, NetNs, Scrape, Scratch, client_closes_first, set_option,
+};
 
 const SERVED: u16 = 18301;
 const CLOSED: u16 = 18302;
 const ROUTED: u16 = 18303;
 const USER_TIMEOUT: u16 = 18304;
+const NGINX: u16 = 18305;
 
 fn local(port: u16) -> SocketAddr {
     SocketAddr::from((Ipv4Addr::LOCALHOST, port))
@@ -27,7 +30,7 @@ fn local(port: u16) -> SocketAddr {
 
 /// The test's ports, labelled whatever else the policy would decide.
 fn daemon() -> Daemon {
-    Daemon::start(&["--port", "18301,18302,18303,18304"])
+    Daemon::start(&["--port", "18301,18302,18303,18304,18305"])
 }
 
 /// 200 connections closed by FIN exchanges, 20 refused and 20 aborted with
@@ -153,6 +156,114 @@ fn unreachable_and_user_timeout_are_told_from_retransmit_timeouts() {
         scrape.summary()
     );
     drop((client, accepted, link, client_ns, router_ns));
+    let (status, stderr) = daemon.stop();
+    assert!(status.success(), "{status}: {stderr}");
+}
+
+/// nginx, its idle keepalive connections closed after 2 s, serving one
+/// request on each connection.
+const NGINX_CONF: &str = "daemon off;
+master_process off;
+pid DIR/nginx.pid;
+error_log DIR/error.log;
+events { worker_connections 64; }
+http {
+    access_log off;
+    client_body_temp_path DIR/body;
+    proxy_temp_path DIR/proxy;
+    fastcgi_temp_path DIR/fastcgi;
+    uwsgi_temp_path DIR/uwsgi;
+    scgi_temp_path DIR/scgi;
+    keepalive_timeout 2s;
+    server {
+        listen 127.0.0.1:PORT;
+        location / { return 200 \"ok\\n\"; }
+    }
+}
+";
+
+/// A pooled client: one request on each of `count` keep-alive connections,
+/// then 4 s idle, longer than the server keeps them, then every one closed.
+const POOL: &str = r#"
+import http.client, sys, time
+port, count = int(sys.argv[1]), int(sys.argv[2])
+pool = []
+for _ in range(count):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", "/")
+    response = conn.getresponse()
+    assert response.status == 200 and response.read() == b"ok\n"
+    pool.append(conn)
+time.sleep(4)
+for conn in pool:
+    conn.close()
+print("done", flush=True)
+"#;
+
+/// Idle time before the close, by closer, for one role on `NGINX`:
+/// (observations, mean seconds).
+fn idle_before_close(scrape: &Scrape, closer: &str, role: &str) -> (f64, f64) {
+    let port = NGINX.to_string();
+    let labels = [("closer", closer), ("role", role), ("port", port.as_str())];
+    let count = scrape.sum("tcptrace_idle_before_close_seconds_count", &labels);
+    let sum = scrape.sum("tcptrace_idle_before_close_seconds_sum", &labels);
+    (count, if count > 0.0 { sum / count } else { 0.0 })
+}
+
+/// The server's idle timeout, seen from both sides: each connection's
+/// first close is nginx's, after 2 s without data.
+#[test]
+fn idle_time_before_a_close_shows_the_servers_idle_timeout() {
+    const COUNT: u32 = 20;
+    let daemon = daemon();
+    let netns = NetNs::new();
+    let dir = Scratch::new("nginx");
+    let conf = dir.path("nginx.conf");
+    let text = NGINX_CONF
+        .replace("DIR", &dir.0.to_string_lossy())
+        .replace("PORT", &NGINX.to_string());
+    std::fs::write(&conf, text).expect("write nginx.conf");
+    let _nginx = ChildGuard(
+        netns
+            .command("/usr/sbin/nginx")
+            .args(["-e", &dir.path("error.log"), "-c", &conf])
+            .spawn()
+            .expect("start nginx (installed by cargo xtask test)"),
+    );
+    netns.wait_for_ss("listening", NGINX, 1);
+
+    let pool = netns
+        .command("/usr/bin/python3")
+        .args(["-c", POOL, &NGINX.to_string(), &COUNT.to_string()])
+        .output()
+        .expect("run python3 (installed by cargo xtask test)");
+    assert!(
+        pool.status.success() && pool.stdout == b"done\n",
+        "{}: {}",
+        pool.status,
+        String::from_utf8_lossy(&pool.stderr)
+    );
+    let count = f64::from(COUNT);
+    let scrape = daemon.wait_for("each close and end", Duration::from_secs(10), |s| {
+        idle_before_close(s, "peer", "client").0 == count
+            && idle_before_close(s, "local", "server").0 == count
+            && s.ends(None, "client", NGINX) == count
+            && s.ends(None, "server", NGINX) == count
+    });
+    for (closer, role) in [("peer", "client"), ("local", "server")] {
+        let (observed, mean) = idle_before_close(&scrape, closer, role);
+        eprintln!("{role}, closed by {closer}: {observed} closes, mean idle {mean:.3} s");
+        assert_eq!(observed, count, "{role}");
+        assert!((2.0..=2.4).contains(&mean), "{role}: mean idle {mean} s");
+    }
+    // One first close per connection: the client's own close of its
+    // CLOSE_WAIT sockets is not one, and nginx's side saw no peer close.
+    assert_eq!(idle_before_close(&scrape, "local", "client").0, 0.0);
+    assert_eq!(idle_before_close(&scrape, "peer", "server").0, 0.0);
+    // Each idle close is a normal end.
+    assert_eq!(scrape.ends(Some("closed"), "client", NGINX), count);
+    assert_eq!(scrape.ends(Some("closed"), "server", NGINX), count);
+    drop(netns);
     let (status, stderr) = daemon.stop();
     assert!(status.success(), "{status}: {stderr}");
 }

@@ -10,7 +10,8 @@ use crate::{cmd, pins::Pins};
 /// Debian packages the test suite drives as ground truth or as peers.
 /// (`prometheus` brings promtool, which lints the exposition, and the server
 /// the dashboard and alerts are evaluated by; python3 runs the leaking
-/// services of the owner tests; chromium and tmux drive the web page and
+/// services of the owner tests and a pooled HTTP client whose idle
+/// connections nginx closes; chromium and tmux drive the web page and
 /// `tcptrace top` as a person would; openssl and curl make a certificate
 /// and speak TLS with basic auth to the endpoint; `node_exporter` is run on a
 /// loopback port with the same web config files as tcptrace, to check that
@@ -19,6 +20,7 @@ pub const TEST_PACKAGES: &[&str] = &[
     "iproute2",
     "prometheus",
     "python3",
+    "nginx",
     "chromium",
     "tmux",
     "openssl",

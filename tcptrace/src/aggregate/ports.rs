@@ -15,7 +15,7 @@ use crate::{
     events::{RetransmitKind, TcpState},
     support::clock::seconds,
     track::{
-        Change, End, Signal,
+        Change, Closer, End, Signal,
         labels::{PortLabel, Role},
     },
 };
@@ -26,6 +26,15 @@ use crate::{
 pub const DURATION_BUCKETS: [f64; 22] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 65.0,
     120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0,
+];
+
+/// Upper bounds (seconds) of the idle-before-close histogram: 100 ms to 1 h,
+/// with an edge at each idle timeout common in practice (load balancers'
+/// 60 and 350 s, nginx's 75 s keepalive, NATs' 300 s, pools' 5 to 30 s), so a
+/// timeout of T seconds fills the bucket that starts at T.
+pub const IDLE_BUCKETS: [f64; 17] = [
+    0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 15.0, 30.0, 60.0, 75.0, 120.0, 300.0, 350.0, 600.0, 900.0,
+    1800.0, 3600.0,
 ];
 
 /// TCP states are 1..=13: index `state as usize - 1`.
@@ -67,13 +76,38 @@ impl PortAggregates {
     }
 }
 
-/// Observations of time spent in a state, in [`DURATION_BUCKETS`].
-#[derive(Debug, Default)]
-pub struct DurationHistogram {
-    /// Per bucket (not cumulative), the last one for "above every bound".
-    pub counts: [u64; DURATION_BUCKETS.len() + 1],
+/// Observations in `N` buckets: one per upper bound, and the last one for
+/// "above every bound".
+#[derive(Debug)]
+pub struct Histogram<const N: usize> {
+    /// Per bucket, not cumulative.
+    pub counts: [u64; N],
     pub sum_seconds: f64,
 }
+
+impl<const N: usize> Default for Histogram<N> {
+    fn default() -> Self {
+        Self {
+            counts: [0; N],
+            sum_seconds: 0.0,
+        }
+    }
+}
+
+impl<const N: usize> Histogram<N> {
+    /// Counts `seconds` in the first bucket whose bound is not below it.
+    fn observe(&mut self, bounds: &[f64], seconds: f64) {
+        debug_assert_eq!(bounds.len() + 1, N, "one bucket per bound, and one above");
+        self.counts[bounds.partition_point(|&bound| bound < seconds)] += 1;
+        self.sum_seconds += seconds;
+    }
+}
+
+/// Time spent in a state, in [`DURATION_BUCKETS`].
+pub type DurationHistogram = Histogram<{ DURATION_BUCKETS.len() + 1 }>;
+
+/// Idle time before a connection's first close, in [`IDLE_BUCKETS`].
+pub type IdleHistogram = Histogram<{ IDLE_BUCKETS.len() + 1 }>;
 
 /// Which way an RST went; for those sent, the kernel's reason, if it gave one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -125,6 +159,8 @@ pub struct Aggregates {
     retransmits: FxHashMap<(RetransmitKind, Role, PortLabel), u64>,
     /// Connections ended, by how.
     ends: FxHashMap<(End, Role, PortLabel), u64>,
+    /// Idle time before each connection's first close, by who closed it.
+    idle_before_close: FxHashMap<(Closer, Role, PortLabel), IdleHistogram>,
 }
 
 impl Aggregates {
@@ -161,6 +197,12 @@ impl Aggregates {
             Some(Signal::Ended { how }) => {
                 *self.ends.entry((how, role, port)).or_default() += 1;
             }
+            Some(Signal::IdleBeforeClose { closer, idle_ms }) => {
+                self.idle_before_close
+                    .entry((closer, role, port))
+                    .or_default()
+                    .observe(&IDLE_BUCKETS, f64::from(idle_ms) / 1000.0);
+            }
             None => {}
         }
         if change.transition.is_none() && change.left.is_none() && change.entered.is_none() {
@@ -176,10 +218,9 @@ impl Aggregates {
             }
             if left.known {
                 let seconds = seconds(change.event.ts_ns.saturating_sub(left.since_ns));
-                let histogram = aggregates.durations[index(left.state)].get_or_insert_default();
-                let bucket = DURATION_BUCKETS.partition_point(|&bound| bound < seconds);
-                histogram.counts[bucket] += 1;
-                histogram.sum_seconds += seconds;
+                aggregates.durations[index(left.state)]
+                    .get_or_insert_default()
+                    .observe(&DURATION_BUCKETS, seconds);
             }
             if change.killed && left.state == TcpState::TimeWait {
                 *self.killed.entry((role, left_port)).or_default() += 1;
@@ -215,6 +256,7 @@ impl Aggregates {
         self.errors.retain(|&(_, r, p), _| (r, p) != key);
         self.retransmits.retain(|&(_, r, p), _| (r, p) != key);
         self.ends.retain(|&(_, r, p), _| (r, p) != key);
+        self.idle_before_close.retain(|&(_, r, p), _| (r, p) != key);
         self.failed_calls
             .retain(|&(call, _, p), _| (call.role(), p) != key);
     }
@@ -228,6 +270,14 @@ impl Aggregates {
         sorted(&self.ends)
             .into_iter()
             .map(|(&(how, role, port), &count)| (how, role, port, count))
+            .collect()
+    }
+
+    /// Idle time before connections' first close by closer, role and port.
+    pub fn idle_before_close(&self) -> Vec<(Closer, Role, PortLabel, &IdleHistogram)> {
+        sorted(&self.idle_before_close)
+            .into_iter()
+            .map(|(&(closer, role, port), histogram)| (closer, role, port, histogram))
             .collect()
     }
 

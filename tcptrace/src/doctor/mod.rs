@@ -110,6 +110,9 @@ pub struct Findings {
     /// Each hook and, if it did not attach, why; or why the programs could
     /// not be loaded at all.
     pub hooks: Result<Vec<(&'static Hook, Option<String>)>, String>,
+    /// The kernel's tick rate (Hz) measured when the programs loaded, or why
+    /// it was not.
+    pub tick_rate: Result<u32, String>,
     /// Where tracefs is mounted.
     pub tracefs: Vec<PathBuf>,
     /// tcptrace's own namespace, those with TCP sockets, and those that could
@@ -160,6 +163,7 @@ pub struct Report {
     /// A note when the CPUs are QEMU's emulated ones.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub emulator: Option<Check>,
+    pub tick_rate: Check,
     pub btf: Vec<Check>,
     pub hooks: Vec<HookCheck>,
     pub capabilities: Vec<Check>,
@@ -235,6 +239,7 @@ pub fn assess(findings: &Findings) -> Report {
         exit_code: 0,
         kernel: kernel_check(findings.kernel_release.as_deref(), kernel),
         emulator: findings.emulated_cpus.and_then(emulator_check),
+        tick_rate: tick_rate_check(&findings.tick_rate),
         btf: btf_checks(findings),
         hooks: hook_checks(&findings.hooks, kernel),
         capabilities: capability_checks(findings.capabilities, &findings.kernel_addresses),
@@ -252,6 +257,7 @@ impl Report {
     pub fn statuses(&self) -> impl Iterator<Item = Status> + '_ {
         std::iter::once(self.kernel.status)
             .chain(self.emulator.iter().map(|c| c.status))
+            .chain(std::iter::once(self.tick_rate.status))
             .chain(self.btf.iter().map(|c| c.status))
             .chain(self.hooks.iter().map(|c| c.status))
             .chain(self.capabilities.iter().map(|c| c.status))
@@ -264,7 +270,9 @@ impl Report {
     /// `grep ^warn` tells everything).
     pub fn write_text(&self, out: &mut impl Write) -> io::Result<()> {
         let mut text = String::new();
-        let kernel = std::iter::once(&self.kernel).chain(&self.emulator);
+        let kernel = std::iter::once(&self.kernel)
+            .chain(&self.emulator)
+            .chain(std::iter::once(&self.tick_rate));
         section(&mut text, "Kernel", kernel.map(Check::line));
         section(&mut text, "BTF", self.btf.iter().map(Check::line));
         section(
@@ -760,6 +768,31 @@ fn syslog_check(held: Capabilities, kernel_addresses: &Result<bool, String>) -> 
             "CAP_SYSLOG",
             format!("{held_or_not}; {error}"),
             Some(TIMER_HOOKS_LOST),
+        ),
+    }
+}
+
+/// The tick rate the idle times before a close are converted with, and how
+/// to read them.
+fn tick_rate_check(tick_rate: &Result<u32, String>) -> Check {
+    match tick_rate {
+        Ok(hz) => Check {
+            status: Status::Ok,
+            subject: "tick rate".to_owned(),
+            detail: format!(
+                "{hz} Hz, measured from /proc/timer_list: idle times before a close are exact to {} ms. \
+                 tcptrace_idle_before_close_seconds shows whose idle timeout closes connections: on a client, \
+                 closer=\"peer\" from T s up says the servers close connections idle for T s, and the pool's \
+                 idle timeout must be below T",
+                1000 / hz.max(&1)
+            ),
+            without: None,
+        },
+        Err(reason) => check(
+            Status::Warn,
+            "tick rate",
+            format!("not measured: {reason}"),
+            Some("tcptrace_idle_before_close_seconds stays empty"),
         ),
     }
 }

@@ -21,6 +21,7 @@ fn healthy() -> Findings {
         capabilities: Some(Capabilities(ALL)),
         kernel_addresses: Ok(true),
         hooks: Ok(HOOKS.iter().map(|hook| (hook, None)).collect()),
+        tick_rate: Ok(250),
         tracefs: Vec::new(),
         namespaces: vec![
             NamespaceFacts {

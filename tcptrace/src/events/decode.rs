@@ -3,8 +3,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use tcptrace_common::{
-    AF_INET, AF_INET6, Event, FLAG_REPORTED, FLAG_RESET_REASON, FLAG_REUSEADDR, FLAG_REUSEPORT,
-    FLAG_TASK, FLAG_USER_TIMEOUT, kind,
+    AF_INET, AF_INET6, Event, FLAG_IDLE, FLAG_REPORTED, FLAG_RESET_REASON, FLAG_REUSEADDR,
+    FLAG_REUSEPORT, FLAG_TASK, FLAG_USER_TIMEOUT, kind,
 };
 
 use crate::events::{
@@ -62,6 +62,7 @@ pub fn decode(bytes: &[u8]) -> Result<SocketEvent, DecodeError> {
                 old: state(raw.old_state)?,
                 new,
                 closing,
+                idle_ms: (raw.flags & FLAG_IDLE != 0).then_some(raw.idle_ms),
             }
         }
         kind::RESET_SENT => EventKind::ResetSent {
@@ -183,6 +184,7 @@ mod tests {
                 old: TcpState::Established,
                 new: TcpState::FinWait1,
                 closing: Closing::default(),
+                idle_ms: None,
             }
         );
         let task = event.task.expect("flagged with a task");
@@ -286,6 +288,7 @@ mod tests {
                 errno,
                 user_timeout,
             },
+            idle_ms: None,
         };
         assert_eq!(decoded(7, 110, FLAG_USER_TIMEOUT), closing(Some(110), true));
         assert_eq!(decoded(7, 0, 0), closing(None, false));
@@ -293,6 +296,22 @@ mod tests {
             decoded(4, 110, FLAG_USER_TIMEOUT),
             EventKind::state(TcpState::Established, TcpState::FinWait1)
         );
+    }
+
+    /// Idle time is read only when flagged: 0 ms is a time like any other.
+    #[test]
+    fn a_move_out_of_established_carries_its_idle_time_when_flagged() {
+        let idle = |flags, idle_ms| {
+            let mut raw = sample();
+            (raw.flags, raw.idle_ms) = (flags, idle_ms);
+            match decode(&record(&raw)).expect("valid").kind {
+                EventKind::StateChange { idle_ms, .. } => idle_ms,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(idle(FLAG_IDLE, 2_004), Some(2_004));
+        assert_eq!(idle(FLAG_IDLE, 0), Some(0));
+        assert_eq!(idle(0, 2_004), None);
     }
 
     #[test]

@@ -119,6 +119,10 @@ pub enum EventKind {
         new: TcpState,
         /// For a move to CLOSE: what the socket held then.
         closing: Closing,
+        /// For a move out of ESTABLISHED: how long, in ms, the connection
+        /// had exchanged no data; `None` when the kernel's tick rate, which
+        /// it keeps those times in, could not be measured.
+        idle_ms: Option<u32>,
     },
     /// A timewait socket's timer was armed; `substate` is TIME_WAIT, or
     /// FIN_WAIT2 for an orphaned socket still waiting for the peer's FIN.
@@ -159,6 +163,7 @@ impl EventKind {
                 errno: None,
                 user_timeout: false,
             },
+            idle_ms: None,
         }
     }
 }

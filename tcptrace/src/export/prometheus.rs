@@ -13,7 +13,7 @@ use crate::{
     aggregate::{
         idle::IdleReport,
         listen::ListenReport,
-        ports::{Aggregates, Call, DURATION_BUCKETS, DurationHistogram, Reset},
+        ports::{self, Aggregates, Call, DURATION_BUCKETS, IDLE_BUCKETS, Reset},
         stale::StaleReport,
     },
     events::{TcpState, errno_name},
@@ -75,7 +75,7 @@ pub fn state_families(
             if let Some(observed) = aggregates.durations(state) {
                 let mut metric = Metric::default();
                 metric.set_label(series_labels(state, role.name(), &port.to_string()));
-                metric.set_histogram(histogram(observed));
+                metric.set_histogram(histogram(&DURATION_BUCKETS, observed));
                 durations.mut_metric().push(metric);
             }
         }
@@ -118,8 +118,32 @@ pub fn state_families(
         .into_iter()
         .chain(signal_families(aggregates, reset_reasons))
         .chain(failed_call_families(aggregates))
-        .chain([retransmit_family(aggregates), end_family(aggregates)])
+        .chain([
+            retransmit_family(aggregates),
+            end_family(aggregates),
+            idle_before_close_family(aggregates),
+        ])
         .collect()
+}
+
+/// How long connections had been idle when first closed, by who closed.
+fn idle_before_close_family(aggregates: &Aggregates) -> MetricFamily {
+    let mut family = family(
+        "tcptrace_idle_before_close_seconds",
+        "Time a connection had exchanged no data when it was first closed, by closer: local (this side's FIN or abortive RST) or peer (the peer's FIN or RST).",
+        MetricType::HISTOGRAM,
+    );
+    for (closer, role, port, observed) in aggregates.idle_before_close() {
+        let mut metric = Metric::default();
+        metric.set_label(labels(&[
+            ("closer", closer.name()),
+            ("role", role.name()),
+            ("port", &port.to_string()),
+        ]));
+        metric.set_histogram(histogram(&IDLE_BUCKETS, observed));
+        family.mut_metric().push(metric);
+    }
+    family
 }
 
 /// How connections ended: each connection once.
@@ -291,9 +315,9 @@ pub fn stale_family(report: &StaleReport) -> MetricFamily {
     family
 }
 
-fn histogram(observed: &DurationHistogram) -> Histogram {
+fn histogram<const N: usize>(bounds: &[f64], observed: &ports::Histogram<N>) -> Histogram {
     let mut cumulative = 0;
-    let buckets = DURATION_BUCKETS
+    let buckets = bounds
         .iter()
         .zip(observed.counts)
         .map(|(&bound, count)| {

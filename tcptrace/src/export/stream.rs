@@ -13,7 +13,7 @@ use crate::{
     kernel::probes::ResetReasons,
     support::clock::{self, WallClock},
     track::{
-        Change, Signal,
+        Change, Closer, Signal,
         holders::{FailedCall, PortHolders},
     },
 };
@@ -77,6 +77,12 @@ struct JsonEvent<'a> {
     /// Connection ends: how it ended.
     #[serde(skip_serializing_if = "Option::is_none")]
     how: Option<&'static str>,
+    /// A connection's first close (its move out of ESTABLISHED): who
+    /// closed it, and how long it had exchanged no data.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    closer: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idle_s: Option<f64>,
     /// Failed system calls: the failing process's cgroup.
     #[serde(skip_serializing_if = "Option::is_none")]
     cgroup: Option<&'a str>,
@@ -137,7 +143,18 @@ fn signal_line<'a>(
             (line.event, line.how) = ("end", Some(how.name()));
             format!("ended: {}", how.name())
         }
+        Signal::IdleBeforeClose { closer, idle_ms } => {
+            line.event = "close";
+            idle_before_close(line, closer, idle_ms)
+        }
     }
+}
+
+/// Fills in who closed and the idle time; returns the text format's words.
+fn idle_before_close(line: &mut JsonEvent<'_>, closer: Closer, idle_ms: u32) -> String {
+    let seconds = f64::from(idle_ms) / 1000.0;
+    (line.closer, line.idle_s) = (Some(closer.name()), Some(seconds));
+    format!("closed by {} after {seconds:.3} s idle", closer.name())
 }
 
 /// Fills in `line` for a failed bind, listen or connect; returns the text
@@ -280,6 +297,8 @@ impl EventWriter {
             kind: None,
             segments: None,
             how: None,
+            closer: None,
+            idle_s: None,
             holders: holders.map(JsonHolders::from),
             cgroup: failed_call.and_then(|call| call.cgroup.as_deref()),
             pid: event.task.map(|t| t.pid),
@@ -290,7 +309,13 @@ impl EventWriter {
             (Some((old, new)), _) => {
                 (line.old, line.new) = (Some(old.name()), Some(new.name()));
                 let killed = if change.killed { " (killed)" } else { "" };
-                format!("{old} -> {new}{killed}")
+                match change.signal {
+                    Some(Signal::IdleBeforeClose { closer, idle_ms }) => {
+                        let closed = idle_before_close(&mut line, closer, idle_ms);
+                        format!("{old} -> {new}{killed} ({closed})")
+                    }
+                    _ => format!("{old} -> {new}{killed}"),
+                }
             }
             (None, Some(signal)) => {
                 signal_line(&mut line, signal, &event.kind, &self.reset_reasons, holders)

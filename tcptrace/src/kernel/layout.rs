@@ -97,6 +97,10 @@ pub fn kernel_layout(btf: &Btf, symbols: TimerSymbols) -> Result<KernelLayout, B
         retransmit_has_err: u32::from(btf.tracepoint_args("tcp_retransmit_skb")? >= 3),
         icsk_user_timeout: field("inet_connection_sock", &["icsk_user_timeout"], 4)?,
         sock_err_soft: field("sock", &["sk_err_soft"], 4)?,
+        tcp_lsndtime: field("tcp_sock", &["lsndtime"], 4)?,
+        icsk_ack_lrcvtime: field("inet_connection_sock", &["icsk_ack", "lrcvtime"], 4)?,
+        hz: 0, // set by the loader, which measures it
+        pad: 0,
     })
 }
 

@@ -3,6 +3,7 @@
 
 pub mod btf;
 pub mod capabilities;
+pub mod jiffies;
 pub mod kallsyms;
 pub mod layout;
 pub mod probes;

@@ -18,6 +18,7 @@ use tcptrace_common::{DEFAULT_RING_BUFFER_BYTES, KernelLayout};
 use crate::{
     kernel::btf,
     kernel::capabilities::Capabilities,
+    kernel::jiffies,
     kernel::kallsyms,
     kernel::layout::{self, TimerSymbols},
     kernel::ring::EventSource,
@@ -236,6 +237,9 @@ pub struct Probes {
     /// Why each hook that is not attached is not, by program name.
     not_attached: Vec<(&'static str, String)>,
     reset_reasons: ResetReasons,
+    /// The kernel's tick rate (Hz) the programs convert idle times with, or
+    /// why it could not be measured.
+    tick_rate: Result<u32, String>,
 }
 
 /// What loading the programs needs of the running kernel's BTF, read and
@@ -247,12 +251,15 @@ pub struct ProbeSpec {
     btf_bytes: Vec<u8>,
     layout: KernelLayout,
     reset_reasons: ResetReasons,
+    /// The first reading of the kernel's tick rate, finished at load.
+    ticks: Result<jiffies::Reading, String>,
 }
 
 impl ProbeSpec {
     /// Reads and resolves the kernel BTF at `config.btf_path`; needs no
     /// privileges. Proves that every member the programs read is there.
     pub fn resolve(config: &ProbeConfig) -> Result<Self, ProbeError> {
+        let ticks = jiffies::Reading::take(Path::new(jiffies::TIMER_LIST));
         // Read once, bounded, for both parsers.
         let btf_bytes = btf::read(&config.btf_path)?;
         let kernel_btf = btf::Btf::parse(&btf_bytes)?;
@@ -265,6 +272,7 @@ impl ProbeSpec {
             btf_bytes,
             layout,
             reset_reasons: reset_reason_names(&kernel_btf),
+            ticks,
         })
     }
 
@@ -285,8 +293,18 @@ impl ProbeSpec {
             btf_bytes,
             mut layout,
             reset_reasons,
+            ticks,
         } = self;
         check_privileges()?;
+        let tick_rate =
+            ticks.and_then(|first| jiffies::hz_since(&first, Path::new(jiffies::TIMER_LIST)));
+        layout.hz = match &tick_rate {
+            Ok(hz) => *hz,
+            Err(reason) => {
+                tracing::warn!("{reason}; idle time before a close is not measured");
+                0
+            }
+        };
         if OBJECT.is_empty() {
             return Err(ProbeError::EmptyObject);
         }
@@ -340,6 +358,7 @@ impl ProbeSpec {
             attached,
             not_attached,
             reset_reasons,
+            tick_rate,
         })
     }
 }
@@ -353,6 +372,11 @@ impl Probes {
     /// The running kernel's names for its reset reasons.
     pub fn reset_reasons(&self) -> &ResetReasons {
         &self.reset_reasons
+    }
+
+    /// The kernel's tick rate (Hz) as measured at load, or why it was not.
+    pub fn tick_rate(&self) -> Result<u32, &str> {
+        self.tick_rate.as_ref().copied().map_err(String::as_str)
     }
 
     /// For each attached program: its name, the kernel's count of runs and

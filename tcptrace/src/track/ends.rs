@@ -102,6 +102,45 @@ impl End {
     }
 }
 
+/// Who closed a connection first (`tcptrace_idle_before_close_seconds`):
+/// told by the state its socket leaves ESTABLISHED for.
+///
+/// | move | closer |
+/// |---|---|
+/// | to FIN_WAIT1 | `local`: this side's `close()` or `shutdown()` sent a FIN |
+/// | to CLOSE_WAIT | `peer`: its FIN arrived |
+/// | to CLOSE after an RST arrived (ECONNRESET) | `peer` |
+/// | to CLOSE with no error | `local`: an abortive close (unread data, `SO_LINGER` 0) sends an RST |
+/// | to CLOSE with any other error | none: a timeout or an ICMP error is no one's close |
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Closer {
+    Local,
+    Peer,
+}
+
+impl Closer {
+    pub const ALL: [Self; 2] = [Self::Local, Self::Peer];
+
+    /// The closer of a connection leaving ESTABLISHED for `new`, with the
+    /// error it held then and whether an RST had arrived.
+    pub fn of(new: TcpState, errno: Option<u32>, reset_received: bool) -> Option<Self> {
+        let peer_reset = reset_received || errno == Some(ECONNRESET);
+        match (new, errno) {
+            (TcpState::CloseWait, _) => Some(Self::Peer),
+            (TcpState::Close, _) if peer_reset => Some(Self::Peer),
+            (TcpState::FinWait1, _) | (TcpState::Close, None) => Some(Self::Local),
+            _ => None,
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Local => "local",
+            Self::Peer => "peer",
+        }
+    }
+}
+
 /// What the kernel reported of a socket that tells how it ended. Every
 /// tracked socket carries one, so it is packed into 12 bytes.
 #[derive(Debug, Default, Clone, Copy)]

@@ -22,7 +22,7 @@ pub mod lookups;
 mod reconcile;
 mod timewait;
 
-pub use ends::End;
+pub use ends::{Closer, End};
 pub use reconcile::Corrections;
 
 use std::collections::VecDeque;
@@ -186,6 +186,12 @@ pub enum Signal {
     Ended {
         how: End,
     },
+    /// The connection's first close, carried by its move out of
+    /// ESTABLISHED: who closed it, after how long without data.
+    IdleBeforeClose {
+        closer: Closer,
+        idle_ms: u32,
+    },
 }
 
 /// How long an ended socket's labels are kept: the kernel reports a socket's
@@ -304,8 +310,13 @@ impl Tracker {
 
     fn apply_event(&mut self, event: &SocketEvent, sink: &mut impl FnMut(&Change)) {
         match event.kind {
-            EventKind::StateChange { old, new, closing } => {
-                self.state_change(event, (old, new), closing, sink);
+            EventKind::StateChange {
+                old,
+                new,
+                closing,
+                idle_ms,
+            } => {
+                self.state_change(event, (old, new), closing, idle_ms, sink);
             }
             EventKind::TimewaitStart { substate } => self.timewait_armed(event, substate, sink),
             EventKind::TimewaitExpire { .. } => self.timewait_ended(event, false, sink),
@@ -490,6 +501,7 @@ impl Tracker {
         event: &SocketEvent,
         (old, new): (TcpState, TcpState),
         closing: Closing,
+        idle_ms: Option<u32>,
         sink: &mut impl FnMut(&Change),
     ) {
         let entered = (new != TcpState::Close).then_some(Stay {
@@ -552,6 +564,13 @@ impl Tracker {
             return;
         };
         let (role, port) = (socket.role, socket.port);
+        let closed = idle_ms
+            .filter(|_| old == TcpState::Established)
+            .and_then(|idle_ms| {
+                let reset = socket.evidence.reset_received;
+                let closer = Closer::of(new, closing.errno, reset)?;
+                Some(Signal::IdleBeforeClose { closer, idle_ms })
+            });
         if let Some(stay) = entered {
             socket.stay = stay;
         } else {
@@ -576,6 +595,7 @@ impl Tracker {
         }
         sink(&Change {
             left_port,
+            signal: closed,
             ..Change::transition(*event, (role, port), (old, new), Some(left), entered)
         });
     }

@@ -652,6 +652,7 @@ fn each_connection_ends_once_and_how_is_told_by_what_followed() {
             errno: Some(errno.unsigned_abs()),
             user_timeout: false,
         },
+        idle_ms: None,
     };
     let changes = run(
         &mut tracker,
@@ -867,4 +868,57 @@ fn a_listener_holds_its_label() {
     assert!(changes.iter().all(|c| c.port == PortLabel::Port(9090)));
     tracker.tick(7211 * S, &mut |c| changes.push(*c));
     assert_eq!(tracker.take_freed_labels(), [(Role::Server, 9090)]);
+}
+
+/// A connection's first close carries who closed it and its idle time:
+/// its own FIN or abortive RST, the peer's FIN or RST; a timeout is no
+/// one's close, and later moves (CLOSE_WAIT to LAST_ACK) are not first.
+#[test]
+fn the_first_close_tells_who_closed_after_how_long_idle() {
+    let mut tracker = tracker();
+    let sport = |cookie| 40000 + u16::try_from(cookie).expect("small");
+    let at = |cookie, ms, kind| event(cookie, ms, kind, sport(cookie), 80);
+    let leave = |new, errno: Option<i32>, idle_ms| EventKind::StateChange {
+        old: Established,
+        new,
+        closing: Closing {
+            errno: errno.map(i32::unsigned_abs),
+            user_timeout: false,
+        },
+        idle_ms,
+    };
+    let mut events = Vec::new();
+    for cookie in 1..=6 {
+        events.push(at(cookie, 0, state(Close, SynSent)));
+        events.push(at(cookie, 1, state(SynSent, Established)));
+    }
+    events.extend([
+        at(1, 10, leave(FinWait1, None, Some(2_000))),
+        at(2, 10, leave(CloseWait, None, Some(60_004))),
+        at(2, 20, state(CloseWait, LastAck)),
+        at(3, 10, EventKind::ResetReceived),
+        at(3, 10, leave(Close, Some(libc::ECONNRESET), Some(5))),
+        at(4, 10, leave(Close, None, Some(0))),
+        at(5, 10, leave(Close, Some(libc::ETIMEDOUT), Some(900_000))),
+        // Without the kernel's tick rate there is no idle time to tell.
+        at(6, 10, leave(FinWait1, None, None)),
+    ]);
+    let closes: Vec<_> = run(&mut tracker, &events)
+        .iter()
+        .filter_map(|c| match c.signal {
+            Some(Signal::IdleBeforeClose { closer, idle_ms }) => {
+                Some((c.event.cookie, closer, idle_ms, c.transition))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        closes,
+        [
+            (1, Closer::Local, 2_000, Some((Established, FinWait1))),
+            (2, Closer::Peer, 60_004, Some((Established, CloseWait))),
+            (3, Closer::Peer, 5, Some((Established, Close))),
+            (4, Closer::Local, 0, Some((Established, Close))),
+        ]
+    );
 }

@@ -48,13 +48,18 @@ pub fn gather(config: &ProbeConfig) -> Findings {
     // The BTF is read and resolved once, for the facts and for loading.
     let spec = ProbeSpec::resolve(config).map_err(|e| one_line(&e));
     let btf = spec.as_ref().map(btf_facts).map_err(Clone::clone);
+    let loaded = spec.and_then(attach_hooks);
     Findings {
         kernel_release: crate::kernel::version::release(),
         btf_path: config.btf_path.clone(),
         btf,
         capabilities: Capabilities::effective(),
         kernel_addresses: kallsyms::addresses_visible(Path::new("/proc/kallsyms")),
-        hooks: spec.and_then(attach_hooks),
+        hooks: loaded
+            .as_ref()
+            .map(|(hooks, _)| hooks.clone())
+            .map_err(Clone::clone),
+        tick_rate: loaded.and_then(|(_, tick_rate)| tick_rate),
         tracefs: tracefs_mounts(),
         namespaces,
         namespaces_without_sockets,
@@ -73,8 +78,9 @@ fn btf_facts(spec: &ProbeSpec) -> BtfFacts {
 
 /// Loads and attaches the programs as `run` would, notes which hooks took,
 /// and drops them again, which detaches everything.
-fn attach_hooks(spec: ProbeSpec) -> Result<Vec<(&'static Hook, Option<String>)>, String> {
+fn attach_hooks(spec: ProbeSpec) -> Result<Loaded, String> {
     let probes = spec.load().map_err(|e| one_line(&e))?;
+    let tick_rate = probes.tick_rate().map_err(str::to_owned);
     let outcomes = probes
         .attached()
         .iter()
@@ -89,8 +95,12 @@ fn attach_hooks(spec: ProbeSpec) -> Result<Vec<(&'static Hook, Option<String>)>,
         })
         .collect();
     drop(probes);
-    Ok(outcomes)
+    Ok((outcomes, tick_rate))
 }
+
+/// What loading the programs tells: each hook and why it did not attach,
+/// and the kernel's tick rate or why it was not measured.
+type Loaded = (Vec<(&'static Hook, Option<String>)>, Result<u32, String>);
 
 /// Mount points of tracefs, from the mount table.
 fn tracefs_mounts() -> Vec<PathBuf> {
