@@ -2,7 +2,9 @@
 //! count in. The build's `CONFIG_HZ` is rarely readable where the daemon
 //! runs (no `/boot/config-*` in a container, no `/proc/config.gz` on most
 //! kernels), so it is measured: `/proc/timer_list` gives the monotonic clock
-//! and jiffies at one moment, and two readings apart give the rate.
+//! and jiffies at one moment, and two readings apart give the rate. Each is
+//! taken just after jiffies ticked, so that it times the tick itself and a
+//! short gap between them is enough.
 
 use std::{
     fs::File,
@@ -16,9 +18,13 @@ pub const TIMER_LIST: &str = "/proc/timer_list";
 /// The rates a kernel is built with (`CONFIG_HZ` choices).
 const HZ_CHOICES: [u32; 4] = [100, 250, 300, 1000];
 
-/// The shortest time between two readings: 20 ticks at 100 Hz, so one tick
-/// of rounding is 5 %, inside the 10 % accepted.
-pub const MIN_GAP: Duration = Duration::from_millis(200);
+/// The shortest time between two readings: 5 ticks at 100 Hz. Both are
+/// taken at a tick, within one read (tens of µs) of it, so the rate is
+/// off by well under the 10 % accepted.
+pub const MIN_GAP: Duration = Duration::from_millis(50);
+
+/// How long to wait for jiffies to tick: longer than a tick at any rate.
+const TICK_WAIT: Duration = Duration::from_millis(100);
 
 /// The head of the file holds both values (cpu 0's section ends with
 /// jiffies); the rest lists every CPU's timers.
@@ -33,7 +39,26 @@ pub struct Reading {
 }
 
 impl Reading {
-    pub fn take(path: &Path) -> Result<Self, String> {
+    /// The first reading after jiffies next ticks (the reads keep one CPU
+    /// busy for at most one tick, so it ticks).
+    pub fn at_tick(path: &Path) -> Result<Self, String> {
+        let first = Self::take(path)?;
+        loop {
+            let next = Self::take(path)?;
+            if next.jiffies != first.jiffies {
+                return Ok(next);
+            }
+            if first.taken.elapsed() > TICK_WAIT {
+                return Err(format!(
+                    "{}: jiffies did not move in {} ms",
+                    path.display(),
+                    TICK_WAIT.as_millis()
+                ));
+            }
+        }
+    }
+
+    fn take(path: &Path) -> Result<Self, String> {
         let mut head = String::new();
         File::open(path)
             .and_then(|file| file.take(HEAD_BYTES).read_to_string(&mut head))
@@ -92,7 +117,7 @@ pub fn hz_since(first: &Reading, path: &Path) -> Result<u32, String> {
     if let Some(rest) = MIN_GAP.checked_sub(first.taken.elapsed()) {
         std::thread::sleep(rest);
     }
-    hz_between(first, &Reading::take(path)?)
+    hz_between(first, &Reading::at_tick(path)?)
 }
 
 #[cfg(test)]
@@ -126,7 +151,8 @@ mod tests {
     #[test]
     fn the_rate_is_the_nearest_choice_within_a_tick_of_rounding() {
         let start = reading(1_000_000_000, 5_000);
-        // 200 ms at each rate, one tick off either way.
+        // 200 ms at each rate, one tick off either way: the most two
+        // readings taken anywhere between ticks can be off.
         for hz in HZ_CHOICES {
             let ticks = u64::from(hz) / 5;
             for counted in [ticks - 1, ticks, ticks + 1] {
@@ -142,7 +168,7 @@ mod tests {
     #[test]
     #[ignore = "reads the running kernel's /proc/timer_list (cargo xtask test runs it)"]
     fn measures_the_running_kernel() {
-        let first = Reading::take(Path::new(TIMER_LIST)).expect("first reading");
+        let first = Reading::at_tick(Path::new(TIMER_LIST)).expect("first reading");
         let hz = hz_since(&first, Path::new(TIMER_LIST)).expect("a rate");
         assert!(HZ_CHOICES.contains(&hz), "{hz}");
     }

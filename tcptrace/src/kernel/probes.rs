@@ -259,7 +259,7 @@ impl ProbeSpec {
     /// Reads and resolves the kernel BTF at `config.btf_path`; needs no
     /// privileges. Proves that every member the programs read is there.
     pub fn resolve(config: &ProbeConfig) -> Result<Self, ProbeError> {
-        let ticks = jiffies::Reading::take(Path::new(jiffies::TIMER_LIST));
+        let ticks = jiffies::Reading::at_tick(Path::new(jiffies::TIMER_LIST));
         // Read once, bounded, for both parsers.
         let btf_bytes = btf::read(&config.btf_path)?;
         let kernel_btf = btf::Btf::parse(&btf_bytes)?;
