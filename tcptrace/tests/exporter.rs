@@ -20,7 +20,7 @@ use tcptrace::export::web;
 
 use common::{
     Daemon, NetNs, Scrape, Scratch, client_closes_first, leak_close_wait, one_line_failure,
-    server_closes_first,
+    server_closes_first, signal,
 };
 
 /// Timewait sockets of the calling thread's namespace, from `sockstat`'s
@@ -364,6 +364,39 @@ fn two_thousand_client_ports_stay_within_the_label_budget() {
     drop(held);
     drop(netns);
     daemon.stop();
+}
+
+/// `--web.telemetry-path` moves the exposition (and the page's link to
+/// it); a path the page, health checks or API use is refused. SIGHUP is
+/// answered with a warning, and SIGTERM ends the daemon with a word.
+#[test]
+fn the_telemetry_path_moves_the_metrics_and_sighup_is_only_logged() {
+    let daemon = Daemon::start(&["--web.telemetry-path", "/custom/metrics"]);
+    let (status, body) = daemon.get("/custom/metrics");
+    assert_eq!(status, 200);
+    assert!(body.contains("# TYPE tcptrace_sockets gauge"), "{body}");
+    assert_eq!(daemon.get("/metrics").0, 404);
+    let (status, page) = daemon.get("/");
+    assert_eq!(status, 200);
+    assert!(page.contains(r#"<a href="/custom/metrics">/custom/metrics</a>"#));
+
+    signal(daemon.child(), libc::SIGHUP);
+    // Answered in turn with the scrapes: once this one is, so was the signal.
+    thread::sleep(Duration::from_millis(200));
+    assert_eq!(daemon.get("/-/healthy").0, 200);
+    let (status, stderr) = daemon.stop();
+    assert!(status.success(), "{status}: {stderr}");
+    assert!(stderr.contains("SIGHUP ignored"), "{stderr}");
+    assert!(stderr.contains("SIGTERM: shutting down"), "{stderr}");
+
+    for path in ["/", "/-/ready", "/api/v1/sockets", "metrics", "/a b"] {
+        let (code, stderr) = one_line_failure(&["run", "--web.telemetry-path", path]);
+        assert_eq!(code, Some(2), "{path}: {stderr}");
+        assert!(
+            stderr.contains("cannot serve the metrics"),
+            "{path}: {stderr}"
+        );
+    }
 }
 
 #[test]

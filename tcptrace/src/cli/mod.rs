@@ -14,6 +14,7 @@ use crate::{
     doctor::ReportFormat,
     events::TcpState,
     export::stream::Format,
+    export::web,
     kernel::probes::ProbeConfig,
     support::duration,
 };
@@ -254,6 +255,11 @@ pub struct RunArgs {
     #[arg(help_heading = "Web", long = "web.enable-api")]
     pub enable_api: bool,
 
+    /// Path under which the Prometheus metrics are served.
+    #[arg(help_heading = "Web", long = "web.telemetry-path", value_name = "PATH",
+          default_value = web::DEFAULT_TELEMETRY_PATH, value_parser = parse_telemetry_path)]
+    pub telemetry_path: String,
+
     /// The Prometheus exporter toolkit's web config (YAML): TLS
     /// (`tls_server_config`, client certificates included), basic
     /// authentication (`basic_auth_users`: user: bcrypt hash) and response
@@ -338,6 +344,10 @@ pub struct TopArgs {
 
 /// Reconciliation reads every socket of every namespace: more often than
 /// once a second would cost more than it corrects.
+fn parse_telemetry_path(text: &str) -> Result<String, String> {
+    web::check_telemetry_path(text).map(|()| text.to_owned())
+}
+
 fn parse_reconcile_interval(text: &str) -> Result<Duration, String> {
     let interval = duration::parse(text)?;
     if !interval.is_zero() && interval < Duration::from_secs(1) {

@@ -73,7 +73,7 @@ pub async fn run(args: EventsArgs) -> Result<(), Error> {
         stream.out.header()?;
         loop {
             tokio::select! {
-                signal = &mut shutdown => return signal,
+                signal = &mut shutdown => return signal.map(drop),
                 read = source.next_batch(&mut batch) => {
                     read?;
                     stream.apply(&batch.events);

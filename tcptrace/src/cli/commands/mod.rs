@@ -110,16 +110,15 @@ pub fn daemon(args: &cli::ClientArgs) -> Result<export::client::Daemon, Error> {
     })?)
 }
 
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() -> std::io::Result<()> {
+/// Resolves on SIGINT or SIGTERM, with the signal's name.
+pub async fn shutdown_signal() -> std::io::Result<&'static str> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
-    tokio::select! {
-        _ = interrupt.recv() => {}
-        _ = terminate.recv() => {}
-    }
-    Ok(())
+    Ok(tokio::select! {
+        _ = interrupt.recv() => "SIGINT",
+        _ = terminate.recv() => "SIGTERM",
+    })
 }
 
 /// Any failure of a command, worded for the person who ran it.

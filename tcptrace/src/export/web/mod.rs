@@ -117,16 +117,44 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// connections have closed.
 const RELEASE_EVERY: Duration = Duration::from_secs(10);
 
-/// Serves `site` on `listener` until `shutdown` resolves; the socket list
-/// goes to loopback clients only unless `expose_sockets`. `security` may
-/// require TLS and a user.
+/// Where the exposition is served by default (`--web.telemetry-path`).
+pub const DEFAULT_TELEMETRY_PATH: &str = "/metrics";
+
+/// The paths a telemetry path may not take: the page, the health checks
+/// and the API.
+pub fn check_telemetry_path(path: &str) -> Result<(), String> {
+    let reserved = path == "/" || path.starts_with("/-/") || path.starts_with("/api/");
+    if !path.starts_with('/')
+        || reserved
+        || path.contains(['?', '#'])
+        || path.contains(char::is_whitespace)
+    {
+        return Err(format!(
+            "{path:?} cannot serve the metrics: use a path such as /metrics (not /, /-/… or /api/…)"
+        ));
+    }
+    Ok(())
+}
+
+/// Serves `site` on `listener` until `shutdown` resolves, its exposition at
+/// `telemetry_path`; the socket list goes to loopback clients only unless
+/// `expose_sockets`. `security` may require TLS and a user.
 pub async fn serve(
     listener: TcpListener,
     site: Arc<dyn Site>,
     expose_sockets: bool,
+    telemetry_path: String,
     security: Arc<WebSecurity>,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
+    // The page links to the exposition wherever it is.
+    let routes = Arc::new(Routes {
+        index: Bytes::from(INDEX_HTML.replace(
+            "href=\"/metrics\">/metrics<",
+            &format!("href=\"{telemetry_path}\">{telemetry_path}<"),
+        )),
+        telemetry_path,
+    });
     let connections = Arc::new(Connections::default());
     let metrics = Arc::new(MetricsCache::default());
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
@@ -163,6 +191,7 @@ pub async fn serve(
             metrics: metrics.clone(),
             peer,
             expose_sockets,
+            routes: routes.clone(),
             phase: phase.clone(),
         };
         let open = Open {
@@ -213,7 +242,15 @@ struct Served {
     metrics: Arc<MetricsCache>,
     peer: SocketAddr,
     expose_sockets: bool,
+    routes: Arc<Routes>,
     phase: Arc<Phase>,
+}
+
+/// What the paths configured at start serve.
+struct Routes {
+    telemetry_path: String,
+    /// The page, linking to `telemetry_path`.
+    index: Bytes,
 }
 
 /// Serves one accepted connection, after its TLS handshake if any.
@@ -328,7 +365,7 @@ async fn respond(served: &Served, request: Request<Incoming>, turn: Responding) 
     }
     let site = &served.site;
     match request.uri().path() {
-        "/metrics" => {
+        path if path == served.routes.telemetry_path => {
             let shared = served.metrics.body(&**site);
             let content = Content::Shared(shared);
             reply(
@@ -348,7 +385,7 @@ async fn respond(served: &Served, request: Request<Incoming>, turn: Responding) 
         "/" => reply(
             StatusCode::OK,
             "text/html; charset=utf-8",
-            Content::Own(Bytes::from_static(INDEX_HTML.as_bytes())),
+            Content::Own(served.routes.index.clone()),
             turn,
         ),
         api::OVERVIEW_PATH => json(StatusCode::OK, site.overview(), turn),

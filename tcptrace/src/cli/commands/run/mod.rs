@@ -43,6 +43,8 @@ use crate::{
 };
 
 pub async fn run(args: RunArgs) -> Result<(), Error> {
+    // From the start: SIGHUP's default would end the daemon without a word.
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     raise_open_file_limit();
     crate::support::memory::return_large_buffers();
     let security = web_security(args.web_config_file.as_deref())?;
@@ -95,12 +97,13 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
         listener,
         exporter.clone(),
         args.enable_api,
+        args.telemetry_path.clone(),
         Arc::new(security),
         async move {
             let _ = stop_rx.wait_for(|stop| *stop).await;
         },
     ));
-    tracing::info!("serving {scheme}://{address}/metrics");
+    tracing::info!("serving {scheme}://{address}{}", args.telemetry_path);
 
     // Programs are attached: every socket opened from here on is seen, so
     // the dump taken now completes the picture. Events already queued are
@@ -110,7 +113,7 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     tracing::info!(seeded, "ready: existing sockets read");
     exporter.ready.store(true, Ordering::Relaxed);
 
-    let result = follow(&exporter, &mut source, &mut batch, &args).await;
+    let result = follow(&exporter, &mut source, &mut batch, &mut hangup, &args).await;
     let _ = stop_tx.send(true);
     let _ = server.await;
     result
@@ -118,11 +121,13 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
 
 /// Follows the kernel until SIGINT or SIGTERM: batches of events as they
 /// come, the upkeep and the stale report each second, reconciliation every
-/// `--reconcile-interval`.
+/// `--reconcile-interval`. A SIGHUP is answered with a warning: nothing is
+/// reloaded.
 async fn follow(
     exporter: &Exporter,
     source: &mut EventSource,
     batch: &mut Batch,
+    hangup: &mut tokio::signal::unix::Signal,
     args: &RunArgs,
 ) -> Result<(), Error> {
     let shutdown = crate::cli::commands::shutdown_signal();
@@ -135,7 +140,17 @@ async fn follow(
     reconcile_tick.reset(); // the first pass was the seeding
     loop {
         tokio::select! {
-            signal = &mut shutdown => break signal.map_err(Error::Io),
+            signal = &mut shutdown => {
+                let name = signal?;
+                tracing::info!("{name}: shutting down");
+                break Ok(());
+            }
+            _ = hangup.recv() => {
+                tracing::warn!(
+                    "SIGHUP ignored: the configuration and the web config are read at start only \
+                     (certificates excepted, re-read when their files change); restart tcptrace to apply changes"
+                );
+            }
             read = source.next_batch(batch) => {
                 if let Err(error) = read {
                     break Err(Error::Io(error));
