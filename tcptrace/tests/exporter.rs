@@ -481,7 +481,7 @@ fn reconciliation_repairs_gauges_after_lost_events() {
         netns.count_ss("close-wait", leaking),
         netns.count_ss("time-wait", closing),
     );
-    assert_eq!(truth, (300, 300));
+    assert_eq!(truth, (300, 300), "{}", netns.time_wait_counters());
     let scrape = daemon.wait_for("gauges equal to ss", Duration::from_secs(10), |s| {
         sockets(s, "CLOSE_WAIT", "server", leaking) == 300.0
             && sockets(s, "TIME_WAIT", "client", closing) == 300.0
@@ -634,6 +634,7 @@ fn reconciling_during_churn_counts_each_transition_once() {
         }
         thread::sleep(Duration::from_millis(200));
     };
+    let kernel_counters = netns.time_wait_counters();
     let counted = [
         sockets(&scrape, "TIME_WAIT", "client", port),
         transitions(&scrape, "ESTABLISHED", "client"),
@@ -669,7 +670,7 @@ fn reconciling_during_churn_counts_each_transition_once() {
         counted,
         expected,
         "TIME_WAIT now, then transitions to ESTABLISHED (client, server), \
-         TIME_WAIT and LAST_ACK, for {connections} connections:\n{}{}",
+         TIME_WAIT and LAST_ACK, for {connections} connections ({in_kernel} in TIME_WAIT now):\n{}{}\n{kernel_counters}",
         scrape.summary(),
         drifted.join("\n")
     );

@@ -157,6 +157,37 @@ impl NetNs {
             .unwrap_or_else(|| panic!("nstat has no {counter}"))
     }
 
+    /// The namespace's counters of connections that end without, or
+    /// before the end of, a TIME_WAIT: what a test's failure message shows
+    /// when TIME_WAIT sockets are missing.
+    pub fn time_wait_counters(&self) -> String {
+        let out = self
+            .command("nstat")
+            .args(["-az"])
+            .output()
+            .expect("run nstat");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|line| {
+                [
+                    "TW",
+                    "TimeWait",
+                    "AbortOn",
+                    "EstabResets",
+                    "PAWS",
+                    "OutRsts",
+                ]
+                .iter()
+                .any(|word| {
+                    line.split_ascii_whitespace()
+                        .next()
+                        .is_some_and(|name| name.contains(word))
+                })
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     /// Sets a per-namespace sysctl, e.g. `net/ipv4/tcp_fin_timeout`.
     pub fn sysctl(&self, name: &str, value: &str) {
         let path = format!("/proc/sys/{name}");
@@ -222,7 +253,8 @@ impl NetNs {
                     .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
                     .unwrap_or_default();
                 panic!(
-                    "ss shows {seen} sockets in {state} on port {port}, not {count}; in other states:\n{others}"
+                    "ss shows {seen} sockets in {state} on port {port}, not {count}; in other states:\n{others}\n{}",
+                    self.time_wait_counters()
                 );
             }
             thread::sleep(Duration::from_millis(20));
