@@ -110,8 +110,7 @@ pub struct Findings {
     /// Each hook and, if it did not attach, why; or why the programs could
     /// not be loaded at all.
     pub hooks: Result<Vec<(&'static Hook, Option<String>)>, String>,
-    /// The kernel's tick rate (Hz) measured when the programs loaded, or why
-    /// it was not.
+    /// The kernel's tick rate (Hz), or why it could not be measured.
     pub tick_rate: Result<u32, String>,
     /// Where tracefs is mounted.
     pub tracefs: Vec<PathBuf>,

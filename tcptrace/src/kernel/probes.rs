@@ -237,9 +237,6 @@ pub struct Probes {
     /// Why each hook that is not attached is not, by program name.
     not_attached: Vec<(&'static str, String)>,
     reset_reasons: ResetReasons,
-    /// The kernel's tick rate (Hz) the programs convert idle times with, or
-    /// why it could not be measured.
-    tick_rate: Result<u32, String>,
 }
 
 /// What loading the programs needs of the running kernel's BTF, read and
@@ -286,18 +283,24 @@ impl ProbeSpec {
         &self.reset_reasons
     }
 
+    /// The kernel's tick rate (Hz), from the reading taken at resolution
+    /// and one taken now, or why it cannot be measured.
+    pub fn tick_rate(&self) -> Result<u32, String> {
+        let first = self.ticks.clone()?;
+        jiffies::hz_since(&first, Path::new(jiffies::TIMER_LIST))
+    }
+
     /// Loads the programs and attaches each hook the kernel allows.
     pub fn load(self) -> Result<Probes, ProbeError> {
+        let tick_rate = self.tick_rate();
         let Self {
             config,
             btf_bytes,
             mut layout,
             reset_reasons,
-            ticks,
+            ticks: _,
         } = self;
         check_privileges()?;
-        let tick_rate =
-            ticks.and_then(|first| jiffies::hz_since(&first, Path::new(jiffies::TIMER_LIST)));
         layout.hz = match &tick_rate {
             Ok(hz) => *hz,
             Err(reason) => {
@@ -358,7 +361,6 @@ impl ProbeSpec {
             attached,
             not_attached,
             reset_reasons,
-            tick_rate,
         })
     }
 }
@@ -372,11 +374,6 @@ impl Probes {
     /// The running kernel's names for its reset reasons.
     pub fn reset_reasons(&self) -> &ResetReasons {
         &self.reset_reasons
-    }
-
-    /// The kernel's tick rate (Hz) as measured at load, or why it was not.
-    pub fn tick_rate(&self) -> Result<u32, &str> {
-        self.tick_rate.as_ref().copied().map_err(String::as_str)
     }
 
     /// For each attached program: its name, the kernel's count of runs and

@@ -48,18 +48,19 @@ pub fn gather(config: &ProbeConfig) -> Findings {
     // The BTF is read and resolved once, for the facts and for loading.
     let spec = ProbeSpec::resolve(config).map_err(|e| one_line(&e));
     let btf = spec.as_ref().map(btf_facts).map_err(Clone::clone);
-    let loaded = spec.and_then(attach_hooks);
+    // Measured apart from loading, which needs privileges it does not.
+    let tick_rate = spec
+        .as_ref()
+        .map_err(Clone::clone)
+        .and_then(ProbeSpec::tick_rate);
     Findings {
         kernel_release: crate::kernel::version::release(),
         btf_path: config.btf_path.clone(),
         btf,
         capabilities: Capabilities::effective(),
         kernel_addresses: kallsyms::addresses_visible(Path::new("/proc/kallsyms")),
-        hooks: loaded
-            .as_ref()
-            .map(|(hooks, _)| hooks.clone())
-            .map_err(Clone::clone),
-        tick_rate: loaded.and_then(|(_, tick_rate)| tick_rate),
+        hooks: spec.and_then(attach_hooks),
+        tick_rate,
         tracefs: tracefs_mounts(),
         namespaces,
         namespaces_without_sockets,
@@ -78,9 +79,8 @@ fn btf_facts(spec: &ProbeSpec) -> BtfFacts {
 
 /// Loads and attaches the programs as `run` would, notes which hooks took,
 /// and drops them again, which detaches everything.
-fn attach_hooks(spec: ProbeSpec) -> Result<Loaded, String> {
+fn attach_hooks(spec: ProbeSpec) -> Result<Vec<(&'static Hook, Option<String>)>, String> {
     let probes = spec.load().map_err(|e| one_line(&e))?;
-    let tick_rate = probes.tick_rate().map_err(str::to_owned);
     let outcomes = probes
         .attached()
         .iter()
@@ -95,12 +95,8 @@ fn attach_hooks(spec: ProbeSpec) -> Result<Loaded, String> {
         })
         .collect();
     drop(probes);
-    Ok((outcomes, tick_rate))
+    Ok(outcomes)
 }
-
-/// What loading the programs tells: each hook and why it did not attach,
-/// and the kernel's tick rate or why it was not measured.
-type Loaded = (Vec<(&'static Hook, Option<String>)>, Result<u32, String>);
 
 /// Mount points of tracefs, from the mount table.
 fn tracefs_mounts() -> Vec<PathBuf> {
