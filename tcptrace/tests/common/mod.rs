@@ -875,9 +875,11 @@ impl Scrape {
     /// counters that explain a gauge gone wrong (lost or malformed events).
     pub fn summary(&self) -> String {
         use std::fmt::Write;
-        const SUMMARY: [&str; 8] = [
+        const SUMMARY: [&str; 10] = [
             "tcptrace_sockets",
+            "tcptrace_state_transitions_total",
             "tcptrace_connection_ends_total",
+            "tcptrace_idle_before_close_seconds_count",
             "tcptrace_retransmits_total",
             "tcptrace_events_total",
             "tcptrace_events_lost_total",
