@@ -6,7 +6,12 @@
 
 mod common;
 
-use std::{process::Command, time::Duration};
+use std::{
+    cell::Cell,
+    net::{Shutdown, SocketAddr, TcpStream},
+    process::Command,
+    time::Duration,
+};
 
 use common::{Daemon, Leaker, NetNs, Scrape};
 use tcptrace::export::api::{OwnerKind, SocketList};
@@ -70,7 +75,16 @@ fn stale_sockets_are_named_by_their_owners() {
     // B's sockets exist before the daemon starts: found by the start-up dump,
     // their owner through /proc.
     let mut leaker_b = Leaker::start(&ns_b, "leaker-b", PORT, 5);
-    let daemon = Daemon::start(&["--stale-after", "2s", "--port", &PORT.to_string()]);
+    // FIN_WAIT2 given its own threshold: the clients' orphans, which the
+    // kernel ends after tcp_fin_timeout, count too.
+    let daemon = Daemon::start(&[
+        "--stale-after",
+        "2s",
+        "--stale-after",
+        "FIN_WAIT2=2s",
+        "--port",
+        &PORT.to_string(),
+    ]);
     let mut leaker_a = Leaker::start(&ns_a, "leaker-a", PORT, 25);
 
     let scrape = daemon.wait_for(
@@ -134,6 +148,75 @@ fn stale_sockets_are_named_by_their_owners() {
         stderr.matches("held by leaker-a").count(),
         1,
         "warned once: {stderr}"
+    );
+}
+
+/// An orphaned FIN_WAIT2 lasts only as long as its namespace's
+/// `tcp_fin_timeout` lets it: by default it is no one's leak. The FIN_WAIT2
+/// sockets a process still holds (`shutdown()` without `close()`) outlast
+/// it, and only they are stale, named by that process.
+#[test]
+fn fin_wait2_is_stale_only_past_its_namespaces_fin_timeout() {
+    const ORPHANS: u32 = 10;
+    const HELD: u32 = 5;
+    let netns = NetNs::new();
+    netns.sysctl("net/ipv4/tcp_fin_timeout", "2");
+    let daemon = Daemon::start(&[
+        "--stale-after",
+        "1s",
+        "--reconcile-interval",
+        "1s",
+        "--port",
+        &PORT.to_string(),
+    ]);
+    // The test's clients, closed: orphans the kernel ends after 2 s.
+    let _leaker = Leaker::start(&netns, "leaker", PORT, ORPHANS as usize);
+    let server: SocketAddr = ([127, 0, 0, 1], PORT).into();
+    let _held: Vec<TcpStream> = netns.run(|| {
+        (0..HELD)
+            .map(|_| {
+                let stream = TcpStream::connect(server).expect("connect to the leaker");
+                stream.shutdown(Shutdown::Write).expect("shutdown");
+                stream
+            })
+            .collect()
+    });
+    let me = std::fs::read_to_string("/proc/self/comm").expect("own comm");
+    let most = Cell::new(0.0_f64);
+    let scrape = daemon.wait_for("the held FIN_WAIT2 stale", Duration::from_secs(15), |s| {
+        let all = s.sum(
+            "tcptrace_stale_sockets",
+            &[("state", "FIN_WAIT2"), ("port", &PORT.to_string())],
+        );
+        most.set(most.get().max(all));
+        stale(s, "FIN_WAIT2", "client", me.trim()) == f64::from(HELD)
+    });
+    assert_eq!(most.get(), f64::from(HELD), "no orphan was ever stale");
+    assert_eq!(
+        netns.count_ss("fin-wait-2", PORT),
+        HELD as usize,
+        "the orphans ended"
+    );
+    assert_eq!(
+        stale(&scrape, "CLOSE_WAIT", "server", "leaker"),
+        f64::from(ORPHANS),
+        "{}",
+        scrape.summary()
+    );
+
+    let (status, stderr) = daemon.stop();
+    assert!(status.success(), "{stderr}");
+    let fin_wait2: Vec<&str> = stderr
+        .lines()
+        .filter(|line| line.contains("in FIN_WAIT2 for more than"))
+        .collect();
+    assert_eq!(fin_wait2.len(), 1, "{stderr}");
+    assert!(
+        fin_wait2[0].contains(&format!(
+            "{HELD} sockets in FIN_WAIT2 for more than 1s and its namespace's tcp_fin_timeout on client port {PORT}, held by {}",
+            me.trim()
+        )),
+        "{stderr}"
     );
 }
 

@@ -6,6 +6,12 @@
 //! that lasts means the peer vanished after our FIN. A lifetime histogram
 //! never sees a socket that does not leave its state, so these are counted
 //! while they sit there.
+//!
+//! An orphaned FIN_WAIT2 (its application closed it) is the kernel's to end:
+//! it lasts up to its namespace's `tcp_fin_timeout`, and is no one's leak.
+//! Only a FIN_WAIT2 past that is held by a process (a `shutdown()` without a
+//! `close()`), so by default FIN_WAIT2 is stale only past
+//! [`fin_wait2_floor`] of its namespace's setting.
 
 use std::{
     collections::BTreeSet,
@@ -28,13 +34,33 @@ pub const STALE_STATES: [TcpState; 3] =
 /// Default age after which a socket in a [`STALE_STATES`] state is stale.
 pub const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(60);
 
+/// The kernel's default `tcp_fin_timeout`, assumed for a namespace whose
+/// settings were not read.
+const DEFAULT_FIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The age past which a FIN_WAIT2 socket in a namespace with `tcp_fin_timeout`
+/// `fin_timeout` cannot be an orphan the kernel is about to end: the timer
+/// wheel fires a timer of that length up to an eighth late, and a second
+/// covers the tracker's view of it.
+pub fn fin_wait2_floor(fin_timeout: Duration) -> Duration {
+    fin_timeout + fin_timeout / 8 + Duration::from_secs(1)
+}
+
 /// The age at which a socket becomes stale, per state of [`STALE_STATES`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StaleAfter([Duration; 3]);
+pub struct StaleAfter {
+    after: [Duration; 3],
+    /// FIN_WAIT2 was given a threshold of its own, which then holds in every
+    /// namespace whatever its `tcp_fin_timeout`.
+    fin_wait2_given: bool,
+}
 
 impl Default for StaleAfter {
     fn default() -> Self {
-        Self([DEFAULT_STALE_AFTER; 3])
+        Self {
+            after: [DEFAULT_STALE_AFTER; 3],
+            fin_wait2_given: false,
+        }
     }
 }
 
@@ -52,21 +78,33 @@ impl StaleAfter {
         for setting in settings {
             for (i, state) in STALE_STATES.iter().enumerate() {
                 if setting.state.is_none_or(|wanted| wanted == *state) {
-                    after.0[i] = setting.after;
+                    after.after[i] = setting.after;
                 }
             }
+            after.fin_wait2_given |= setting.state == Some(TcpState::FinWait2);
         }
         after
     }
 
-    /// The threshold of `state`; `None` for a state that is never stale.
+    /// The threshold of `state` as given (the lowest in any namespace);
+    /// `None` for a state that is never stale.
     pub fn of(&self, state: TcpState) -> Option<Duration> {
         let index = STALE_STATES.iter().position(|&s| s == state)?;
-        Some(self.0[index])
+        Some(self.after[index])
+    }
+
+    /// The threshold of `state` in a namespace whose `tcp_fin_timeout` is
+    /// `fin_timeout` (`None`: not read, the kernel's default assumed).
+    pub fn in_namespace(&self, state: TcpState, fin_timeout: Option<Duration>) -> Option<Duration> {
+        let given = self.of(state)?;
+        if state != TcpState::FinWait2 || self.fin_wait2_given {
+            return Some(given);
+        }
+        Some(given.max(fin_wait2_floor(fin_timeout.unwrap_or(DEFAULT_FIN_TIMEOUT))))
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (TcpState, Duration)> + '_ {
-        STALE_STATES.into_iter().zip(self.0)
+        STALE_STATES.into_iter().zip(self.after)
     }
 }
 
@@ -81,25 +119,8 @@ pub struct StaleSocket {
     pub since_ns: u64,
 }
 
-/// The stale sockets as of `now_ns`, oldest first within each series.
-pub fn stale_sockets(aggregates: &Aggregates, after: &StaleAfter, now_ns: u64) -> Vec<StaleSocket> {
-    let mut found = Vec::new();
-    for (state, threshold) in after.iter() {
-        let threshold = u64::try_from(threshold.as_nanos()).unwrap_or(u64::MAX);
-        let Some(cutoff) = now_ns.checked_sub(threshold) else {
-            continue;
-        };
-        for (role, port, since_ns, cookie) in aggregates.entered_before(state, cutoff) {
-            found.push(StaleSocket {
-                cookie,
-                state,
-                role,
-                port,
-                since_ns,
-            });
-        }
-    }
-    found
+fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// The `process` label of sockets nobody could be found for.
@@ -110,8 +131,11 @@ const OTHER: &str = "other";
 /// A group's series stays, at 0, this long after its last stale socket, so
 /// that dashboards and alerts see it go to zero rather than vanish.
 const ZERO_KEPT: Duration = Duration::from_secs(300);
-/// One warning per group at most this often.
+/// A group that comes back is warned about again after this long.
 const WARN_EVERY: Duration = Duration::from_secs(600);
+/// A group that has doubled since its last warning is warned about again,
+/// at most this often.
+const GROWTH_WARN_EVERY: Duration = Duration::from_secs(60);
 /// Most warning lines per pass; the rest are summed up in one line.
 const WARNINGS_PER_PASS: usize = 10;
 /// Most pids listed per group.
@@ -146,7 +170,10 @@ pub struct StaleReport {
     current: FxHashMap<GroupKey, u64>,
     /// Groups stale in the last [`ZERO_KEPT`], by when last non-zero.
     recent: FxHashMap<GroupKey, Instant>,
-    warned: FxHashMap<GroupKey, Instant>,
+    /// When each group was last warned about, and with how many sockets.
+    warned: FxHashMap<GroupKey, (Instant, u64)>,
+    /// `tcp_fin_timeout` by namespace inode, as of the last reading.
+    fin_timeouts: FxHashMap<u32, Duration>,
 }
 
 impl StaleReport {
@@ -158,7 +185,53 @@ impl StaleReport {
             current: FxHashMap::default(),
             recent: FxHashMap::default(),
             warned: FxHashMap::default(),
+            fin_timeouts: FxHashMap::default(),
         }
+    }
+
+    /// Takes the namespaces' `tcp_fin_timeout` (by inode) of the last reading.
+    pub fn set_fin_timeouts(&mut self, fin_timeouts: FxHashMap<u32, Duration>) {
+        self.fin_timeouts = fin_timeouts;
+    }
+
+    /// The stale sockets as of `now_ns`, oldest first within each series;
+    /// `netns_of` tells a socket's namespace (`None`: no longer tracked).
+    pub fn stale_sockets(
+        &self,
+        aggregates: &Aggregates,
+        now_ns: u64,
+        netns_of: impl Fn(u64) -> Option<u32>,
+    ) -> Vec<StaleSocket> {
+        let mut found = Vec::new();
+        for (state, given) in self.after.iter() {
+            // The threshold as given is the lowest of any namespace.
+            let Some(cutoff) = now_ns.checked_sub(nanos(given)) else {
+                continue;
+            };
+            for (role, port, since_ns, cookie) in aggregates.entered_before(state, cutoff) {
+                let Some(netns) = netns_of(cookie) else {
+                    continue;
+                };
+                let threshold = self.threshold(state, netns).unwrap_or(given);
+                if threshold > given && now_ns.saturating_sub(since_ns) < nanos(threshold) {
+                    continue;
+                }
+                found.push(StaleSocket {
+                    cookie,
+                    state,
+                    role,
+                    port,
+                    since_ns,
+                });
+            }
+        }
+        found
+    }
+
+    /// The age at which a socket in `state` in namespace `netns` is stale.
+    pub fn threshold(&self, state: TcpState, netns: u32) -> Option<Duration> {
+        self.after
+            .in_namespace(state, self.fin_timeouts.get(&netns).copied())
     }
 
     /// The groups as of the last [`StaleReport::update`], largest first.
@@ -207,18 +280,23 @@ impl StaleReport {
         let mut unsaid = 0;
         let mut groups = Vec::with_capacity(grouped.len());
         for (key, (count, pids, oldest)) in grouped {
-            let due = self
-                .warned
-                .get(&key)
-                .is_none_or(|&at| now.duration_since(at) >= WARN_EVERY);
-            if !previous.contains_key(&key) && due {
+            let due = match self.warned.get(&key) {
+                None => true,
+                Some(&(at, _)) if !previous.contains_key(&key) => {
+                    now.duration_since(at) >= WARN_EVERY
+                }
+                Some(&(at, said)) => {
+                    count >= said.saturating_mul(2) && now.duration_since(at) >= GROWTH_WARN_EVERY
+                }
+            };
+            if due {
                 if warnings < WARNINGS_PER_PASS {
-                    self.warn(&key, count, &pids);
+                    self.warn(&key, count, &pids, seconds(now_ns.saturating_sub(oldest)));
                     warnings += 1;
                 } else {
                     unsaid += 1;
                 }
-                self.warned.insert(key.clone(), now);
+                self.warned.insert(key.clone(), (now, count));
             }
             self.recent.insert(key.clone(), now);
             self.current.insert(key.clone(), count);
@@ -241,8 +319,10 @@ impl StaleReport {
         }
         self.recent
             .retain(|_, seen| now.duration_since(*seen) < ZERO_KEPT);
-        self.warned
-            .retain(|_, at| now.duration_since(*at) < WARN_EVERY);
+        let current = &self.current;
+        self.warned.retain(|key, (at, _)| {
+            current.contains_key(key) || now.duration_since(*at) < WARN_EVERY
+        });
         groups.sort_unstable_by(|a, b| {
             b.sockets.cmp(&a.sockets).then_with(|| {
                 (
@@ -262,9 +342,21 @@ impl StaleReport {
         self.groups = groups;
     }
 
-    fn warn(&self, (state, role, port, process): &GroupKey, count: u64, pids: &BTreeSet<u32>) {
+    fn warn(
+        &self,
+        (state, role, port, process): &GroupKey,
+        count: u64,
+        pids: &BTreeSet<u32>,
+        oldest_seconds: f64,
+    ) {
         let after = self.after.of(*state).unwrap_or_default();
         let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
+        // FIN_WAIT2's threshold may be its namespaces' own.
+        let threshold = if *state == TcpState::FinWait2 && !self.after.fin_wait2_given {
+            format!("{after:?} and its namespace's tcp_fin_timeout")
+        } else {
+            format!("{after:?}")
+        };
         tracing::warn!(
             state = state.name(),
             role = role.name(),
@@ -272,7 +364,8 @@ impl StaleReport {
             process,
             pids = pids.join(","),
             sockets = count,
-            "{count} sockets in {state} for more than {after:?} on {role} port {port}, held by {process}",
+            oldest_seconds,
+            "{count} sockets in {state} for more than {threshold} on {role} port {port}, held by {process}",
             role = role.name(),
         );
     }
@@ -330,6 +423,65 @@ mod tests {
         assert_eq!(after.of(TcpState::FinWait2), Some(Duration::from_secs(30)));
         assert_eq!(after.of(TcpState::TimeWait), None);
         assert_eq!(StaleAfter::new(&[]), StaleAfter::default());
+    }
+
+    #[test]
+    fn fin_wait2_waits_for_its_namespaces_fin_timeout() {
+        let secs = Duration::from_secs;
+        let one_second = StaleAfter::new(&[StaleSetting {
+            state: None,
+            after: secs(1),
+        }]);
+        let fin_wait2 = TcpState::FinWait2;
+        assert_eq!(
+            one_second.in_namespace(fin_wait2, Some(secs(2))),
+            Some(Duration::from_millis(3250))
+        );
+        // Not read: the kernel's default 60 s, which the timer may overrun.
+        assert_eq!(
+            one_second.in_namespace(fin_wait2, None),
+            Some(Duration::from_millis(68_500))
+        );
+        assert_eq!(
+            StaleAfter::default().in_namespace(fin_wait2, Some(secs(15))),
+            Some(DEFAULT_STALE_AFTER)
+        );
+        assert_eq!(
+            one_second.in_namespace(TcpState::CloseWait, Some(secs(2))),
+            Some(secs(1))
+        );
+        // A threshold given for FIN_WAIT2 holds everywhere.
+        let given = StaleAfter::new(&[StaleSetting {
+            state: Some(fin_wait2),
+            after: secs(2),
+        }]);
+        assert_eq!(given.in_namespace(fin_wait2, None), Some(secs(2)));
+    }
+
+    #[test]
+    fn a_group_is_warned_about_again_once_it_has_doubled() {
+        let owners = Owners::default();
+        let mut report = StaleReport::new(StaleAfter::default(), 2);
+        let start = Instant::now();
+        let said = |report: &StaleReport| report.warned.values().next().map(|&(_, n)| n);
+        let sockets: Vec<StaleSocket> = (1..=4).map(socket).collect();
+        report.update(&sockets[..1], &owners, 100, start);
+        assert_eq!(said(&report), Some(1));
+        // Doubled, but within a minute of the last warning.
+        report.update(&sockets[..2], &owners, 100, start + Duration::from_secs(10));
+        assert_eq!(said(&report), Some(1));
+        report.update(&sockets[..2], &owners, 100, start + Duration::from_secs(70));
+        assert_eq!(said(&report), Some(2));
+        // Grown, not doubled.
+        report.update(
+            &sockets[..3],
+            &owners,
+            100,
+            start + Duration::from_secs(140),
+        );
+        assert_eq!(said(&report), Some(2));
+        report.update(&sockets, &owners, 100, start + Duration::from_secs(141));
+        assert_eq!(said(&report), Some(4));
     }
 
     fn owned(owners: &mut Owners, cookie: u64, pid: u32, comm: &str) {

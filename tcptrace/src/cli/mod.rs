@@ -236,6 +236,8 @@ pub struct RunArgs {
     /// counted in `tcptrace_stale_sockets` with its owning process, and
     /// warned about. One value for all three, or STATE=DURATION for one
     /// (repeat), e.g. `--stale-after 60s --stale-after CLOSE_WAIT=5m`.
+    /// Unless given FIN_WAIT2=…, FIN_WAIT2 waits past its namespace's
+    /// `tcp_fin_timeout` too (an orphan lasts that long).
     #[arg(
         help_heading = "Reports",
         long,

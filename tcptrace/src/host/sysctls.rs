@@ -7,12 +7,15 @@ use std::{collections::HashMap, fs};
 
 use crate::host::netns::{self, Namespace, NamespaceError};
 
+/// How long an orphaned FIN_WAIT2 lasts, in seconds.
+pub const FIN_TIMEOUT: &str = "net.ipv4.tcp_fin_timeout";
+
 /// The settings read, by sysctl name; `ip_local_port_range` is split below.
 const SETTINGS: [&str; 7] = [
     "net.ipv4.tcp_keepalive_time",
     "net.ipv4.tcp_keepalive_intvl",
     "net.ipv4.tcp_keepalive_probes",
-    "net.ipv4.tcp_fin_timeout",
+    FIN_TIMEOUT,
     "net.ipv4.tcp_tw_reuse",
     "net.ipv4.tcp_max_tw_buckets",
     "net.ipv4.tcp_rfc1337",

@@ -2,7 +2,9 @@
 //! `sock_diag`, and the tracked picture made to match it; the namespaces'
 //! TCP settings are read on the same pass.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, time::Duration};
+
+use rustc_hash::FxHashMap;
 
 use crate::{
     aggregate::{idle::IdleReport, listen::ListenReport},
@@ -30,7 +32,7 @@ pub async fn reconcile(
     let max_netns = args.max_netns;
     let started_ns = clock::boot_ns();
     exporter.state().tracker.begin_reconcile();
-    let (sockets, (settings, overflows)) = tokio::task::spawn_blocking(move || {
+    let (sockets, namespaces) = tokio::task::spawn_blocking(move || {
         let (sockets, failures) = sock_diag::dump_all();
         for (namespace, error) in failures {
             tracing::debug!(path = %namespace.path.display(), %error, "namespace skipped");
@@ -40,6 +42,11 @@ pub async fn reconcile(
     })
     .await
     .map_err(|e| Error::Io(std::io::Error::other(e)))?;
+    let NamespaceReadings {
+        settings,
+        overflows,
+        fin_timeouts,
+    } = namespaces;
     *exporter
         .settings
         .lock()
@@ -58,8 +65,10 @@ pub async fn reconcile(
         aggregates,
         listen,
         idle,
+        stale,
         ..
     } = &mut *state;
+    stale.set_fin_timeouts(fin_timeouts);
     let corrections = tracker.reconcile(&sockets, started_ns, clock::boot_ns(), &mut |change| {
         aggregates.apply(change);
     });
@@ -110,8 +119,16 @@ pub async fn reconcile(
     Ok(corrections.missing)
 }
 
-/// Settings by namespace label, and listen overflows by namespace label.
-type NamespaceReadings = (Vec<(String, sysctls::Settings)>, Vec<(String, u64)>);
+/// What was read of each namespace.
+struct NamespaceReadings {
+    /// TCP settings by namespace label.
+    settings: Vec<(String, sysctls::Settings)>,
+    /// Listen overflows by namespace label.
+    overflows: Vec<(String, u64)>,
+    /// `tcp_fin_timeout` by namespace inode, which stale FIN_WAIT2 is
+    /// judged by.
+    fin_timeouts: FxHashMap<u32, Duration>,
+}
 
 /// The TCP settings and the listen overflow count of the host's namespace
 /// and of every namespace with TCP sockets, those with the most first, up to
@@ -145,10 +162,23 @@ fn read_namespaces(sockets: &[sock_diag::DiagSocket], max_netns: usize) -> Names
         .filter_map(|(&inode, (_, overflows))| Some((label(inode), (*overflows)?)))
         .collect();
     overflows.sort();
+    let fin_timeouts = read
+        .iter()
+        .filter_map(|(&inode, (values, _))| {
+            let &(_, secs) = values
+                .iter()
+                .find(|(name, _)| *name == sysctls::FIN_TIMEOUT)?;
+            Some((inode, Duration::from_secs(u64::try_from(secs).ok()?)))
+        })
+        .collect();
     let mut settings: Vec<(String, sysctls::Settings)> = read
         .into_iter()
         .map(|(inode, (values, _))| (label(inode), values))
         .collect();
     settings.sort_by(|a, b| a.0.cmp(&b.0));
-    (settings, overflows)
+    NamespaceReadings {
+        settings,
+        overflows,
+        fin_timeouts,
+    }
 }

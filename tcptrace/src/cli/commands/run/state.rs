@@ -12,7 +12,7 @@ use crate::{
     aggregate::failures::{Failure, Failures},
     aggregate::owners::{self, Owner, Owners},
     aggregate::ports::Aggregates,
-    aggregate::stale::{self, StaleReport, StaleSocket},
+    aggregate::stale::{StaleReport, StaleSocket},
     aggregate::{idle::IdleReport, listen::ListenReport},
     events::{Endpoints, EventKind, Task, TcpState, errno_name},
     export::api::{
@@ -136,7 +136,9 @@ impl State {
 
     /// The stale sockets now, with what finding their owners needs.
     pub fn stale_now(&self, now_ns: u64) -> Vec<(StaleSocket, Endpoints, Option<Task>)> {
-        stale::stale_sockets(&self.aggregates, &self.stale.after, now_ns)
+        let netns_of = |cookie| Some(self.tracker.socket(cookie)?.endpoints.netns);
+        self.stale
+            .stale_sockets(&self.aggregates, now_ns, netns_of)
             .into_iter()
             .filter_map(|socket| {
                 let tracked = self.tracker.socket(socket.cookie)?;
@@ -170,8 +172,7 @@ impl State {
                 let age_ns = now_ns.saturating_sub(since_ns);
                 let stale = self
                     .stale
-                    .after
-                    .of(state)
+                    .threshold(state, endpoints.netns)
                     .is_some_and(|after| u128::from(age_ns) >= after.as_nanos());
                 if query.stale && !stale {
                     continue;
