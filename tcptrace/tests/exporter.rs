@@ -399,6 +399,61 @@ fn the_telemetry_path_moves_the_metrics_and_sighup_is_only_logged() {
     }
 }
 
+/// A scrape that asks for gzip gets it, and every scrape carries the
+/// process's own metrics, as `/proc` has them.
+#[test]
+fn scrapes_are_gzipped_on_request_and_carry_process_metrics() {
+    use std::io::{Read, Write};
+    let daemon = Daemon::start(&[]);
+    let mut stream = std::net::TcpStream::connect(daemon.address).expect("connect");
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: tcptrace\r\nAccept-Encoding: deflate, gzip;q=0.8\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).expect("read");
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a head");
+    let head = String::from_utf8_lossy(&response[..split]).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("content-encoding: gzip"), "{head}");
+    assert!(head.contains("vary: accept-encoding"), "{head}");
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(&response[split + 4..])
+        .read_to_string(&mut text)
+        .expect("a gzip body");
+    let scrape = Scrape::parse(&text);
+    assert!(text.contains("# TYPE tcptrace_sockets gauge"), "{text}");
+
+    let pid = daemon.pid();
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+    let soft: f64 = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .and_then(|line| line.split_whitespace().nth(3))
+        .and_then(|soft| soft.parse().ok())
+        .expect("the open files limit");
+    assert_eq!(scrape.sum("process_max_fds", &[]), soft);
+    assert!(scrape.sum("process_open_fds", &[]) > 0.0, "{text}");
+    assert!(
+        scrape.sum("process_resident_memory_bytes", &[]) > 0.0,
+        "{text}"
+    );
+
+    // Without gzip asked for, or refused, the body is plain.
+    let (status, plain) = daemon.get("/metrics");
+    assert_eq!(status, 200);
+    assert!(
+        plain.contains("# TYPE process_cpu_seconds_total counter"),
+        "{plain}"
+    );
+    let (status, stderr) = daemon.stop();
+    assert!(status.success(), "{status}: {stderr}");
+}
+
 #[test]
 fn a_port_in_use_is_a_one_line_error() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");

@@ -400,6 +400,13 @@ pub struct SelfMetrics {
 impl SelfMetrics {
     pub fn new(kernel_release: &str) -> Self {
         let registry = Registry::new();
+        // The daemon's own CPU, memory, descriptors and threads
+        // (`process_*`), as every Prometheus exporter exports them.
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("unique metric");
         let build_info: IntGaugeVec = registered(
             &registry,
             IntGaugeVec::new(

@@ -31,7 +31,7 @@ use std::{
     net::SocketAddr,
     pin::Pin,
     sync::{
-        Arc, Mutex, MutexGuard, Weak,
+        Arc, Mutex, MutexGuard, OnceLock, Weak,
         atomic::{AtomicU64, Ordering},
     },
     task::{Context, Poll},
@@ -367,13 +367,25 @@ async fn respond(served: &Served, request: Request<Incoming>, turn: Responding) 
     match request.uri().path() {
         path if path == served.routes.telemetry_path => {
             let shared = served.metrics.body(&**site);
-            let content = Content::Shared(shared);
-            reply(
+            let gzip = accepts_gzip(request.headers()) && shared.gzipped().is_some();
+            let mut response = reply(
                 StatusCode::OK,
                 crate::export::prometheus::CONTENT_TYPE,
-                content,
+                Content::Shared(shared, gzip),
                 turn,
-            )
+            );
+            let headers = response.headers_mut();
+            headers.insert(
+                header::VARY,
+                header::HeaderValue::from_static("Accept-Encoding"),
+            );
+            if gzip {
+                headers.insert(
+                    header::CONTENT_ENCODING,
+                    header::HeaderValue::from_static("gzip"),
+                );
+            }
+            response
         }
         "/-/healthy" => text(StatusCode::OK, "tcptrace is healthy\n", turn),
         "/-/ready" if site.ready() => text(StatusCode::OK, "tcptrace is ready\n", turn),
@@ -461,10 +473,32 @@ fn reply(
     response
 }
 
+/// Whether a request's `Accept-Encoding` takes gzip (and does not give it
+/// a quality of 0).
+fn accepts_gzip(headers: &header::HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|coding| {
+            let mut parts = coding.split(';').map(str::trim);
+            let name = parts.next().unwrap_or_default();
+            let refused = parts.any(|param| {
+                param
+                    .strip_prefix("q=")
+                    .and_then(|q| q.parse::<f32>().ok())
+                    .is_some_and(|q| q <= 0.0)
+            });
+            name.eq_ignore_ascii_case("gzip") && !refused
+        })
+}
+
 /// What a response sends.
 enum Content {
-    /// An encoded `/metrics` body, shared with other scrapes.
-    Shared(Arc<Shared>),
+    /// An encoded `/metrics` body, shared with other scrapes; gzipped if
+    /// the flag says so.
+    Shared(Arc<Shared>, bool),
     /// A body of this response's own.
     Own(Bytes),
 }
@@ -482,7 +516,8 @@ pub struct Body {
 impl Body {
     fn bytes(&self) -> &Bytes {
         match &self.content {
-            Content::Shared(shared) => &shared.bytes,
+            Content::Shared(shared, true) => shared.gzipped().unwrap_or(&shared.bytes),
+            Content::Shared(shared, false) => &shared.bytes,
             Content::Own(bytes) => bytes,
         }
     }
@@ -518,6 +553,43 @@ impl HttpBody for Body {
 /// One encoded `/metrics` body; alive while a response or the cache holds it.
 struct Shared {
     bytes: Bytes,
+    /// The body gzipped, made for the first scrape that asks for it
+    /// (`None`: compression failed, the plain body is sent).
+    gzipped: OnceLock<Option<Bytes>>,
+}
+
+impl Shared {
+    fn new(bytes: Bytes) -> Self {
+        Self {
+            bytes,
+            gzipped: OnceLock::new(),
+        }
+    }
+
+    fn gzipped(&self) -> Option<&Bytes> {
+        self.gzipped
+            .get_or_init(|| {
+                // The fastest level: a scrape compresses to about a tenth
+                // even so, and the body is made once for every scrape.
+                let mut encoder = flate2::write::GzEncoder::new(
+                    Vec::with_capacity(self.bytes.len() / 8),
+                    flate2::Compression::fast(),
+                );
+                io::Write::write_all(&mut encoder, &self.bytes).ok()?;
+                Some(encoder.finish().ok()?.into())
+            })
+            .as_ref()
+    }
+
+    /// What it holds, the gzipped copy included.
+    fn held_bytes(&self) -> usize {
+        self.bytes.len()
+            + self
+                .gzipped
+                .get()
+                .and_then(Option::as_ref)
+                .map_or(0, Bytes::len)
+    }
 }
 
 /// The last `/metrics` body, and the ones unfinished responses still hold.
@@ -549,18 +621,16 @@ impl MetricsCache {
                 .handed_out
                 .iter()
                 .filter_map(Weak::upgrade)
-                .map(|body| body.bytes.len())
+                .map(|body| body.held_bytes())
                 .sum();
-            if at.elapsed() < FRESH_FOR || held + latest.bytes.len() > MAX_PINNED_BYTES {
+            if at.elapsed() < FRESH_FOR || held + latest.held_bytes() > MAX_PINNED_BYTES {
                 return latest.clone();
             }
         }
         // Let go of the previous body first, so that it can be freed while
         // the next one is encoded if no response holds it.
         state.latest = None;
-        let body = Arc::new(Shared {
-            bytes: site.metrics().into(),
-        });
+        let body = Arc::new(Shared::new(site.metrics().into()));
         state.handed_out.push(Arc::downgrade(&body));
         state.latest = Some((Instant::now(), body.clone()));
         body
@@ -794,12 +864,45 @@ mod tests {
     }
 
     #[test]
+    fn gzip_is_sent_when_asked_for_and_not_refused() {
+        let headers = |value: &'static str| {
+            let mut headers = header::HeaderMap::new();
+            headers.insert(
+                header::ACCEPT_ENCODING,
+                header::HeaderValue::from_static(value),
+            );
+            headers
+        };
+        assert!(accepts_gzip(&headers("gzip")));
+        assert!(accepts_gzip(&headers("deflate, GZIP;q=0.5")));
+        assert!(!accepts_gzip(&headers("gzip;q=0")));
+        assert!(!accepts_gzip(&headers("gzip; q=0.0, identity")));
+        assert!(!accepts_gzip(&headers("br, x-gzip2")));
+        assert!(!accepts_gzip(&header::HeaderMap::new()));
+    }
+
+    #[test]
+    fn a_gzipped_body_is_the_body() {
+        use std::io::Read;
+        let text = "tcptrace_sockets{state=\"TIME_WAIT\"} 1\n".repeat(1000);
+        let shared = Shared::new(Bytes::from(text.clone()));
+        let gzipped = shared.gzipped().expect("compressed").clone();
+        assert!(gzipped.len() * 10 < text.len(), "{}", gzipped.len());
+        assert_eq!(shared.held_bytes(), text.len() + gzipped.len());
+        let mut unzipped = String::new();
+        flate2::read::GzDecoder::new(&gzipped[..])
+            .read_to_string(&mut unzipped)
+            .expect("gzip");
+        assert_eq!(unzipped, text);
+    }
+
+    #[test]
     fn bodies_go_out_in_chunks() {
         let site = Counting(AtomicU64::new(0));
         let cache = MetricsCache::default();
         let phase = Connections::default().open().1;
         let mut body = Body {
-            content: Content::Shared(cache.body(&site)),
+            content: Content::Shared(cache.body(&site), false),
             at: 0,
             _turn: phase.responding(),
         };
