@@ -63,11 +63,55 @@ fn durations(scrape: &Scrape, state: &str, role: &str, port: u16) -> (f64, f64) 
 
 #[test]
 fn endpoints_answer_and_the_metric_contract_holds() {
-    let daemon = Daemon::start(&[]);
+    const SERVICE: u16 = 18097;
+    let netns = NetNs::new();
+    let _listener = netns.run(|| std::net::TcpListener::bind(local(SERVICE)).expect("bind"));
+    let daemon = Daemon::start(&["--port", &SERVICE.to_string()]);
     assert_eq!(daemon.get("/-/healthy").0, 200);
     assert_eq!(daemon.get("/-/ready").0, 200);
     assert_eq!(daemon.get("/nope").0, 404);
-    let scrape = daemon.scrape();
+    let (status, body) = daemon.get("/metrics");
+    assert_eq!(status, 200);
+    let scrape = Scrape::parse(&body);
+
+    // Every family the README lists is in the first scrape, before any event.
+    // Built in: a test VM need not see the checkout.
+    let readme = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"));
+    let listed: Vec<&str> = readme
+        .lines()
+        .filter_map(|line| line.strip_prefix("| `"))
+        .filter_map(|row| row.split(" |").next())
+        .flat_map(|cell| cell.split(", "))
+        .map(|name| name.trim_matches('`'))
+        .filter(|name| name.starts_with("tcptrace_") || name.starts_with("process_"))
+        .filter(|name| name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
+        .collect();
+    assert!(listed.len() > 40, "{listed:?}");
+    let missing: Vec<&&str> = listed
+        .iter()
+        .filter(|name| !body.contains(&format!("\n# TYPE {name} ")))
+        .collect();
+    assert!(missing.is_empty(), "not in the first scrape: {missing:?}");
+    // Counters with values known in advance start at 0 at the service's label.
+    let at_service = [("role", "server"), ("port", "18097")];
+    for (family, values) in [
+        ("tcptrace_connection_ends_total", 10),
+        ("tcptrace_retransmits_total", 5),
+        ("tcptrace_keepalive_probes_total", 1),
+        ("tcptrace_time_wait_killed_total", 1),
+    ] {
+        let series: Vec<f64> = scrape
+            .matching(family, &at_service)
+            .map(|(_, v)| v)
+            .collect();
+        assert_eq!(series, vec![0.0; values], "{family}");
+    }
+    assert_eq!(
+        scrape
+            .matching("tcptrace_reconcile_corrections_total", &[])
+            .count(),
+        3
+    );
     for program in [
         "inet_sock_set_state",
         "timer_start",

@@ -194,6 +194,14 @@ pub enum RetransmitKind {
 }
 
 impl RetransmitKind {
+    pub const ALL: [Self; 5] = [
+        Self::Timeout,
+        Self::Fast,
+        Self::Syn,
+        Self::LossProbe,
+        Self::Other,
+    ];
+
     /// `enum tcp_ca_state`'s `TCP_CA_Recovery` and `TCP_CA_Loss`, and
     /// `ICSK_TIME_LOSS_PROBE` (stable numbers of `include/net/tcp.h` and
     /// `inet_connection_sock.h`).

@@ -16,12 +16,12 @@ use crate::{
         ports::{self, Aggregates, Call, DURATION_BUCKETS, IDLE_BUCKETS, Reset},
         stale::StaleReport,
     },
-    events::{TcpState, errno_name},
+    events::{EventKind, RetransmitKind, TcpState, errno_name},
     host::sysctls::Settings,
     kernel::probes::ResetReasons,
     support::clock::seconds,
     track::{
-        Tracker,
+        Corrections, End, Tracker,
         holders::Destination,
         labels::{PortLabel, Role},
     },
@@ -110,7 +110,7 @@ pub fn state_families(
         "TIME_WAIT sockets ended before their timer (reused, reset, namespace gone).",
         MetricType::COUNTER,
     );
-    for (role, port, count) in aggregates.killed() {
+    for (role, port, count) in per_port_with_zeros(aggregates.killed(), aggregates) {
         let labels = labels(&[("role", role.name()), ("port", &port.to_string())]);
         killed.mut_metric().push(counter(labels, count));
     }
@@ -123,6 +123,48 @@ pub fn state_families(
             end_family(aggregates),
             idle_before_close_family(aggregates),
         ])
+        .collect()
+}
+
+/// `present` (sorted by key, role and port) with a 0 for every key of
+/// `keys` at every port label in use, so that a counter's series exist
+/// from the first scrape, not from its first event.
+fn with_zeros<K: Ord + Copy>(
+    present: Vec<(K, Role, PortLabel, u64)>,
+    keys: &[K],
+    aggregates: &Aggregates,
+) -> Vec<(K, Role, PortLabel, u64)> {
+    let ports = aggregates.ports();
+    let mut all: BTreeMap<(K, Role, PortLabel), u64> = keys
+        .iter()
+        .flat_map(|&key| {
+            ports
+                .iter()
+                .map(move |&(role, port, _)| ((key, role, port), 0))
+        })
+        .collect();
+    all.extend(
+        present
+            .into_iter()
+            .map(|(key, role, port, count)| ((key, role, port), count)),
+    );
+    all.into_iter()
+        .map(|((key, role, port), count)| (key, role, port, count))
+        .collect()
+}
+
+/// [`with_zeros`] of a counter with no label but role and port.
+fn per_port_with_zeros(
+    present: Vec<(Role, PortLabel, u64)>,
+    aggregates: &Aggregates,
+) -> Vec<(Role, PortLabel, u64)> {
+    let keyed = present
+        .into_iter()
+        .map(|(role, port, count)| ((), role, port, count))
+        .collect();
+    with_zeros(keyed, &[()], aggregates)
+        .into_iter()
+        .map(|((), role, port, count)| (role, port, count))
         .collect()
 }
 
@@ -153,7 +195,7 @@ fn end_family(aggregates: &Aggregates) -> MetricFamily {
         "Connections ended, each once, by how: closed, reset_received, reset_sent, refused, keepalive_timeout, retransmit_timeout, syn_timeout, user_timeout, unreachable, killed.",
         MetricType::COUNTER,
     );
-    for (how, role, port, count) in aggregates.ends() {
+    for (how, role, port, count) in with_zeros(aggregates.ends(), &End::ALL, aggregates) {
         let labels = labels(&[
             ("how", how.name()),
             ("role", role.name()),
@@ -171,7 +213,9 @@ fn retransmit_family(aggregates: &Aggregates) -> MetricFamily {
         "Segments retransmitted (as TcpRetransSegs counts them), by kind: timeout (RTO), fast, syn, loss_probe, other.",
         MetricType::COUNTER,
     );
-    for (kind, role, port, count) in aggregates.retransmits() {
+    for (kind, role, port, count) in
+        with_zeros(aggregates.retransmits(), &RetransmitKind::ALL, aggregates)
+    {
         let labels = labels(&[
             ("kind", kind.name()),
             ("role", role.name()),
@@ -262,7 +306,7 @@ fn signal_families(aggregates: &Aggregates, reset_reasons: &ResetReasons) -> [Me
         (aggregates.keepalive_probes(), &mut probes),
         (aggregates.keepalive_timeouts(), &mut timeouts),
     ] {
-        for (role, port, count) in series {
+        for (role, port, count) in per_port_with_zeros(series, aggregates) {
             let labels = labels(&[("role", role.name()), ("port", &port.to_string())]);
             family.mut_metric().push(counter(labels, count));
         }
@@ -420,7 +464,7 @@ impl SelfMetrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION"), kernel_release])
             .set(1);
-        Self {
+        let metrics = Self {
             events: registered(
                 &registry,
                 IntCounterVec::new(
@@ -491,7 +535,15 @@ impl SelfMetrics {
                 ),
             ),
             registry,
+        };
+        // Every kind is known in advance: each series starts at 0.
+        for kind in EventKind::NAMES {
+            metrics.events.with_label_values(&[kind]);
         }
+        for (kind, _) in Corrections::default().by_kind() {
+            metrics.reconcile_corrections.with_label_values(&[kind]);
+        }
+        metrics
     }
 
     pub fn families(&self) -> Vec<MetricFamily> {
@@ -503,12 +555,12 @@ impl SelfMetrics {
 pub fn program_families(stats: &[(&str, u64, std::time::Duration)]) -> [MetricFamily; 2] {
     let mut runs = family(
         "tcptrace_program_runs_total",
-        "Runs of each BPF program (counted while kernel.bpf_stats_enabled=1).",
+        "Runs of each BPF program (present only while kernel.bpf_stats_enabled=1, when the kernel counts them).",
         MetricType::COUNTER,
     );
     let mut seconds = family(
         "tcptrace_program_run_seconds_total",
-        "Time spent in each BPF program (counted while kernel.bpf_stats_enabled=1).",
+        "Time spent in each BPF program (present only while kernel.bpf_stats_enabled=1, when the kernel counts it).",
         MetricType::COUNTER,
     );
     for &(program, count, time) in stats {
@@ -667,15 +719,33 @@ where
 pub fn encode(families: &[MetricFamily]) -> Vec<u8> {
     let mut buffer = Vec::with_capacity(16 * 1024);
     let encoder = TextEncoder::new();
-    // The encoder rejects a family without samples (a gauge with nothing to
-    // show yet); one family at a time, so that such a family, or any other
-    // failure, costs only itself.
-    for family in families.iter().filter(|f| !f.get_metric().is_empty()) {
-        if let Err(error) = encoder.encode(std::slice::from_ref(family), &mut buffer) {
+    // One family at a time, so that a failure costs only itself.
+    for family in families {
+        if family.get_metric().is_empty() {
+            // The encoder rejects a family without samples (one whose label
+            // values come with its first event); its HELP and TYPE still
+            // say that it exists.
+            encode_metadata(family, &mut buffer);
+        } else if let Err(error) = encoder.encode(std::slice::from_ref(family), &mut buffer) {
             tracing::error!(%error, family = family.name(), "metrics encoding failed");
         }
     }
     buffer
+}
+
+/// The `# HELP` and `# TYPE` lines of `family`.
+fn encode_metadata(family: &MetricFamily, buffer: &mut Vec<u8>) {
+    let kind = match family.get_field_type() {
+        MetricType::COUNTER => "counter",
+        MetricType::GAUGE => "gauge",
+        MetricType::HISTOGRAM => "histogram",
+        MetricType::SUMMARY => "summary",
+        MetricType::UNTYPED => "untyped",
+    };
+    // The text format escapes a backslash and a line feed in HELP.
+    let help = family.help().replace('\\', "\\\\").replace('\n', "\\n");
+    let name = family.name();
+    buffer.extend_from_slice(format!("# HELP {name} {help}\n# TYPE {name} {kind}\n").as_bytes());
 }
 
 /// `Content-Type` of [`encode`]'s output.
@@ -685,15 +755,19 @@ pub const CONTENT_TYPE: &str = prometheus::TEXT_FORMAT;
 mod tests {
     use std::net::Ipv4Addr;
 
-    /// A family with nothing to show yet is left out, and costs no other.
+    /// A family with nothing to show yet has its HELP and TYPE, and costs
+    /// no other.
     #[test]
-    fn empty_families_are_skipped() {
-        let empty = family("tcptrace_empty", "Nothing yet.", MetricType::GAUGE);
+    fn empty_families_say_they_exist() {
+        let empty = family("tcptrace_empty", "Nothing \\ yet.", MetricType::COUNTER);
         let mut full = family("tcptrace_full", "Something.", MetricType::GAUGE);
         full.mut_metric().push(gauge(labels(&[("a", "b")]), 1.0));
         let text = String::from_utf8(encode(&[empty, full])).unwrap();
-        assert!(!text.contains("tcptrace_empty"), "{text}");
-        assert!(text.contains("tcptrace_full{a=\"b\"} 1"), "{text}");
+        assert_eq!(
+            text,
+            "# HELP tcptrace_empty Nothing \\\\ yet.\n# TYPE tcptrace_empty counter\n\
+             # HELP tcptrace_full Something.\n# TYPE tcptrace_full gauge\ntcptrace_full{a=\"b\"} 1\n"
+        );
     }
 
     use super::*;

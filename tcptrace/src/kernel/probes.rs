@@ -377,9 +377,15 @@ impl Probes {
     }
 
     /// For each attached program: its name, the kernel's count of runs and
-    /// their total time. Both stay 0 unless `kernel.bpf_stats_enabled` is 1
-    /// (the kernel only keeps them then: they cost a clock read per run).
+    /// their total time; empty while `kernel.bpf_stats_enabled` is 0 (the
+    /// kernel keeps them only while it is 1: they cost a clock read per
+    /// run), so that no frozen count passes for a live one.
     pub fn run_stats(&self) -> Vec<(&'static str, u64, std::time::Duration)> {
+        let counting = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
+            .is_ok_and(|value| value.trim() != "0");
+        if !counting {
+            return Vec::new();
+        }
         self.attached
             .iter()
             .filter(|(_, attached)| *attached)
