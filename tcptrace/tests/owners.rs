@@ -292,8 +292,9 @@ fn check_cli(daemon: &Daemon, [(leaker_a, ns_a), (leaker_b, ns_b)]: [(&Leaker, &
         "--state",
         "CLOSE_WAIT",
         "--port",
-        "8080",
-        "--json",
+        "8080,8081",
+        "--format",
+        "json",
     ]);
     assert_eq!(list.total, 30);
     assert_owned_by(&list, leaker_a, ns_a, 25);

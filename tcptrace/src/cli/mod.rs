@@ -11,7 +11,6 @@ use tcptrace_common::DEFAULT_RING_BUFFER_BYTES;
 
 use crate::{
     aggregate::stale::{STALE_STATES, StaleSetting},
-    doctor::ReportFormat,
     events::TcpState,
     export::stream::Format,
     export::web,
@@ -316,16 +315,22 @@ pub struct SocketsArgs {
     #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
     pub min_age: Option<Duration>,
 
-    /// Only sockets with this port at either end.
-    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
-    pub port: Option<u16>,
+    /// Only sockets with one of these ports at either end (repeat or
+    /// comma-separate); each port's holders are summed up first.
+    #[arg(long = "port", value_name = "PORT", value_delimiter = ',',
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub ports: Vec<u16>,
 
     /// Only stale sockets (see `tcptrace run --stale-after`); needs the daemon.
     #[arg(long)]
     pub stale: bool,
 
-    /// Print JSON (the daemon's /api/v1/sockets format) instead of a table.
-    #[arg(long)]
+    /// Output format; json is the daemon's /api/v1/sockets format.
+    #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+    pub format: ReportFormat,
+
+    /// The old spelling of --format json.
+    #[arg(long, hide = true)]
     pub json: bool,
 
     /// Most sockets listed, oldest first.
@@ -483,6 +488,15 @@ impl ValueEnum for Format {
     }
 }
 
+/// The output of a command that reports once (`doctor`, `sockets`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportFormat {
+    /// For a terminal.
+    Text,
+    /// One JSON document, for scripts and monitoring.
+    Json,
+}
+
 impl ValueEnum for ReportFormat {
     fn value_variants<'a>() -> &'a [Self] {
         &[Self::Text, Self::Json]
@@ -490,8 +504,9 @@ impl ValueEnum for ReportFormat {
 
     fn to_possible_value(&self) -> Option<PossibleValue> {
         Some(match self {
-            Self::Text => PossibleValue::new("text")
-                .help("One section per check, each line starting with ok, note, warn or fail"),
+            Self::Text => PossibleValue::new("text").help(
+                "For a terminal (doctor: one section per check, each line starting with ok, note, warn or fail; sockets: a table)",
+            ),
             Self::Json => {
                 PossibleValue::new("json").help("One JSON document, for scripts and monitoring")
             }
@@ -567,6 +582,25 @@ mod tests {
             Err("999ms is too short: at least 1s (0 disables reconciliation)".to_owned())
         );
         assert!(parse_reconcile_interval("1ms").is_err());
+    }
+
+    #[test]
+    fn sockets_takes_port_lists_and_a_format() {
+        use clap::Parser;
+        let sockets = |args: &[&str]| {
+            let cli =
+                Cli::try_parse_from([&["tcptrace", "sockets"][..], args].concat()).expect("valid");
+            let Command::Sockets(args) = cli.command else {
+                panic!("not sockets");
+            };
+            args
+        };
+        let args = sockets(&["--port", "80,443", "--port", "8080"]);
+        assert_eq!(args.ports, [80, 443, 8080]);
+        assert_eq!(args.format, ReportFormat::Text);
+        assert_eq!(sockets(&["--format", "json"]).format, ReportFormat::Json);
+        assert!(sockets(&["--json"]).json, "the old spelling stays");
+        assert!(Cli::try_parse_from(["tcptrace", "sockets", "--port", "0"]).is_err());
     }
 
     #[test]

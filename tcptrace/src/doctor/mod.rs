@@ -84,16 +84,6 @@ impl Verdict {
     }
 }
 
-/// The output formats of `tcptrace doctor` (offered on the command line by
-/// `cli`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReportFormat {
-    /// One section per check, each line starting with ok, note, warn or fail.
-    Text,
-    /// One JSON document, for scripts and monitoring.
-    Json,
-}
-
 /// What was found on the host: everything the report is judged from.
 #[derive(Debug, Clone)]
 pub struct Findings {

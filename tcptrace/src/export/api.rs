@@ -193,8 +193,8 @@ pub struct SocketQuery {
     /// Every state when empty.
     pub states: Vec<TcpState>,
     pub min_age: Duration,
-    /// A port at either end, or the service port label.
-    pub port: Option<u16>,
+    /// Ports at either end, or service port labels; every port when empty.
+    pub ports: Vec<u16>,
     /// Only stale sockets.
     pub stale: bool,
     pub limit: usize,
@@ -205,7 +205,7 @@ impl Default for SocketQuery {
         Self {
             states: Vec::new(),
             min_age: Duration::ZERO,
-            port: None,
+            ports: Vec::new(),
             stale: false,
             limit: DEFAULT_LIMIT,
         }
@@ -214,12 +214,21 @@ impl Default for SocketQuery {
 
 impl SocketQuery {
     /// Parses a URL query such as `state=CLOSE_WAIT&min_age=30s&port=443`.
+    /// `state` and `port` take lists (commas, or the parameter repeated);
+    /// the others may be given once.
     pub fn parse(query: &str) -> Result<Self, String> {
         let mut parsed = Self::default();
+        let mut seen: Vec<&str> = Vec::new();
         for pair in query.split('&').filter(|pair| !pair.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
             if value.contains('%') || value.contains('+') {
                 return Err(format!("{key}: encoded values are not supported"));
+            }
+            if !matches!(key, "state" | "port") {
+                if seen.contains(&key) {
+                    return Err(format!("{key} given twice: give it once"));
+                }
+                seen.push(key);
             }
             let invalid = |why: String| format!("{key}={value}: {why}");
             match key {
@@ -230,8 +239,12 @@ impl SocketQuery {
                 }
                 "min_age" => parsed.min_age = duration::parse(value).map_err(invalid)?,
                 "port" => {
-                    let port = value.parse().ok().filter(|&port: &u16| port > 0);
-                    parsed.port = Some(port.ok_or_else(|| invalid("not a port 1-65535".into()))?);
+                    for port in value.split(',') {
+                        let port = port.parse().ok().filter(|&port: &u16| port > 0);
+                        parsed
+                            .ports
+                            .push(port.ok_or_else(|| invalid("not a port 1-65535".into()))?);
+                    }
                 }
                 "stale" => {
                     parsed.stale = match value {
@@ -264,8 +277,9 @@ impl SocketQuery {
         if !self.min_age.is_zero() {
             pairs.push(format!("min_age={}ms", self.min_age.as_millis()));
         }
-        if let Some(port) = self.port {
-            pairs.push(format!("port={port}"));
+        if !self.ports.is_empty() {
+            let ports: Vec<String> = self.ports.iter().map(u16::to_string).collect();
+            pairs.push(format!("port={}", ports.join(",")));
         }
         if self.stale {
             pairs.push("stale=true".to_owned());
@@ -279,9 +293,11 @@ impl SocketQuery {
     /// Whether a socket in `state` with these ports matches (age aside).
     pub fn selects(&self, state: TcpState, ports: [u16; 2], label: &str) -> bool {
         (self.states.is_empty() || self.states.contains(&state))
-            && self
-                .port
-                .is_none_or(|port| ports.contains(&port) || label == port.to_string())
+            && (self.ports.is_empty()
+                || self
+                    .ports
+                    .iter()
+                    .any(|port| ports.contains(port) || label == port.to_string()))
     }
 }
 
@@ -291,15 +307,16 @@ mod tests {
 
     #[test]
     fn queries_round_trip() {
-        let query =
-            SocketQuery::parse("state=CLOSE_WAIT,last_ack&min_age=30s&port=443&stale=1&limit=5")
-                .unwrap();
+        let query = SocketQuery::parse(
+            "state=CLOSE_WAIT,last_ack&min_age=30s&port=443,80&stale=1&limit=5&port=8080",
+        )
+        .unwrap();
         assert_eq!(
             query,
             SocketQuery {
                 states: vec![TcpState::CloseWait, TcpState::LastAck],
                 min_age: Duration::from_secs(30),
-                port: Some(443),
+                ports: vec![443, 80, 8080],
                 stale: true,
                 limit: 5,
             }
@@ -321,6 +338,9 @@ mod tests {
             ("limit=100001", "limit"),
             ("pid=1", "unknown parameter \"pid\""),
             ("state=CLOSE%5FWAIT", "encoded"),
+            ("port=80,", "port=80,"),
+            ("limit=5&limit=6", "limit given twice"),
+            ("min_age=1s&min_age=1s", "min_age given twice"),
         ] {
             let error = SocketQuery::parse(query).unwrap_err();
             assert!(error.contains(needle), "{query}: {error}");
@@ -331,9 +351,10 @@ mod tests {
     fn selection() {
         let query = SocketQuery {
             states: vec![TcpState::CloseWait],
-            port: Some(8080),
+            ports: vec![8080, 8443],
             ..SocketQuery::default()
         };
+        assert!(query.selects(TcpState::CloseWait, [8443, 40000], "8443"));
         assert!(query.selects(TcpState::CloseWait, [8080, 40000], "8080"));
         assert!(query.selects(TcpState::CloseWait, [40000, 8080], "8080"));
         assert!(!query.selects(TcpState::TimeWait, [8080, 40000], "8080"));

@@ -11,9 +11,9 @@ use std::{
 };
 
 use crate::{
-    cli::DoctorArgs,
     cli::commands::Error,
-    doctor::{self, BtfFacts, Findings, NamespaceContents, NamespaceFacts, ReportFormat, Verdict},
+    cli::{DoctorArgs, ReportFormat},
+    doctor::{self, BtfFacts, Findings, NamespaceContents, NamespaceFacts, Verdict},
     events::TcpState,
     host::netns,
     host::sock_diag::{self, DiagError, DiagSocket},

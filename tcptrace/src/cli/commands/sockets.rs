@@ -9,8 +9,8 @@ use std::{
 
 use crate::{
     aggregate::owners::{self, Wanted},
-    cli::SocketsArgs,
     cli::commands::Error,
+    cli::{ReportFormat, SocketsArgs},
     events::{TIME_WAIT_LEN, TcpState},
     export::api::{
         PORTS_PATH, PortInNamespace, PortView, SOCKETS_PATH, SocketList, SocketQuery, SocketRecord,
@@ -26,7 +26,7 @@ pub async fn run(args: SocketsArgs) -> Result<(), Error> {
     let query = SocketQuery {
         states: args.states.clone(),
         min_age: args.min_age.unwrap_or_default(),
-        port: args.port,
+        ports: args.ports.clone(),
         stale: args.stale,
         limit: args.limit,
     };
@@ -34,14 +34,12 @@ pub async fn run(args: SocketsArgs) -> Result<(), Error> {
     // Only when nothing answers: a daemon that refuses is an error.
     let (list, summaries) = match client::get_json::<SocketList>(&daemon, &path).await {
         Ok(list) => {
-            let summaries = match args.port {
-                Some(port) => {
-                    let path = format!("{PORTS_PATH}{port}");
-                    let view = client::get_json::<PortView>(&daemon, &path).await?;
-                    summary_lines(&view)
-                }
-                None => Vec::new(),
-            };
+            let mut summaries = Vec::new();
+            for port in &args.ports {
+                let path = format!("{PORTS_PATH}{port}");
+                let view = client::get_json::<PortView>(&daemon, &path).await?;
+                summaries.extend(summary_lines(&view));
+            }
             (list, summaries)
         }
         Err(ClientError::Unreachable {
@@ -68,7 +66,7 @@ pub async fn run(args: SocketsArgs) -> Result<(), Error> {
         Err(other) => return Err(Error::Client(other)),
     };
     let mut out = io::stdout().lock();
-    let written = if args.json {
+    let written = if args.json || args.format == ReportFormat::Json {
         serde_json::to_writer_pretty(&mut out, &list)
             .map_err(io::Error::other)
             .and_then(|()| writeln!(out))
@@ -156,9 +154,10 @@ fn from_kernel(query: &SocketQuery) -> (SocketList, Vec<String>) {
         tracing::warn!(path = %namespace.path.display(), %error, "namespace skipped");
     }
     let summaries = query
-        .port
-        .map(|port| summary_lines(&kernel_port_view(&dump, port)))
-        .unwrap_or_default();
+        .ports
+        .iter()
+        .flat_map(|&port| summary_lines(&kernel_port_view(&dump, port)))
+        .collect();
     let listening: HashSet<(u32, u16)> = dump
         .iter()
         .filter(|s| s.state == TcpState::Listen as u8)
