@@ -244,16 +244,33 @@ fn idle_time_before_a_close_shows_the_servers_idle_timeout() {
         String::from_utf8_lossy(&pool.stderr)
     );
     let count = f64::from(COUNT);
+    // Exact, unless the kernel reports state-change runs it skipped (the
+    // hook firing from an interrupt inside the program, which a slow
+    // emulated CPU makes likely): each may have been one of these events.
+    let exact = |s: &Scrape, value: f64| {
+        let missed = s.sum(
+            "tcptrace_program_missed_runs_total",
+            &[("program", "inet_sock_set_state")],
+        );
+        value <= count && value + missed >= count
+    };
     let scrape = daemon.wait_for("each close and end", Duration::from_secs(10), |s| {
-        idle_before_close(s, "peer", "client").0 == count
-            && idle_before_close(s, "local", "server").0 == count
-            && s.ends(None, "client", NGINX) == count
-            && s.ends(None, "server", NGINX) == count
+        exact(s, idle_before_close(s, "peer", "client").0)
+            && exact(s, idle_before_close(s, "local", "server").0)
+            && exact(s, s.ends(None, "client", NGINX))
+            && exact(s, s.ends(None, "server", NGINX))
     });
+    let missed = scrape.sum(
+        "tcptrace_program_missed_runs_total",
+        &[("program", "inet_sock_set_state")],
+    );
+    if missed > 0.0 {
+        eprintln!("the kernel skipped {missed} state-change runs: counts exact within them");
+    }
     for (closer, role) in [("peer", "client"), ("local", "server")] {
         let (observed, mean) = idle_before_close(&scrape, closer, role);
         eprintln!("{role}, closed by {closer}: {observed} closes, mean idle {mean:.3} s");
-        assert_eq!(observed, count, "{role}");
+        assert!(exact(&scrape, observed), "{role}: {observed}");
         assert!((2.0..=2.4).contains(&mean), "{role}: mean idle {mean} s");
     }
     // One first close per connection: the client's own close of its
@@ -261,8 +278,10 @@ fn idle_time_before_a_close_shows_the_servers_idle_timeout() {
     assert_eq!(idle_before_close(&scrape, "local", "client").0, 0.0);
     assert_eq!(idle_before_close(&scrape, "peer", "server").0, 0.0);
     // Each idle close is a normal end.
-    assert_eq!(scrape.ends(Some("closed"), "client", NGINX), count);
-    assert_eq!(scrape.ends(Some("closed"), "server", NGINX), count);
+    for role in ["client", "server"] {
+        let closed = scrape.ends(Some("closed"), role, NGINX);
+        assert!(exact(&scrape, closed), "{role}: {closed}");
+    }
     drop(netns);
     let (status, stderr) = daemon.stop();
     assert!(status.success(), "{status}: {stderr}");

@@ -575,6 +575,22 @@ pub fn program_families(stats: &[(&str, u64, std::time::Duration)]) -> [MetricFa
     [runs, seconds]
 }
 
+/// `tcptrace_program_missed_runs_total`, from
+/// [`crate::kernel::probes::Probes::missed_runs`].
+pub fn missed_run_family(missed: &[(&str, u64)]) -> MetricFamily {
+    let mut family = family(
+        "tcptrace_program_missed_runs_total",
+        "Runs of each BPF program the kernel skipped because it was already running on that CPU (its hook fired again from an interrupt inside it): events lost before the ring buffer.",
+        MetricType::COUNTER,
+    );
+    for &(program, count) in missed {
+        family
+            .mut_metric()
+            .push(counter(labels(&[("program", program)]), count));
+    }
+    family
+}
+
 /// `tcptrace_sysctl`: the TCP settings of each namespace (by label).
 pub fn sysctl_family(settings: &[(String, Settings)]) -> Option<MetricFamily> {
     let mut family = family(

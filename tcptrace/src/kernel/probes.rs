@@ -396,6 +396,25 @@ impl Probes {
             .collect()
     }
 
+    /// For each attached program: its name and the runs the kernel skipped
+    /// because the program was already running on that CPU (its tracepoint
+    /// fired again from an interrupt inside it). Each is an event lost
+    /// without reaching the ring buffer. Counted always, from
+    /// `/proc/self/fdinfo` (Linux 5.12 and later; empty before).
+    pub fn missed_runs(&self) -> Vec<(&'static str, u64)> {
+        use std::os::fd::{AsFd, AsRawFd};
+        self.attached
+            .iter()
+            .filter(|(_, attached)| *attached)
+            .filter_map(|(hook, _)| {
+                let fd = self.ebpf.program(hook.program)?.fd().ok()?;
+                let fd = fd.as_fd().as_raw_fd();
+                let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+                Some((hook.program, recursion_misses(&info)?))
+            })
+            .collect()
+    }
+
     /// Every hook and whether it is attached.
     pub fn attached(&self) -> &[(&'static Hook, bool)] {
         &self.attached
@@ -535,4 +554,26 @@ fn check_privileges() -> Result<(), ProbeError> {
         return Ok(());
     }
     Err(ProbeError::Privileges(missing.join(", ")))
+}
+
+/// The `recursion_misses` line of a BPF program's fdinfo.
+fn recursion_misses(fdinfo: &str) -> Option<u64> {
+    fdinfo
+        .lines()
+        .find_map(|line| line.strip_prefix("recursion_misses:"))
+        .and_then(|value| value.trim().parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn missed_runs_are_read_from_fdinfo() {
+        let fdinfo = "pos:\t0\nflags:\t02000002\nprog_type:\t26\nrun_time_ns:\t0\nrun_cnt:\t0\nrecursion_misses:\t3\nverified_insns:\t120\n";
+        assert_eq!(super::recursion_misses(fdinfo), Some(3));
+        assert_eq!(
+            super::recursion_misses("prog_type:\t26\n"),
+            None,
+            "before 5.12"
+        );
+    }
 }

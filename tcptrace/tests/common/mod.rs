@@ -875,7 +875,8 @@ impl Scrape {
     /// counters that explain a gauge gone wrong (lost or malformed events).
     pub fn summary(&self) -> String {
         use std::fmt::Write;
-        const SUMMARY: [&str; 10] = [
+        const SUMMARY: [&str; 11] = [
+            "tcptrace_program_missed_runs_total",
             "tcptrace_sockets",
             "tcptrace_state_transitions_total",
             "tcptrace_connection_ends_total",

@@ -117,12 +117,14 @@ impl Site for Exporter {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         families.extend(prometheus::sysctl_family(&settings));
         drop(settings);
-        let stats = self
+        let probes = self
             .probes
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .run_stats();
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (stats, missed) = (probes.run_stats(), probes.missed_runs());
+        drop(probes);
         families.extend(prometheus::program_families(&stats));
+        families.push(prometheus::missed_run_family(&missed));
         prometheus::encode(&families)
     }
 
