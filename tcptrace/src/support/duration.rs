@@ -2,33 +2,66 @@
 
 use std::time::Duration;
 
-/// Parses durations such as `500ms`, `60s`, `5m`, `1h`, or `0`.
+/// Units, largest first, with their length in milliseconds.
+const UNITS: [(&str, u64); 5] = [
+    ("d", 86_400_000),
+    ("h", 3_600_000),
+    ("m", 60_000),
+    ("s", 1000),
+    ("ms", 1),
+];
+
+/// Parses durations such as `500ms`, `60s`, `5m`, `1h`, `1m30s` or `0`:
+/// as Prometheus writes them, each unit at most once, largest first.
 pub fn parse(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     if text == "0" {
         return Ok(Duration::ZERO);
     }
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("{text:?} needs a unit: ms, s, m or h (e.g. 60s)"))?;
-    let (digits, unit) = text.split_at(split);
-    let value: u64 = digits
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration such as 60s or 5m"))?;
-    let millis = match unit {
-        "ms" => Some(value),
-        "s" => value.checked_mul(1000),
-        "m" => value.checked_mul(60_000),
-        "h" => value.checked_mul(3_600_000),
-        _ => {
+    if text.is_empty() || !text.starts_with(|c: char| c.is_ascii_digit()) {
+        return Err(format!(
+            "{text:?} is not a duration such as 60s, 5m or 1m30s"
+        ));
+    }
+    let mut rest = text;
+    let mut millis: u64 = 0;
+    // Units already used: a later part must take a smaller one.
+    let mut smallest_so_far = usize::MAX;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(|| {
+            format!("{text:?} needs a unit after its last number: ms, s, m, h or d (e.g. 60s)")
+        })?;
+        if digits == 0 {
             return Err(format!(
-                "unknown unit {unit:?} in {text:?}: use ms, s, m or h"
+                "{text:?} is not a duration such as 60s, 5m or 1m30s"
             ));
         }
-    };
-    millis
-        .map(Duration::from_millis)
-        .ok_or_else(|| format!("{text:?} is too long"))
+        let value: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| format!("{text:?} is too long"))?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit = &rest[..unit_len];
+        rest = &rest[unit_len..];
+        let Some(index) = UNITS.iter().position(|&(name, _)| name == unit) else {
+            return Err(format!(
+                "unknown unit {unit:?} in {text:?}: use ms, s, m, h or d"
+            ));
+        };
+        if smallest_so_far != usize::MAX && index <= smallest_so_far {
+            return Err(format!(
+                "{text:?}: give each unit once, largest first (e.g. 1h30m)"
+            ));
+        }
+        smallest_so_far = index;
+        millis = value
+            .checked_mul(UNITS[index].1)
+            .and_then(|part| millis.checked_add(part))
+            .ok_or_else(|| format!("{text:?} is too long"))?;
+    }
+    Ok(Duration::from_millis(millis))
 }
 
 #[cfg(test)]
@@ -40,9 +73,25 @@ mod tests {
         assert_eq!(parse("60s"), Ok(Duration::from_secs(60)));
         assert_eq!(parse("5m"), Ok(Duration::from_secs(300)));
         assert_eq!(parse("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse("2d"), Ok(Duration::from_hours(48)));
         assert_eq!(parse("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse("1h0m5s250ms"), Ok(Duration::from_millis(3_605_250)));
         assert_eq!(parse("0"), Ok(Duration::ZERO));
-        for bad in ["", "60", "s", "5x", "-1s", "1.5s", "99999999999999999999h"] {
+        for bad in [
+            "",
+            "60",
+            "s",
+            "5x",
+            "-1s",
+            "1.5s",
+            "1m30",
+            "30s1m",
+            "1s1s",
+            "1m 30s",
+            "99999999999999999999h",
+            "213503982334601d",
+        ] {
             assert!(parse(bad).is_err(), "{bad:?} accepted");
         }
     }
