@@ -380,8 +380,58 @@ fn tcp_settings_are_read_per_namespace() {
             .count();
         assert_eq!(found, 1, "{setting}");
     }
+
+    // Named by the first process in it (this test), until `ip netns` names it.
+    let info = |s: &Scrape, netns: &str, name: &str| {
+        count(
+            s,
+            "tcptrace_netns_info",
+            &[("netns", netns), ("name", name)],
+        )
+    };
+    let comm = std::fs::read_to_string("/proc/self/comm").expect("own comm");
+    let by_process = format!("{}[{}]", comm.trim(), std::process::id());
+    assert_eq!(info(&scrape, &inode, &by_process), 1.0, "{by_process}");
+    assert_eq!(info(&scrape, "host", "host"), 1.0);
+    let name = format!("tcptrace-test-{}", std::process::id());
+    let named = IpNetnsName::attach(&netns, &name);
+    daemon.wait_for(
+        "the namespace's ip netns name",
+        Duration::from_secs(10),
+        |s| {
+            info(s, &inode, &named.0) == 1.0
+                && s.matching("tcptrace_netns_info", &[("netns", &inode)])
+                    .count()
+                    == 1
+        },
+    );
+    drop(named);
     drop(netns);
     daemon.stop();
+}
+
+/// A name `ip netns` gives a test's namespace, taken back when dropped (the
+/// namespace itself lives on with the test's thread).
+struct IpNetnsName(String);
+
+impl IpNetnsName {
+    fn attach(netns: &NetNs, name: &str) -> Self {
+        let status = netns
+            .command("/bin/sh")
+            .args(["-c", &format!("exec ip netns attach {name} $$")])
+            .status()
+            .expect("run ip netns attach");
+        assert!(status.success(), "ip netns attach {name}: {status}");
+        Self(name.to_owned())
+    }
+}
+
+impl Drop for IpNetnsName {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "delete", &self.0])
+            .status();
+    }
 }
 
 /// With `--idle-after 2s`: 10 connections idle without keepalive and 5 with

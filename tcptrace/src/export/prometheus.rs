@@ -591,6 +591,20 @@ pub fn missed_run_family(missed: &[(&str, u64)]) -> MetricFamily {
     family
 }
 
+/// `tcptrace_netns_info`: a name for each namespace label.
+pub fn netns_family(names: &[(String, String)]) -> MetricFamily {
+    let mut family = family(
+        "tcptrace_netns_info",
+        "Always 1: the name of each network namespace label (netns): host, the name ip netns gave it, or the first process found in it as comm[pid].",
+        MetricType::GAUGE,
+    );
+    for (netns, name) in names {
+        let labels = labels(&[("netns", netns), ("name", name)]);
+        family.mut_metric().push(gauge(labels, 1.0));
+    }
+    family
+}
+
 /// `tcptrace_sysctl`: the TCP settings of each namespace (by label).
 pub fn sysctl_family(settings: &[(String, Settings)]) -> Option<MetricFamily> {
     let mut family = family(

@@ -3,7 +3,7 @@
 //! namespace is never touched.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     ffi::OsStr,
     fs::{self, File, Metadata},
     io,
@@ -12,7 +12,7 @@ use std::{
         fd::AsRawFd,
         unix::{ffi::OsStrExt, fs::MetadataExt},
     },
-    path::PathBuf,
+    path::{Path, PathBuf},
     thread,
 };
 
@@ -79,6 +79,41 @@ pub fn namespaces() -> Vec<Namespace> {
         ControlFlow::Continue(())
     });
     list
+}
+
+/// A name for every namespace [`namespaces`] finds, by inode: `host` for the
+/// daemon's own, the name `ip netns` gave it (`/run/netns/NAME`), or else the
+/// first process found in it, as `COMM[PID]`.
+pub fn names() -> HashMap<u32, String> {
+    let host = own_inode();
+    let mut names: HashMap<u32, String> = HashMap::new();
+    if let Some(host) = host {
+        names.insert(host, "host".to_owned());
+    }
+    let _ = scan_namespaces(|inode, path| {
+        if Some(inode) == host {
+            return ControlFlow::Continue(());
+        }
+        if path.starts_with("/run/netns") || path.starts_with("/var/run/netns") {
+            // The name `ip netns` gave it wins over a process.
+            if let Some(name) = path.file_name() {
+                names.insert(inode, name.to_string_lossy().into_owned());
+            }
+        } else if !names.contains_key(&inode)
+            && let Some(name) = process_name(&path)
+        {
+            names.insert(inode, name);
+        }
+        ControlFlow::Continue(())
+    });
+    names
+}
+
+/// `COMM[PID]` of the process of `/proc/PID/task/TID/ns/net`.
+fn process_name(path: &Path) -> Option<String> {
+    let pid = path.iter().nth(2)?.to_str()?;
+    let comm = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    Some(format!("{}[{pid}]", comm.trim_end()))
 }
 
 /// The namespace with inode `inode`, found where [`namespaces`] looks, in the

@@ -89,6 +89,7 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
         reset_reasons: probes.reset_reasons().clone(),
         ready: AtomicBool::new(false),
         settings: Mutex::new(Vec::new()),
+        netns_names: Mutex::new(Vec::new()),
         probes: Mutex::new(probes),
     });
 

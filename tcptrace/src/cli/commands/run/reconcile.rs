@@ -10,7 +10,7 @@ use crate::{
     aggregate::{idle::IdleReport, listen::ListenReport},
     cli::{RunArgs, commands::Error},
     events::TcpState,
-    host::{netstat, sock_diag, sysctls},
+    host::{netns, netstat, sock_diag, sysctls},
     kernel::ring::{Batch, EventSource, POLL_INTERVAL},
     support::clock,
 };
@@ -46,7 +46,12 @@ pub async fn reconcile(
         settings,
         overflows,
         fin_timeouts,
+        names,
     } = namespaces;
+    *exporter
+        .netns_names
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = names;
     *exporter
         .settings
         .lock()
@@ -128,13 +133,15 @@ struct NamespaceReadings {
     /// `tcp_fin_timeout` by namespace inode, which stale FIN_WAIT2 is
     /// judged by.
     fin_timeouts: FxHashMap<u32, Duration>,
+    /// (label, name) of each namespace read (see [`crate::host::netns::names`]).
+    names: Vec<(String, String)>,
 }
 
 /// The TCP settings and the listen overflow count of the host's namespace
 /// and of every namespace with TCP sockets, those with the most first, up to
 /// `max_netns`; blocking.
 fn read_namespaces(sockets: &[sock_diag::DiagSocket], max_netns: usize) -> NamespaceReadings {
-    let host = crate::host::netns::own_inode();
+    let host = netns::own_inode();
     let mut counts: HashMap<u32, usize> = HashMap::new();
     for socket in sockets {
         *counts.entry(socket.netns).or_default() += 1;
@@ -162,6 +169,16 @@ fn read_namespaces(sockets: &[sock_diag::DiagSocket], max_netns: usize) -> Names
         .filter_map(|(&inode, (_, overflows))| Some((label(inode), (*overflows)?)))
         .collect();
     overflows.sort();
+    // The namespaces read are named, so that the names are as bounded.
+    let mut found = netns::names();
+    let mut names: Vec<(String, String)> = read
+        .keys()
+        .map(|&inode| {
+            let name = found.remove(&inode).unwrap_or_else(|| label(inode));
+            (label(inode), name)
+        })
+        .collect();
+    names.sort();
     let fin_timeouts = read
         .iter()
         .filter_map(|(&inode, (values, _))| {
@@ -180,5 +197,6 @@ fn read_namespaces(sockets: &[sock_diag::DiagSocket], max_netns: usize) -> Names
         settings,
         overflows,
         fin_timeouts,
+        names,
     }
 }

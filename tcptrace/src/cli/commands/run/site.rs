@@ -35,6 +35,8 @@ pub struct Exporter {
     pub ready: AtomicBool,
     /// TCP settings by namespace label, as of the last reconciliation.
     pub settings: Mutex<Vec<(String, sysctls::Settings)>>,
+    /// (label, name) of the same namespaces.
+    pub netns_names: Mutex<Vec<(String, String)>>,
     /// The attached programs (their event source already taken), for their
     /// run statistics; dropped last, which detaches them.
     pub probes: Mutex<Probes>,
@@ -117,6 +119,12 @@ impl Site for Exporter {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         families.extend(prometheus::sysctl_family(&settings));
         drop(settings);
+        families.push(prometheus::netns_family(
+            &self
+                .netns_names
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        ));
         let probes = self
             .probes
             .lock()
