@@ -292,7 +292,16 @@ impl ProbeSpec {
 
     /// Loads the programs and attaches each hook the kernel allows.
     pub fn load(self) -> Result<Probes, ProbeError> {
+        // Before measuring, which takes a moment: an unprivileged start
+        // fails at once.
+        check_privileges()?;
         let tick_rate = self.tick_rate();
+        self.load_measured(&tick_rate)
+    }
+
+    /// [`ProbeSpec::load`] with the tick rate measured already (by
+    /// [`ProbeSpec::tick_rate`]), for a caller that reports it too.
+    pub fn load_measured(self, tick_rate: &Result<u32, String>) -> Result<Probes, ProbeError> {
         let Self {
             config,
             btf_bytes,
@@ -301,7 +310,7 @@ impl ProbeSpec {
             ticks: _,
         } = self;
         check_privileges()?;
-        layout.hz = match &tick_rate {
+        layout.hz = match tick_rate {
             Ok(hz) => *hz,
             Err(reason) => {
                 tracing::warn!("{reason}; idle time before a close is not measured");

@@ -59,7 +59,7 @@ pub fn gather(config: &ProbeConfig) -> Findings {
         btf,
         capabilities: Capabilities::effective(),
         kernel_addresses: kallsyms::addresses_visible(Path::new("/proc/kallsyms")),
-        hooks: spec.and_then(attach_hooks),
+        hooks: spec.and_then(|spec| attach_hooks(spec, &tick_rate)),
         tick_rate,
         tracefs: tracefs_mounts(),
         namespaces,
@@ -79,8 +79,11 @@ fn btf_facts(spec: &ProbeSpec) -> BtfFacts {
 
 /// Loads and attaches the programs as `run` would, notes which hooks took,
 /// and drops them again, which detaches everything.
-fn attach_hooks(spec: ProbeSpec) -> Result<Vec<(&'static Hook, Option<String>)>, String> {
-    let probes = spec.load().map_err(|e| one_line(&e))?;
+fn attach_hooks(
+    spec: ProbeSpec,
+    tick_rate: &Result<u32, String>,
+) -> Result<Vec<(&'static Hook, Option<String>)>, String> {
+    let probes = spec.load_measured(tick_rate).map_err(|e| one_line(&e))?;
     let outcomes = probes
         .attached()
         .iter()
