@@ -242,6 +242,47 @@ fn watch_alerts(
     }
 }
 
+/// The alerts `seen` were `expected` and `TcptraceDown`, and the missed-runs
+/// alert if the kernel skipped runs.
+fn assert_only_these_fired(
+    prometheus: &Prometheus,
+    seen: &BTreeMap<String, BTreeSet<String>>,
+    expected: &[&str],
+) {
+    // Rules with a `for:` were pending before firing; the others fire at
+    // once. Nothing else ever went off: not the CLOSE_WAIT age (no socket is
+    // 5 minutes old), TIME_WAIT (far below the host's limits), the reset
+    // spike (it compares with the last hour, which this Prometheus does not
+    // have), programs detached, or the target absent.
+    let pending_first = [
+        "TcptraceCloseWaitGrowing",
+        "TcptraceStaleCloseWait",
+        "TcptraceDown",
+    ];
+    for name in pending_first {
+        assert_eq!(
+            seen[name],
+            BTreeSet::from(["pending".to_owned(), "firing".to_owned()]),
+            "{name}"
+        );
+    }
+    let fired: BTreeSet<&str> = seen.keys().map(String::as_str).collect();
+    // Runs the kernel skipped (a hook firing from an interrupt inside its
+    // program) are the host's doing, rare but real under the churn above:
+    // their alert goes off exactly when tcptrace counted some (the target
+    // is down by now: its last samples are in the range).
+    let missed = !prometheus
+        .query("sum(max_over_time(tcptrace_program_missed_runs_total[1h])) > 0")
+        .is_empty();
+    let allowed: BTreeSet<&str> = expected
+        .iter()
+        .copied()
+        .chain(["TcptraceDown"])
+        .chain(missed.then_some("TcptraceProgramRunsMissed"))
+        .collect();
+    assert_eq!(fired, allowed, "alerts seen: {seen:?}");
+}
+
 fn firing(alerts: &BTreeMap<String, String>, name: &str) -> bool {
     alerts.get(name).is_some_and(|state| state == "firing")
 }
@@ -356,24 +397,5 @@ fn dashboard_panels_have_data_and_the_incidents_alerts_fire() {
         firing(alerts, "TcptraceDown")
     });
 
-    // Rules with a `for:` were pending before firing; the others fire at
-    // once. Nothing else ever went off: not the CLOSE_WAIT age (no socket is
-    // 5 minutes old), TIME_WAIT (far below the host's limits), the reset
-    // spike (it compares with the last hour, which this Prometheus does not
-    // have), programs detached, or the target absent.
-    let pending_first = [
-        "TcptraceCloseWaitGrowing",
-        "TcptraceStaleCloseWait",
-        "TcptraceDown",
-    ];
-    for name in pending_first {
-        assert_eq!(
-            seen[name],
-            BTreeSet::from(["pending".to_owned(), "firing".to_owned()]),
-            "{name}"
-        );
-    }
-    let fired: BTreeSet<&str> = seen.keys().map(String::as_str).collect();
-    let allowed: BTreeSet<&str> = expected.into_iter().chain(["TcptraceDown"]).collect();
-    assert_eq!(fired, allowed, "alerts seen: {seen:?}");
+    assert_only_these_fired(&prometheus, &seen, &expected);
 }
