@@ -271,7 +271,10 @@ fn idle_time_before_a_close_shows_the_servers_idle_timeout() {
         let (observed, mean) = idle_before_close(&scrape, closer, role);
         eprintln!("{role}, closed by {closer}: {observed} closes, mean idle {mean:.3} s");
         assert!(exact(&scrape, observed), "{role}: {observed}");
-        assert!((2.0..=2.4).contains(&mean), "{role}: mean idle {mean} s");
+        // 2 s, within two ticks of the coarsest common HZ (100): the idle
+        // time counts in jiffies, and nginx times its 2 s from its cached
+        // clock, read before it sent the response.
+        assert!((1.98..=2.4).contains(&mean), "{role}: mean idle {mean} s");
     }
     // One first close per connection: the client's own close of its
     // CLOSE_WAIT sockets is not one, and nginx's side saw no peer close.
