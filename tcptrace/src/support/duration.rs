@@ -64,9 +64,28 @@ pub fn parse(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_millis(millis))
 }
 
+/// Seconds as a short age, as `top` and `sockets` show them: 42s, 7.5m,
+/// 2.1h ("-" for none).
+pub fn short_age(seconds: f64) -> String {
+    match seconds {
+        s if s <= 0.0 => "-".to_owned(),
+        s if s < 60.0 => format!("{s:.0}s"),
+        s if s < 3600.0 => format!("{:.1}m", s / 60.0),
+        s => format!("{:.1}h", s / 3600.0),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn short_ages() {
+        assert_eq!(short_age(0.0), "-");
+        assert_eq!(short_age(42.4), "42s");
+        assert_eq!(short_age(450.0), "7.5m");
+        assert_eq!(short_age(7560.0), "2.1h");
+    }
 
     #[test]
     fn durations() {

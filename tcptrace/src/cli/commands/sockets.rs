@@ -13,11 +13,13 @@ use crate::{
     cli::{ReportFormat, SocketsArgs},
     events::{TIME_WAIT_LEN, TcpState},
     export::api::{
-        PORTS_PATH, PortInNamespace, PortView, SOCKETS_PATH, SocketList, SocketQuery, SocketRecord,
+        OwnerKind, PORTS_PATH, PortInNamespace, PortView, SOCKETS_PATH, SocketList, SocketQuery,
+        SocketRecord,
     },
     export::client::{self, ClientError},
     export::overview,
     host::sock_diag::{self, DiagSocket},
+    support::duration::short_age,
     track::holders::PortHolders,
 };
 
@@ -223,17 +225,24 @@ fn kernel_record(socket: &DiagSocket, listening: &HashSet<(u32, u16)>) -> Option
 }
 
 fn write_table(out: &mut impl Write, list: &SocketList) -> io::Result<()> {
-    const HEADER: [&str; 10] = [
-        "STATE", "AGE", "ROLE", "PORT", "LOCAL", "REMOTE", "NETNS", "PID", "COMM", "CGROUP",
+    const HEADER: [&str; 11] = [
+        "STATE", "AGE", "ROLE", "PORT", "LOCAL", "REMOTE", "NETNS", "PID", "OWNER", "COMM",
+        "CGROUP",
     ];
-    let rows: Vec<[String; 10]> = list
+    let rows: Vec<[String; 11]> = list
         .sockets
         .iter()
         .map(|s| {
+            // ">" for a socket found already in its state: at least that old.
             let age = s.age_seconds.map_or_else(
                 || "?".to_owned(),
-                |age| format!("{}{age:.1}s", if s.age_exact { "" } else { ">" }),
+                |age| format!("{}{}", if s.age_exact { "" } else { ">" }, short_age(age)),
             );
+            let owner = match s.owner {
+                Some(OwnerKind::Fd) => "fd",
+                Some(OwnerKind::Task) => "task",
+                None => "?",
+            };
             let or_unknown = |value: &Option<String>| value.clone().unwrap_or_else(|| "?".into());
             [
                 s.state.clone(),
@@ -244,6 +253,7 @@ fn write_table(out: &mut impl Write, list: &SocketList) -> io::Result<()> {
                 s.remote.to_string(),
                 s.netns.to_string(),
                 s.pid.map_or_else(|| "?".to_owned(), |pid| pid.to_string()),
+                owner.to_owned(),
                 or_unknown(&s.comm),
                 or_unknown(&s.cgroup),
             ]

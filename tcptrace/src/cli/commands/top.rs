@@ -25,6 +25,7 @@ use crate::{
     cli::commands::Error,
     export::api::{OVERVIEW_PATH, Overview, PortSummary},
     export::client,
+    support::duration::short_age,
 };
 
 /// A column of the port table: its header, width, and how a row sorts and
@@ -334,7 +335,7 @@ impl View {
             Row::new(COLUMNS.iter().map(|column| {
                 Cell::from(match (column.value)(row) {
                     Value::Text(text) => text,
-                    Value::Number(n) if column.header == "OLD_CW" => age(n),
+                    Value::Number(n) if column.header == "OLD_CW" => short_age(n),
                     // Whole numbers, and rates of 100/s and more, without
                     // decimals: the columns are narrow.
                     Value::Number(n) if n.fract() == 0.0 || n >= 100.0 => format!("{n:.0}"),
@@ -359,7 +360,7 @@ impl View {
                 Cell::from(group.role.clone()),
                 Cell::from(group.port.clone()),
                 Cell::from(group.sockets.to_string()),
-                Cell::from(age(group.oldest_seconds)),
+                Cell::from(short_age(group.oldest_seconds)),
             ])
         });
         let stale_title = if self.overview.stale.is_empty() {
@@ -393,16 +394,6 @@ impl View {
             Paragraph::new("q quit  ←/→ sort column  r reverse order"),
             help,
         );
-    }
-}
-
-/// Seconds as a short age: 42s, 7.5m, 2.1h.
-fn age(seconds: f64) -> String {
-    match seconds {
-        s if s <= 0.0 => "-".to_owned(),
-        s if s < 60.0 => format!("{s:.0}s"),
-        s if s < 3600.0 => format!("{:.1}m", s / 60.0),
-        s => format!("{:.1}h", s / 3600.0),
     }
 }
 
@@ -455,14 +446,6 @@ mod tests {
         assert_eq!(view.rows[0].summary.port, "443");
         view.key(KeyCode::Char('r'));
         assert_eq!(view.rows[0].summary.port, "80");
-    }
-
-    #[test]
-    fn ages() {
-        assert_eq!(age(0.0), "-");
-        assert_eq!(age(42.4), "42s");
-        assert_eq!(age(450.0), "7.5m");
-        assert_eq!(age(7560.0), "2.1h");
     }
 
     /// The whole view fits an 80-column terminal.
