@@ -197,9 +197,16 @@ fn each_namespace_gets_notes_for_its_own_settings() {
     default_keepalive.sysctl("net/ipv4/tcp_keepalive_time", "7200");
     let short_keepalive = NetNs::new();
     short_keepalive.sysctl("net/ipv4/tcp_keepalive_time", "300");
+    // Set as the first: its notes are the first's, said once for both.
+    let same_as_default = NetNs::new();
+    same_as_default.sysctl("net/ipv4/tcp_keepalive_time", "7200");
     // A namespace is reported when it has TCP sockets: one listener each.
     let listen = || TcpListener::bind("127.0.0.1:0").expect("listen");
-    let _listeners = (default_keepalive.run(listen), short_keepalive.run(listen));
+    let _listeners = (
+        default_keepalive.run(listen),
+        short_keepalive.run(listen),
+        same_as_default.run(listen),
+    );
     let idle = NetNs::new(); // no sockets: counted, not shown
 
     let code = expected().code;
@@ -227,17 +234,27 @@ fn each_namespace_gets_notes_for_its_own_settings() {
     // The same in the text report, under each namespace's heading.
     let ran = run(doctor(&[]));
     assert_eq!(ran.code, code, "{}{}", ran.stdout, ran.stderr);
+    // The section whose heading names the namespace.
     let section = |inode: u32| {
-        let heading = format!("TCP settings: netns {inode} (");
-        let start = ran
+        let name = format!("netns {inode} (");
+        let sections: Vec<&str> = ran
             .stdout
-            .find(&heading)
-            .unwrap_or_else(|| panic!("no {heading:?} in\n{}", ran.stdout));
-        let rest = &ran.stdout[start..];
-        rest[..rest.find("\n\n").expect("section end")].to_owned()
+            .split("\n\n")
+            .filter(|section| {
+                section.lines().next().is_some_and(|heading| {
+                    heading.starts_with("TCP settings:") && heading.contains(&name)
+                })
+            })
+            .collect();
+        assert_eq!(sections.len(), 1, "{name:?} in\n{}", ran.stdout);
+        sections[0].to_owned()
     };
     let flagged = section(default_keepalive.inode());
-    assert!(flagged.contains("), 1 TCP socket\n"), "{flagged}");
+    assert_eq!(flagged, section(same_as_default.inode()), "one section");
+    assert!(
+        flagged.starts_with("TCP settings: 2 namespaces with the same settings, 2 TCP sockets: "),
+        "{flagged}"
+    );
     assert!(
         flagged.contains("\nnote tcp_keepalive_time=7200: a socket with SO_KEEPALIVE"),
         "{flagged}"

@@ -321,19 +321,45 @@ impl Report {
             "Network namespaces",
             std::iter::once(summary).chain(unreadable),
         );
+        // Namespaces whose lines would read the same share one section, in
+        // the order the first of each was found: containers left at the
+        // defaults do not repeat the same notes.
+        let mut groups: Vec<(Vec<String>, Vec<&NamespaceCheck>)> = Vec::new();
         for namespace in self.namespaces.iter().filter(|ns| ns.error.is_none()) {
-            let sockets = namespace.tcp_sockets.unwrap_or_default();
-            let whose = if namespace.netns == "host" {
-                format!("inode {}, {}", namespace.inode, namespace.holder)
+            let lines = namespace.setting_lines();
+            match groups.iter_mut().find(|(shown, _)| *shown == lines) {
+                Some((_, members)) => members.push(namespace),
+                None => groups.push((lines, vec![namespace])),
+            }
+        }
+        let plural = |count: usize| if count == 1 { "" } else { "s" };
+        for (lines, members) in groups {
+            let names: Vec<String> = members
+                .iter()
+                .map(|namespace| {
+                    let whose = if namespace.netns == "host" {
+                        format!("inode {}, {}", namespace.inode, namespace.holder)
+                    } else {
+                        namespace.holder.clone()
+                    };
+                    format!("netns {} ({whose})", namespace.netns)
+                })
+                .collect();
+            let sockets: usize = members.iter().filter_map(|ns| ns.tcp_sockets).sum();
+            let heading = if let [name] = names.as_slice() {
+                format!(
+                    "TCP settings: {name}, {sockets} TCP socket{}",
+                    plural(sockets)
+                )
             } else {
-                namespace.holder.clone()
+                format!(
+                    "TCP settings: {} namespaces with the same settings, {sockets} TCP socket{}: {}",
+                    names.len(),
+                    plural(sockets),
+                    names.join("; ")
+                )
             };
-            let heading = format!(
-                "TCP settings: netns {} ({whose}), {sockets} TCP socket{}",
-                namespace.netns,
-                if sockets == 1 { "" } else { "s" }
-            );
-            section(text, &heading, namespace.setting_lines());
+            section(text, &heading, lines);
         }
     }
 }
