@@ -1,6 +1,8 @@
 //! Host: what the kernel says about sockets and settings when asked
-//! (`sock_diag`, network namespaces, sysctls, TCP counters).
+//! (`sock_diag`, network namespaces, sysctls, TCP counters), and what
+//! processes' cgroups say of their containers and pods.
 
+pub mod cgroup;
 pub mod netns;
 pub mod netstat;
 pub mod procfs;
