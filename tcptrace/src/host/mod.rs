@@ -3,6 +3,7 @@
 //! processes' cgroups say of their containers and pods.
 
 pub mod cgroup;
+pub mod containers;
 pub mod netns;
 pub mod netstat;
 pub mod procfs;
