@@ -62,7 +62,7 @@ fn assert_owned_by(list: &SocketList, leaker: &Leaker, netns: &NetNs, count: usi
         assert_eq!(socket.role, "server");
         assert_eq!(socket.local.port(), PORT);
         assert_eq!(socket.comm.as_deref(), Some(leaker.name.as_str()));
-        assert_eq!(socket.cgroup.as_deref(), Some(leaker.cgroup.path.as_str()));
+        assert_eq!(socket.cgroup.as_deref(), Some(leaker.cgroup_path.as_str()));
         assert_eq!(socket.netns, netns.inode());
         assert_eq!(socket.owner, Some(OwnerKind::Fd));
         assert_eq!(socket.cmdline.as_deref(), Some(leaker.cmdline.as_str()));

@@ -139,9 +139,10 @@ fn top_shows_the_leaking_port_sorts_and_quits() {
         .expect("the stale owner's line");
     let cells: Vec<&str> = owner.split_whitespace().collect();
     assert_eq!(
-        cells[..6],
+        cells[..7],
         [
             "top-big",
+            "-",
             &big.pid().to_string(),
             "CLOSE_WAIT",
             "server",

@@ -118,8 +118,9 @@ fn web_page_lists_the_leaking_port_and_process() {
         .find(|row| row[3] == "leaky-web")
         .unwrap_or_else(|| panic!("no stale group of leaky-web: {stale:?}"));
     assert_eq!(group[..3], ["CLOSE_WAIT", "server", &PORT.to_string()]);
-    assert_eq!(group[4], leaker.pid().to_string());
-    assert_eq!(group[5], LEAKED.to_string());
+    assert_eq!(group[4], "–", "not in a container");
+    assert_eq!(group[5], leaker.pid().to_string());
+    assert_eq!(group[6], LEAKED.to_string());
 
     // The page is served from loopback here, so the socket list shows too.
     let sockets = table_rows(&dom, "stale-sockets");
@@ -127,7 +128,8 @@ fn web_page_lists_the_leaking_port_and_process() {
     assert_eq!(held.len(), LEAKED, "{sockets:?}");
     for row in held {
         assert_eq!(row[6], leaker.pid().to_string());
-        assert_eq!(row[8], leaker.cgroup.path);
+        assert_eq!(row[8], "–", "not in a container");
+        assert_eq!(row[9], leaker.cgroup_path);
         assert!(
             row[4].ends_with(&format!(":{PORT}")),
             "local address {}",

@@ -26,6 +26,9 @@ pub const TEST_PACKAGES: &[&str] = &[
     "openssl",
     "curl",
     "prometheus-node-exporter",
+    // Containers whose owners are named (tests/containers.rs).
+    "podman",
+    "runc",
 ];
 
 /// The peers the benchmark compares tcptrace with.

@@ -37,7 +37,9 @@ pub const PACKAGES: &[&str] = &["qemu-system-x86", "xz-utils"];
 /// (headless Chromium, which writes under `target/`, read-only in the
 /// guest) and `top` (tmux and `CARGO_TARGET_TMPDIR`, the same), then
 /// `prometheus` and `web_security`, which test what is served over HTTP and
-/// to whom: none depends on the kernel beyond what the others cover.
+/// to whom, and `containers` (podman and its store, which the guest lacks;
+/// the owners it names come from `/proc`, as in `owners`): none depends on
+/// the kernel beyond what the others cover.
 pub const GUEST_TESTS: &[&str] = &[
     LIBRARY,
     "cli_errors",

@@ -17,7 +17,10 @@ use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::{
     events::{Endpoints, Task},
-    host::procfs::{Process, holders, read_process},
+    host::{
+        containers::{Containers, Workload},
+        procfs::{Process, holders, read_process},
+    },
     track::lookups::Lookups,
 };
 
@@ -34,6 +37,8 @@ pub enum OwnerSource {
 pub struct Owner {
     pub process: Arc<Process>,
     pub source: OwnerSource,
+    /// The process's container, pod or systemd unit, from its cgroup.
+    pub workload: Option<Arc<Workload>>,
 }
 
 /// How long a resolved owner is trusted before it is looked up again (a
@@ -90,8 +95,9 @@ pub struct Wanted {
 }
 
 /// Names the owner of each wanted socket: the holder of its inode, else the
-/// task that last acted on it; blocking (reads `/proc`).
-pub fn resolve(wanted: &[Wanted]) -> Vec<(u64, Option<Owner>)> {
+/// task that last acted on it, with its container; blocking (reads `/proc`,
+/// may ask a container runtime).
+pub fn resolve(wanted: &[Wanted], containers: &Containers) -> Vec<(u64, Option<Owner>)> {
     let inodes: FxHashSet<u64> = wanted
         .iter()
         .map(|w| w.inode)
@@ -105,27 +111,34 @@ pub fn resolve(wanted: &[Wanted]) -> Vec<(u64, Option<Owner>)> {
             .or_insert_with(|| read_process(pid).map(Arc::new))
             .clone()
     };
+    let now = Instant::now();
+    let workload = |process: &Process| containers.describe(&process.cgroup, now);
     wanted
         .iter()
         .map(|w| {
             let held = holders.get(&w.inode).and_then(|&pid| process(pid));
             let owner = match (held, w.task) {
                 (Some(process), _) => Some(Owner {
+                    workload: workload(&process),
                     process,
                     source: OwnerSource::Fd,
                 }),
-                (None, Some(task)) => Some(Owner {
+                (None, Some(task)) => {
                     // The process as it is now, or as the event saw it.
-                    process: process(task.pid).unwrap_or_else(|| {
+                    let process = process(task.pid).unwrap_or_else(|| {
                         Arc::new(Process {
                             pid: task.pid,
                             comm: task.comm.as_str().into_owned(),
                             cmdline: String::new(),
                             cgroup: String::new(),
                         })
-                    }),
-                    source: OwnerSource::Task,
-                }),
+                    });
+                    Some(Owner {
+                        workload: workload(&process),
+                        process,
+                        source: OwnerSource::Task,
+                    })
+                }
                 (None, None) => None,
             };
             (w.cookie, owner)
@@ -136,7 +149,10 @@ pub fn resolve(wanted: &[Wanted]) -> Vec<(u64, Option<Owner>)> {
 /// Names the owners of tracked sockets (cookie, endpoints, last task):
 /// their inodes come from exact kernel lookups in their namespaces;
 /// blocking.
-pub fn find(sockets: &[(u64, Endpoints, Option<Task>)]) -> Vec<(u64, Option<Owner>)> {
+pub fn find(
+    sockets: &[(u64, Endpoints, Option<Task>)],
+    containers: &Containers,
+) -> Vec<(u64, Option<Owner>)> {
     let pending: Vec<(u64, Endpoints)> = sockets
         .iter()
         .map(|&(cookie, endpoints, _)| (cookie, endpoints))
@@ -154,7 +170,7 @@ pub fn find(sockets: &[(u64, Endpoints, Option<Task>)]) -> Vec<(u64, Option<Owne
             task,
         })
         .collect();
-    resolve(&wanted)
+    resolve(&wanted, containers)
 }
 
 #[cfg(test)]
@@ -182,27 +198,31 @@ mod tests {
         assert_eq!(found.get(&inode), Some(&std::process::id()));
         assert_eq!(found.len(), 1);
 
-        let resolved = resolve(&[
-            Wanted {
-                cookie: 1,
-                inode,
-                task: None,
-            },
-            Wanted {
-                cookie: 2,
-                inode: 0,
-                task: Some(Task {
-                    pid: std::process::id(),
-                    tid: std::process::id(),
-                    comm: crate::events::Comm(*b"worker\0\0\0\0\0\0\0\0\0\0"),
-                }),
-            },
-            Wanted {
-                cookie: 3,
-                inode: 0,
-                task: None,
-            },
-        ]);
+        let containers = Containers::new(crate::host::containers::Sources::default());
+        let resolved = resolve(
+            &[
+                Wanted {
+                    cookie: 1,
+                    inode,
+                    task: None,
+                },
+                Wanted {
+                    cookie: 2,
+                    inode: 0,
+                    task: Some(Task {
+                        pid: std::process::id(),
+                        tid: std::process::id(),
+                        comm: crate::events::Comm(*b"worker\0\0\0\0\0\0\0\0\0\0"),
+                    }),
+                },
+                Wanted {
+                    cookie: 3,
+                    inode: 0,
+                    task: None,
+                },
+            ],
+            &containers,
+        );
         let me = read_process(std::process::id()).unwrap();
         assert_eq!(resolved[0].0, 1);
         let owner = resolved[0].1.as_ref().unwrap();

@@ -1,5 +1,6 @@
 //! Stale sockets: stuck in CLOSE_WAIT, FIN_WAIT2 or LAST_ACK for longer than
-//! `--stale-after`, grouped by the process that holds them.
+//! `--stale-after`, grouped by the process that holds them and its container
+//! or pod.
 //!
 //! CLOSE_WAIT that lasts means the application never closed its end (a
 //! leak); FIN_WAIT2 that lasts means the peer never closed its end; LAST_ACK
@@ -23,6 +24,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use crate::{
     aggregate::{owners::Owners, ports::Aggregates},
     events::TcpState,
+    host::containers::Workload,
     support::clock::seconds,
     track::labels::{PortLabel, Role},
 };
@@ -119,6 +121,38 @@ pub struct StaleSocket {
     pub since_ns: u64,
 }
 
+/// Largest first, then by label values as the exposition shows them.
+fn sort_largest_first(groups: &mut [StaleGroup]) {
+    groups.sort_unstable_by(|a, b| {
+        let order = |key: &GroupKey| {
+            (
+                key.state.name(),
+                key.role.name(),
+                key.port.to_string(),
+                key.process.clone(),
+                key.place.clone(),
+            )
+        };
+        b.sockets
+            .cmp(&a.sockets)
+            .then_with(|| order(&a.key).cmp(&order(&b.key)))
+    });
+}
+
+/// The `n` values seen most often, ties broken by value.
+fn most_common<T: Ord + std::hash::Hash>(
+    values: impl Iterator<Item = T>,
+    n: usize,
+) -> FxHashSet<T> {
+    let mut counts: FxHashMap<T, usize> = FxHashMap::default();
+    for value in values {
+        *counts.entry(value).or_default() += 1;
+    }
+    let mut ranked: Vec<(T, usize)> = counts.into_iter().collect();
+    ranked.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    ranked.into_iter().take(n).map(|(value, _)| value).collect()
+}
+
 fn nanos(duration: Duration) -> u64 {
     u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }
@@ -126,7 +160,8 @@ fn nanos(duration: Duration) -> u64 {
 /// The `process` label of sockets nobody could be found for.
 const UNKNOWN: &str = "unknown";
 /// The `process` label of the processes beyond `--max-processes` (sockets
-/// without an owner stay "unknown").
+/// without an owner stay "unknown"), and the `container`, `namespace` and
+/// `pod` labels of the containers beyond `--max-containers`.
 const OTHER: &str = "other";
 /// A group's series stays, at 0, this long after its last stale socket, so
 /// that dashboards and alerts see it go to zero rather than vanish.
@@ -141,18 +176,62 @@ const WARNINGS_PER_PASS: usize = 10;
 /// Most pids listed per group.
 const PIDS_PER_GROUP: usize = 8;
 
-/// A stale group: (state, role, port, process).
-pub type GroupKey = (TcpState, Role, PortLabel, String);
-
-/// Stale sockets of one state, role, port and process.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StaleGroup {
+/// What a stale group is told apart by: the labels of its series.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GroupKey {
     pub state: TcpState,
     pub role: Role,
     pub port: PortLabel,
     /// The owner's comm; "unknown" when none was found, "other" beyond
     /// `--max-processes`.
     pub process: String,
+    pub place: Place,
+}
+
+/// The container and pod of a group's owner, as labels: empty outside
+/// containers (and `namespace`, `pod` outside Kubernetes); "other" beyond
+/// `--max-containers`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Place {
+    /// See [`Workload::container_label`].
+    pub container: String,
+    pub namespace: String,
+    pub pod: String,
+}
+
+impl Place {
+    fn of(workload: Option<&Workload>) -> Self {
+        let Some(workload) = workload else {
+            return Self::default();
+        };
+        let pod = workload.pod.as_ref();
+        let name = |field: Option<&String>| field.cloned().unwrap_or_default();
+        Self {
+            container: workload.container_label(),
+            namespace: name(pod.and_then(|pod| pod.namespace.as_ref())),
+            pod: name(pod.and_then(|pod| pod.name.as_ref())),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// The place beyond the bound: every label it has becomes "other".
+    fn other(&self) -> Self {
+        let other = |label: &str| if label.is_empty() { "" } else { OTHER }.to_owned();
+        Self {
+            container: other(&self.container),
+            namespace: other(&self.namespace),
+            pod: other(&self.pod),
+        }
+    }
+}
+
+/// Stale sockets of one state, role, port, process and place.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StaleGroup {
+    pub key: GroupKey,
     /// Owning pids (the first few).
     pub pids: Vec<u32>,
     pub sockets: u64,
@@ -165,6 +244,7 @@ pub struct StaleGroup {
 pub struct StaleReport {
     pub after: StaleAfter,
     max_processes: usize,
+    max_containers: usize,
     groups: Vec<StaleGroup>,
     /// Stale sockets per group as of the last pass.
     current: FxHashMap<GroupKey, u64>,
@@ -177,10 +257,11 @@ pub struct StaleReport {
 }
 
 impl StaleReport {
-    pub fn new(after: StaleAfter, max_processes: usize) -> Self {
+    pub fn new(after: StaleAfter, max_processes: usize, max_containers: usize) -> Self {
         Self {
             after,
             max_processes,
+            max_containers,
             groups: Vec::new(),
             current: FxHashMap::default(),
             recent: FxHashMap::default(),
@@ -242,30 +323,43 @@ impl StaleReport {
     /// Regroups `stale` by owner and warns about groups that just appeared.
     pub fn update(&mut self, sockets: &[StaleSocket], owners: &Owners, now_ns: u64, now: Instant) {
         let comm = |cookie: u64| owners.get(cookie).map(|o| o.process.comm.as_str());
-        // Bound the label: the processes with the most stale sockets keep
-        // their name.
-        let mut per_process: FxHashMap<&str, usize> = FxHashMap::default();
-        for socket in sockets {
-            *per_process
-                .entry(comm(socket.cookie).unwrap_or(UNKNOWN))
-                .or_default() += 1;
-        }
-        let mut ranked: Vec<(&str, usize)> = per_process.into_iter().collect();
-        ranked.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-        let named: FxHashSet<&str> = ranked
-            .iter()
-            .take(self.max_processes)
-            .map(|&(name, _)| name)
-            .collect();
+        let place = |cookie: u64| {
+            Place::of(
+                owners
+                    .get(cookie)
+                    .and_then(|owner| owner.workload.as_deref()),
+            )
+        };
+        // Bound the labels: the processes and places with the most stale
+        // sockets keep their names.
+        let named = most_common(
+            sockets.iter().map(|s| comm(s.cookie).unwrap_or(UNKNOWN)),
+            self.max_processes,
+        );
+        let places: Vec<Place> = sockets.iter().map(|s| place(s.cookie)).collect();
+        let shown = most_common(
+            places.iter().filter(|place| !place.is_empty()),
+            self.max_containers,
+        );
 
         let mut grouped: FxHashMap<GroupKey, (u64, BTreeSet<u32>, u64)> = FxHashMap::default();
-        for socket in sockets {
+        for (socket, place) in sockets.iter().zip(&places) {
             let process = match comm(socket.cookie) {
                 None => UNKNOWN,
                 Some(name) if named.contains(name) => name,
                 Some(_) => OTHER,
             };
-            let key = (socket.state, socket.role, socket.port, process.to_owned());
+            let key = GroupKey {
+                state: socket.state,
+                role: socket.role,
+                port: socket.port,
+                process: process.to_owned(),
+                place: if place.is_empty() || shown.contains(place) {
+                    place.clone()
+                } else {
+                    place.other()
+                },
+            };
             let (count, pids, oldest) =
                 grouped.entry(key).or_insert((0, BTreeSet::new(), u64::MAX));
             *count += 1;
@@ -300,12 +394,8 @@ impl StaleReport {
             }
             self.recent.insert(key.clone(), now);
             self.current.insert(key.clone(), count);
-            let (state, role, port, process) = key;
             groups.push(StaleGroup {
-                state,
-                role,
-                port,
-                process,
+                key,
                 pids: pids.into_iter().take(PIDS_PER_GROUP).collect(),
                 sockets: count,
                 oldest_seconds: seconds(now_ns.saturating_sub(oldest)),
@@ -323,28 +413,19 @@ impl StaleReport {
         self.warned.retain(|key, (at, _)| {
             current.contains_key(key) || now.duration_since(*at) < WARN_EVERY
         });
-        groups.sort_unstable_by(|a, b| {
-            b.sockets.cmp(&a.sockets).then_with(|| {
-                (
-                    a.state.name(),
-                    a.role.name(),
-                    a.port.to_string(),
-                    &a.process,
-                )
-                    .cmp(&(
-                        b.state.name(),
-                        b.role.name(),
-                        b.port.to_string(),
-                        &b.process,
-                    ))
-            })
-        });
+        sort_largest_first(&mut groups);
         self.groups = groups;
     }
 
     fn warn(
         &self,
-        (state, role, port, process): &GroupKey,
+        GroupKey {
+            state,
+            role,
+            port,
+            process,
+            place,
+        }: &GroupKey,
         count: u64,
         pids: &BTreeSet<u32>,
         oldest_seconds: f64,
@@ -357,15 +438,24 @@ impl StaleReport {
         } else {
             format!("{after:?}")
         };
+        let holder = match (place.pod.as_str(), place.container.as_str()) {
+            ("", "") => process.clone(),
+            ("", container) => format!("{process} in container {container}"),
+            (pod, container) => format!(
+                "{process} in container {container} of pod {}/{pod}",
+                place.namespace
+            ),
+        };
         tracing::warn!(
             state = state.name(),
             role = role.name(),
             %port,
             process,
+            container = place.container,
             pids = pids.join(","),
             sockets = count,
             oldest_seconds,
-            "{count} sockets in {state} for more than {threshold} on {role} port {port}, held by {process}",
+            "{count} sockets in {state} for more than {threshold} on {role} port {port}, held by {holder}",
             role = role.name(),
         );
     }
@@ -373,12 +463,11 @@ impl StaleReport {
     /// Drops the groups of a label the policy freed, the ones kept at 0
     /// included: their series go with the label's others.
     pub fn forget_label(&mut self, role: Role, port: u16) {
-        let freed = |key: &GroupKey| key.1 == role && key.2 == PortLabel::Port(port);
+        let freed = |key: &GroupKey| key.role == role && key.port == PortLabel::Port(port);
         self.current.retain(|key, _| !freed(key));
         self.recent.retain(|key, _| !freed(key));
         self.warned.retain(|key, _| !freed(key));
-        self.groups
-            .retain(|group| !(group.role == role && group.port == PortLabel::Port(port)));
+        self.groups.retain(|group| !freed(&group.key));
     }
 
     /// The series of `tcptrace_stale_sockets`: the current groups, and at 0
@@ -461,7 +550,7 @@ mod tests {
     #[test]
     fn a_group_is_warned_about_again_once_it_has_doubled() {
         let owners = Owners::default();
-        let mut report = StaleReport::new(StaleAfter::default(), 2);
+        let mut report = StaleReport::new(StaleAfter::default(), 2, 2);
         let start = Instant::now();
         let said = |report: &StaleReport| report.warned.values().next().map(|&(_, n)| n);
         let sockets: Vec<StaleSocket> = (1..=4).map(socket).collect();
@@ -494,6 +583,7 @@ mod tests {
         let owner = Owner {
             process,
             source: OwnerSource::Fd,
+            workload: None,
         };
         owners.store(Instant::now(), vec![(cookie, Some(owner))]);
     }
@@ -522,13 +612,13 @@ mod tests {
             sockets.push(socket(cookie));
         }
         sockets.push(socket(7)); // no owner found
-        let mut report = StaleReport::new(StaleAfter::default(), 2);
+        let mut report = StaleReport::new(StaleAfter::default(), 2, 2);
         let start = Instant::now();
         report.update(&sockets, &owners, 100, start);
         let summary: Vec<(&str, u64, &[u32])> = report
             .groups()
             .iter()
-            .map(|g| (g.process.as_str(), g.sockets, g.pids.as_slice()))
+            .map(|g| (g.key.process.as_str(), g.sockets, g.pids.as_slice()))
             .collect();
         // java and nginx keep their names, ruby becomes "other"; a socket
         // without an owner is "unknown" whatever the bound.
@@ -563,9 +653,91 @@ mod tests {
     fn a_bound_of_zero_names_no_process() {
         let mut owners = Owners::default();
         owned(&mut owners, 1, 10, "java");
-        let mut report = StaleReport::new(StaleAfter::default(), 0);
+        let mut report = StaleReport::new(StaleAfter::default(), 0, 0);
         report.update(&[socket(1), socket(2)], &owners, 100, Instant::now());
-        let names: Vec<&str> = report.groups().iter().map(|g| g.process.as_str()).collect();
+        let names: Vec<&str> = report
+            .groups()
+            .iter()
+            .map(|g| g.key.process.as_str())
+            .collect();
         assert_eq!(names, ["other", "unknown"]);
+    }
+
+    /// `--max-containers`: the containers with the most stale sockets keep
+    /// their names, the rest are "other"; pods carry their namespace.
+    #[test]
+    fn groups_by_container_within_the_label_bound() {
+        use crate::host::{
+            cgroup::{Qos, Runtime},
+            containers::{Pod, Workload},
+        };
+        let mut owners = Owners::default();
+        let container = |name: &str| Workload {
+            runtime: Some(Runtime::Podman),
+            container_id: Some(format!("{name:0>64}")),
+            container_name: Some(name.to_owned()),
+            ..Workload::default()
+        };
+        let pod = Workload {
+            runtime: Some(Runtime::Containerd),
+            container_id: Some("f".repeat(64)),
+            pod: Some(Pod {
+                uid: "u".to_owned(),
+                qos: Qos::Burstable,
+                namespace: Some("shop".to_owned()),
+                name: Some("checkout".to_owned()),
+                container: Some("app".to_owned()),
+            }),
+            ..Workload::default()
+        };
+        let mut sockets = Vec::new();
+        for cookie in 1..=8 {
+            let workload = match cookie {
+                1..=3 => Some(container("leaky-a")),
+                4 | 5 => Some(pod.clone()),
+                6 => Some(container("leaky-c")),
+                7 => Some(Workload {
+                    container_name: None,
+                    ..container("abc")
+                }),
+                _ => None,
+            };
+            let owner = Owner {
+                process: Arc::new(Process {
+                    pid: 10,
+                    comm: "python3".to_owned(),
+                    cmdline: String::new(),
+                    cgroup: String::new(),
+                }),
+                source: OwnerSource::Fd,
+                workload: workload.map(Arc::new),
+            };
+            owners.store(Instant::now(), vec![(cookie, Some(owner))]);
+            sockets.push(socket(cookie));
+        }
+        let mut report = StaleReport::new(StaleAfter::default(), 8, 2);
+        report.update(&sockets, &owners, 100, Instant::now());
+        let places: Vec<(&str, &str, &str, u64)> = report
+            .groups()
+            .iter()
+            .map(|g| {
+                let place = &g.key.place;
+                (
+                    place.container.as_str(),
+                    place.namespace.as_str(),
+                    place.pod.as_str(),
+                    g.sockets,
+                )
+            })
+            .collect();
+        assert_eq!(
+            places,
+            [
+                ("leaky-a", "", "", 3),
+                ("app", "shop", "checkout", 2),
+                ("other", "", "", 2),
+                ("", "", "", 1),
+            ]
+        );
     }
 }

@@ -14,6 +14,7 @@ use crate::{
     events::TcpState,
     export::stream::Format,
     export::web,
+    host::containers,
     kernel::probes::ProbeConfig,
     support::duration,
 };
@@ -163,6 +164,9 @@ pub struct DoctorArgs {
     #[command(flatten)]
     pub probe: ProbeArgs,
 
+    #[command(flatten)]
+    pub containers: ContainerArgs,
+
     /// Report format.
     #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
     pub format: ReportFormat,
@@ -251,6 +255,15 @@ pub struct RunArgs {
     #[arg(help_heading = "Labels", long, value_name = "N", default_value_t = 32)]
     pub max_processes: usize,
 
+    /// Most distinct containers (and pods) named in the `container`,
+    /// `namespace` and `pod` labels of `tcptrace_stale_sockets`: those with
+    /// the most stale sockets; the rest are "other".
+    #[arg(help_heading = "Labels", long, value_name = "N", default_value_t = 32)]
+    pub max_containers: usize,
+
+    #[command(flatten)]
+    pub containers: ContainerArgs,
+
     /// Serve the socket list (/api/v1/sockets: addresses, pids, command
     /// lines) to every client, not only to loopback ones.
     #[arg(help_heading = "Web", long = "web.enable-api")]
@@ -267,6 +280,39 @@ pub struct RunArgs {
     /// headers (`http_server_config`), for every path.
     #[arg(help_heading = "Web", long = "web.config.file", value_name = "FILE")]
     pub web_config_file: Option<PathBuf>,
+}
+
+/// Where the owners' container and pod names are looked up. A source that
+/// is absent or does not answer leaves the names empty.
+#[derive(Debug, Clone, Args)]
+pub struct ContainerArgs {
+    /// Docker's API socket, for container names and images.
+    #[arg(help_heading = "Containers", long = "containers.docker-socket", value_name = "PATH",
+          default_value = containers::DEFAULT_DOCKER_SOCKET)]
+    pub docker_socket: PathBuf,
+
+    /// Podman's API socket (`podman system service`), for container names
+    /// and images.
+    #[arg(help_heading = "Containers", long = "containers.podman-socket", value_name = "PATH",
+          default_value = containers::DEFAULT_PODMAN_SOCKET)]
+    pub podman_socket: PathBuf,
+
+    /// kubelet's pod log directories (`<namespace>_<pod>_<uid>/<container>/`),
+    /// for pod and container names on Kubernetes; its sibling `containers`
+    /// directory tells a pod's containers apart.
+    #[arg(help_heading = "Containers", long = "containers.pods-dir", value_name = "DIR",
+          default_value = containers::DEFAULT_PODS_DIR)]
+    pub pods_dir: PathBuf,
+}
+
+impl ContainerArgs {
+    pub fn sources(&self) -> containers::Sources {
+        containers::Sources {
+            docker_socket: self.docker_socket.clone(),
+            podman_socket: self.podman_socket.clone(),
+            pods_dir: self.pods_dir.clone(),
+        }
+    }
 }
 
 /// How `sockets` and `top` reach the daemon, whatever its

@@ -18,6 +18,7 @@ use serde::{Serialize, Serializer};
 
 use crate::{
     doctor::notes::Note,
+    host::containers,
     host::sysctls::{PORT_RANGE, Settings},
     kernel::capabilities::{
         CAP_BPF, CAP_DAC_READ_SEARCH, CAP_PERFMON, CAP_SYS_ADMIN, CAP_SYS_PTRACE, CAP_SYSLOG,
@@ -112,6 +113,8 @@ pub struct Findings {
     /// How many CPUs, if `/proc/cpuinfo` names QEMU's emulated CPU (see
     /// [`emulated_cpus`]).
     pub emulated_cpus: Option<usize>,
+    /// Where owners' container and pod names would come from.
+    pub containers: containers::Found,
 }
 
 /// What the kernel's BTF says about tcptrace's needs.
@@ -157,6 +160,8 @@ pub struct Report {
     pub hooks: Vec<HookCheck>,
     pub capabilities: Vec<Check>,
     pub tracefs: Check,
+    /// The sources of container and pod names.
+    pub containers: Vec<Check>,
     pub namespaces: Vec<NamespaceCheck>,
     pub namespaces_without_sockets: usize,
 }
@@ -233,6 +238,7 @@ pub fn assess(findings: &Findings) -> Report {
         hooks: hook_checks(&findings.hooks, kernel),
         capabilities: capability_checks(findings.capabilities, &findings.kernel_addresses),
         tracefs: tracefs_check(&findings.tracefs),
+        containers: container_checks(&findings.containers),
         namespaces: findings.namespaces.iter().map(namespace_check).collect(),
         namespaces_without_sockets: findings.namespaces_without_sockets,
     };
@@ -251,6 +257,7 @@ impl Report {
             .chain(self.hooks.iter().map(|c| c.status))
             .chain(self.capabilities.iter().map(|c| c.status))
             .chain(std::iter::once(self.tracefs.status))
+            .chain(self.containers.iter().map(|c| c.status))
             .chain(self.namespaces.iter().map(|c| c.status))
     }
 
@@ -275,6 +282,11 @@ impl Report {
             self.capabilities.iter().map(Check::line),
         );
         section(&mut text, "tracefs", [self.tracefs.line()]);
+        section(
+            &mut text,
+            "Container and pod names of owners",
+            self.containers.iter().map(Check::line),
+        );
         self.write_namespaces(&mut text);
         let verdict = match self.verdict {
             Verdict::Ready => (Status::Ok, "tcptrace can run fully here (exit 0)"),
@@ -810,6 +822,51 @@ fn tick_rate_check(tick_rate: &Result<u32, String>) -> Check {
             Some("tcptrace_idle_before_close_seconds stays empty"),
         ),
     }
+}
+
+/// Each source of names: found, or what is shown without it. Containers
+/// and pods are still told by id and UID from their cgroups.
+fn container_checks(found: &containers::Found) -> Vec<Check> {
+    let socket = |runtime: &str, found: &Option<PathBuf>, flag: &str| match found {
+        Some(path) => check(
+            Status::Ok,
+            runtime,
+            format!(
+                "API answers on {}: containers named, with their images",
+                path.display()
+            ),
+            None,
+        ),
+        None => check(
+            Status::Note,
+            runtime,
+            format!(
+                "no API answers on the socket (--containers.{flag}): its containers are shown by id only"
+            ),
+            None,
+        ),
+    };
+    vec![
+        socket("docker", &found.docker_socket, "docker-socket"),
+        socket("podman", &found.podman_socket, "podman-socket"),
+        match &found.pods_dir {
+            Some((dir, pods)) => check(
+                Status::Ok,
+                "kubelet pods",
+                format!(
+                    "{} holds {pods} pods: pods named with their namespace and containers",
+                    dir.display()
+                ),
+                None,
+            ),
+            None => check(
+                Status::Note,
+                "kubelet pods",
+                "no pods directory (--containers.pods-dir): pods are shown by UID only".to_owned(),
+                None,
+            ),
+        },
+    ]
 }
 
 fn tracefs_check(mounted: &[PathBuf]) -> Check {

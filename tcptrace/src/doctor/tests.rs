@@ -47,6 +47,11 @@ fn healthy() -> Findings {
         ],
         namespaces_without_sockets: 2,
         emulated_cpus: None,
+        containers: containers::Found {
+            docker_socket: None,
+            podman_socket: Some(PathBuf::from("/run/podman/podman.sock")),
+            pods_dir: Some((PathBuf::from("/var/log/pods"), 4)),
+        },
     }
 }
 
@@ -264,6 +269,7 @@ fn every_line_starts_with_a_mark_or_is_a_heading() {
         "BPF hooks",
         "Capabilities",
         "tracefs",
+        "Container and pod names",
         "Network namespaces",
         "TCP settings: netns",
         "Verdict",
@@ -351,4 +357,25 @@ fn a_destination_holding_most_local_ports_is_a_warning() {
     let contents = findings.namespaces[1].contents.as_mut().expect("read");
     contents.busiest_destination = Some(("10.0.0.5:5432".parse().expect("address"), 14_116));
     assert_eq!(assess(&findings).namespaces[1].status, Status::Ok);
+}
+
+/// Each source of names: found, or a note of what is shown without it;
+/// neither changes the verdict.
+#[test]
+fn container_sources_are_reported_and_never_degrade() {
+    let report = assess(&healthy());
+    assert_eq!(report.verdict, Verdict::Ready);
+    let text = text(&report);
+    assert!(
+        text.contains("note docker: no API answers on the socket (--containers.docker-socket): its containers are shown by id only"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ok   podman: API answers on /run/podman/podman.sock"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ok   kubelet pods: /var/log/pods holds 4 pods"),
+        "{text}"
+    );
 }

@@ -132,10 +132,28 @@ pub struct StaleGroup {
     /// The owner's comm; "unknown" when none was found, "other" beyond
     /// `--max-processes`.
     pub process: String,
+    /// The owner's container (its name, else the first 12 digits of its
+    /// id), its pod and the pod's namespace: empty where there is none,
+    /// "other" beyond `--max-containers`.
+    pub container: String,
+    pub namespace: String,
+    pub pod: String,
     /// Owning pids (the first few).
     pub pids: Vec<u32>,
     pub sockets: u64,
     pub oldest_seconds: f64,
+}
+
+impl StaleGroup {
+    /// Where the owner runs, in one word: `namespace/pod/container` in a
+    /// pod, the container elsewhere, "-" outside containers.
+    pub fn place(&self) -> String {
+        match (self.pod.as_str(), self.container.as_str()) {
+            ("", "") => "-".to_owned(),
+            ("", container) => container.to_owned(),
+            (pod, container) => format!("{}/{pod}/{container}", self.namespace),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -171,6 +189,39 @@ pub struct SocketRecord {
     pub cgroup: Option<String>,
     /// How the owner is known: "fd" (holds it) or "task" (last acted on it).
     pub owner: Option<OwnerKind>,
+    /// The owner's systemd unit, when it is in one and not in a container.
+    #[serde(default)]
+    pub unit: Option<String>,
+    /// The owner's container, from its cgroup and its runtime's API.
+    #[serde(default)]
+    pub container: Option<ContainerRecord>,
+    /// The owner's Kubernetes pod, from its cgroup and kubelet's directories.
+    #[serde(default)]
+    pub pod: Option<PodRecord>,
+}
+
+/// A container: the id and runtime from the cgroup path, the name and image
+/// from the runtime (`None` where it did not answer).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    /// "docker", "podman", "containerd", "cri-o"; `None` where the cgroup
+    /// does not say (kubelet's cgroupfs layout).
+    pub runtime: Option<String>,
+    pub id: String,
+    pub name: Option<String>,
+    pub image: Option<String>,
+}
+
+/// A pod: the UID and quality-of-service class from the cgroup path, the names from
+/// kubelet's pod directories (`None` where none has the pod).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodRecord {
+    pub uid: String,
+    pub qos: String,
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+    /// The container's name within the pod.
+    pub container: Option<String>,
 }
 
 /// How a socket's owner is known.

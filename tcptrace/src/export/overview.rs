@@ -10,7 +10,7 @@ use crate::{
         stale,
     },
     events::TcpState,
-    export::api::{OwnerKind, PortSummary, SocketRecord, StaleGroup},
+    export::api::{ContainerRecord, OwnerKind, PodRecord, PortSummary, SocketRecord, StaleGroup},
     support::clock::seconds,
     track::labels::{PortLabel, Role},
 };
@@ -66,11 +66,15 @@ pub fn port_summaries(aggregates: &Aggregates, now_ns: u64) -> Vec<PortSummary> 
 
 impl From<&stale::StaleGroup> for StaleGroup {
     fn from(group: &stale::StaleGroup) -> Self {
+        let key = &group.key;
         Self {
-            state: group.state.name().to_owned(),
-            role: group.role.name().to_owned(),
-            port: group.port.to_string(),
-            process: group.process.clone(),
+            state: key.state.name().to_owned(),
+            role: key.role.name().to_owned(),
+            port: key.port.to_string(),
+            process: key.process.clone(),
+            container: key.place.container.clone(),
+            namespace: key.place.namespace.clone(),
+            pod: key.place.pod.clone(),
             pids: group.pids.clone(),
             sockets: group.sockets,
             oldest_seconds: group.oldest_seconds,
@@ -91,5 +95,22 @@ pub fn set_owner(record: &mut SocketRecord, owner: Option<&Owner>) {
     record.owner = Some(match owner.source {
         OwnerSource::Fd => OwnerKind::Fd,
         OwnerSource::Task => OwnerKind::Task,
+    });
+    let Some(workload) = owner.workload.as_deref() else {
+        return;
+    };
+    record.unit.clone_from(&workload.unit);
+    record.container = workload.container_id.as_ref().map(|id| ContainerRecord {
+        runtime: workload.runtime.map(|runtime| runtime.name().to_owned()),
+        id: id.clone(),
+        name: workload.container_name.clone(),
+        image: workload.image.clone(),
+    });
+    record.pod = workload.pod.as_ref().map(|pod| PodRecord {
+        uid: pod.uid.clone(),
+        qos: pod.qos.name().to_owned(),
+        namespace: pod.namespace.clone(),
+        name: pod.name.clone(),
+        container: pod.container.clone(),
     });
 }

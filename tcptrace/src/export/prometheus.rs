@@ -344,15 +344,18 @@ pub fn label_families(tracker: &Tracker) -> [MetricFamily; 2] {
 pub fn stale_family(report: &StaleReport) -> MetricFamily {
     let mut family = family(
         "tcptrace_stale_sockets",
-        "Sockets in CLOSE_WAIT, FIN_WAIT2 or LAST_ACK for longer than --stale-after, by owning process (comm).",
+        "Sockets in CLOSE_WAIT, FIN_WAIT2 or LAST_ACK for longer than --stale-after, by owning process (comm), container and pod.",
         MetricType::GAUGE,
     );
-    for ((state, role, port, process), count) in report.series() {
+    for (key, count) in report.series() {
         let labels = labels(&[
-            ("state", state.name()),
-            ("role", role.name()),
-            ("port", &port.to_string()),
-            ("process", process),
+            ("state", key.state.name()),
+            ("role", key.role.name()),
+            ("port", &key.port.to_string()),
+            ("process", &key.process),
+            ("container", &key.place.container),
+            ("namespace", &key.place.namespace),
+            ("pod", &key.place.pod),
         ]);
         family.mut_metric().push(gauge(labels, sample(count)));
     }

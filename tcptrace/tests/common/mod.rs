@@ -935,20 +935,29 @@ pub struct Cgroup {
     /// As `/proc/<pid>/cgroup` names it, e.g. `/tcptrace-test-123-a`.
     pub path: String,
     dir: std::path::PathBuf,
+    /// The test's own top cgroup, `dir` or one of its parents.
+    outer: std::path::PathBuf,
 }
 
 impl Cgroup {
     /// In the unified (v2) hierarchy: /sys/fs/cgroup on a v2 host, or
     /// /sys/fs/cgroup/unified on a hybrid one.
     pub fn new(name: &str) -> Self {
+        Self::nested(name, "")
+    }
+
+    /// `inner` (e.g. kubelet's slices) below a test's own cgroup.
+    pub fn nested(name: &str, inner: &str) -> Self {
         let root = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
             .into_iter()
             .find(|root| std::path::Path::new(root).join("cgroup.procs").exists())
             .expect("a cgroup v2 hierarchy");
-        let path = format!("/tcptrace-test-{}-{name}", std::process::id());
+        let path = format!("/tcptrace-test-{}-{name}{inner}", std::process::id());
         let dir = std::path::Path::new(root).join(&path[1..]);
-        std::fs::create_dir(&dir).expect("create cgroup");
-        Self { path, dir }
+        std::fs::create_dir_all(&dir).expect("create cgroup");
+        let outer =
+            std::path::Path::new(root).join(format!("tcptrace-test-{}-{name}", std::process::id()));
+        Self { path, dir, outer }
     }
 
     pub fn procs_file(&self) -> String {
@@ -958,12 +967,19 @@ impl Cgroup {
 
 impl Drop for Cgroup {
     fn drop(&mut self) {
-        // The kernel refuses while a process is still leaving it.
+        // The kernel refuses while a process is still leaving it; then the
+        // parents made for it, innermost first.
         for _ in 0..100 {
-            if std::fs::remove_dir(&self.dir).is_ok() {
-                return;
+            if std::fs::remove_dir(&self.dir).is_ok() || !self.dir.exists() {
+                break;
             }
             thread::sleep(Duration::from_millis(20));
+        }
+        let mut dir = self.dir.as_path();
+        while dir != self.outer {
+            let Some(parent) = dir.parent() else { break };
+            let _ = std::fs::remove_dir(parent);
+            dir = parent;
         }
     }
 }
@@ -974,8 +990,9 @@ impl Drop for Cgroup {
 const LEAKER: &str = r#"
 import os, socket, sys
 name, port, count, cgroup = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-with open(cgroup, "w") as procs:
-    procs.write(str(os.getpid()))
+if cgroup:
+    with open(cgroup, "w") as procs:
+        procs.write(str(os.getpid()))
 with open("/proc/self/comm", "w") as comm:
     comm.write(name)
 listener = socket.socket()
@@ -999,9 +1016,35 @@ pub struct Leaker {
     stdout: BufReader<std::process::ChildStdout>,
     pub name: String,
     pub port: u16,
-    pub cgroup: Cgroup,
+    /// Its cgroup, as `/proc/<pid>/cgroup` names it.
+    pub cgroup_path: String,
+    _cgroup: Option<Cgroup>,
     /// Its arguments joined by spaces, as `/proc/<pid>/cmdline` has them.
     pub cmdline: String,
+    pid: u32,
+}
+
+/// How a [`Leaker`] is started: the command, the command line its process
+/// will show, and the cgroup made for it.
+pub struct Started {
+    pub command: Command,
+    pub cmdline: String,
+    pub cgroup: Option<Cgroup>,
+}
+
+/// The leaker's command line: the script, then its name, port, count and
+/// the cgroup file it moves itself into ("" to stay).
+pub fn leaker_args(name: &str, port: u16, count: usize, procs_file: &str) -> [String; 7] {
+    [
+        "/usr/bin/python3",
+        "-c",
+        LEAKER,
+        name,
+        &port.to_string(),
+        &count.to_string(),
+        procs_file,
+    ]
+    .map(str::to_owned)
 }
 
 impl Leaker {
@@ -1009,25 +1052,47 @@ impl Leaker {
     /// clients whose ends are closed: the leaker holds `count` CLOSE_WAIT
     /// sockets when this returns.
     pub fn start(netns: &NetNs, name: &str, port: u16, count: usize) -> Self {
-        let cgroup = Cgroup::new(name);
-        let args = [
-            "/usr/bin/python3",
-            "-c",
-            LEAKER,
-            name,
-            &port.to_string(),
-            &count.to_string(),
-            &cgroup.procs_file(),
-        ]
-        .map(str::to_owned);
+        Self::start_in(netns, name, port, count, Cgroup::new(name))
+    }
+
+    /// The same in `cgroup`.
+    pub fn start_in(netns: &NetNs, name: &str, port: u16, count: usize, cgroup: Cgroup) -> Self {
+        let args = leaker_args(name, port, count, &cgroup.procs_file());
+        let mut command = netns.command(&args[0]);
+        command.args(&args[1..]);
+        let cgroup_path = cgroup.path.clone();
+        let started = Started {
+            command,
+            cmdline: args.join(" "),
+            cgroup: Some(cgroup),
+        };
+        Self::spawn(netns, name, port, count, started, |child| {
+            (child.id(), cgroup_path)
+        })
+    }
+
+    /// Runs a [`LEAKER`] as `started` says (its stdin and stdout passed
+    /// through whatever wraps it) and connects the clients; `process` names
+    /// the leaker's pid and cgroup once it listens.
+    pub fn spawn(
+        netns: &NetNs,
+        name: &str,
+        port: u16,
+        count: usize,
+        started: Started,
+        process: impl FnOnce(&Child) -> (u32, String),
+    ) -> Self {
+        let Started {
+            mut command,
+            cmdline,
+            cgroup,
+        } = started;
         let mut child = ChildGuard(
-            netns
-                .command(&args[0])
-                .args(&args[1..])
+            command
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .spawn()
-                .expect("start python3 (installed by cargo xtask test)"),
+                .expect("start the leaker (python3 is installed by cargo xtask test)"),
         );
         let stdout = BufReader::new(child.0.stdout.take().expect("stdout"));
         let mut leaker = Self {
@@ -1035,10 +1100,13 @@ impl Leaker {
             stdout,
             name: name.to_owned(),
             port,
-            cgroup,
-            cmdline: args.join(" "),
+            cgroup_path: String::new(),
+            _cgroup: cgroup,
+            cmdline,
+            pid: 0,
         };
         leaker.expect("listening");
+        (leaker.pid, leaker.cgroup_path) = process(&leaker.child.0);
         let server: SocketAddr = ([127, 0, 0, 1], port).into();
         let clients: Vec<TcpStream> = netns.run(|| {
             (0..count)
@@ -1052,7 +1120,7 @@ impl Leaker {
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.0.id()
+        self.pid
     }
 
     /// Closes every socket it holds and waits until it has.

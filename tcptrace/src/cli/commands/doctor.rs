@@ -15,6 +15,7 @@ use crate::{
     cli::{DoctorArgs, ReportFormat},
     doctor::{self, BtfFacts, Findings, NamespaceContents, NamespaceFacts, Verdict},
     events::TcpState,
+    host::containers,
     host::netns,
     host::sock_diag::{self, DiagError, DiagSocket},
     host::sysctls,
@@ -25,7 +26,7 @@ use crate::{
 };
 
 pub fn run(args: &DoctorArgs) -> Result<Verdict, Error> {
-    let report = doctor::assess(&gather(&args.probe.config()));
+    let report = doctor::assess(&gather(&args.probe.config(), &args.containers.sources()));
     let mut out = io::stdout().lock();
     let written = match args.format {
         ReportFormat::Text => report.write_text(&mut out),
@@ -43,7 +44,7 @@ pub fn run(args: &DoctorArgs) -> Result<Verdict, Error> {
 
 /// Looks at everything tcptrace needs; blocking, and it loads and attaches
 /// the BPF programs for a moment.
-pub fn gather(config: &ProbeConfig) -> Findings {
+pub fn gather(config: &ProbeConfig, sources: &containers::Sources) -> Findings {
     let (namespaces, namespaces_without_sockets) = namespaces();
     // The BTF is read and resolved once, for the facts and for loading.
     let spec = ProbeSpec::resolve(config).map_err(|e| one_line(&e));
@@ -67,6 +68,7 @@ pub fn gather(config: &ProbeConfig) -> Findings {
         emulated_cpus: fs::read_to_string("/proc/cpuinfo")
             .ok()
             .and_then(|cpuinfo| doctor::emulated_cpus(&cpuinfo)),
+        containers: containers::find_sources(sources),
     }
 }
 

@@ -18,6 +18,7 @@ use crate::{
     },
     export::client::{self, ClientError},
     export::overview,
+    host::containers::{Containers, Sources},
     host::sock_diag::{self, DiagSocket},
     support::duration::short_age,
     track::holders::PortHolders,
@@ -186,7 +187,11 @@ fn from_kernel(query: &SocketQuery) -> (SocketList, Vec<String>) {
             task: None,
         })
         .collect();
-    for ((record, _), (_, owner)) in records.iter_mut().zip(owners::resolve(&wanted)) {
+    let containers = Containers::new(Sources::default());
+    for ((record, _), (_, owner)) in records
+        .iter_mut()
+        .zip(owners::resolve(&wanted, &containers))
+    {
         overview::set_owner(record, owner.as_ref());
     }
     let mut sockets: Vec<SocketRecord> = records.into_iter().map(|(record, _)| record).collect();
@@ -221,15 +226,53 @@ fn kernel_record(socket: &DiagSocket, listening: &HashSet<(u32, u16)>) -> Option
         cmdline: None,
         cgroup: None,
         owner: None,
+        unit: None,
+        container: None,
+        pod: None,
     })
 }
 
+/// A pod's container as `namespace/pod/container`, another container by
+/// its name (else its id's first 12 digits); "-" outside containers.
+fn container_column(socket: &SocketRecord) -> String {
+    let container = socket.container.as_ref().map(|container| {
+        container
+            .name
+            .clone()
+            .unwrap_or_else(|| container.id.chars().take(12).collect())
+    });
+    match (&socket.pod, container) {
+        (Some(pod), container) => {
+            let or_unknown = |name: &Option<String>| name.as_deref().unwrap_or("?").to_owned();
+            let in_pod = pod.container.clone().or(container);
+            format!(
+                "{}/{}/{}",
+                or_unknown(&pod.namespace),
+                or_unknown(&pod.name),
+                or_unknown(&in_pod)
+            )
+        }
+        (None, Some(container)) => container,
+        (None, None) => "-".to_owned(),
+    }
+}
+
 fn write_table(out: &mut impl Write, list: &SocketList) -> io::Result<()> {
-    const HEADER: [&str; 11] = [
-        "STATE", "AGE", "ROLE", "PORT", "LOCAL", "REMOTE", "NETNS", "PID", "OWNER", "COMM",
+    const HEADER: [&str; 12] = [
+        "STATE",
+        "AGE",
+        "ROLE",
+        "PORT",
+        "LOCAL",
+        "REMOTE",
+        "NETNS",
+        "PID",
+        "OWNER",
+        "COMM",
+        "CONTAINER",
         "CGROUP",
     ];
-    let rows: Vec<[String; 11]> = list
+    let rows: Vec<[String; 12]> = list
         .sockets
         .iter()
         .map(|s| {
@@ -255,6 +298,7 @@ fn write_table(out: &mut impl Write, list: &SocketList) -> io::Result<()> {
                 s.pid.map_or_else(|| "?".to_owned(), |pid| pid.to_string()),
                 owner.to_owned(),
                 or_unknown(&s.comm),
+                container_column(s),
                 or_unknown(&s.cgroup),
             ]
         })

@@ -351,10 +351,21 @@ impl View {
             ports,
         );
 
+        frame.render_widget(self.stale_table(bold), stale);
+
+        frame.render_widget(
+            Paragraph::new("q quit  ←/→ sort column  r reverse order"),
+            help,
+        );
+    }
+
+    /// The stale groups, one row each, with their owner and its container.
+    fn stale_table(&self, bold: Style) -> Table<'_> {
         let stale_rows = self.overview.stale.iter().map(|group| {
             let pids: Vec<String> = group.pids.iter().map(u32::to_string).collect();
             Row::new([
                 Cell::from(group.process.clone()),
+                Cell::from(group.place()),
                 Cell::from(pids.join(",")),
                 Cell::from(group.state.clone()),
                 Cell::from(group.role.clone()),
@@ -368,11 +379,12 @@ impl View {
         } else {
             "Stale sockets by owner".to_owned()
         };
-        let stale_table = Table::new(
+        Table::new(
             stale_rows,
             [
-                Constraint::Length(16),
                 Constraint::Length(14),
+                Constraint::Length(14),
+                Constraint::Length(8),
                 Constraint::Length(10),
                 Constraint::Length(6),
                 Constraint::Length(5),
@@ -382,18 +394,19 @@ impl View {
         )
         .header(
             Row::new([
-                "PROCESS", "PIDS", "STATE", "ROLE", "PORT", "SOCKETS", "OLDEST",
+                "PROCESS",
+                "CONTAINER",
+                "PIDS",
+                "STATE",
+                "ROLE",
+                "PORT",
+                "SOCKETS",
+                "OLDEST",
             ])
             .style(bold),
         )
         .block(ratatui::widgets::Block::new().title(Line::from(stale_title).style(bold)))
-        .column_spacing(1);
-        frame.render_widget(stale_table, stale);
-
-        frame.render_widget(
-            Paragraph::new("q quit  ←/→ sort column  r reverse order"),
-            help,
-        );
+        .column_spacing(1)
     }
 }
 

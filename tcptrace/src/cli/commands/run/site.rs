@@ -187,7 +187,7 @@ impl Site for Exporter {
     fn sockets(self: Arc<Self>, query: SocketQuery) -> Pending {
         Box::pin(async move {
             let now = Instant::now();
-            let (selected, total, unresolved) = {
+            let (selected, total, unresolved, containers) = {
                 let state = self.state();
                 let (selected, total) = state.select(&query, clock::boot_ns());
                 let unresolved: Vec<_> = selected
@@ -195,9 +195,9 @@ impl Site for Exporter {
                     .filter(|(record, _, _)| state.owners.stale(record.cookie, now))
                     .map(|(record, endpoints, task)| (record.cookie, *endpoints, *task))
                     .collect();
-                (selected, total, unresolved)
+                (selected, total, unresolved, state.containers.clone())
             };
-            let found = find_owners(unresolved).await;
+            let found = find_owners(unresolved, containers).await;
             let selected: Vec<SocketRecord> = {
                 let mut state = self.state();
                 state.owners.store(now, found);

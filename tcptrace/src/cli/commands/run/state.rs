@@ -4,7 +4,7 @@
 
 use std::{
     net::SocketAddr,
-    sync::{Mutex, MutexGuard},
+    sync::{Arc, Mutex, MutexGuard},
     time::Instant,
 };
 
@@ -19,6 +19,7 @@ use crate::{
         FailureRecord, PortInNamespace, PortView, SocketQuery, SocketRecord, TaskRecord,
     },
     export::prometheus::SelfMetrics,
+    host::containers::Containers,
     kernel::ring::Batch,
     support::clock,
     track::{Tracker, holders::FailedCall, labels::Role},
@@ -29,6 +30,8 @@ pub struct State {
     pub tracker: Tracker,
     pub aggregates: Aggregates,
     pub owners: Owners,
+    /// Names the owners' containers and pods; shared with the lookup threads.
+    pub containers: Arc<Containers>,
     pub stale: StaleReport,
     pub failures: Failures,
     pub listen: ListenReport,
@@ -193,6 +196,9 @@ impl State {
                     cmdline: None,
                     cgroup: None,
                     owner: None,
+                    unit: None,
+                    container: None,
+                    pod: None,
                 };
                 selected.push((record, endpoints, tracked.task));
             }
@@ -243,11 +249,12 @@ fn log_failure(failure: &Failure, explained: &FailedCall) {
 /// Finds owners on a blocking thread (it reads `/proc` and asks the kernel).
 pub async fn find_owners(
     sockets: Vec<(u64, Endpoints, Option<Task>)>,
+    containers: Arc<Containers>,
 ) -> Vec<(u64, Option<Owner>)> {
     if sockets.is_empty() {
         return Vec::new();
     }
-    tokio::task::spawn_blocking(move || owners::find(&sockets))
+    tokio::task::spawn_blocking(move || owners::find(&sockets, &containers))
         .await
         .unwrap_or_else(|error| {
             tracing::warn!(%error, "owner lookup thread failed");
@@ -258,7 +265,7 @@ pub async fn find_owners(
 /// Finds the owners of newly stale sockets and regroups the stale report.
 pub async fn report_stale(shared: &Mutex<State>) {
     let now = Instant::now();
-    let (candidates, unresolved) = {
+    let (candidates, unresolved, containers) = {
         let state = lock(shared);
         let candidates = state.stale_now(clock::boot_ns());
         let unresolved: Vec<_> = candidates
@@ -266,9 +273,9 @@ pub async fn report_stale(shared: &Mutex<State>) {
             .filter(|(socket, _, _)| state.owners.stale(socket.cookie, now))
             .map(|&(socket, endpoints, task)| (socket.cookie, endpoints, task))
             .collect();
-        (candidates, unresolved)
+        (candidates, unresolved, state.containers.clone())
     };
-    let found = find_owners(unresolved).await;
+    let found = find_owners(unresolved, containers).await;
     let mut guard = lock(shared);
     let State {
         tracker,
