@@ -32,6 +32,7 @@ UNIT = DEPLOY / "systemd" / "tcptrace.service"
 # Concrete values for Grafana's variables, so that promtool can parse queries.
 VARIABLES = {
     "$__rate_interval": "1m",
+    "$job": "tcptrace",
     "$instance": "web-1",
     "$role": "server",
     "$port": "8080",

@@ -205,6 +205,7 @@ fn dashboard_queries() -> Vec<(String, String)> {
             let expr = target["expr"].as_str().expect("a PromQL expr");
             let expr = expr
                 .replace("$__rate_interval", "1m")
+                .replace("$job", ".*")
                 .replace("$instance", ".*")
                 .replace("$role", ".*")
                 .replace("$port", ".*");
