@@ -478,7 +478,7 @@ fn count_leak(
     let count = LEAKED.to_string();
     let port = leak_port.to_string();
     let rootfs_arg = rootfs.to_string_lossy().into_owned();
-    podman.stdout(&[
+    let id = podman.stdout(&[
         "run",
         "--detach",
         "--name",
@@ -493,6 +493,9 @@ fn count_leak(
         &port,
         &count,
     ])?;
+    // With no runtime socket in the exporter's container, the leaker's
+    // container is labelled by its id, read from its cgroup.
+    let short_id: String = id.trim().chars().take(12).collect();
     let expected = f64::from(LEAKED);
     let counted = wait_for(Duration::from_secs(30), || {
         let (_, body) = http_get(metrics_port, "/metrics").ok()?;
@@ -508,6 +511,7 @@ fn count_leak(
                 ("state", "CLOSE_WAIT"),
                 ("port", &port),
                 ("process", "leaker"),
+                ("container", &short_id),
             ],
         );
         (close_wait == Some(expected) && stale == Some(expected)).then_some(body)
@@ -520,7 +524,7 @@ fn count_leak(
             .filter(|l| l.contains(&format!("port=\"{port}\"")))
             .collect();
         return Err(format!(
-            "after 30 s, not {LEAKED} CLOSE_WAIT sockets on port {port} held by `leaker`:\n{}\nleaker: {}",
+            "after 30 s, not {LEAKED} CLOSE_WAIT sockets on port {port} held by `leaker` in container {short_id}:\n{}\nleaker: {}",
             ours.join("\n"),
             podman.logs("leaker")
         ));
@@ -528,7 +532,8 @@ fn count_leak(
     let families = body.lines().filter(|l| l.starts_with("# TYPE ")).count();
     println!(
         "[dist] image: /metrics serves {families} families; {LEAKED} CLOSE_WAIT sockets of the \
-         other container counted, stale and owned by `leaker`, {:.1} s after it started",
+         other container counted, stale and owned by `leaker` in container {short_id}, {:.1} s \
+         after it started",
         started.elapsed().as_secs_f64()
     );
     Ok(())
