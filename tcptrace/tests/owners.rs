@@ -249,6 +249,34 @@ fn check_api(daemon: &Daemon, [(leaker_a, ns_a), (leaker_b, ns_b)]: [(&Leaker, &
             .all(|s| !s.age_exact)
     );
 
+    // Each socket's namespace is named as tcptrace_netns_info names it.
+    // B's was read at start; A's, which had no socket then, is looked up by
+    // the query.
+    let scrape = daemon.scrape();
+    let (leaker, netns) = (leaker_b, ns_b);
+    let inode = netns.inode().to_string();
+    let name = scrape
+        .matching("tcptrace_netns_info", &[("netns", &inode)])
+        .find_map(|(labels, _)| {
+            labels
+                .iter()
+                .find(|(key, _)| key == "name")
+                .map(|(_, name)| name.clone())
+        })
+        .unwrap_or_else(|| panic!("no tcptrace_netns_info of {inode}"));
+    let mut held = list.sockets.iter().filter(|s| s.pid == Some(leaker.pid()));
+    assert!(
+        held.clone().count() > 0 && held.all(|s| s.netns_name.as_deref() == Some(name.as_str())),
+        "{} in {inode} named {name}",
+        leaker.name
+    );
+    assert!(
+        list.sockets
+            .iter()
+            .filter(|s| s.pid == Some(leaker_a.pid()))
+            .all(|s| s.netns_name.is_some())
+    );
+
     let orphans = sockets(daemon, "state=FIN_WAIT2&port=8080");
     let by_task: Vec<_> = orphans
         .sockets
@@ -309,6 +337,8 @@ fn check_cli(daemon: &Daemon, [(leaker_a, ns_a), (leaker_b, ns_b)]: [(&Leaker, &
     ]);
     assert!(stderr.contains("ages are unknown"), "{stderr}");
     assert_eq!(list.total, 30);
+    // Named from the kernel's namespaces too.
+    assert!(list.sockets.iter().all(|s| s.netns_name.is_some()));
     assert_owned_by(&list, leaker_a, ns_a, 25);
     assert_owned_by(&list, leaker_b, ns_b, 5);
     assert!(list.sockets.iter().all(|s| s.age_seconds.is_none()));

@@ -183,6 +183,10 @@ pub struct SocketRecord {
     pub remote: SocketAddr,
     /// Network namespace inode.
     pub netns: u32,
+    /// The namespace's name, as `tcptrace_netns_info` gives it: "host", its
+    /// `ip netns` name, or the first process in it as `comm[pid]`.
+    #[serde(default)]
+    pub netns_name: Option<String>,
     pub pid: Option<u32>,
     pub comm: Option<String>,
     pub cmdline: Option<String>,

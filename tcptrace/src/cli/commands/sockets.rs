@@ -19,6 +19,7 @@ use crate::{
     export::client::{self, ClientError},
     export::overview,
     host::containers::{Containers, Sources},
+    host::netns,
     host::sock_diag::{self, DiagSocket},
     support::duration::short_age,
     track::holders::PortHolders,
@@ -188,11 +189,13 @@ fn from_kernel(query: &SocketQuery) -> (SocketList, Vec<String>) {
         })
         .collect();
     let containers = Containers::new(Sources::default());
+    let names = netns::names();
     for ((record, _), (_, owner)) in records
         .iter_mut()
         .zip(owners::resolve(&wanted, &containers))
     {
         overview::set_owner(record, owner.as_ref());
+        record.netns_name = names.get(&record.netns).cloned();
     }
     let mut sockets: Vec<SocketRecord> = records.into_iter().map(|(record, _)| record).collect();
     // Known ages first, oldest first.
@@ -221,6 +224,7 @@ fn kernel_record(socket: &DiagSocket, listening: &HashSet<(u32, u16)>) -> Option
         local: SocketAddr::new(socket.saddr, socket.sport),
         remote: SocketAddr::new(socket.daddr, socket.dport),
         netns: socket.netns,
+        netns_name: None,
         pid: None,
         comm: None,
         cmdline: None,
@@ -294,7 +298,11 @@ fn write_table(out: &mut impl Write, list: &SocketList) -> io::Result<()> {
                 s.port.clone(),
                 s.local.to_string(),
                 s.remote.to_string(),
-                s.netns.to_string(),
+                // Names are one word: `comm[pid]` with its spaces joined.
+                s.netns_name.as_ref().map_or_else(
+                    || s.netns.to_string(),
+                    |name| name.split_whitespace().collect::<Vec<_>>().join("_"),
+                ),
                 s.pid.map_or_else(|| "?".to_owned(), |pid| pid.to_string()),
                 owner.to_owned(),
                 or_unknown(&s.comm),

@@ -198,6 +198,33 @@ impl Site for Exporter {
                 (selected, total, unresolved, state.containers.clone())
             };
             let found = find_owners(unresolved, containers).await;
+            // The names tcptrace_netns_info exports; a namespace newer than
+            // the last reconciliation is looked up now.
+            let mut names: HashMap<u32, String> = self
+                .netns_names
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .iter()
+                // Labelled by inode, the host's "host".
+                .filter_map(|(label, name)| {
+                    let inode = match label.as_str() {
+                        "host" => netns::own_inode()?,
+                        inode => inode.parse().ok()?,
+                    };
+                    Some((inode, name.clone()))
+                })
+                .collect();
+            if selected
+                .iter()
+                .any(|(record, _, _)| !names.contains_key(&record.netns))
+            {
+                let fresh = tokio::task::spawn_blocking(netns::names)
+                    .await
+                    .unwrap_or_default();
+                for (inode, name) in fresh {
+                    names.entry(inode).or_insert(name);
+                }
+            }
             let selected: Vec<SocketRecord> = {
                 let mut state = self.state();
                 state.owners.store(now, found);
@@ -206,6 +233,7 @@ impl Site for Exporter {
                     .map(|(mut record, _, _)| {
                         let owner = state.owners.get(record.cookie);
                         overview::set_owner(&mut record, owner);
+                        record.netns_name = names.get(&record.netns).cloned();
                         record
                     })
                     .collect()

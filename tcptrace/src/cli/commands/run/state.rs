@@ -191,6 +191,7 @@ impl State {
                     local: SocketAddr::new(endpoints.saddr, endpoints.sport),
                     remote: SocketAddr::new(endpoints.daddr, endpoints.dport),
                     netns: endpoints.netns,
+                    netns_name: None,
                     pid: None,
                     comm: None,
                     cmdline: None,
