@@ -40,6 +40,12 @@ struct Column {
 enum Value {
     Text(String),
     Number(f64),
+    /// A port label: in numeric order, "other" last.
+    Port(u32, String),
+}
+
+fn port_order(port: &str) -> u32 {
+    port.parse().unwrap_or(u32::MAX)
 }
 
 /// One role and port as shown: counts now and rates since the last refresh.
@@ -68,7 +74,7 @@ const COLUMNS: [Column; 12] = [
     Column {
         header: "PORT",
         width: 5,
-        value: |r| Value::Text(r.summary.port.clone()),
+        value: |r| Value::Port(port_order(&r.summary.port), r.summary.port.clone()),
     },
     Column {
         header: "ESTAB",
@@ -288,7 +294,8 @@ impl View {
             };
             // Ties in a stable, readable order.
             order.then_with(|| {
-                (&a.summary.role, &a.summary.port).cmp(&(&b.summary.role, &b.summary.port))
+                (&a.summary.role, port_order(&a.summary.port))
+                    .cmp(&(&b.summary.role, port_order(&b.summary.port)))
             })
         });
     }
@@ -334,7 +341,7 @@ impl View {
         let rows = self.rows.iter().map(|row| {
             Row::new(COLUMNS.iter().map(|column| {
                 Cell::from(match (column.value)(row) {
-                    Value::Text(text) => text,
+                    Value::Text(text) | Value::Port(_, text) => text,
                     Value::Number(n) if column.header == "OLD_CW" => short_age(n),
                     // Whole numbers, and rates of 100/s and more, without
                     // decimals: the columns are narrow.
@@ -459,6 +466,32 @@ mod tests {
         assert_eq!(view.rows[0].summary.port, "443");
         view.key(KeyCode::Char('r'));
         assert_eq!(view.rows[0].summary.port, "80");
+    }
+
+    /// Ports sort as numbers, "other" after them.
+    #[test]
+    fn ports_sort_numerically() {
+        let mut view = view();
+        let overview = Overview {
+            ports: vec![
+                summary("other", 1, 0),
+                summary("10091", 1, 0),
+                summary("8080", 1, 0),
+                summary("443", 1, 0),
+            ],
+            ..Overview::default()
+        };
+        view.update(overview, Instant::now());
+        view.sort = COLUMNS.iter().position(|c| c.header == "PORT").unwrap();
+        view.descending = false;
+        view.sort_rows();
+        let ports: Vec<&str> = view.rows.iter().map(|r| r.summary.port.as_str()).collect();
+        assert_eq!(ports, ["443", "8080", "10091", "other"]);
+        // Ties of another column too.
+        view.sort = DEFAULT_SORT;
+        view.sort_rows();
+        let ports: Vec<&str> = view.rows.iter().map(|r| r.summary.port.as_str()).collect();
+        assert_eq!(ports, ["443", "8080", "10091", "other"]);
     }
 
     /// The whole view fits an 80-column terminal.
