@@ -97,9 +97,11 @@ fn row<'a>(screen: &'a str, role: &str, port: u16) -> Option<(usize, Vec<&'a str
 #[test]
 fn top_shows_the_leaking_port_sorts_and_quits() {
     let ns = NetNs::new();
-    let daemon = Daemon::start(&["--stale-after", "1s", "--port", "8083,8084"]);
+    let daemon = Daemon::start(&["--stale-after", "1s", "--port", "8083,8084,8085"]);
     let big = Leaker::start(&ns, "top-big", 8083, 9);
     let _small = Leaker::start(&ns, "top-small", 8084, 3);
+    // A listener alone: no socket in a shown state, no rate, an idle row.
+    let _idle = ns.run(|| std::net::TcpListener::bind("127.0.0.1:8085").expect("bind 8085"));
 
     let exit_file = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("top-exit-{}", std::process::id()));
@@ -151,6 +153,22 @@ fn top_shows_the_leaking_port_sorts_and_quits() {
         ]
     );
     assert!(screen.lines().count() <= 24 && screen.lines().all(|l| l.chars().count() <= 80));
+
+    assert!(
+        row(&screen, "server", 8085).is_none(),
+        "idle, hidden:\n{screen}"
+    );
+
+    // z shows the idle rows, and hides them again.
+    tmux.keys("z");
+    tmux.wait_for("the idle port shown", Duration::from_secs(3), |screen| {
+        row(screen, "server", 8085).is_some_and(|(_, cells)| cells[2..7] == ["0"; 5])
+            && screen.contains("z hide idle ports")
+    });
+    tmux.keys("z");
+    tmux.wait_for("the idle port hidden", Duration::from_secs(3), |screen| {
+        row(screen, "server", 8085).is_none() && screen.contains("z show idle ports")
+    });
 
     // r reverses the order.
     tmux.keys("r");

@@ -1,6 +1,8 @@
 //! `tcptrace top`: a live full-screen view of a running daemon, refreshed
 //! every second: per role and port, sockets in the main states and rates,
 //! then the processes holding stale sockets. Fits 80×24; works over SSH.
+//! Ports with nothing to show (no socket in the shown states, no rate) are
+//! hidden until `z`; rows beyond the screen scroll with ↑/↓.
 
 use std::{
     collections::HashMap,
@@ -59,6 +61,13 @@ struct PortRow {
 }
 
 impl PortRow {
+    /// Every number of its row is 0.
+    fn is_idle(&self) -> bool {
+        COLUMNS
+            .iter()
+            .all(|column| !matches!((column.value)(self), Value::Number(n) if n != 0.0))
+    }
+
     fn count(&self, state: &str) -> Value {
         #[expect(clippy::cast_precision_loss, reason = "socket counts")]
         Value::Number(self.summary.sockets.get(state).copied().unwrap_or(0) as f64)
@@ -141,6 +150,10 @@ struct View {
     sort: usize,
     descending: bool,
     status: String,
+    /// Shows the rows whose every number is 0.
+    show_idle: bool,
+    /// The first port row shown.
+    scroll: usize,
 }
 
 pub async fn run(args: TopArgs) -> Result<(), Error> {
@@ -154,6 +167,8 @@ pub async fn run(args: TopArgs) -> Result<(), Error> {
         sort: DEFAULT_SORT,
         descending: true,
         status: String::new(),
+        show_idle: false,
+        scroll: 0,
     };
     view.update(first, Instant::now());
 
@@ -276,9 +291,41 @@ impl View {
                 self.sort = (self.sort + 1) % COLUMNS.len();
             }
             KeyCode::Char('r') => self.descending = !self.descending,
+            KeyCode::Char('z') => {
+                self.show_idle = !self.show_idle;
+                self.scroll = 0;
+            }
+            KeyCode::Down | KeyCode::Char('j') => self.scroll = self.scroll.saturating_add(1),
+            KeyCode::Up | KeyCode::Char('k') => self.scroll = self.scroll.saturating_sub(1),
+            KeyCode::PageDown => self.scroll = self.scroll.saturating_add(10),
+            KeyCode::PageUp => self.scroll = self.scroll.saturating_sub(10),
             _ => return,
         }
+        // Never past the last row, so that ↑ answers at once.
+        self.scroll = self.scroll.min(self.visible_rows().len());
         self.sort_rows();
+    }
+
+    /// The rows to show, in order: all, or those with a number that is not 0.
+    fn visible_rows(&self) -> Vec<&PortRow> {
+        self.rows
+            .iter()
+            .filter(|row| self.show_idle || !row.is_idle())
+            .collect()
+    }
+
+    /// The rows that fit `lines` (the header aside), from the scroll
+    /// position, and how many more there are below and above; the last line
+    /// says "+N more" when some do not fit.
+    fn window(&self, lines: usize) -> (Vec<&PortRow>, usize) {
+        let rows = self.visible_rows();
+        if rows.len() <= lines {
+            return (rows, 0);
+        }
+        let shown = lines.saturating_sub(1);
+        let first = self.scroll.min(rows.len() - shown);
+        let hidden = rows.len() - shown;
+        (rows.into_iter().skip(first).take(shown).collect(), hidden)
     }
 
     fn sort_rows(&mut self) {
@@ -329,6 +376,22 @@ impl View {
         );
 
         let bold = Style::new().add_modifier(Modifier::BOLD);
+        frame.render_widget(self.port_table(usize::from(ports.height), bold), ports);
+
+        frame.render_widget(self.stale_table(bold), stale);
+
+        frame.render_widget(
+            Paragraph::new(if self.show_idle {
+                "q quit  ←/→ sort  r reverse  ↑/↓ scroll  z hide idle ports"
+            } else {
+                "q quit  ←/→ sort  r reverse  ↑/↓ scroll  z show idle ports"
+            }),
+            help,
+        );
+    }
+
+    /// The port rows that fit `height` lines, the header included.
+    fn port_table(&self, height: usize, bold: Style) -> Table<'_> {
         // The sort column is shown reversed; its direction is in the title.
         let headers = COLUMNS.iter().enumerate().map(|(i, column)| {
             let look = if i == self.sort {
@@ -338,32 +401,29 @@ impl View {
             };
             Cell::from(column.header).style(look)
         });
-        let rows = self.rows.iter().map(|row| {
-            Row::new(COLUMNS.iter().map(|column| {
-                Cell::from(match (column.value)(row) {
-                    Value::Text(text) | Value::Port(_, text) => text,
-                    Value::Number(n) if column.header == "OLD_CW" => short_age(n),
-                    // Whole numbers, and rates of 100/s and more, without
-                    // decimals: the columns are narrow.
-                    Value::Number(n) if n.fract() == 0.0 || n >= 100.0 => format!("{n:.0}"),
-                    Value::Number(n) => format!("{n:.1}"),
-                })
-            }))
-        });
+        let (shown, more) = self.window(height.saturating_sub(1));
+        let mut rows: Vec<Row> = shown
+            .into_iter()
+            .map(|row| {
+                Row::new(COLUMNS.iter().map(|column| {
+                    Cell::from(match (column.value)(row) {
+                        Value::Text(text) | Value::Port(_, text) => text,
+                        Value::Number(n) if column.header == "OLD_CW" => short_age(n),
+                        // Whole numbers, and rates of 100/s and more, without
+                        // decimals: the columns are narrow.
+                        Value::Number(n) if n.fract() == 0.0 || n >= 100.0 => format!("{n:.0}"),
+                        Value::Number(n) => format!("{n:.1}"),
+                    })
+                }))
+            })
+            .collect();
+        if more > 0 {
+            rows.push(Row::new([Cell::from(format!("+{more} more (↑/↓)"))]));
+        }
         let widths = COLUMNS.map(|c| Constraint::Length(c.width));
-        frame.render_widget(
-            Table::new(rows, widths)
-                .header(Row::new(headers))
-                .column_spacing(1),
-            ports,
-        );
-
-        frame.render_widget(self.stale_table(bold), stale);
-
-        frame.render_widget(
-            Paragraph::new("q quit  ←/→ sort column  r reverse order"),
-            help,
-        );
+        Table::new(rows, widths)
+            .header(Row::new(headers))
+            .column_spacing(1)
     }
 
     /// The stale groups, one row each, with their owner and its container.
@@ -441,7 +501,50 @@ mod tests {
             sort: DEFAULT_SORT,
             descending: true,
             status: String::new(),
+            show_idle: false,
+            scroll: 0,
         }
+    }
+
+    /// Ports with nothing to show wait for `z`; rows beyond the screen
+    /// leave a "+N more" line and scroll.
+    #[test]
+    fn idle_rows_hide_and_long_lists_scroll() {
+        let mut view = view();
+        let mut ports: Vec<PortSummary> = (1..=10).map(|i| summary(&i.to_string(), i, 0)).collect();
+        ports.push(summary("other", 0, 0));
+        view.update(
+            Overview {
+                ports,
+                ..Overview::default()
+            },
+            Instant::now(),
+        );
+        assert_eq!(view.visible_rows().len(), 10, "\"other\" is idle");
+        view.key(KeyCode::Char('z'));
+        assert_eq!(view.visible_rows().len(), 11);
+        view.key(KeyCode::Char('z'));
+
+        let port_list = |rows: Vec<&PortRow>| -> Vec<String> {
+            rows.iter().map(|r| r.summary.port.clone()).collect()
+        };
+        // Most CLOSE_WAIT first: 10 … 1. Four lines: three rows and "+7".
+        let (shown, more) = view.window(4);
+        assert_eq!(
+            (port_list(shown), more),
+            (vec!["10".into(), "9".into(), "8".into()], 7)
+        );
+        for _ in 0..20 {
+            view.key(KeyCode::Down);
+        }
+        let (shown, _) = view.window(4);
+        assert_eq!(
+            port_list(shown),
+            ["3", "2", "1"],
+            "scrolled to the end, no further"
+        );
+        let (shown, more) = view.window(10);
+        assert_eq!((shown.len(), more), (10, 0), "all fit");
     }
 
     #[test]
