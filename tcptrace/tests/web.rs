@@ -15,7 +15,8 @@ use common::{ChildGuard, Daemon, Leaker, NetNs};
 const PORT: u16 = 8082;
 const LEAKED: usize = 7;
 
-/// Runs headless Chromium on `url` with `args` (bounded); returns stdout.
+/// Runs headless Chromium on `url` with `args` (bounded), its window as a
+/// laptop's screen unless `args` say otherwise; returns stdout.
 fn chromium(url: &str, args: &[&str], profile: &Path) -> String {
     let mut child = ChildGuard(
         Command::new("chromium")
@@ -29,12 +30,15 @@ fn chromium(url: &str, args: &[&str], profile: &Path) -> String {
                 "--disable-background-networking",
                 "--disable-component-update",
                 "--disable-sync",
-                "--window-size=1400,1000",
                 // Lets the page's own fetches and refreshes run before the
                 // DOM is dumped or the screenshot taken.
                 "--virtual-time-budget=6000",
             ])
             .arg(format!("--user-data-dir={}", profile.display()))
+            .args(
+                (!args.iter().any(|a| a.starts_with("--window-size=")))
+                    .then_some("--window-size=1280,800"),
+            )
             .args(args)
             .arg(url)
             .stdout(Stdio::piped())
@@ -78,6 +82,38 @@ fn table_rows(dom: &str, id: &str) -> Vec<Vec<String>> {
         .collect()
 }
 
+/// The header cells of the table with this id: their text and class.
+fn header_classes(dom: &str, id: &str) -> Vec<(String, String)> {
+    let start = dom
+        .find(&format!("<table id=\"{id}\""))
+        .unwrap_or_else(|| panic!("no table {id} in the page"));
+    let table = &dom[start..];
+    let head = &table[..table.find("</thead>").expect("thead")];
+    head.split("<th")
+        .skip(1)
+        .filter(|cell| !cell.starts_with("ead")) // <thead>
+        .map(|cell| {
+            let (attributes, rest) = cell.split_once('>').expect("header cell");
+            let class = attributes
+                .split_once("class=\"")
+                .and_then(|(_, rest)| rest.split_once('"'))
+                .map_or("", |(class, _)| class);
+            let text = &rest[..rest.find("</th>").expect("header end")];
+            (text.to_owned(), class.to_owned())
+        })
+        .collect()
+}
+
+/// The text of the element with this id (no markup inside).
+fn element_text(dom: &str, id: &str) -> String {
+    let start = dom
+        .find(&format!("id=\"{id}\""))
+        .unwrap_or_else(|| panic!("no element {id} in the page"));
+    let rest = &dom[start..];
+    let text = &rest[rest.find('>').expect("element start") + 1..];
+    text[..text.find('<').expect("element end")].to_owned()
+}
+
 struct TempDir(PathBuf);
 
 impl Drop for TempDir {
@@ -112,6 +148,41 @@ fn web_page_lists_the_leaking_port_and_process() {
     assert_eq!(server[8], LEAKED.to_string(), "{server:?}");
     assert_eq!(server[10], "1", "the listener: {server:?}");
 
+    // Most CLOSE_WAIT first, and a column of nothing but zeros hidden.
+    let close_wait = |row: &Vec<String>| row[8].parse::<u64>().unwrap_or(0);
+    assert!(
+        ports
+            .windows(2)
+            .all(|w| close_wait(&w[0]) >= close_wait(&w[1])),
+        "{ports:?}"
+    );
+    let headers = header_classes(&dom, "ports");
+    assert_eq!(headers.len(), server.len());
+    for (i, (text, class)) in headers.iter().enumerate().skip(2) {
+        let zero = ports
+            .iter()
+            .all(|row| ["0", "–", "0.0"].contains(&row[i].as_str()));
+        assert_eq!(
+            class.contains("zero"),
+            zero,
+            "column {text}: {headers:?} {ports:?}"
+        );
+    }
+    assert!(headers[8].1.contains("sorted"), "{headers:?}");
+    assert!(!headers[8].1.contains("zero"));
+
+    // The header names the daemon.
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");
+    let host = element_text(&dom, "host");
+    assert!(
+        host.starts_with(&format!(
+            "tcptrace {} on {} (Linux ",
+            env!("CARGO_PKG_VERSION"),
+            hostname.trim()
+        )) && host.contains("), up "),
+        "{host}"
+    );
+
     let stale = table_rows(&dom, "stale");
     let group = stale
         .iter()
@@ -137,19 +208,24 @@ fn web_page_lists_the_leaking_port_and_process() {
         );
     }
 
-    // A screenshot, for a person to look at.
-    let screenshot = out.join("tcptrace-web.png");
-    let _ = std::fs::remove_file(&screenshot);
-    chromium(
-        &url,
-        &[&format!("--screenshot={}", screenshot.display())],
-        &profile.0,
-    );
-    let png = std::fs::read(&screenshot).expect("the screenshot");
-    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "a PNG");
-    assert!(
-        png.len() > 20_000,
-        "a page, not a blank: {} bytes",
-        png.len()
-    );
+    // Screenshots at a laptop's and a desktop's size, for a person to look at.
+    for (width, height) in [(1280, 800), (1920, 1080)] {
+        let screenshot = out.join(format!("tcptrace-web-{width}x{height}.png"));
+        let _ = std::fs::remove_file(&screenshot);
+        chromium(
+            &url,
+            &[
+                &format!("--window-size={width},{height}"),
+                &format!("--screenshot={}", screenshot.display()),
+            ],
+            &profile.0,
+        );
+        let png = std::fs::read(&screenshot).expect("the screenshot");
+        assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "a PNG");
+        assert!(
+            png.len() > 20_000,
+            "a page, not a blank: {} bytes",
+            png.len()
+        );
+    }
 }

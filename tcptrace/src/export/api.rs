@@ -106,6 +106,20 @@ pub struct Overview {
     pub stale_after_seconds: BTreeMap<String, f64>,
     /// Events the kernel could not hand over (ring buffer full).
     pub events_lost: u64,
+    /// Which daemon answers, for a page or terminal that shows several.
+    #[serde(default)]
+    pub daemon: DaemonInfo,
+}
+
+/// The daemon that answers: where and what it runs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DaemonInfo {
+    /// The host's name (`/proc/sys/kernel/hostname`).
+    pub hostname: String,
+    pub version: String,
+    /// The kernel release.
+    pub kernel: String,
+    pub uptime_seconds: f64,
 }
 
 /// One role and port: sockets by state now, and totals since start.

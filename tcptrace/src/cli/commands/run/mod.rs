@@ -96,6 +96,11 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
         ready: AtomicBool::new(false),
         settings: Mutex::new(Vec::new()),
         netns_names: Mutex::new(Vec::new()),
+        started: std::time::Instant::now(),
+        hostname: std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|name| name.trim().to_owned())
+            .unwrap_or_default(),
+        kernel: release.clone().unwrap_or_default(),
         probes: Mutex::new(probes),
     });
 

@@ -12,8 +12,8 @@ use std::{
 
 use crate::{
     export::api::{
-        DESTINATIONS_LISTED, DestinationRecord, Overview, SocketList, SocketQuery, SocketRecord,
-        StaleGroup,
+        DESTINATIONS_LISTED, DaemonInfo, DestinationRecord, Overview, SocketList, SocketQuery,
+        SocketRecord, StaleGroup,
     },
     export::overview,
     export::prometheus::{self, SelfMetrics},
@@ -37,6 +37,11 @@ pub struct Exporter {
     pub settings: Mutex<Vec<(String, sysctls::Settings)>>,
     /// (label, name) of the same namespaces.
     pub netns_names: Mutex<Vec<(String, String)>>,
+    /// When the daemon started, the host's name and the kernel release, for
+    /// the overview.
+    pub started: Instant,
+    pub hostname: String,
+    pub kernel: String,
     /// The attached programs (their event source already taken), for their
     /// run statistics; dropped last, which detaches them.
     pub probes: Mutex<Probes>,
@@ -152,6 +157,12 @@ impl Site for Exporter {
                 .map(|(state, after)| (state.name().to_owned(), after.as_secs_f64()))
                 .collect(),
             events_lost: self.metrics.events_lost.get(),
+            daemon: DaemonInfo {
+                hostname: self.hostname.clone(),
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                kernel: self.kernel.clone(),
+                uptime_seconds: self.started.elapsed().as_secs_f64(),
+            },
         };
         drop(state);
         serde_json::to_vec(&overview).unwrap_or_default()
