@@ -94,6 +94,30 @@ fn row<'a>(screen: &'a str, role: &str, port: u16) -> Option<(usize, Vec<&'a str
     })
 }
 
+/// A wider terminal shows the other states' columns too.
+fn check_wide_columns(tmux: &Tmux) {
+    let out = tmux.run(&["resize-window", "-t", "top", "-x", "120", "-y", "30"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let screen = tmux.wait_for("the wide columns", Duration::from_secs(3), |screen| {
+        screen.contains("SYN_S") && screen.contains("LISTEN")
+    });
+    let header: Vec<&str> = screen
+        .lines()
+        .find(|line| line.starts_with("ROLE"))
+        .expect("the header")
+        .split_whitespace()
+        .collect();
+    let at = |name: &str| header.iter().position(|h| *h == name).expect(name);
+    let (_, big_row) = row(&screen, "server", 8083).expect("8083");
+    assert_eq!(big_row[at("CLOSE_W")], "9", "{screen}");
+    assert_eq!(big_row[at("LISTEN")], "1", "{screen}");
+    assert_eq!(big_row[at("SYN_S")], "0", "{screen}");
+}
+
 #[test]
 fn top_shows_the_leaking_port_sorts_and_quits() {
     let ns = NetNs::new();
@@ -153,6 +177,11 @@ fn top_shows_the_leaking_port_sorts_and_quits() {
         ]
     );
     assert!(screen.lines().count() <= 24 && screen.lines().all(|l| l.chars().count() <= 80));
+    assert!(
+        screen.contains("TR/s state changes/s · RSTo/s RSTs sent/s")
+            && screen.contains("OLD_CW oldest CLOSE_WAIT"),
+        "the legend:\n{screen}"
+    );
 
     assert!(
         row(&screen, "server", 8085).is_none(),
@@ -182,6 +211,8 @@ fn top_shows_the_leaking_port_sorts_and_quits() {
     tmux.wait_for("the next sort column", Duration::from_secs(3), |screen| {
         screen.contains("sort FIN_W2▲")
     });
+
+    check_wide_columns(&tmux);
 
     tmux.keys("q");
     let deadline = Instant::now() + Duration::from_secs(5);

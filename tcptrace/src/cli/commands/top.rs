@@ -1,7 +1,8 @@
 //! `tcptrace top`: a live full-screen view of a running daemon, refreshed
 //! every second: per role and port, sockets in the main states and rates,
-//! then the processes holding stale sockets. Fits 80×24; works over SSH.
-//! Ports with nothing to show (no socket in the shown states, no rate) are
+//! then the processes holding stale sockets. Fits 80×24, and uses a wider
+//! terminal for more states; works over SSH.
+//! Ports with nothing to show (no socket but listeners, no rate) are
 //! hidden until `z`; rows beyond the screen scroll with ↑/↓.
 
 use std::{
@@ -30,20 +31,53 @@ use crate::{
     support::duration::short_age,
 };
 
-/// A column of the port table: its header, width, and how a row sorts and
-/// shows in it.
+/// A column of the port table: its header, what the header abbreviates
+/// (for the legend), its width, whether it waits for a wider terminal, and
+/// how a row sorts and shows in it.
 struct Column {
     header: &'static str,
+    meaning: Option<&'static str>,
     width: u16,
+    wide: bool,
     value: fn(&PortRow) -> Value,
 }
 
+/// A cell's value; each kind is shown one way in every column.
 #[derive(Debug, Clone, PartialEq, PartialOrd)]
 enum Value {
     Text(String),
-    Number(f64),
     /// A port label: in numeric order, "other" last.
     Port(u32, String),
+    /// Sockets: whole numbers.
+    Count(u64),
+    /// Listening sockets: shown as a count, but a listener alone does not
+    /// make a port busy.
+    Listeners(u64),
+    /// Per second: one decimal, none from 100 on.
+    Rate(f64),
+    /// An age in seconds, as `3.7m`.
+    Age(f64),
+}
+
+impl Value {
+    /// Nothing is happening: a zero, or no number at all.
+    fn is_idle(&self) -> bool {
+        match *self {
+            Self::Text(_) | Self::Port(..) | Self::Listeners(_) => true,
+            Self::Count(n) => n == 0,
+            Self::Rate(n) | Self::Age(n) => n == 0.0,
+        }
+    }
+
+    fn show(self) -> String {
+        match self {
+            Self::Text(text) | Self::Port(_, text) => text,
+            Self::Count(n) | Self::Listeners(n) => n.to_string(),
+            Self::Rate(n) if n >= 100.0 => format!("{n:.0}"),
+            Self::Rate(n) => format!("{n:.1}"),
+            Self::Age(seconds) => short_age(seconds),
+        }
+    }
 }
 
 fn port_order(port: &str) -> u32 {
@@ -61,84 +95,122 @@ struct PortRow {
 }
 
 impl PortRow {
-    /// Every number of its row is 0.
+    /// Every number of its row, in every column, is 0, listeners aside.
     fn is_idle(&self) -> bool {
-        COLUMNS
-            .iter()
-            .all(|column| !matches!((column.value)(self), Value::Number(n) if n != 0.0))
+        COLUMNS.iter().all(|column| (column.value)(self).is_idle())
     }
 
     fn count(&self, state: &str) -> Value {
-        #[expect(clippy::cast_precision_loss, reason = "socket counts")]
-        Value::Number(self.summary.sockets.get(state).copied().unwrap_or(0) as f64)
+        Value::Count(self.summary.sockets.get(state).copied().unwrap_or(0))
     }
 }
 
-const COLUMNS: [Column; 12] = [
+const fn column(
+    header: &'static str,
+    meaning: Option<&'static str>,
+    width: u16,
+    value: fn(&PortRow) -> Value,
+) -> Column {
     Column {
-        header: "ROLE",
-        width: 6,
-        value: |r| Value::Text(r.summary.role.clone()),
-    },
+        header,
+        meaning,
+        width,
+        wide: false,
+        value,
+    }
+}
+
+/// Shown when the terminal has room, in this order of priority.
+const fn wide(header: &'static str, width: u16, value: fn(&PortRow) -> Value) -> Column {
     Column {
-        header: "PORT",
-        width: 5,
-        value: |r| Value::Port(port_order(&r.summary.port), r.summary.port.clone()),
-    },
-    Column {
-        header: "ESTAB",
-        width: 5,
-        value: |r| r.count("ESTABLISHED"),
-    },
-    Column {
-        header: "TIME_W",
-        width: 6,
-        value: |r| r.count("TIME_WAIT"),
-    },
-    Column {
-        header: "CLOSE_W",
-        width: 7,
-        value: |r| r.count("CLOSE_WAIT"),
-    },
-    Column {
-        header: "FIN_W2",
-        width: 6,
-        value: |r| r.count("FIN_WAIT2"),
-    },
-    Column {
-        header: "LAST_A",
-        width: 6,
-        value: |r| r.count("LAST_ACK"),
-    },
-    Column {
-        header: "TR/s",
-        width: 6,
-        value: |r| Value::Number(r.transitions_per_s),
-    },
-    Column {
-        header: "RSTo/s",
-        width: 6,
-        value: |r| Value::Number(r.resets_sent_per_s),
-    },
-    Column {
-        header: "RSTi/s",
-        width: 6,
-        value: |r| Value::Number(r.resets_received_per_s),
-    },
-    Column {
-        header: "KA/s",
-        width: 4,
-        value: |r| Value::Number(r.keepalive_per_s),
-    },
-    Column {
-        header: "OLD_CW",
-        width: 6,
-        value: |r| Value::Number(r.summary.oldest_close_wait_seconds),
-    },
+        header,
+        meaning: None,
+        width,
+        wide: true,
+        value,
+    }
+}
+
+/// Every column, in screen order. Those not `wide` fit 80 columns.
+const COLUMNS: [Column; 17] = [
+    column("ROLE", None, 6, |r| Value::Text(r.summary.role.clone())),
+    column("PORT", None, 5, |r| {
+        Value::Port(port_order(&r.summary.port), r.summary.port.clone())
+    }),
+    column("ESTAB", None, 5, |r| r.count("ESTABLISHED")),
+    wide("SYN_S", 5, |r| r.count("SYN_SENT")),
+    wide("SYN_R", 5, |r| r.count("SYN_RECV")),
+    wide("FIN_W1", 6, |r| r.count("FIN_WAIT1")),
+    column("TIME_W", None, 6, |r| r.count("TIME_WAIT")),
+    column("CLOSE_W", None, 7, |r| r.count("CLOSE_WAIT")),
+    column("FIN_W2", None, 6, |r| r.count("FIN_WAIT2")),
+    column("LAST_A", None, 6, |r| r.count("LAST_ACK")),
+    wide("CLOSING", 7, |r| r.count("CLOSING")),
+    wide("LISTEN", 6, |r| {
+        Value::Listeners(r.summary.sockets.get("LISTEN").copied().unwrap_or(0))
+    }),
+    column("TR/s", Some("state changes/s"), 6, |r| {
+        Value::Rate(r.transitions_per_s)
+    }),
+    column("RSTo/s", Some("RSTs sent/s"), 6, |r| {
+        Value::Rate(r.resets_sent_per_s)
+    }),
+    column("RSTi/s", Some("RSTs received/s"), 6, |r| {
+        Value::Rate(r.resets_received_per_s)
+    }),
+    column("KA/s", Some("keepalive probes/s"), 4, |r| {
+        Value::Rate(r.keepalive_per_s)
+    }),
+    column("OLD_CW", Some("oldest CLOSE_WAIT"), 6, |r| {
+        Value::Age(r.summary.oldest_close_wait_seconds)
+    }),
 ];
 
+/// The columns that fit `width`: every narrow one, then wide ones in
+/// order while they fit; as indexes into [`COLUMNS`], in screen order.
+fn columns_for(width: u16) -> Vec<usize> {
+    let used = |columns: &[usize]| -> u16 {
+        columns.iter().map(|&i| COLUMNS[i].width + 1).sum::<u16>() - 1
+    };
+    let mut shown: Vec<usize> = (0..COLUMNS.len()).filter(|&i| !COLUMNS[i].wide).collect();
+    for i in (0..COLUMNS.len()).filter(|&i| COLUMNS[i].wide) {
+        let mut wider = shown.clone();
+        wider.push(i);
+        wider.sort_unstable();
+        if used(&wider) <= width {
+            shown = wider;
+        }
+    }
+    shown
+}
+
+/// The legend of the shown columns' abbreviations, packed into lines of
+/// `width`.
+fn legend(columns: &[usize], width: u16) -> Vec<String> {
+    let mut lines: Vec<String> = Vec::new();
+    for column in columns.iter().map(|&i| &COLUMNS[i]) {
+        let Some(meaning) = column.meaning else {
+            continue;
+        };
+        let item = format!("{} {meaning}", column.header);
+        match lines.last_mut() {
+            Some(line) if line.chars().count() + 3 + item.chars().count() <= usize::from(width) => {
+                line.push_str(" · ");
+                line.push_str(&item);
+            }
+            _ => lines.push(item),
+        }
+    }
+    lines
+}
+
 /// The column sorted by at start: CLOSE_WAIT, the leak.
-const DEFAULT_SORT: usize = 4;
+fn default_sort() -> usize {
+    COLUMNS
+        .iter()
+        .position(|c| c.header == "CLOSE_W")
+        .unwrap_or(0)
+}
 
 type Totals = HashMap<(String, String), PortSummary>;
 
@@ -154,6 +226,8 @@ struct View {
     show_idle: bool,
     /// The first port row shown.
     scroll: usize,
+    /// The terminal's width as of the last draw: which columns show.
+    width: u16,
 }
 
 pub async fn run(args: TopArgs) -> Result<(), Error> {
@@ -164,11 +238,12 @@ pub async fn run(args: TopArgs) -> Result<(), Error> {
         rows: Vec::new(),
         overview: Overview::default(),
         previous: None,
-        sort: DEFAULT_SORT,
+        sort: default_sort(),
         descending: true,
         status: String::new(),
         show_idle: false,
         scroll: 0,
+        width: 80,
     };
     view.update(first, Instant::now());
 
@@ -193,6 +268,7 @@ async fn show(
     let mut refresh = tokio::time::interval(args.interval);
     refresh.reset(); // the first overview is already in
     let result = loop {
+        view.width = terminal.size()?.width;
         terminal.draw(|frame| view.draw(frame, args))?;
         tokio::select! {
             _ = refresh.tick() => match client::get_json::<Overview>(daemon, OVERVIEW_PATH).await {
@@ -284,12 +360,8 @@ impl View {
 
     fn key(&mut self, key: KeyCode) {
         match key {
-            KeyCode::Left | KeyCode::Char('h') => {
-                self.sort = (self.sort + COLUMNS.len() - 1) % COLUMNS.len();
-            }
-            KeyCode::Right | KeyCode::Char('l') | KeyCode::Tab => {
-                self.sort = (self.sort + 1) % COLUMNS.len();
-            }
+            KeyCode::Left | KeyCode::Char('h') => self.move_sort(false),
+            KeyCode::Right | KeyCode::Char('l') | KeyCode::Tab => self.move_sort(true),
             KeyCode::Char('r') => self.descending = !self.descending,
             KeyCode::Char('z') => {
                 self.show_idle = !self.show_idle;
@@ -304,6 +376,14 @@ impl View {
         // Never past the last row, so that ↑ answers at once.
         self.scroll = self.scroll.min(self.visible_rows().len());
         self.sort_rows();
+    }
+
+    /// Sorts by the next shown column to the right (or left), around.
+    fn move_sort(&mut self, right: bool) {
+        let shown = columns_for(self.width);
+        let at = shown.iter().position(|&i| i == self.sort).unwrap_or(0);
+        let next = if right { at + 1 } else { at + shown.len() - 1 };
+        self.sort = shown[next % shown.len()];
     }
 
     /// The rows to show, in order: all, or those with a number that is not 0.
@@ -348,11 +428,14 @@ impl View {
     }
 
     fn draw(&self, frame: &mut Frame, args: &TopArgs) {
+        let columns = columns_for(frame.area().width);
+        let legend = legend(&columns, frame.area().width);
         let stale_rows = u16::try_from(self.overview.stale.len().clamp(1, 6)).unwrap_or(6);
-        let [header, ports, stale, help] = Layout::vertical([
+        let [header, ports, stale, legend_area, help] = Layout::vertical([
             Constraint::Length(1),
             Constraint::Min(4),
             Constraint::Length(stale_rows + 2),
+            Constraint::Length(u16::try_from(legend.len()).unwrap_or(1)),
             Constraint::Length(1),
         ])
         .areas(frame.area());
@@ -376,9 +459,17 @@ impl View {
         );
 
         let bold = Style::new().add_modifier(Modifier::BOLD);
-        frame.render_widget(self.port_table(usize::from(ports.height), bold), ports);
+        frame.render_widget(
+            self.port_table(&columns, usize::from(ports.height), bold),
+            ports,
+        );
 
         frame.render_widget(self.stale_table(bold), stale);
+
+        frame.render_widget(
+            Paragraph::new(legend.into_iter().map(Line::from).collect::<Vec<_>>()),
+            legend_area,
+        );
 
         frame.render_widget(
             Paragraph::new(if self.show_idle {
@@ -390,37 +481,36 @@ impl View {
         );
     }
 
-    /// The port rows that fit `height` lines, the header included.
-    fn port_table(&self, height: usize, bold: Style) -> Table<'_> {
+    /// The port rows that fit `height` lines, the header included, in
+    /// `columns`.
+    fn port_table(&self, columns: &[usize], height: usize, bold: Style) -> Table<'_> {
         // The sort column is shown reversed; its direction is in the title.
-        let headers = COLUMNS.iter().enumerate().map(|(i, column)| {
+        let headers = columns.iter().map(|&i| {
             let look = if i == self.sort {
                 bold.add_modifier(Modifier::REVERSED)
             } else {
                 bold
             };
-            Cell::from(column.header).style(look)
+            Cell::from(COLUMNS[i].header).style(look)
         });
         let (shown, more) = self.window(height.saturating_sub(1));
         let mut rows: Vec<Row> = shown
             .into_iter()
             .map(|row| {
-                Row::new(COLUMNS.iter().map(|column| {
-                    Cell::from(match (column.value)(row) {
-                        Value::Text(text) | Value::Port(_, text) => text,
-                        Value::Number(n) if column.header == "OLD_CW" => short_age(n),
-                        // Whole numbers, and rates of 100/s and more, without
-                        // decimals: the columns are narrow.
-                        Value::Number(n) if n.fract() == 0.0 || n >= 100.0 => format!("{n:.0}"),
-                        Value::Number(n) => format!("{n:.1}"),
-                    })
-                }))
+                Row::new(
+                    columns
+                        .iter()
+                        .map(|&i| Cell::from((COLUMNS[i].value)(row).show())),
+                )
             })
             .collect();
         if more > 0 {
             rows.push(Row::new([Cell::from(format!("+{more} more (↑/↓)"))]));
         }
-        let widths = COLUMNS.map(|c| Constraint::Length(c.width));
+        let widths: Vec<Constraint> = columns
+            .iter()
+            .map(|&i| Constraint::Length(COLUMNS[i].width))
+            .collect();
         Table::new(rows, widths)
             .header(Row::new(headers))
             .column_spacing(1)
@@ -498,11 +588,12 @@ mod tests {
             rows: Vec::new(),
             overview: Overview::default(),
             previous: None,
-            sort: DEFAULT_SORT,
+            sort: default_sort(),
             descending: true,
             status: String::new(),
             show_idle: false,
             scroll: 0,
+            width: 80,
         }
     }
 
@@ -591,17 +682,78 @@ mod tests {
         let ports: Vec<&str> = view.rows.iter().map(|r| r.summary.port.as_str()).collect();
         assert_eq!(ports, ["443", "8080", "10091", "other"]);
         // Ties of another column too.
-        view.sort = DEFAULT_SORT;
+        view.sort = default_sort();
         view.sort_rows();
         let ports: Vec<&str> = view.rows.iter().map(|r| r.summary.port.as_str()).collect();
         assert_eq!(ports, ["443", "8080", "10091", "other"]);
     }
 
-    /// The whole view fits an 80-column terminal.
+    /// 80 columns hold the narrow columns; a wider terminal adds the
+    /// others, in order of priority; → and ← move among those shown.
     #[test]
-    fn fits_80_columns() {
-        let spacing = u16::try_from(COLUMNS.len() - 1).unwrap();
-        let table: u16 = COLUMNS.iter().map(|c| c.width).sum::<u16>() + spacing;
-        assert!(table <= 80, "{table} columns");
+    fn wider_terminals_show_more_columns() {
+        let headers = |width| -> Vec<&str> {
+            columns_for(width)
+                .into_iter()
+                .map(|i| COLUMNS[i].header)
+                .collect()
+        };
+        let narrow = headers(80);
+        assert_eq!(
+            narrow,
+            [
+                "ROLE", "PORT", "ESTAB", "TIME_W", "CLOSE_W", "FIN_W2", "LAST_A", "TR/s", "RSTo/s",
+                "RSTi/s", "KA/s", "OLD_CW"
+            ]
+        );
+        let width_of = |headers: &[&str]| -> usize {
+            headers
+                .iter()
+                .map(|h| usize::from(COLUMNS.iter().find(|c| c.header == *h).unwrap().width) + 1)
+                .sum::<usize>()
+                - 1
+        };
+        assert_eq!(width_of(&narrow), 80);
+        assert_eq!(
+            headers(86),
+            [&narrow[..3], &["SYN_S"], &narrow[3..]].concat()
+        );
+        let all = headers(200);
+        assert_eq!(all.len(), COLUMNS.len());
+        assert_eq!(width_of(&all), 114);
+        assert_eq!(headers(113).len(), COLUMNS.len() - 1, "LISTEN waits");
+
+        let mut view = view();
+        view.sort = default_sort();
+        view.key(KeyCode::Left);
+        assert_eq!(COLUMNS[view.sort].header, "TIME_W", "at 80: FIN_W1 hidden");
+        view.width = 200;
+        view.key(KeyCode::Left);
+        assert_eq!(COLUMNS[view.sort].header, "FIN_W1");
+    }
+
+    /// The legend explains the shown abbreviations that are not states, on
+    /// as few lines as fit.
+    #[test]
+    fn legend_packs_the_abbreviations() {
+        assert_eq!(
+            legend(&columns_for(80), 80),
+            [
+                "TR/s state changes/s · RSTo/s RSTs sent/s · RSTi/s RSTs received/s",
+                "KA/s keepalive probes/s · OLD_CW oldest CLOSE_WAIT",
+            ]
+        );
+        assert_eq!(legend(&columns_for(200), 200).len(), 1);
+    }
+
+    #[test]
+    fn numbers_show_one_way_per_kind() {
+        assert_eq!(Value::Count(12).show(), "12");
+        assert_eq!(Value::Rate(0.0).show(), "0.0");
+        assert_eq!(Value::Rate(2.0).show(), "2.0");
+        assert_eq!(Value::Rate(2.46).show(), "2.5");
+        assert_eq!(Value::Rate(1234.4).show(), "1234");
+        assert_eq!(Value::Age(222.0).show(), "3.7m");
+        assert_eq!(Value::Age(0.0).show(), "-");
     }
 }
