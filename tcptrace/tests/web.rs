@@ -122,6 +122,44 @@ impl Drop for TempDir {
     }
 }
 
+/// The last hour, in the API and on the page: the leak's CLOSE_WAIT drawn,
+/// the port's other series empty.
+fn check_trends(daemon: &Daemon, dom: &str) {
+    let (status, body) = daemon.get("/api/v1/trends");
+    assert_eq!(status, 200, "{body}");
+    let trends: serde_json::Value = serde_json::from_str(&body).expect("trends JSON");
+    assert_eq!(trends["step_seconds"], 60);
+    assert_eq!(trends["window_points"], 61);
+    let trend = trends["ports"]
+        .as_array()
+        .expect("ports")
+        .iter()
+        .find(|p| p["role"] == "server" && p["port"].as_str() == Some(&PORT.to_string()))
+        .unwrap_or_else(|| panic!("no trend for server {PORT}: {body}"));
+    let series = |name: &str| -> Vec<u64> {
+        serde_json::from_value(trend[name].clone()).expect("a list of counts")
+    };
+    let close_wait = series("close_wait");
+    assert_eq!(close_wait.last(), Some(&(LEAKED as u64)), "{body}");
+    assert!(close_wait.len() <= 61, "{body}");
+    assert_eq!(series("time_wait"), vec![0; close_wait.len()], "{body}");
+    assert_eq!(series("resets"), vec![0; close_wait.len()], "{body}");
+    let trend_rows = table_rows(dom, "trends");
+    let row = trend_rows
+        .iter()
+        .find(|row| row[0] == "server" && row[1] == PORT.to_string())
+        .unwrap_or_else(|| panic!("no trend row for {PORT}: {trend_rows:?}"));
+    assert!(
+        row[2].starts_with("<svg") && row[2].contains("<polyline"),
+        "{row:?}"
+    );
+    assert!(
+        row[2].ends_with(&format!("<span>{LEAKED} now, {LEAKED} at most</span>")),
+        "{row:?}"
+    );
+    assert_eq!(row[3..], ["–", "–"], "no TIME_WAIT, no resets: {row:?}");
+}
+
 #[test]
 fn web_page_lists_the_leaking_port_and_process() {
     let ns = NetNs::new();
@@ -182,6 +220,8 @@ fn web_page_lists_the_leaking_port_and_process() {
         )) && host.contains("), up "),
         "{host}"
     );
+
+    check_trends(&daemon, &dom);
 
     let stale = table_rows(&dom, "stale");
     let group = stale

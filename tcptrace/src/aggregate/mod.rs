@@ -7,3 +7,4 @@ pub mod listen;
 pub mod owners;
 pub mod ports;
 pub mod stale;
+pub mod trends;

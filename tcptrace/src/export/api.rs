@@ -9,6 +9,8 @@
 //!   the last bind or listen that failed on it; loopback clients only, too.
 //! - `/api/v1/destinations`: the destinations whose client connections
 //!   hold the most local ports; loopback clients only.
+//! - `/api/v1/trends`: the last hour of each port with CLOSE_WAIT,
+//!   TIME_WAIT or resets, a point a minute; served to every client.
 
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
@@ -21,6 +23,7 @@ pub const SOCKETS_PATH: &str = "/api/v1/sockets";
 /// Followed by the port number.
 pub const PORTS_PATH: &str = "/api/v1/ports/";
 pub const DESTINATIONS_PATH: &str = "/api/v1/destinations";
+pub const TRENDS_PATH: &str = "/api/v1/trends";
 /// Destinations [`DESTINATIONS_PATH`] lists, most local ports first.
 pub const DESTINATIONS_LISTED: usize = 20;
 
@@ -109,6 +112,30 @@ pub struct Overview {
     /// Which daemon answers, for a page or terminal that shows several.
     #[serde(default)]
     pub daemon: DaemonInfo,
+}
+
+/// The last hour, a point per step, of every port with CLOSE_WAIT,
+/// TIME_WAIT or resets in it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrendList {
+    pub step_seconds: u64,
+    /// Points in a whole window: an hour of steps, and now. A port's lists
+    /// are shorter while the daemon has run less than an hour.
+    pub window_points: usize,
+    pub ports: Vec<PortTrend>,
+}
+
+/// One role and port, oldest point first; the last point is now.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortTrend {
+    pub role: String,
+    pub port: String,
+    /// Sockets at each point.
+    pub close_wait: Vec<u64>,
+    pub time_wait: Vec<u64>,
+    /// Resets sent and received in the step that ended at each point (the
+    /// last: since the step began).
+    pub resets: Vec<u64>,
 }
 
 /// The daemon that answers: where and what it runs.

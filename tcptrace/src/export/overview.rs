@@ -8,9 +8,13 @@ use crate::{
         owners::{Owner, OwnerSource},
         ports::{Aggregates, Reset},
         stale,
+        trends::{SAMPLES, STEP_NS, Trend},
     },
     events::TcpState,
-    export::api::{ContainerRecord, OwnerKind, PodRecord, PortSummary, SocketRecord, StaleGroup},
+    export::api::{
+        ContainerRecord, OwnerKind, PodRecord, PortSummary, PortTrend, SocketRecord, StaleGroup,
+        TrendList,
+    },
     support::clock::seconds,
     track::labels::{PortLabel, Role},
 };
@@ -62,6 +66,24 @@ pub fn port_summaries(aggregates: &Aggregates, now_ns: u64) -> Vec<PortSummary> 
     let mut ports: Vec<_> = ports.into_iter().collect();
     ports.sort_unstable_by_key(|&(key, _)| key);
     ports.into_iter().map(|(_, summary)| summary).collect()
+}
+
+/// The trends as the API shows them.
+pub fn trend_list(trends: Vec<Trend>) -> TrendList {
+    TrendList {
+        step_seconds: STEP_NS / 1_000_000_000,
+        window_points: SAMPLES + 1,
+        ports: trends
+            .into_iter()
+            .map(|trend| PortTrend {
+                role: trend.role.name().to_owned(),
+                port: trend.port.to_string(),
+                close_wait: trend.points.iter().map(|p| p.close_wait).collect(),
+                time_wait: trend.points.iter().map(|p| p.time_wait).collect(),
+                resets: trend.points.iter().map(|p| p.resets).collect(),
+            })
+            .collect(),
+    }
 }
 
 impl From<&stale::StaleGroup> for StaleGroup {

@@ -70,6 +70,8 @@ pub trait Site: Send + Sync + 'static {
     fn port(&self, port: u16) -> Vec<u8>;
     /// The busiest [`api::DestinationRecord`]s as JSON.
     fn destinations(&self) -> Vec<u8>;
+    /// [`api::TrendList`] as JSON.
+    fn trends(&self) -> Vec<u8>;
 }
 
 /// The page at `/`: self-contained, it reads the JSON API.
@@ -401,6 +403,7 @@ async fn respond(served: &Served, request: Request<Incoming>, turn: Responding) 
             turn,
         ),
         api::OVERVIEW_PATH => json(StatusCode::OK, site.overview(), turn),
+        api::TRENDS_PATH => json(StatusCode::OK, site.trends(), turn),
         path if (path == api::SOCKETS_PATH
             || path == api::DESTINATIONS_PATH
             || path.starts_with(api::PORTS_PATH))
@@ -814,6 +817,9 @@ mod tests {
             Vec::new()
         }
         fn destinations(&self) -> Vec<u8> {
+            Vec::new()
+        }
+        fn trends(&self) -> Vec<u8> {
             Vec::new()
         }
     }

@@ -29,7 +29,7 @@ use crate::{
     aggregate::owners::Owners,
     aggregate::ports::Aggregates,
     aggregate::stale::{StaleAfter, StaleReport},
-    aggregate::{idle::IdleReport, listen::ListenReport},
+    aggregate::{idle::IdleReport, listen::ListenReport, trends::Trends},
     cli::commands::Error,
     cli::{ListenAddress, RunArgs, web_config},
     export::prometheus::SelfMetrics,
@@ -90,6 +90,7 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
             failures: Failures::default(),
             listen: ListenReport::default(),
             idle: IdleReport::default(),
+            trends: Trends::default(),
         }),
         metrics: metrics.clone(),
         reset_reasons: probes.reset_reasons().clone(),
@@ -175,6 +176,7 @@ async fn follow(
                 let metrics = &exporter.metrics;
                 metrics.evictions.inc_by(evictions - metrics.evictions.get());
                 metrics.events_lost.inc_by(source.lost().saturating_sub(metrics.events_lost.get()));
+                exporter.state().sample_trends(crate::support::clock::boot_ns());
                 report_stale(&exporter.state).await;
             }
             _ = reconcile_tick.tick(), if reconcile_every.is_some() => {

@@ -190,6 +190,13 @@ impl Site for Exporter {
         serde_json::to_vec(&records).unwrap_or_default()
     }
 
+    fn trends(&self) -> Vec<u8> {
+        let state = self.state();
+        let trends = overview::trend_list(state.trends.read(&state.aggregates));
+        drop(state);
+        serde_json::to_vec(&trends).unwrap_or_default()
+    }
+
     fn port(&self, port: u16) -> Vec<u8> {
         let view = self.state().port_view(port, clock::boot_ns());
         serde_json::to_vec(&view).unwrap_or_default()

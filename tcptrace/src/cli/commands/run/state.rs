@@ -13,7 +13,7 @@ use crate::{
     aggregate::owners::{self, Owner, Owners},
     aggregate::ports::Aggregates,
     aggregate::stale::{StaleReport, StaleSocket},
-    aggregate::{idle::IdleReport, listen::ListenReport},
+    aggregate::{idle::IdleReport, listen::ListenReport, trends::Trends},
     events::{Endpoints, EventKind, Task, TcpState, errno_name},
     export::api::{
         FailureRecord, PortInNamespace, PortView, SocketQuery, SocketRecord, TaskRecord,
@@ -36,6 +36,8 @@ pub struct State {
     pub failures: Failures,
     pub listen: ListenReport,
     pub idle: IdleReport,
+    /// The last hour per port, for the page's charts.
+    pub trends: Trends,
 }
 
 impl State {
@@ -76,10 +78,16 @@ impl State {
             self.aggregates.forget_label(role, port);
             self.stale.forget_label(role, port);
             self.idle.forget_label(role, port);
+            self.trends.forget_label(role, port);
             if role == Role::Server {
                 self.listen.forget_label(port);
             }
         }
+    }
+
+    /// Samples the per-port trends if a step has passed.
+    pub fn sample_trends(&mut self, now_ns: u64) {
+        self.trends.sample(&self.aggregates, now_ns);
     }
 
     /// What holds local `port` in each namespace, and the last bind or
