@@ -4,6 +4,8 @@
     python3 deploy/check.py
 
 - the alerting rules pass `promtool check rules` and their unit tests;
+- every alert has a runbook_url pointing at its section of RUNBOOK.md and a
+  dashboard_url pointing at the dashboard's uid and one of its panels;
 - the dashboard is JSON, and every panel query, with Grafana's variables
   replaced by concrete values, is PromQL that promtool accepts;
 - every metric the rules and the dashboard use is one tcptrace exports (its
@@ -28,6 +30,7 @@ ROOT = DEPLOY.parent
 RULES = DEPLOY / "prometheus" / "tcptrace-rules.yml"
 DASHBOARD = DEPLOY / "grafana" / "tcptrace.json"
 UNIT = DEPLOY / "systemd" / "tcptrace.service"
+RUNBOOK = DEPLOY / "prometheus" / "RUNBOOK.md"
 
 # Concrete values for Grafana's variables, so that promtool can parse queries.
 VARIABLES = {
@@ -120,6 +123,34 @@ def check_names(texts):
     print("metric, state and sysctl names: all exported by tcptrace")
 
 
+def check_alert_links():
+    """Each alert's runbook_url and dashboard_url, read from the rules' text
+    (the file is plain YAML of a fixed shape; no YAML parser is needed)."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    panel_ids = set()
+    stack = list(dashboard["panels"])
+    while stack:
+        panel = stack.pop()
+        panel_ids.add(panel["id"])
+        stack.extend(panel.get("panels", []))
+    sections = set(re.findall(r"^## (\w+)$", RUNBOOK.read_text(), re.M))
+    alerts = re.split(r"^\s+- alert: ", RULES.read_text(), flags=re.M)[1:]
+    for text in alerts:
+        name = text.split()[0]
+        runbook = re.search(r"^\s+runbook_url: \S+#(\w+)$", text, re.M)
+        if not runbook or runbook.group(1) != name.lower():
+            fail(f"{name}: no runbook_url ending in #{name.lower()}")
+        if name not in sections:
+            fail(f"{name}: no section '## {name}' in {RUNBOOK.relative_to(ROOT)}")
+        link = re.search(r"^\s+dashboard_url: '[^']+/d/([\w-]+)/[^']*viewPanel=(\d+)'$", text, re.M)
+        if not link or link.group(1) != dashboard["uid"] or int(link.group(2)) not in panel_ids:
+            fail(f"{name}: dashboard_url is not a panel of the dashboard (uid {dashboard['uid']})")
+    extra = sections - {text.split()[0] for text in alerts}
+    if extra:
+        fail(f"{RUNBOOK.relative_to(ROOT)}: sections for no alert: {sorted(extra)}")
+    print(f"{len(alerts)} alerts: each links its runbook section and dashboard panel")
+
+
 def check_unit():
     if not shutil.which("systemd-analyze"):
         print("systemd-analyze not installed: unit not verified")
@@ -149,6 +180,7 @@ def check_kubernetes():
 def main():
     run("promtool", "check", "rules", RULES)
     run("promtool", "test", "rules", RULES.with_suffix(".test.yml").name, cwd=RULES.parent)
+    check_alert_links()
     queries = dashboard_queries()
     print(f"{DASHBOARD.relative_to(ROOT)}: valid JSON, {len(queries)} queries")
     check_queries_parse(queries)
