@@ -58,12 +58,14 @@ tasks:
                      script SCRIPT in it instead of the tests, as root in the
                      host's files like them, with $RESULTS a directory shared
                      read-write with the host; stops at a kernel oops
-  bench [--quick] [--against BINARY]
+  bench [--quick] [--scale] [--against BINARY]
                      tcptrace against baseline, tcpstates, bpftrace and
                      node_exporter under loopback churn, then its cost with
                      many sockets open; about 11 minutes (--quick: about 6).
-                     --against adds another tcptrace binary (an earlier
-                     commit's, say) to the same interleaved churn rows
+                     --scale runs only the many-sockets rows (10,000, and
+                     100,000 without --quick); --against adds another
+                     tcptrace binary (an earlier commit's, say) to the
+                     same interleaved churn rows
   soak [--minutes N] tcptrace run under mixed churn for N minutes (10),
                      sampling its memory, fds and tracked sockets
 ";
@@ -158,10 +160,13 @@ fn run_task(args: Vec<String>) -> Result<(), String> {
     }
 }
 
-/// `cargo xtask bench [--quick] [--against BINARY]`.
+/// `cargo xtask bench [--quick] [--scale] [--against BINARY]`.
 fn bench_task(root: &Path, pins: &Pins, flags: &[String]) -> Result<(), String> {
     let (against, flags) = against_flag(flags)?;
-    if let Some(flag) = flags.iter().find(|f| *f != "--quick") {
+    if let Some(flag) = flags
+        .iter()
+        .find(|f| !["--quick", "--scale"].contains(&f.as_str()))
+    {
         return Err(format!("unknown option {flag:?} for \"bench\"\n{USAGE}"));
     }
     if let Some(binary) = &against
@@ -180,7 +185,11 @@ fn bench_task(root: &Path, pins: &Pins, flags: &[String]) -> Result<(), String> 
     };
     let xtask = env::current_exe().map_err(|e| format!("own path: {e}"))?;
     let tcptrace = root.join("target/release/tcptrace");
-    let report = bench::run(&tcptrace, against.as_deref(), &xtask, &plan)?;
+    let report = if flags.iter().any(|f| f == "--scale") {
+        bench::scales(&tcptrace, &xtask, &plan)
+    } else {
+        bench::run(&tcptrace, against.as_deref(), &xtask, &plan)?
+    };
     let path = bench::report_path(root);
     let _ = std::fs::create_dir_all(path.parent().unwrap_or(root));
     std::fs::write(&path, &report).map_err(|e| format!("{}: {e}", path.display()))?;
