@@ -275,7 +275,10 @@ pub struct KernelLayout {
     /// The kernel's tick rate (`HZ`), measured by the loader; 0 if it could
     /// not be, and then no idle time is reported.
     pub hz: u32,
-    pub pad: u32,
+    /// `tcp_sock.keepalive_time` (u32, jiffies): the socket's own
+    /// `TCP_KEEPIDLE`, 0 when it uses its namespace's
+    /// `net.ipv4.tcp_keepalive_time`.
+    pub tcp_keepalive_time: u32,
 }
 
 const _: () = assert!(size_of::<KernelLayout>() == 224);
@@ -283,6 +286,20 @@ const _: () = assert!(size_of::<KernelLayout>() == 224);
 // SAFETY: plain old data, `#[repr(C)]`, every bit pattern valid, padding explicit.
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for KernelLayout {}
+
+/// What the settings iterator (`iter/tcp`) writes for each full TCP socket
+/// of the namespace that reads it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SocketSettings {
+    pub cookie: u64,
+    /// `tcp_sock.keepalive_time`, in jiffies: 0 when the socket uses its
+    /// namespace's `net.ipv4.tcp_keepalive_time`.
+    pub keepalive_time: u32,
+    pub pad: u32,
+}
+
+const _: () = assert!(size_of::<SocketSettings>() == 16);
 
 #[cfg(test)]
 mod tests {

@@ -16,6 +16,7 @@ mod errors;
 mod maps;
 mod resets;
 mod retransmits;
+mod settings;
 mod socket;
 mod state;
 mod syscalls;

@@ -82,7 +82,7 @@ static LAYOUT: KernelLayout = KernelLayout {
     tcp_lsndtime: 0,
     icsk_ack_lrcvtime: 0,
     hz: 0,
-    pad: 0,
+    tcp_keepalive_time: 0,
 };
 
 #[inline(always)]

@@ -12,7 +12,7 @@ use std::{
     io::{Read, Write},
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use common::{
@@ -502,6 +502,97 @@ fn idle_connections_are_counted_by_whether_keepalive_is_on() {
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         assert_eq!(busy.sum("tcptrace_idle_sockets", &[("port", &p)]), 0.0);
     });
+    drop(pairs);
+    drop(netns);
+    daemon.stop();
+}
+
+/// The socket list gives each established connection with keepalive on its
+/// idle time before the first probe: its own `TCP_KEEPIDLE` (read from the
+/// kernel by the settings iterator), else its namespace's
+/// `tcp_keepalive_time`; nothing with keepalive off.
+#[test]
+fn the_socket_list_gives_each_keepalive_connection_its_idle_time() {
+    let port = 18103;
+    let p = port.to_string();
+    let daemon = Daemon::start(&["--reconcile-interval", "1s", "--port", &p]);
+    let netns = NetNs::new();
+    netns.sysctl("net/ipv4/tcp_keepalive_time", "300");
+    // Clients 0-2: keepalive on, the namespace's 300 s; 3-4: their own
+    // 7200 s, as a container left at the default behind a NAT; 5: off.
+    let pairs: Vec<(TcpStream, TcpStream)> = netns.run(|| {
+        let listener = TcpListener::bind(local(port)).expect("bind");
+        (0..6)
+            .map(|i| {
+                let client = TcpStream::connect(local(port)).expect("connect");
+                let (server, _) = listener.accept().expect("accept");
+                match i {
+                    0..=2 => set_option(&client, libc::SOL_SOCKET, libc::SO_KEEPALIVE, &1i32),
+                    3 | 4 => keepalive(&client, 7200, 75, 9),
+                    _ => {}
+                }
+                (client, server)
+            })
+            .collect()
+    });
+    let expected: std::collections::BTreeMap<u16, Option<(u64, &str)>> = pairs
+        .iter()
+        .enumerate()
+        .map(|(i, (client, _))| {
+            let keepalive = match i {
+                0..=2 => Some((300, "namespace")),
+                3 | 4 => Some((7200, "socket")),
+                _ => None,
+            };
+            (
+                client.local_addr().expect("local address").port(),
+                keepalive,
+            )
+        })
+        .collect();
+
+    let query = format!("/api/v1/sockets?port={port}&state=ESTABLISHED");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let seen = loop {
+        let (status, body) = daemon.get(&query);
+        assert_eq!(status, 200, "{body}");
+        let list: serde_json::Value = serde_json::from_str(&body).expect("socket list JSON");
+        let records = list["sockets"].as_array().expect("sockets").clone();
+        // Clients by their local port; the servers (local port 18103) have
+        // keepalive off.
+        let seen: std::collections::BTreeMap<u16, Option<(u64, String)>> = records
+            .iter()
+            .filter_map(|record| {
+                let local: SocketAddr = record["local"].as_str()?.parse().ok()?;
+                let keepalive = record["keepalive"].as_object().map(|k| {
+                    (
+                        k["idle_seconds"].as_u64().expect("idle_seconds"),
+                        k["set_by"].as_str().expect("set_by").to_owned(),
+                    )
+                });
+                Some((local.port(), keepalive))
+            })
+            .collect();
+        let servers_off = seen.get(&port).is_some_and(Option::is_none);
+        let clients: std::collections::BTreeMap<u16, Option<(u64, &str)>> = seen
+            .iter()
+            .filter(|(local, _)| **local != port)
+            .map(|(local, k)| (*local, k.as_ref().map(|(s, by)| (*s, by.as_str()))))
+            .collect();
+        if records.len() == 12 && servers_off && clients == expected {
+            break records;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "keepalive idle times not as expected within 15 s: want {expected:?}, got {seen:?}"
+        );
+        thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(
+        seen.iter().filter(|r| r["keepalive"].is_null()).count(),
+        7,
+        "6 servers and 1 client with keepalive off"
+    );
     drop(pairs);
     drop(netns);
     daemon.stop();

@@ -243,6 +243,20 @@ pub struct SocketRecord {
     /// The owner's Kubernetes pod, from its cgroup and kubelet's directories.
     #[serde(default)]
     pub pod: Option<PodRecord>,
+    /// An established connection with keepalive on: how long it may stay
+    /// idle before its first probe, as of the last reconciliation. `None`
+    /// with keepalive off, or where it is not known.
+    #[serde(default)]
+    pub keepalive: Option<KeepaliveRecord>,
+}
+
+/// A connection's idle time before its first keepalive probe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeepaliveRecord {
+    pub idle_seconds: u64,
+    /// "socket" (its own `TCP_KEEPIDLE`) or "namespace" (its namespace's
+    /// `net.ipv4.tcp_keepalive_time`).
+    pub set_by: String,
 }
 
 /// A container: the id and runtime from the cgroup path, the name and image

@@ -185,6 +185,10 @@ const INET_DIAG_REQ_V2_LEN: usize = 8 + INET_DIAG_SOCKID_LEN;
 /// `sizeof(struct inet_diag_msg)`.
 const INET_DIAG_MSG_LEN: usize = 4 + INET_DIAG_SOCKID_LEN + 20;
 const REQUEST_LEN: usize = NLMSG_HDRLEN + INET_DIAG_REQ_V2_LEN;
+/// `idiag_timer` of a full socket whose keepalive timer is pending: an
+/// established connection has one only with `SO_KEEPALIVE`.
+pub const TIMER_KEEPALIVE: u8 = 2;
+
 /// `idiag_timer` of timewait sockets.
 const TIMER_TIME_WAIT: u8 = 3;
 

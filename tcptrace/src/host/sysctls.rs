@@ -10,9 +10,13 @@ use crate::host::netns::{self, Namespace, NamespaceError};
 /// How long an orphaned FIN_WAIT2 lasts, in seconds.
 pub const FIN_TIMEOUT: &str = "net.ipv4.tcp_fin_timeout";
 
+/// How long a connection with keepalive on stays idle before the first
+/// probe, in seconds, unless the socket sets its own (`TCP_KEEPIDLE`).
+pub const KEEPALIVE_TIME: &str = "net.ipv4.tcp_keepalive_time";
+
 /// The settings read, by sysctl name; `ip_local_port_range` is split below.
 const SETTINGS: [&str; 7] = [
-    "net.ipv4.tcp_keepalive_time",
+    KEEPALIVE_TIME,
     "net.ipv4.tcp_keepalive_intvl",
     "net.ipv4.tcp_keepalive_probes",
     FIN_TIMEOUT,

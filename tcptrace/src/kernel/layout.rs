@@ -100,7 +100,7 @@ pub fn kernel_layout(btf: &Btf, symbols: TimerSymbols) -> Result<KernelLayout, B
         tcp_lsndtime: field("tcp_sock", &["lsndtime"], 4)?,
         icsk_ack_lrcvtime: field("inet_connection_sock", &["icsk_ack", "lrcvtime"], 4)?,
         hz: 0, // set by the loader, which measures it
-        pad: 0,
+        tcp_keepalive_time: field("tcp_sock", &["keepalive_time"], 4)?,
     })
 }
 

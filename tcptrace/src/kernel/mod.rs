@@ -8,5 +8,6 @@ pub mod kallsyms;
 pub mod layout;
 pub mod probes;
 pub mod ring;
+pub mod settings;
 pub mod tracefs;
 pub mod version;

@@ -11,7 +11,7 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader, Endianness,
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, ProgramError, TracePoint},
+    programs::{BtfTracePoint, Iter, ProgramError, TracePoint},
 };
 use tcptrace_common::{DEFAULT_RING_BUFFER_BYTES, KernelLayout};
 
@@ -22,6 +22,7 @@ use crate::{
     kernel::kallsyms,
     kernel::layout::{self, TimerSymbols},
     kernel::ring::EventSource,
+    kernel::settings::{self, SettingsLink},
     kernel::tracefs,
     kernel::version::KernelVersion,
 };
@@ -237,6 +238,10 @@ pub struct Probes {
     /// Why each hook that is not attached is not, by program name.
     not_attached: Vec<(&'static str, String)>,
     reset_reasons: ResetReasons,
+    /// Whether the settings iterator loaded, or why not.
+    settings: Result<(), String>,
+    /// The kernel's tick rate, 0 if unknown.
+    hz: u32,
 }
 
 /// What loading the programs needs of the running kernel's BTF, read and
@@ -365,13 +370,40 @@ impl ProbeSpec {
                 not_attached.push((hook.program, reason));
             }
         }
+        let settings = load_settings_iterator(&mut ebpf, &loader_btf);
+        if let Err(reason) = &settings {
+            tracing::warn!(
+                "{reason}; connections' own keepalive idle times are not read (their namespace's still are)"
+            );
+        }
         Ok(Probes {
             ebpf,
             attached,
             not_attached,
             reset_reasons,
+            settings,
+            hz: layout.hz,
         })
     }
+}
+
+/// Loads the settings iterator; an error says why it cannot run.
+fn load_settings_iterator(ebpf: &mut Ebpf, btf: &aya::Btf) -> Result<(), String> {
+    let program = ebpf.program_mut(settings::PROGRAM).ok_or_else(|| {
+        format!(
+            "BPF program {} is missing from the object",
+            settings::PROGRAM
+        )
+    })?;
+    let program: &mut Iter = program
+        .try_into()
+        .map_err(|e: ProgramError| e.to_string())?;
+    program.load("tcp", btf).map_err(|error| {
+        format!(
+            "the kernel rejected the socket settings iterator (needs Linux >= 5.12): {}",
+            crate::support::errors::one_line(&error)
+        )
+    })
 }
 
 impl Probes {
@@ -436,6 +468,37 @@ impl Probes {
             .iter()
             .find(|(name, _)| *name == program)
             .map(|(_, reason)| reason.as_str())
+    }
+
+    /// The kernel's tick rate (`HZ`) as measured at load; 0 if it was not.
+    pub fn hz(&self) -> u32 {
+        self.hz
+    }
+
+    /// `count` links of the settings iterator, one per namespace to read
+    /// ([`settings::read`]); none if it did not load, or if the kernel
+    /// refuses a link (said once per call).
+    pub fn settings_links(&mut self, count: usize) -> Vec<SettingsLink> {
+        if self.settings.is_err() || count == 0 {
+            return Vec::new();
+        }
+        let Some(program) = self.ebpf.program_mut(settings::PROGRAM) else {
+            return Vec::new();
+        };
+        let Ok(program) = <&mut Iter>::try_from(program) else {
+            return Vec::new();
+        };
+        let mut links = Vec::with_capacity(count);
+        for _ in 0..count {
+            match program.attach().and_then(|id| program.take_link(id)) {
+                Ok(link) => links.push(SettingsLink(link)),
+                Err(error) => {
+                    tracing::debug!(%error, "settings iterator: no link");
+                    break;
+                }
+            }
+        }
+        links
     }
 
     /// Takes the event stream; there is one per `Probes`.

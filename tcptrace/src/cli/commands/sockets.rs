@@ -233,6 +233,7 @@ fn kernel_record(socket: &DiagSocket, listening: &HashSet<(u32, u16)>) -> Option
         unit: None,
         container: None,
         pod: None,
+        keepalive: None,
     })
 }
 

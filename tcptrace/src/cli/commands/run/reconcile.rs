@@ -7,18 +7,20 @@ use std::{collections::HashMap, time::Duration};
 use rustc_hash::FxHashMap;
 
 use crate::{
-    aggregate::{idle::IdleReport, listen::ListenReport},
+    aggregate::{
+        idle::{IdleReport, keepalive_idle},
+        listen::ListenReport,
+    },
     cli::{RunArgs, commands::Error},
     events::TcpState,
     host::{netns, netstat, sock_diag, sysctls},
     kernel::ring::{Batch, EventSource, POLL_INTERVAL},
+    kernel::settings::{self, SettingsLink},
     support::clock,
+    track::Tracker,
 };
 
 use super::{site::Exporter, state::State};
-
-/// `idiag_timer` of a socket whose keepalive timer is pending.
-const TIMER_KEEPALIVE: u8 = 2;
 
 /// Reads every socket of every network namespace and makes the tracked
 /// picture match it; returns how many sockets were added.
@@ -32,20 +34,32 @@ pub async fn reconcile(
     let max_netns = args.max_netns;
     let started_ns = clock::boot_ns();
     exporter.state().tracker.begin_reconcile();
-    let (sockets, namespaces) = tokio::task::spawn_blocking(move || {
+    let sockets = tokio::task::spawn_blocking(move || {
         let (sockets, failures) = sock_diag::dump_all();
         for (namespace, error) in failures {
             tracing::debug!(path = %namespace.path.display(), %error, "namespace skipped");
         }
-        let read = read_namespaces(&sockets, max_netns);
-        (sockets, read)
+        sockets
     })
     .await
     .map_err(|e| Error::Io(std::io::Error::other(e)))?;
+    let wanted = namespaces_to_read(&sockets, max_netns);
+    let (links, hz) = {
+        let mut probes = exporter
+            .probes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        (probes.settings_links(wanted.len()), probes.hz())
+    };
+    let namespaces = tokio::task::spawn_blocking(move || read_namespaces(&wanted, links))
+        .await
+        .map_err(|e| Error::Io(std::io::Error::other(e)))?;
     let NamespaceReadings {
         settings,
         overflows,
         fin_timeouts,
+        keepalive_times,
+        own_keepalive,
         names,
     } = namespaces;
     *exporter
@@ -88,22 +102,16 @@ pub async fn reconcile(
             )
         });
     *listen = ListenReport::new(listeners, overflows);
-    // A keepalive timer is pending on an established connection only
-    // with SO_KEEPALIVE (sock_diag's timer 2).
-    let established = sockets
-        .iter()
-        .filter(|socket| socket.state == TcpState::Established as u8)
-        .filter_map(|socket| {
-            let tracked = tracker.socket(socket.cookie)?;
-            Some((
-                socket.timer == TIMER_KEEPALIVE,
-                tracked.role,
-                tracked.port,
-                socket.idle_ms?,
-            ))
-        });
-    let idle_after_ms = u64::try_from(args.idle_after.as_millis()).unwrap_or(u64::MAX);
-    *idle = IdleReport::new(established, idle_after_ms);
+    *idle = idle_report(
+        &sockets,
+        tracker,
+        args.idle_after,
+        &Keepalive {
+            own: &own_keepalive,
+            namespaces: &keepalive_times,
+            hz,
+        },
+    );
     #[expect(clippy::cast_precision_loss, reason = "a duration in seconds")]
     let took = clock::boot_ns().saturating_sub(started_ns) as f64 / 1e9;
     exporter.metrics.reconcile_seconds.set(took);
@@ -124,6 +132,57 @@ pub async fn reconcile(
     Ok(corrections.missing)
 }
 
+/// What decides a connection's keepalive idle time: its own setting by
+/// namespace and cookie, its namespace's by inode, and the tick rate.
+struct Keepalive<'a> {
+    own: &'a FxHashMap<u32, HashMap<u64, u32>>,
+    namespaces: &'a FxHashMap<u32, u64>,
+    hz: u32,
+}
+
+/// Established connections idle for `idle_after` or longer by keepalive,
+/// role and port, and each keepalive connection's idle time before probing.
+fn idle_report(
+    sockets: &[sock_diag::DiagSocket],
+    tracker: &Tracker,
+    idle_after: Duration,
+    keepalive: &Keepalive<'_>,
+) -> IdleReport {
+    // A keepalive timer is pending on an established connection only
+    // with SO_KEEPALIVE (sock_diag's timer 2).
+    let established = sockets
+        .iter()
+        .filter(|socket| socket.state == TcpState::Established as u8)
+        .filter_map(|socket| {
+            let known = tracker.socket(socket.cookie)?;
+            Some((
+                socket.timer == sock_diag::TIMER_KEEPALIVE,
+                known.role,
+                known.port,
+                socket.idle_ms?,
+            ))
+        });
+    let idle_after_ms = u64::try_from(idle_after.as_millis()).unwrap_or(u64::MAX);
+    let mut idle = IdleReport::new(established, idle_after_ms);
+    idle.keepalive = sockets
+        .iter()
+        .filter(|socket| {
+            socket.state == TcpState::Established as u8
+                && socket.timer == sock_diag::TIMER_KEEPALIVE
+        })
+        .filter_map(|socket| {
+            let own = keepalive
+                .own
+                .get(&socket.netns)
+                .and_then(|own| own.get(&socket.cookie))
+                .copied();
+            let namespace = keepalive.namespaces.get(&socket.netns).copied();
+            Some((socket.cookie, keepalive_idle(own, namespace, keepalive.hz)?))
+        })
+        .collect();
+    idle
+}
+
 /// What was read of each namespace.
 struct NamespaceReadings {
     /// TCP settings by namespace label.
@@ -133,14 +192,19 @@ struct NamespaceReadings {
     /// `tcp_fin_timeout` by namespace inode, which stale FIN_WAIT2 is
     /// judged by.
     fin_timeouts: FxHashMap<u32, Duration>,
+    /// `tcp_keepalive_time` (seconds) by namespace inode.
+    keepalive_times: FxHashMap<u32, u64>,
+    /// Each full socket's own keepalive idle time in jiffies (0: none), by
+    /// namespace inode and cookie; namespaces the iterator did not read are
+    /// missing.
+    own_keepalive: FxHashMap<u32, HashMap<u64, u32>>,
     /// (label, name) of each namespace read (see [`crate::host::netns::names`]).
     names: Vec<(String, String)>,
 }
 
-/// The TCP settings and the listen overflow count of the host's namespace
-/// and of every namespace with TCP sockets, those with the most first, up to
-/// `max_netns`; blocking.
-fn read_namespaces(sockets: &[sock_diag::DiagSocket], max_netns: usize) -> NamespaceReadings {
+/// The host's namespace and every namespace with TCP sockets, those with
+/// the most first, up to `max_netns`: the ones whose settings are read.
+fn namespaces_to_read(sockets: &[sock_diag::DiagSocket], max_netns: usize) -> Vec<u32> {
     let host = netns::own_inode();
     let mut counts: HashMap<u32, usize> = HashMap::new();
     for socket in sockets {
@@ -151,8 +215,27 @@ fn read_namespaces(sockets: &[sock_diag::DiagSocket], max_netns: usize) -> Names
     if let Some(host) = host.filter(|host| !counts.contains_key(host)) {
         wanted.insert(0, host);
     }
-    let (read, failures) = sysctls::read_namespaces(&wanted, max_netns, || {
-        (sysctls::read_current(), netstat::listen_overflows())
+    wanted.truncate(max_netns);
+    wanted
+}
+
+/// The TCP settings, the listen overflow count and (with a link of the
+/// settings iterator each) the sockets' own keepalive times of the
+/// namespaces `wanted`; blocking.
+fn read_namespaces(wanted: &[u32], links: Vec<SettingsLink>) -> NamespaceReadings {
+    let host = netns::own_inode();
+    let links = std::sync::Mutex::new(links);
+    let (read, failures) = sysctls::read_namespaces(wanted, wanted.len(), || {
+        let link = links
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop();
+        let own = link.and_then(|link| {
+            settings::read(link)
+                .inspect_err(|error| tracing::debug!(%error, "socket settings not read"))
+                .ok()
+        });
+        (sysctls::read_current(), netstat::listen_overflows(), own)
     });
     for (inode, error) in failures {
         tracing::debug!(netns = inode, %error, "settings not read");
@@ -166,7 +249,7 @@ fn read_namespaces(sockets: &[sock_diag::DiagSocket], max_netns: usize) -> Names
     };
     let mut overflows: Vec<(String, u64)> = read
         .iter()
-        .filter_map(|(&inode, (_, overflows))| Some((label(inode), (*overflows)?)))
+        .filter_map(|(&inode, (_, overflows, _))| Some((label(inode), (*overflows)?)))
         .collect();
     overflows.sort();
     // The namespaces read are named, so that the names are as bounded.
@@ -179,24 +262,36 @@ fn read_namespaces(sockets: &[sock_diag::DiagSocket], max_netns: usize) -> Names
         })
         .collect();
     names.sort();
-    let fin_timeouts = read
-        .iter()
-        .filter_map(|(&inode, (values, _))| {
-            let &(_, secs) = values
-                .iter()
-                .find(|(name, _)| *name == sysctls::FIN_TIMEOUT)?;
-            Some((inode, Duration::from_secs(u64::try_from(secs).ok()?)))
-        })
+    let seconds_of = |name: &str| -> FxHashMap<u32, u64> {
+        read.iter()
+            .filter_map(|(&inode, (values, _, _))| {
+                let &(_, secs) = values.iter().find(|(n, _)| *n == name)?;
+                Some((inode, u64::try_from(secs).ok()?))
+            })
+            .collect()
+    };
+    let fin_timeouts = seconds_of(sysctls::FIN_TIMEOUT)
+        .into_iter()
+        .map(|(inode, secs)| (inode, Duration::from_secs(secs)))
         .collect();
+    let keepalive_times = seconds_of(sysctls::KEEPALIVE_TIME);
+    let mut own_keepalive = FxHashMap::default();
     let mut settings: Vec<(String, sysctls::Settings)> = read
         .into_iter()
-        .map(|(inode, (values, _))| (label(inode), values))
+        .map(|(inode, (values, _, own))| {
+            if let Some(own) = own {
+                own_keepalive.insert(inode, own);
+            }
+            (label(inode), values)
+        })
         .collect();
     settings.sort_by(|a, b| a.0.cmp(&b.0));
     NamespaceReadings {
         settings,
         overflows,
         fin_timeouts,
+        keepalive_times,
+        own_keepalive,
         names,
     }
 }

@@ -16,7 +16,8 @@ use crate::{
     aggregate::{idle::IdleReport, listen::ListenReport, trends::Trends},
     events::{Endpoints, EventKind, Task, TcpState, errno_name},
     export::api::{
-        FailureRecord, PortInNamespace, PortView, SocketQuery, SocketRecord, TaskRecord,
+        FailureRecord, KeepaliveRecord, PortInNamespace, PortView, SocketQuery, SocketRecord,
+        TaskRecord,
     },
     export::prometheus::SelfMetrics,
     host::containers::Containers,
@@ -188,27 +189,34 @@ impl State {
                 if query.stale && !stale {
                     continue;
                 }
-                let record = SocketRecord {
-                    cookie,
-                    state: state.name().to_owned(),
-                    age_seconds: Some(clock::seconds(age_ns)),
-                    age_exact: tracked.stay.known,
-                    stale,
-                    role: role.name().to_owned(),
-                    port: label,
-                    local: SocketAddr::new(endpoints.saddr, endpoints.sport),
-                    remote: SocketAddr::new(endpoints.daddr, endpoints.dport),
-                    netns: endpoints.netns,
-                    netns_name: None,
-                    pid: None,
-                    comm: None,
-                    cmdline: None,
-                    cgroup: None,
-                    owner: None,
-                    unit: None,
-                    container: None,
-                    pod: None,
-                };
+                let record =
+                    SocketRecord {
+                        cookie,
+                        state: state.name().to_owned(),
+                        age_seconds: Some(clock::seconds(age_ns)),
+                        age_exact: tracked.stay.known,
+                        stale,
+                        role: role.name().to_owned(),
+                        port: label,
+                        local: SocketAddr::new(endpoints.saddr, endpoints.sport),
+                        remote: SocketAddr::new(endpoints.daddr, endpoints.dport),
+                        netns: endpoints.netns,
+                        netns_name: None,
+                        pid: None,
+                        comm: None,
+                        cmdline: None,
+                        cgroup: None,
+                        owner: None,
+                        unit: None,
+                        container: None,
+                        pod: None,
+                        keepalive: self.idle.keepalive.get(&cookie).map(|keepalive| {
+                            KeepaliveRecord {
+                                idle_seconds: keepalive.seconds,
+                                set_by: keepalive.set_by.name().to_owned(),
+                            }
+                        }),
+                    };
                 selected.push((record, endpoints, tracked.task));
             }
         }
