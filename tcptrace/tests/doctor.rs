@@ -336,3 +336,43 @@ fn help_explains_the_exit_codes() {
         ran.stdout
     );
 }
+
+/// Connections that set their own keepalive idle time above what NATs
+/// allow get a note in their namespace, read from the kernel by the
+/// settings iterator; a short one does not.
+#[test]
+fn connections_with_their_own_long_keepalive_get_a_note() {
+    let long = NetNs::new();
+    let short = NetNs::new();
+    let pair = |ns: &NetNs, idle: i32| {
+        ns.run(|| {
+            let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
+            let client = std::net::TcpStream::connect(listener.local_addr().expect("address"))
+                .expect("connect");
+            let (server, _) = listener.accept().expect("accept");
+            common::keepalive(&client, idle, 75, 9);
+            (listener, client, server)
+        })
+    };
+    let _long = [pair(&long, 7200), pair(&long, 600)];
+    let _short = pair(&short, 120);
+
+    let ran = run(doctor(&["--format", "json"]));
+    assert_eq!(ran.code, expected().code, "{}{}", ran.stdout, ran.stderr);
+    let report = json(&ran);
+    let flagged = namespace(&report, long.inode());
+    let note = flagged["notes"]
+        .as_array()
+        .expect("notes")
+        .iter()
+        .find(|note| note["setting"] == "TCP_KEEPIDLE")
+        .unwrap_or_else(|| panic!("no TCP_KEEPIDLE note: {flagged}"));
+    let text = note["text"].as_str().expect("text");
+    assert!(
+        text.starts_with(
+            "2 established connections set their own keepalive idle time (TCP_KEEPIDLE) above 240 s, up to 7200 s"
+        ),
+        "{text}"
+    );
+    assert!(!has_note(namespace(&report, short.inode()), "TCP_KEEPIDLE"));
+}

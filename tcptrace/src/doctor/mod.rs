@@ -144,6 +144,10 @@ pub struct NamespaceContents {
     /// The destination whose client connections hold the most local ports
     /// (TIME_WAIT included), and how many.
     pub busiest_destination: Option<(SocketAddr, usize)>,
+    /// Established connections with keepalive on whose own `TCP_KEEPIDLE`
+    /// is above [`notes::NAT_IDLE_TIMEOUT_SECS`]: how many, and the longest
+    /// (seconds); `None` where the sockets' own settings were not read.
+    pub own_keepalive_over: Option<(usize, u64)>,
 }
 
 /// The report: every check with its status, and the verdict.
@@ -461,11 +465,11 @@ impl NamespaceCheck {
             lines.push(line(Status::Ok, &plain.join(" ")));
         }
         for note in &self.notes {
-            let value = shown
-                .iter()
-                .find(|(name, _)| *name == note.setting)
-                .map_or("?", |(_, value)| value.as_str());
-            let what = format!("{}={value}: {}", short(note.setting), note.text);
+            // A sysctl with its value; a socket option (TCP_KEEPIDLE) alone.
+            let what = match shown.iter().find(|(name, _)| *name == note.setting) {
+                Some((_, value)) => format!("{}={value}: {}", short(note.setting), note.text),
+                None => format!("{}: {}", short(note.setting), note.text),
+            };
             lines.push(line(Status::Note, &what));
         }
         lines
@@ -918,6 +922,10 @@ fn namespace_check(facts: &NamespaceFacts) -> NamespaceCheck {
                 check.status = Status::Warn;
                 check.notes.push(note);
             }
+            // Advice, like the notes on settings: tcptrace itself lacks nothing.
+            check
+                .notes
+                .extend(notes::own_keepalive(contents.own_keepalive_over));
             check.settings.clone_from(&contents.settings);
         }
         Err(error) => {

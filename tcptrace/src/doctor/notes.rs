@@ -22,6 +22,32 @@ pub struct Note {
     pub text: String,
 }
 
+/// The shortest idle timeout common among NAT gateways and load balancers:
+/// Azure's load balancer by default (AWS NAT gateways and NLBs: 350 s).
+pub const NAT_IDLE_TIMEOUT_SECS: u64 = 240;
+
+/// A note when established connections set their own keepalive idle time
+/// (`TCP_KEEPIDLE`) above [`NAT_IDLE_TIMEOUT_SECS`]: `over` is how many and
+/// the longest, in seconds.
+pub fn own_keepalive(over: Option<(usize, u64)>) -> Option<Note> {
+    let (count, longest) = over.filter(|&(count, _)| count > 0)?;
+    let connections = if count == 1 {
+        "1 established connection sets its".to_owned()
+    } else {
+        format!("{count} established connections set their")
+    };
+    Some(Note {
+        setting: "TCP_KEEPIDLE",
+        text: format!(
+            "{connections} own keepalive idle time (TCP_KEEPIDLE) above \
+             {NAT_IDLE_TIMEOUT_SECS} s, up to {longest} s: a NAT gateway, firewall or load \
+             balancer with a shorter idle timeout (Azure load balancer 4 min, AWS NAT gateway \
+             350 s) drops such a connection silently before its first probe; `tcptrace sockets \
+             --format json` gives each connection's keepalive idle time and owner"
+        ),
+    })
+}
+
 /// A note when client connections towards one destination hold more than
 /// half of the namespace's `ip_local_port_range`: `connect()` to it fails
 /// with `EADDRNOTAVAIL` once they hold it all.
@@ -166,6 +192,21 @@ mod tests {
                 "net.ipv4.tcp_keepalive_time"
             )
             .is_some()
+        );
+    }
+
+    #[test]
+    fn own_long_keepalive_is_flagged_when_there_is_some() {
+        assert_eq!(own_keepalive(None), None, "not read");
+        assert_eq!(own_keepalive(Some((0, 0))), None, "none");
+        let one = own_keepalive(Some((1, 7200))).expect("a note");
+        assert_eq!(one.setting, "TCP_KEEPIDLE");
+        assert!(
+            one.text.starts_with(
+                "1 established connection sets its own keepalive idle time (TCP_KEEPIDLE) above 240 s, up to 7200 s:"
+            ),
+            "{}",
+            one.text
         );
     }
 

@@ -32,6 +32,7 @@ fn healthy() -> Findings {
                     tcp_sockets: 3,
                     settings: settings(7200),
                     busiest_destination: None,
+                    own_keepalive_over: Some((0, 0)),
                 }),
             },
             NamespaceFacts {
@@ -42,6 +43,7 @@ fn healthy() -> Findings {
                     tcp_sockets: 1,
                     settings: settings(300),
                     busiest_destination: Some(("10.0.0.5:5432".parse().expect("address"), 3)),
+                    own_keepalive_over: None,
                 }),
             },
         ],

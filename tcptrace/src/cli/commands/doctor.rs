@@ -11,6 +11,7 @@ use std::{
 };
 
 use crate::{
+    aggregate::idle::{KeepaliveSetBy, keepalive_idle},
     cli::commands::Error,
     cli::{DoctorArgs, ReportFormat},
     doctor::{self, BtfFacts, Findings, NamespaceContents, NamespaceFacts, Verdict},
@@ -21,7 +22,8 @@ use crate::{
     host::sysctls,
     kernel::capabilities::Capabilities,
     kernel::kallsyms,
-    kernel::probes::{Hook, ProbeConfig, ProbeSpec},
+    kernel::probes::{Hook, ProbeConfig, ProbeSpec, Probes},
+    kernel::settings::{self, SettingsLink},
     support::errors::one_line,
 };
 
@@ -45,7 +47,6 @@ pub fn run(args: &DoctorArgs) -> Result<Verdict, Error> {
 /// Looks at everything tcptrace needs; blocking, and it loads and attaches
 /// the BPF programs for a moment.
 pub fn gather(config: &ProbeConfig, sources: &containers::Sources) -> Findings {
-    let (namespaces, namespaces_without_sockets) = namespaces();
     // The BTF is read and resolved once, for the facts and for loading.
     let spec = ProbeSpec::resolve(config).map_err(|e| one_line(&e));
     let btf = spec.as_ref().map(btf_facts).map_err(Clone::clone);
@@ -54,13 +55,24 @@ pub fn gather(config: &ProbeConfig, sources: &containers::Sources) -> Findings {
         .as_ref()
         .map_err(Clone::clone)
         .and_then(ProbeSpec::tick_rate);
+    // Loaded as `run` would, and kept while the namespaces are read, for the
+    // sockets' own settings; dropping them detaches everything.
+    let mut probes = spec.and_then(|spec| spec.load_measured(&tick_rate).map_err(|e| one_line(&e)));
+    let hooks = probes.as_ref().map(hook_outcomes).map_err(Clone::clone);
+    let links = probes
+        .as_mut()
+        .map(|probes| probes.settings_links(netns::namespaces().len()))
+        .unwrap_or_default();
+    let (namespaces, namespaces_without_sockets) =
+        namespaces(links, tick_rate.as_ref().ok().copied());
+    drop(probes);
     Findings {
         kernel_release: crate::kernel::version::release(),
         btf_path: config.btf_path.clone(),
         btf,
         capabilities: Capabilities::effective(),
         kernel_addresses: kallsyms::addresses_visible(Path::new("/proc/kallsyms")),
-        hooks: spec.and_then(|spec| attach_hooks(spec, &tick_rate)),
+        hooks,
         tick_rate,
         tracefs: tracefs_mounts(),
         namespaces,
@@ -79,14 +91,9 @@ fn btf_facts(spec: &ProbeSpec) -> BtfFacts {
     }
 }
 
-/// Loads and attaches the programs as `run` would, notes which hooks took,
-/// and drops them again, which detaches everything.
-fn attach_hooks(
-    spec: ProbeSpec,
-    tick_rate: &Result<u32, String>,
-) -> Result<Vec<(&'static Hook, Option<String>)>, String> {
-    let probes = spec.load_measured(tick_rate).map_err(|e| one_line(&e))?;
-    let outcomes = probes
+/// Which hooks took, and why each other one did not.
+fn hook_outcomes(probes: &Probes) -> Vec<(&'static Hook, Option<String>)> {
+    probes
         .attached()
         .iter()
         .map(|&(hook, attached)| {
@@ -98,9 +105,7 @@ fn attach_hooks(
             });
             (hook, why)
         })
-        .collect();
-    drop(probes);
-    Ok(outcomes)
+        .collect()
 }
 
 /// Mount points of tracefs, from the mount table.
@@ -139,34 +144,59 @@ fn busiest_destination(sockets: &[DiagSocket]) -> Option<(SocketAddr, usize)> {
         .map(|((_, daddr, dport), count)| (SocketAddr::new(daddr, dport), count))
 }
 
+/// The established connections with keepalive on (a pending keepalive
+/// timer) whose own `TCP_KEEPIDLE` is above what NATs allow: how many, and
+/// the longest in seconds.
+fn own_keepalive_over(
+    sockets: &[DiagSocket],
+    own: &HashMap<u64, u32>,
+    hz: Option<u32>,
+) -> (usize, u64) {
+    let over: Vec<u64> = sockets
+        .iter()
+        .filter(|s| s.state == TcpState::Established as u8 && s.timer == sock_diag::TIMER_KEEPALIVE)
+        .filter_map(|s| keepalive_idle(Some(*own.get(&s.cookie)?), None, hz?))
+        .filter(|idle| idle.set_by == KeepaliveSetBy::Socket)
+        .map(|idle| idle.seconds)
+        .filter(|&seconds| seconds > doctor::notes::NAT_IDLE_TIMEOUT_SECS)
+        .collect();
+    (over.len(), over.iter().copied().max().unwrap_or(0))
+}
+
 /// tcptrace's own namespace and every other one with TCP sockets (the most
 /// first), then those that could not be entered; and how many hold no TCP
 /// socket. Each is entered once, for its sockets and its settings together.
-fn namespaces() -> (Vec<NamespaceFacts>, usize) {
+fn namespaces(mut links: Vec<SettingsLink>, hz: Option<u32>) -> (Vec<NamespaceFacts>, usize) {
     let host = netns::own_inode();
     let mut read = Vec::new();
     let mut unreadable = Vec::new();
     let mut without_sockets = 0;
     for namespace in netns::namespaces() {
         let is_host = Some(namespace.inode) == host;
+        let link = links.pop();
         let entered = netns::in_namespace(&namespace, || {
             let sockets = sock_diag::dump_current()?;
+            let own = link.and_then(|link| settings::read(link).ok());
             Ok((
                 sockets.len(),
                 busiest_destination(&sockets),
                 sysctls::read_current(),
+                own.map(|own| own_keepalive_over(&sockets, &own, hz)),
             ))
         });
         let contents = match entered {
-            Ok((0, _, _)) if !is_host => {
+            Ok((0, ..)) if !is_host => {
                 without_sockets += 1;
                 continue;
             }
-            Ok((tcp_sockets, busiest_destination, settings)) => Ok(NamespaceContents {
-                tcp_sockets,
-                settings,
-                busiest_destination,
-            }),
+            Ok((tcp_sockets, busiest_destination, settings, own_keepalive_over)) => {
+                Ok(NamespaceContents {
+                    tcp_sockets,
+                    settings,
+                    busiest_destination,
+                    own_keepalive_over,
+                })
+            }
             Err(error) if vanished(&error) => continue,
             Err(error) => Err(one_line(&error)),
         };
