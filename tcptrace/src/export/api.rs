@@ -250,6 +250,41 @@ pub struct SocketRecord {
     pub keepalive: Option<KeepaliveRecord>,
 }
 
+impl SocketRecord {
+    /// A socket where it is, in `state`, its role and port label given;
+    /// everything known of it besides (age, owner, names) yet to be filled.
+    pub fn at(
+        cookie: u64,
+        state: &str,
+        (role, port): (&str, String),
+        (local, remote): (SocketAddr, SocketAddr),
+        netns: u32,
+    ) -> Self {
+        Self {
+            cookie,
+            state: state.to_owned(),
+            age_seconds: None,
+            age_exact: false,
+            stale: false,
+            role: role.to_owned(),
+            port,
+            local,
+            remote,
+            netns,
+            netns_name: None,
+            pid: None,
+            comm: None,
+            cmdline: None,
+            cgroup: None,
+            owner: None,
+            unit: None,
+            container: None,
+            pod: None,
+            keepalive: None,
+        }
+    }
+}
+
 /// A connection's idle time before its first keepalive probe.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeepaliveRecord {

@@ -213,27 +213,21 @@ fn kernel_record(socket: &DiagSocket, listening: &HashSet<(u32, u16)>) -> Option
     let state = TcpState::from_kernel(socket.state)?;
     let server = state == TcpState::Listen || listening.contains(&(socket.netns, socket.sport));
     let age_seconds = socket.time_in_time_wait().map(|age| age.as_secs_f64());
+    let role = if server { "server" } else { "client" };
+    let port = if server { socket.sport } else { socket.dport }.to_string();
     Some(SocketRecord {
-        cookie: socket.cookie,
-        state: state.name().to_owned(),
         age_exact: age_seconds.is_some(),
         age_seconds,
-        stale: false,
-        role: if server { "server" } else { "client" }.to_owned(),
-        port: if server { socket.sport } else { socket.dport }.to_string(),
-        local: SocketAddr::new(socket.saddr, socket.sport),
-        remote: SocketAddr::new(socket.daddr, socket.dport),
-        netns: socket.netns,
-        netns_name: None,
-        pid: None,
-        comm: None,
-        cmdline: None,
-        cgroup: None,
-        owner: None,
-        unit: None,
-        container: None,
-        pod: None,
-        keepalive: None,
+        ..SocketRecord::at(
+            socket.cookie,
+            state.name(),
+            (role, port),
+            (
+                SocketAddr::new(socket.saddr, socket.sport),
+                SocketAddr::new(socket.daddr, socket.dport),
+            ),
+            socket.netns,
+        )
     })
 }
 

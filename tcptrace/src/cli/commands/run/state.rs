@@ -191,31 +191,25 @@ impl State {
                 }
                 let record =
                     SocketRecord {
-                        cookie,
-                        state: state.name().to_owned(),
                         age_seconds: Some(clock::seconds(age_ns)),
                         age_exact: tracked.stay.known,
                         stale,
-                        role: role.name().to_owned(),
-                        port: label,
-                        local: SocketAddr::new(endpoints.saddr, endpoints.sport),
-                        remote: SocketAddr::new(endpoints.daddr, endpoints.dport),
-                        netns: endpoints.netns,
-                        netns_name: None,
-                        pid: None,
-                        comm: None,
-                        cmdline: None,
-                        cgroup: None,
-                        owner: None,
-                        unit: None,
-                        container: None,
-                        pod: None,
                         keepalive: self.idle.keepalive.get(&cookie).map(|keepalive| {
                             KeepaliveRecord {
                                 idle_seconds: keepalive.seconds,
                                 set_by: keepalive.set_by.name().to_owned(),
                             }
                         }),
+                        ..SocketRecord::at(
+                            cookie,
+                            state.name(),
+                            (role.name(), label),
+                            (
+                                SocketAddr::new(endpoints.saddr, endpoints.sport),
+                                SocketAddr::new(endpoints.daddr, endpoints.dport),
+                            ),
+                            endpoints.netns,
+                        )
                     };
                 selected.push((record, endpoints, tracked.task));
             }
