@@ -26,6 +26,8 @@ pub const TEST_PACKAGES: &[&str] = &[
     "openssl",
     "curl",
     "prometheus-node-exporter",
+    // One segment dropped on purpose (tests/retransmit_kinds.rs).
+    "iptables",
     // Containers whose owners are named (tests/containers.rs).
     "podman",
     "runc",
