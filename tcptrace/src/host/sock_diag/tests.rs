@@ -1324,9 +1324,22 @@ fn real_kernel_fin_wait2_timewait() {
     }
     let client = sockets.iter().find(|s| is_client(s)).unwrap();
     assert_eq!(SocketAddr::new(client.daddr, client.dport), client_addr.1);
+    // Two kernel paths, both tcp_rcv_state_process's FIN_WAIT1 case with
+    // tcp_fin_timeout <= 60 s. Usually the ACK of the FIN finds the socket
+    // unowned and tcp_time_wait replaces it by a timewait socket (timer 3).
+    // When close() still owns it (the ACK waits in the backlog until
+    // release_sock), the kernel keeps the full orphan and arms its keepalive
+    // timer (timer 2) for tcp_fin_timeout instead; that timer then resets
+    // and destroys it. Seen in the TCG guest, whose softirqs run late.
+    let kept_full = !client.timewait;
+    let expected = if kept_full {
+        (5, false, 2, 0)
+    } else {
+        (5, true, 3, 0)
+    };
     assert_eq!(
         (client.state, client.timewait, client.timer, client.inode),
-        (5, true, 3, 0),
+        expected,
         "{client:?}"
     );
     assert!(client.expires_ms <= 5_000, "{client:?}");
@@ -1352,8 +1365,9 @@ fn real_kernel_fin_wait2_timewait() {
     dump_until(&ns, "the FIN_WAIT2 socket to expire", |s| {
         !s.iter().any(&is_client)
     });
+    let kind = if kept_full { "full" } else { "timewait" };
     eprintln!(
-        "the FIN_WAIT2 timewait socket disappeared after {:?}",
+        "the FIN_WAIT2 {kind} socket disappeared after {:?}",
         started.elapsed()
     );
     drop((listener, server));
