@@ -62,13 +62,16 @@ pub struct Namespace {
 /// The calling thread's network namespace.
 const THREAD_SELF_NET: &str = "/proc/thread-self/ns/net";
 
-/// Every distinct network namespace: the daemon's own, `/proc/*/task/*/ns/net`
-/// (threads can sit in other namespaces than their process), `/run/netns/*`
-/// and `/var/run/netns/*`. Deduplicated by inode; unreadable entries
+/// Every distinct network namespace: the daemon's own, `/run/netns/*` and
+/// `/var/run/netns/*`, `/proc/*/task/*/ns/net` (threads can sit in other
+/// namespaces than their process). Deduplicated by inode; unreadable entries
 /// (processes that exit meanwhile, permission) are skipped silently.
 ///
 /// The daemon's own namespace comes first, as `/proc/self/ns/net` when the
-/// main thread shares it with the calling thread.
+/// main thread shares it with the calling thread. Bind mounts come before
+/// processes because they last: a namespace's first thread in `/proc` order
+/// may be one that only visits it (an `ip netns exec`, a helper thread of
+/// this process) and is gone by the time the path is opened.
 pub fn namespaces() -> Vec<Namespace> {
     let mut seen = HashSet::new();
     let mut list = Vec::new();
@@ -162,6 +165,17 @@ fn scan_namespaces(mut visit: impl FnMut(u32, PathBuf) -> ControlFlow<()>) -> Co
     if let Some(own) = &own {
         offer(own, own_namespace_path(own.ino()))?;
     }
+    for dir in ["/run/netns", "/var/run/netns"] {
+        let Ok(entries) = fs::read_dir(dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if let Ok(meta) = fs::metadata(&path) {
+                offer(&meta, path)?;
+            }
+        }
+    }
     if let Ok(procs) = fs::read_dir("/proc") {
         for process in procs.flatten() {
             if !is_pid(&process.file_name()) {
@@ -178,17 +192,6 @@ fn scan_namespaces(mut visit: impl FnMut(u32, PathBuf) -> ControlFlow<()>) -> Co
                 if let Ok(meta) = fs::metadata(&path) {
                     offer(&meta, path)?;
                 }
-            }
-        }
-    }
-    for dir in ["/run/netns", "/var/run/netns"] {
-        let Ok(entries) = fs::read_dir(dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if let Ok(meta) = fs::metadata(&path) {
-                offer(&meta, path)?;
             }
         }
     }

@@ -160,6 +160,13 @@ pub enum DiagError {
     Namespace(#[from] NamespaceError),
 }
 
+impl DiagError {
+    /// The namespace's holder went away between listing and entering it.
+    pub fn vanished(&self) -> bool {
+        matches!(self, Self::Namespace(error) if error.vanished())
+    }
+}
+
 // Numbers from the kernel's uapi headers (`linux/netlink.h`, `linux/sock_diag.h`,
 // `linux/inet_diag.h`, `linux/socket.h`, `linux/in.h`, `net/tcp_states.h`).
 const NETLINK_SOCK_DIAG: libc::c_int = 4;
@@ -230,15 +237,32 @@ pub fn dump_namespace(ns: &Namespace) -> Result<Vec<DiagSocket>, DiagError> {
 }
 
 /// Every namespace's sockets; a namespace that vanished or failed is skipped
-/// with its error returned alongside (the caller logs it).
+/// with its error returned alongside (the caller logs it, and must not take
+/// its sockets for gone).
 pub fn dump_all() -> (Vec<DiagSocket>, Vec<(Namespace, DiagError)>) {
+    dump_each(netns::namespaces())
+}
+
+/// [`dump_all`] over `namespaces`. A namespace whose holder went away
+/// between listing and opening is looked for once more, under another
+/// holder: the one listed may have been a thread only visiting it.
+fn dump_each(namespaces: Vec<Namespace>) -> (Vec<DiagSocket>, Vec<(Namespace, DiagError)>) {
     let mut sockets = Vec::new();
     let mut failed = Vec::new();
-    for ns in netns::namespaces() {
-        match dump_namespace(&ns) {
+    for ns in namespaces {
+        let dumped = match dump_namespace(&ns) {
+            Err(error) if error.vanished() => match netns::find_namespace(ns.inode) {
+                Some(again) if again.path != ns.path => {
+                    dump_namespace(&again).map_err(|error| (again, error))
+                }
+                _ => Err((ns, error)),
+            },
+            dumped => dumped.map_err(|error| (ns, error)),
+        };
+        match dumped {
             Ok(mut more) if sockets.is_empty() => mem::swap(&mut sockets, &mut more),
             Ok(mut more) => sockets.append(&mut more),
-            Err(error) => failed.push((ns, error)),
+            Err(failure) => failed.push(failure),
         }
     }
     (sockets, failed)

@@ -43,10 +43,13 @@ impl Tracker {
     /// `started_ns`, after every event up to the dump's end was applied.
     ///
     /// Sockets that changed since the dump began are left alone (the dump may
-    /// predate the change), and so are sockets that ended meanwhile.
+    /// predate the change), and so are sockets that ended meanwhile, and the
+    /// sockets of namespaces in `unread` (the dump could not read them, so
+    /// their absence says nothing).
     pub fn reconcile(
         &mut self,
         dump: &[DiagSocket],
+        unread: &FxHashSet<u32>,
         started_ns: u64,
         now_ns: u64,
         sink: &mut impl FnMut(&Change),
@@ -70,6 +73,7 @@ impl Tracker {
             .sockets
             .iter()
             .filter(|(_, socket)| socket.stay.since_ns < started_ns)
+            .filter(|(_, socket)| !unread.contains(&socket.endpoints.netns))
             // A cancelled timer is resolved by `tick`, after its grace.
             .filter(|(_, socket)| socket.cancel.is_none())
             .filter_map(|(&cookie, socket)| match in_dump.get(&cookie) {

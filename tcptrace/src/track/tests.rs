@@ -143,7 +143,10 @@ fn a_cancel_alone_is_a_kill_after_the_grace_period() {
     // A reconciliation meanwhile no longer finds it: that is the kill
     // still to be resolved, not drift.
     tracker.begin_reconcile();
-    let corrections = tracker.reconcile(&[], 5000 * MS, 5001 * MS, &mut |c| changes.push(*c));
+    let corrections =
+        tracker.reconcile(&[], &FxHashSet::default(), 5000 * MS, 5001 * MS, &mut |c| {
+            changes.push(*c);
+        });
     assert_eq!(corrections, Corrections::default());
     assert!(changes.is_empty());
     tracker.tick(5000 * MS + CANCEL_GRACE_NS, &mut |c| changes.push(*c));
@@ -255,11 +258,46 @@ fn a_silent_re_arm_is_found_by_lookup() {
     let mut tracker = tracker_with_fin_wait2_timewait();
     tracker.begin_reconcile();
     let mut changes = Vec::new();
-    let corrections = tracker.reconcile(&[found], 900 * MS, 1_000 * MS, &mut |c| changes.push(*c));
+    let corrections = tracker.reconcile(
+        &[found],
+        &FxHashSet::default(),
+        900 * MS,
+        1_000 * MS,
+        &mut |c| changes.push(*c),
+    );
     assert_eq!(corrections, Corrections::default());
     assert_eq!(transitions(&changes), [(FinWait2, TimeWait)]);
     assert_eq!(changes[0].entered.map(|s| s.since_ns), Some(700 * MS));
     assert_eq!(tracker.states().collect::<Vec<_>>(), [(8, TimeWait)]);
+}
+
+#[test]
+fn a_namespace_the_dump_could_not_read_keeps_its_sockets() {
+    let mut tracker = tracker();
+    run(
+        &mut tracker,
+        &[event(4, 0, state(SynSent, Established), 40000, 443)],
+    );
+    let unread = FxHashSet::from_iter([1]);
+    tracker.begin_reconcile();
+    let corrections = tracker.reconcile(&[], &unread, 10 * MS, 11 * MS, &mut |_| {});
+    assert_eq!(corrections, Corrections::default());
+    assert_eq!(tracker.states().collect::<Vec<_>>(), [(4, Established)]);
+    // Its end, when it comes, is the tracked socket's.
+    let changes = run(
+        &mut tracker,
+        &[event(4, 20, state(Established, Close), 40000, 443)],
+    );
+    assert_eq!(transitions(&changes), [(Established, Close)]);
+    // Read, and absent: gone.
+    run(
+        &mut tracker,
+        &[event(5, 30, state(SynSent, Established), 40001, 443)],
+    );
+    tracker.begin_reconcile();
+    let corrections = tracker.reconcile(&[], &FxHashSet::default(), 40 * MS, 41 * MS, &mut |_| {});
+    assert_eq!(corrections.vanished, 1);
+    assert!(tracker.is_empty());
 }
 
 #[test]
@@ -286,7 +324,7 @@ fn handshakes_in_a_dump_are_left_to_their_events() {
     };
     let dump = [socket(9, SynRecv, 1), socket(10, Established, 0)];
     tracker.begin_reconcile();
-    let corrections = tracker.reconcile(&dump, 0, MS, &mut |_| {});
+    let corrections = tracker.reconcile(&dump, &FxHashSet::default(), 0, MS, &mut |_| {});
     assert_eq!(corrections.missing, 1);
     assert_eq!(tracker.states().collect::<Vec<_>>(), [(10, Established)]);
 }

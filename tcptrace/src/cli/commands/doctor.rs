@@ -174,7 +174,7 @@ fn namespaces(mut links: Vec<SettingsLink>, hz: Option<u32>) -> (Vec<NamespaceFa
     for namespace in netns::namespaces() {
         let is_host = Some(namespace.inode) == host;
         let link = links.pop();
-        let entered = netns::in_namespace(&namespace, || {
+        let entered: Result<_, DiagError> = netns::in_namespace(&namespace, || {
             let sockets = sock_diag::dump_current()?;
             let own = link.and_then(|link| settings::read(link).ok());
             Ok((
@@ -197,7 +197,7 @@ fn namespaces(mut links: Vec<SettingsLink>, hz: Option<u32>) -> (Vec<NamespaceFa
                     own_keepalive_over,
                 })
             }
-            Err(error) if vanished(&error) => continue,
+            Err(error) if error.vanished() => continue,
             Err(error) => Err(one_line(&error)),
         };
         let facts = NamespaceFacts {
@@ -222,12 +222,6 @@ fn namespaces(mut links: Vec<SettingsLink>, hz: Option<u32>) -> (Vec<NamespaceFa
     });
     read.append(&mut unreadable);
     (read, without_sockets)
-}
-
-/// The process holding a namespace went away between listing and entering:
-/// nothing is missing.
-fn vanished(error: &DiagError) -> bool {
-    matches!(error, DiagError::Namespace(error) if error.vanished())
 }
 
 /// `nginx, pid 812` for `/proc/812/task/…/ns/net`; other paths as they are.
@@ -261,18 +255,5 @@ mod tests {
         );
         assert_eq!(holder(Path::new("/run/netns/blue")), "/run/netns/blue");
         assert_eq!(holder(Path::new("/proc/self/ns/net")), "/proc/self/ns/net");
-    }
-
-    #[test]
-    fn vanished_namespaces_are_not_failures() {
-        let open = |errno| {
-            DiagError::Namespace(netns::NamespaceError::Open {
-                path: PathBuf::from("/proc/1/task/1/ns/net"),
-                source: io::Error::from_raw_os_error(errno),
-            })
-        };
-        let (gone, refused) = (open(libc::ENOENT), open(libc::EPERM));
-        assert!(vanished(&gone));
-        assert!(!vanished(&refused));
     }
 }

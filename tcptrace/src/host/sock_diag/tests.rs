@@ -1925,3 +1925,107 @@ fn namespaces_is_quick_with_many_tasks() {
     assert_eq!(listed[0].inode, current_netns().unwrap());
     assert!(took < Duration::from_secs(2));
 }
+
+#[test]
+fn vanished_namespaces_are_not_failures() {
+    let open = |errno| {
+        DiagError::Namespace(NamespaceError::Open {
+            path: PathBuf::from("/proc/1/task/1/ns/net"),
+            source: io::Error::from_raw_os_error(errno),
+        })
+    };
+    let (gone, refused) = (open(libc::ENOENT), open(libc::EPERM));
+    assert!(gone.vanished());
+    assert!(!refused.vanished());
+}
+
+/// A namespace held by a bind mount in `/run/netns`, as `ip netns add`
+/// makes one; unmounted and removed on drop.
+struct BindMount {
+    path: PathBuf,
+}
+
+impl BindMount {
+    fn new(namespace: &Namespace) -> Self {
+        let dir = PathBuf::from("/run/netns");
+        fs::create_dir_all(&dir).expect("creating /run/netns");
+        let path = dir.join(format!("tcptrace-test-{}", std::process::id()));
+        File::create(&path).expect("creating the mount point");
+        let guard = Self { path };
+        let c = |p: &std::path::Path| {
+            std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).expect("no NUL")
+        };
+        let (source, target) = (c(&namespace.path), c(&guard.path));
+        // SAFETY: both are NUL-terminated paths that live across the call.
+        let mounted = unsafe {
+            libc::mount(
+                source.as_ptr(),
+                target.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND,
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(mounted, 0, "bind mount: {}", io::Error::last_os_error());
+        guard
+    }
+}
+
+impl Drop for BindMount {
+    fn drop(&mut self) {
+        let target =
+            std::ffi::CString::new(self.path.as_os_str().as_encoded_bytes()).expect("no NUL");
+        // SAFETY: a NUL-terminated path that lives across the call.
+        unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+#[test]
+#[ignore = "needs root: a private network namespace (cargo xtask test runs it)"]
+fn a_namespace_is_listed_by_its_bind_mount_not_by_a_visiting_thread() {
+    assert!(is_root(), "needs root");
+    // The thread comes first in /proc order, but leaves when its work is
+    // done: a dump that opened its path then would find nothing.
+    let netns = NetnsThread::new();
+    let mount = BindMount::new(&netns.namespace);
+    let listed = namespaces()
+        .into_iter()
+        .find(|n| n.inode == netns.namespace.inode)
+        .expect("namespaces() misses the test namespace");
+    assert_eq!(listed.path, mount.path);
+    assert_eq!(
+        find_namespace(netns.namespace.inode).map(|n| n.path),
+        Some(mount.path.clone())
+    );
+}
+
+#[test]
+#[ignore = "needs root: a private network namespace (cargo xtask test runs it)"]
+fn a_holder_gone_before_the_dump_is_replaced_by_another() {
+    assert!(is_root(), "needs root");
+    let netns = NetnsThread::new();
+    let listener = netns
+        .run(|| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
+        .expect("listening in the namespace");
+    // A holder that exited after the listing: its task directory is gone.
+    let gone = Namespace {
+        inode: netns.namespace.inode,
+        path: PathBuf::from(format!("/proc/{}/task/0/ns/net", std::process::id())),
+    };
+    let (sockets, failed) = dump_each(vec![gone.clone()]);
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(
+        sockets.iter().map(|s| s.inode).collect::<Vec<_>>(),
+        [socket_inode(&listener)]
+    );
+    // No other holder: the failure is returned, never an empty namespace.
+    let nowhere = Namespace { inode: 1, ..gone };
+    let (sockets, failed) = dump_each(vec![nowhere]);
+    assert!(sockets.is_empty());
+    assert!(
+        matches!(&failed[..], [(n, e)] if n.inode == 1 && e.vanished()),
+        "{failed:?}"
+    );
+    drop(listener);
+}

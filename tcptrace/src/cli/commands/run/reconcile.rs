@@ -4,7 +4,7 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::{
     aggregate::{
@@ -22,6 +22,17 @@ use crate::{
 
 use super::{site::Exporter, state::State};
 
+/// Every namespace's sockets, and the namespaces that could not be read.
+fn dump() -> (Vec<sock_diag::DiagSocket>, FxHashSet<u32>) {
+    let (sockets, failures) = sock_diag::dump_all();
+    let mut unread = FxHashSet::default();
+    for (namespace, error) in failures {
+        tracing::debug!(path = %namespace.path.display(), %error, "namespace skipped");
+        unread.insert(namespace.inode);
+    }
+    (sockets, unread)
+}
+
 /// Reads every socket of every network namespace and makes the tracked
 /// picture match it; returns how many sockets were added.
 pub async fn reconcile(
@@ -34,15 +45,9 @@ pub async fn reconcile(
     let max_netns = args.max_netns;
     let started_ns = clock::boot_ns();
     exporter.state().tracker.begin_reconcile();
-    let sockets = tokio::task::spawn_blocking(move || {
-        let (sockets, failures) = sock_diag::dump_all();
-        for (namespace, error) in failures {
-            tracing::debug!(path = %namespace.path.display(), %error, "namespace skipped");
-        }
-        sockets
-    })
-    .await
-    .map_err(|e| Error::Io(std::io::Error::other(e)))?;
+    let (sockets, unread) = tokio::task::spawn_blocking(dump)
+        .await
+        .map_err(|e| Error::Io(std::io::Error::other(e)))?;
     let wanted = namespaces_to_read(&sockets, max_netns);
     let (links, hz) = {
         let mut probes = exporter
@@ -88,9 +93,13 @@ pub async fn reconcile(
         ..
     } = &mut *state;
     stale.set_fin_timeouts(fin_timeouts);
-    let corrections = tracker.reconcile(&sockets, started_ns, clock::boot_ns(), &mut |change| {
-        aggregates.apply(change);
-    });
+    let corrections = tracker.reconcile(
+        &sockets,
+        &unread,
+        started_ns,
+        clock::boot_ns(),
+        &mut |change| aggregates.apply(change),
+    );
     let listeners = sockets
         .iter()
         .filter(|socket| socket.state == TcpState::Listen as u8)
