@@ -10,7 +10,7 @@
 
 use crate::measure::{
     Plan, Tool, churn_output, clock_ticks, cpu_seconds, http_get, sample, spread, start_tcptrace,
-    status_kib, wait_until,
+    status_kib, wait_until, web_output,
 };
 
 use std::{
@@ -52,7 +52,16 @@ tracepoint:sock:inet_sock_set_state /args->protocol == 6/ {
     if (args->newstate == 7) { delete(@since[$sk]); } else { @since[$sk] = nsecs; }
 }";
 
-/// One tool's run under one churn.
+/// What loads the tools in one run.
+#[derive(Debug, Clone, Copy)]
+enum Workload {
+    /// `xtask churn`, the client or the server closing first.
+    Churn(&'static str),
+    /// nginx under wrk, with every CPU busy.
+    Web,
+}
+
+/// One tool's run under one workload.
 #[derive(Debug, Default, Clone)]
 struct Run {
     connections: u64,
@@ -92,7 +101,14 @@ pub fn run(
             } else {
                 tcptrace
             };
-            let run = measure(tool, binary, xtask, plan, close, clock_ticks)?;
+            let run = measure(
+                tool,
+                binary,
+                xtask,
+                plan,
+                Workload::Churn(close),
+                clock_ticks,
+            )?;
             println!(
                 "[bench] {tool:<14} {close}-first  {:>8.0} conn/s  cpu {:.3} s",
                 run.connections as f64 / run.seconds,
@@ -101,8 +117,15 @@ pub fn run(
             runs.entry(tool).or_default().push(run);
         }
     }
-    let mut report = throughput_report(&tools, &runs, plan);
+    let heading = format!(
+        "### Churn: {} runs of {} s per tool, {} client/server loops, client-first and server-first alternating",
+        plan.repetitions, plan.churn_seconds, plan.threads
+    );
+    let mut report = throughput_report(&heading, &tools, &runs);
     println!("\n{report}");
+    let web = web_report(tcptrace, against, xtask, plan, &tools, clock_ticks)?;
+    println!("{web}");
+    report.push_str(&web);
     let streams = crate::streams::report(tcptrace, xtask, plan)?;
     println!("{streams}");
     report.push_str(&streams);
@@ -111,6 +134,39 @@ pub fn run(
     report.push_str(&costs);
     report.push_str(&scales(tcptrace, xtask, plan));
     Ok(report)
+}
+
+/// Every tool in turn under nginx loaded by wrk, `plan.web_rounds` times.
+fn web_report(
+    tcptrace: &Path,
+    against: Option<&Path>,
+    xtask: &Path,
+    plan: &Plan,
+    tools: &[&'static str],
+    clock_ticks: f64,
+) -> Result<String, String> {
+    let mut runs: BTreeMap<&str, Vec<Run>> = BTreeMap::new();
+    for _ in 0..plan.web_rounds {
+        for &tool in tools {
+            let binary = if tool == AGAINST {
+                against.unwrap_or(tcptrace)
+            } else {
+                tcptrace
+            };
+            let run = measure(tool, binary, xtask, plan, Workload::Web, clock_ticks)?;
+            println!(
+                "[bench] {tool:<14} nginx+wrk     {:>8.0} req/s  cpu {:.3} s",
+                run.connections as f64 / run.seconds,
+                run.cpu_seconds
+            );
+            runs.entry(tool).or_default().push(run);
+        }
+    }
+    let heading = format!(
+        "### Web server: {} runs of {} s per tool, nginx (`keepalive_timeout 0`, a worker per CPU) under `wrk -t{} -c{}`, every CPU busy; a request is a connection",
+        plan.web_rounds, plan.web_seconds, plan.threads, plan.web_connections
+    );
+    Ok(throughput_report(&heading, tools, &runs))
 }
 
 /// The scale rows alone: start-up, memory, scrapes and one reconciliation
@@ -133,7 +189,7 @@ fn measure(
     tcptrace: &Path,
     xtask: &Path,
     plan: &Plan,
-    close: &str,
+    workload: Workload,
     clock_ticks: f64,
 ) -> Result<Run, String> {
     let started = Instant::now();
@@ -152,7 +208,10 @@ fn measure(
     let cpu_before = child
         .as_ref()
         .map_or(Ok(0.0), |c| cpu_seconds(c.0.id(), clock_ticks))?;
-    let out = churn(xtask, plan, close)?;
+    let out = match workload {
+        Workload::Churn(close) => churn(xtask, plan, close)?,
+        Workload::Web => web_output(xtask, plan.web_seconds, plan.threads, plan.web_connections)?,
+    };
     // Let the tracer drain what the churn left in flight.
     thread::sleep(Duration::from_millis(500));
     let mut run = Run::default();
@@ -182,7 +241,9 @@ fn measure(
         child.stop();
     }
     if run.connections == 0 {
-        return Err(format!("the churn under {tool} made no connection: {out}"));
+        return Err(format!(
+            "{workload:?} under {tool} made no connection: {out}"
+        ));
     }
     Ok(run)
 }
@@ -235,14 +296,10 @@ fn is_tcptrace(tool: &str) -> bool {
     tool == "tcptrace" || tool == AGAINST
 }
 
-fn throughput_report(tools: &[&str], runs: &BTreeMap<&str, Vec<Run>>, plan: &Plan) -> String {
+fn throughput_report(heading: &str, tools: &[&str], runs: &BTreeMap<&str, Vec<Run>>) -> String {
     let mut report = String::new();
     let baseline = &runs["baseline"];
-    let _ = writeln!(
-        report,
-        "### Churn: {} runs of {} s per tool, {} client/server loops, client-first and server-first alternating\n",
-        plan.repetitions, plan.churn_seconds, plan.threads
-    );
+    let _ = writeln!(report, "{heading}\n");
     let _ = writeln!(
         report,
         "| tool | connections/s (median, min–max) | vs baseline (median of per-run ratios) | tracer CPU s per million transitions | tracer peak RSS |"
@@ -298,7 +355,7 @@ fn throughput_report(tools: &[&str], runs: &BTreeMap<&str, Vec<Run>>, plan: &Pla
         let startup = spread(tcptrace.iter().map(|r| r.startup_seconds).collect());
         let _ = writeln!(
             report,
-            "{tool}: {lost} events lost; {events} state-change events for {transitions} transitions made by the churn (the rest of the host adds a few); start to ready {:.2} s ({:.2}–{:.2}).\n",
+            "{tool}: {lost} events lost; {events} state-change events for {transitions} transitions made by the workload (the rest of the host adds a few); start to ready {:.2} s ({:.2}–{:.2}).\n",
             startup.0, startup.1, startup.2
         );
     }

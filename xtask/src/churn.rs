@@ -1,10 +1,11 @@
-//! The benchmark's workloads, run as `xtask churn` and `xtask hold` inside a
-//! network namespace of their own (`unshare --net`), on loopback only.
+//! The benchmark's workloads, run as `xtask churn`, `xtask web` and
+//! `xtask hold` inside a network namespace of their own (`unshare --net`),
+//! on loopback only.
 
 use std::{
     io::{Read, Write},
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
-    process::Command,
+    process::{Child, Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
@@ -109,6 +110,127 @@ pub fn one_connection(listener: &TcpListener, close: Close) -> std::io::Result<(
     Ok(())
 }
 
+/// nginx's port in the web workload's namespace.
+const WEB_PORT: u16 = 8080;
+
+/// `xtask web SECONDS THREADS CONNECTIONS`: Debian's nginx closing every
+/// connection after its response (`keepalive_timeout 0`: its side holds
+/// the TIME_WAIT), loaded by `wrk -tTHREADS -cCONNECTIONS` for SECONDS, as a
+/// busy web server is. Prints `connections N seconds S`: one request per
+/// connection.
+pub fn web(args: &[String]) -> Result<(), String> {
+    let [seconds, threads, connections] = args else {
+        return Err("usage: xtask web SECONDS THREADS CONNECTIONS".into());
+    };
+    let number = |s: &String, what: &str| {
+        s.parse::<f64>()
+            .ok()
+            .filter(|n| *n >= 1.0)
+            .ok_or_else(|| format!("{what}: a number, at least 1"))
+    };
+    let seconds = number(seconds, "SECONDS")?;
+    number(threads, "THREADS")?;
+    number(connections, "CONNECTIONS")?;
+    loopback_up()?;
+    let dir = std::env::temp_dir().join(format!("tcptrace-bench-nginx-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let config = dir.join("nginx.conf");
+    std::fs::write(&config, nginx_config(&dir.to_string_lossy()))
+        .map_err(|e| format!("{}: {e}", config.display()))?;
+    let nginx = Command::new("nginx")
+        .args(["-e", "stderr", "-c"])
+        .arg(&config)
+        .stdin(Stdio::null())
+        .spawn()
+        .map(Server)
+        .map_err(|e| format!("cannot start nginx: {e}"))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect((Ipv4Addr::LOCALHOST, WEB_PORT)).is_err() {
+        if Instant::now() > deadline {
+            return Err("nginx did not listen within 10 s".into());
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let out = Command::new("wrk")
+        .args([
+            &format!("-t{threads}"),
+            &format!("-c{connections}"),
+            &format!("-d{}s", seconds.round()),
+            &format!("http://127.0.0.1:{WEB_PORT}/"),
+        ])
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot run wrk: {e}"))?;
+    drop(nginx);
+    let _ = std::fs::remove_dir_all(&dir);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (requests, seconds) = wrk_totals(&text)
+        .ok_or_else(|| format!("wrk printed no \"N requests in Ts\" line: {text}"))?;
+    println!("connections {requests} seconds {seconds:.3}");
+    Ok(())
+}
+
+/// nginx answering every request with 3 bytes and closing, a worker per
+/// CPU, its files in `DIR`.
+const NGINX_CONFIG: &str = r#"daemon off;
+worker_processes auto;
+pid DIR/nginx.pid;
+error_log stderr warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_timeout 0;
+    client_body_temp_path DIR/body;
+    proxy_temp_path DIR/proxy;
+    fastcgi_temp_path DIR/fastcgi;
+    uwsgi_temp_path DIR/uwsgi;
+    scgi_temp_path DIR/scgi;
+    server {
+        listen 127.0.0.1:PORT backlog=4096;
+        location / { return 200 "ok\n"; }
+    }
+}
+"#;
+
+fn nginx_config(dir: &str) -> String {
+    NGINX_CONFIG
+        .replace("DIR", dir)
+        .replace("PORT", &WEB_PORT.to_string())
+}
+
+/// Requests and seconds of wrk's `N requests in 5.00s, …` line.
+fn wrk_totals(output: &str) -> Option<(u64, f64)> {
+    let line = output.lines().find(|l| l.contains(" requests in "))?;
+    let mut words = line.split_ascii_whitespace();
+    let requests = words.next()?.parse().ok()?;
+    let seconds = words.nth(2)?.trim_end_matches(',');
+    let seconds = seconds.strip_suffix("ms").map_or_else(
+        || seconds.strip_suffix('s')?.parse().ok(),
+        |ms| ms.parse::<f64>().ok().map(|ms| ms / 1000.0),
+    )?;
+    Some((requests, seconds))
+}
+
+/// The nginx master, stopped on drop (SIGTERM: its workers go with it).
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `xtask hold ESTABLISHED CLOSE_WAIT TIME_WAIT`: opens that many connections
 /// of each kind, prints `ready`, and keeps them until killed. Every
 /// connection tracks two sockets except a TIME_WAIT one (the closing side's
@@ -175,4 +297,21 @@ pub fn loopback_up() -> Result<(), String> {
         .success()
         .then_some(())
         .ok_or_else(|| "ip link set lo up failed".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrk_totals_read_its_summary_line() {
+        let out = "Running 5s test @ http://127.0.0.1:8080/\n  2 threads and 16 connections\n\
+                   \x20 193460 requests in 5.00s, 27.49MB read\nRequests/sec:  38692.00\n";
+        assert_eq!(wrk_totals(out), Some((193_460, 5.0)));
+        assert_eq!(
+            wrk_totals("  12 requests in 900.10ms, 1KB read"),
+            Some((12, 0.9001))
+        );
+        assert_eq!(wrk_totals("unable to connect to 127.0.0.1:8080"), None);
+    }
 }

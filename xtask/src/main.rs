@@ -91,6 +91,7 @@ fn run_task(args: Vec<String>) -> Result<(), String> {
     // or containers of their own, where the workspace may not be.
     match task {
         Some("churn") => return churn::churn(flags),
+        Some("web") => return churn::web(flags),
         Some("mixed") => return soak::mixed(flags),
         Some("hold") => return churn::hold(flags),
         Some("close-wait") => return release_test::close_wait(flags),

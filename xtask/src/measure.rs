@@ -23,6 +23,11 @@ pub struct Plan {
     /// first step's connections per second.
     pub stream_step_seconds: f64,
     pub stream_start_rate: f64,
+    /// The web rows: rounds of nginx under wrk, each this long, with this
+    /// many connections open at a time.
+    pub web_rounds: usize,
+    pub web_seconds: f64,
+    pub web_connections: usize,
 }
 
 impl Plan {
@@ -34,6 +39,9 @@ impl Plan {
             scales: vec![10_000],
             stream_step_seconds: 1.5,
             stream_start_rate: 2000.0,
+            web_rounds: 3,
+            web_seconds: 2.0,
+            web_connections: 16,
         }
     }
 
@@ -45,6 +53,9 @@ impl Plan {
             scales: vec![10_000, 100_000],
             stream_step_seconds: 3.0,
             stream_start_rate: 1000.0,
+            web_rounds: 5,
+            web_seconds: 5.0,
+            web_connections: 16,
         }
     }
 }
@@ -133,6 +144,34 @@ pub fn churn_output(
     let pace = pace.map(|pace| format!("{pace:.0}"));
     args.extend(pace.as_deref());
     command_output("unshare", &args)
+}
+
+/// `xtask web` in a network namespace of its own: nginx under wrk, with
+/// `threads` wrk threads and `connections` open at a time; its output line.
+pub fn web_output(
+    xtask: &Path,
+    seconds: f64,
+    threads: usize,
+    connections: usize,
+) -> Result<String, String> {
+    let (seconds, threads, connections) = (
+        seconds.to_string(),
+        threads.to_string(),
+        connections.to_string(),
+    );
+    let xtask = xtask.to_string_lossy();
+    command_output(
+        "unshare",
+        &[
+            "--net",
+            "--",
+            &xtask,
+            "web",
+            &seconds,
+            &threads,
+            &connections,
+        ],
+    )
 }
 
 /// A sample's value from a Prometheus exposition (0 if absent).

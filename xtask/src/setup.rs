@@ -33,13 +33,16 @@ pub const TEST_PACKAGES: &[&str] = &[
     "runc",
 ];
 
-/// The peers the benchmark compares tcptrace with.
+/// The peers the benchmark compares tcptrace with, and the web server and
+/// load generator of its saturated workload.
 pub const BENCH_PACKAGES: &[&str] = &[
     "iproute2",
     "util-linux",
     "libbpf-tools",
     "bpftrace",
     "prometheus-node-exporter",
+    "nginx",
+    "wrk",
 ];
 
 pub fn ensure_build_tools(pins: &Pins) -> Result<(), String> {
