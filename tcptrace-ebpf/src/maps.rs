@@ -21,6 +21,16 @@ static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static SENT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
+/// 1 while `inet_sock_set_state` runs on this CPU (index 0).
+#[map]
+static STATE_RUNNING: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+/// State changes reported by `state_nested` because they
+/// interrupted `inet_sock_set_state`, per CPU (index 0): the kernel counts
+/// each as a missed run of the first program, though none was lost.
+#[map]
+static STATE_RESCUED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 /// Reading how full the buffer is costs about 50 ns (its positions move
 /// between CPUs all the time). The wake-up threshold is a quarter of the
 /// buffer, so checking every 64th event per CPU is early enough: 64 records
@@ -128,5 +138,30 @@ fn wakeup_flag() -> u32 {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
+    }
+}
+
+#[inline(always)]
+pub fn set_state_running(running: bool) {
+    if let Some(flag) = STATE_RUNNING.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot; only the state program writes it.
+        unsafe { *flag = u32::from(running) };
+    }
+}
+
+#[inline(always)]
+pub fn state_running() -> bool {
+    // SAFETY: this CPU's slot, read as a plain value.
+    STATE_RUNNING
+        .get_ptr(0)
+        .is_some_and(|flag| unsafe { *flag } != 0)
+}
+
+#[inline(always)]
+pub fn count_state_rescued() {
+    if let Some(rescued) = STATE_RESCUED.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot; the nested program cannot interrupt
+        // itself (the kernel skips it instead).
+        unsafe { *rescued += 1 };
     }
 }

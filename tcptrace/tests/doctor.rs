@@ -100,8 +100,14 @@ fn this_host_is_ready_with_every_hook_attached() {
     let ran = run(doctor(&[]));
     assert_eq!(ran.code, expected.code, "{}{}", ran.stdout, ran.stderr);
     for hook in HOOKS {
+        // A program named otherwise than its hook says where it attaches.
+        let on = if hook.program == hook.tracepoint {
+            String::new()
+        } else {
+            format!(" on {}", hook.tracepoint)
+        };
         let line = format!(
-            "ok   {}: attached (needs Linux >= {})\n",
+            "ok   {}{on}: attached (needs Linux >= {})\n",
             hook.program, hook.min_kernel
         );
         assert!(ran.stdout.contains(&line), "no {line:?} in\n{}", ran.stdout);

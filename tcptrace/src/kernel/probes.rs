@@ -63,6 +63,10 @@ pub enum HookKind {
 const TIMEWAIT_LOST: &str = "TIME_WAIT is not seen: closing sockets end at CLOSE, and orphaned FIN_WAIT2 durations are unknown";
 const RESETS_LOST: &str = "resets are not counted";
 
+/// The second program on `inet_sock_set_state`: it reports the state
+/// changes that interrupt the first on its CPU, which the kernel skips.
+pub const STATE_NESTED: &str = "state_nested";
+
 pub const HOOKS: &[Hook] = &[
     Hook {
         program: "inet_sock_set_state",
@@ -70,6 +74,14 @@ pub const HOOKS: &[Hook] = &[
         min_kernel: KernelVersion::new(5, 12),
         symbol: None,
         without: "",
+        kind: HookKind::Btf,
+    },
+    Hook {
+        program: STATE_NESTED,
+        tracepoint: "inet_sock_set_state",
+        min_kernel: KernelVersion::new(5, 12),
+        symbol: None,
+        without: "a state change that interrupts another on the same CPU is lost (counted in tcptrace_program_missed_runs_total)",
         kind: HookKind::Btf,
     },
     Hook {
@@ -439,21 +451,37 @@ impl Probes {
 
     /// For each attached program: its name and the runs the kernel skipped
     /// because the program was already running on that CPU (its tracepoint
-    /// fired again from an interrupt inside it). Each is an event lost
-    /// without reaching the ring buffer. Counted always, from
-    /// `/proc/self/fdinfo` (Linux 5.12 and later; empty before).
+    /// fired again from an interrupt inside it), less those that
+    /// [`STATE_NESTED`] reported instead. Each is an event lost without
+    /// reaching the ring buffer. Counted always, from `/proc/self/fdinfo`
+    /// (Linux 5.12 and later; empty before). [`STATE_NESTED`] has no row:
+    /// whenever it is skipped, the first program is not.
     pub fn missed_runs(&self) -> Vec<(&'static str, u64)> {
         use std::os::fd::{AsFd, AsRawFd};
+        let rescued = self.state_rescued();
         self.attached
             .iter()
-            .filter(|(_, attached)| *attached)
+            .filter(|(hook, attached)| *attached && hook.program != STATE_NESTED)
             .filter_map(|(hook, _)| {
                 let fd = self.ebpf.program(hook.program)?.fd().ok()?;
                 let fd = fd.as_fd().as_raw_fd();
                 let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
-                Some((hook.program, recursion_misses(&info)?))
+                let mut missed = recursion_misses(&info)?;
+                if hook.program == "inet_sock_set_state" {
+                    missed = missed.saturating_sub(rescued);
+                }
+                Some((hook.program, missed))
             })
             .collect()
+    }
+
+    /// State changes [`STATE_NESTED`] reported, summed over CPUs.
+    fn state_rescued(&self) -> u64 {
+        self.ebpf
+            .map("STATE_RESCUED")
+            .and_then(|map| PerCpuArray::<_, u64>::try_from(map).ok())
+            .and_then(|rescued| rescued.get(&0, 0).ok())
+            .map_or(0, |per_cpu| per_cpu.iter().sum())
     }
 
     /// Every hook and whether it is attached.
