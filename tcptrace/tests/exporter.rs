@@ -106,11 +106,12 @@ fn endpoints_answer_and_the_metric_contract_holds() {
             .collect();
         assert_eq!(series, vec![0.0; values], "{family}");
     }
+    // missing, vanished, state, unseen_close.
     assert_eq!(
         scrape
             .matching("tcptrace_reconcile_corrections_total", &[])
             .count(),
-        3
+        4
     );
     for program in [
         "inet_sock_set_state",

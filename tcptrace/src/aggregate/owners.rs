@@ -160,7 +160,7 @@ pub fn find(
     let inodes: FxHashMap<u64, u64> = Lookups::default()
         .find_blocking(&pending)
         .into_iter()
-        .map(|(cookie, found)| (cookie, found.inode))
+        .filter_map(|(cookie, found)| Some((cookie, found?.inode)))
         .collect();
     let wanted: Vec<Wanted> = sockets
         .iter()

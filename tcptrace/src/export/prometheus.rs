@@ -511,7 +511,7 @@ impl SelfMetrics {
                 IntCounterVec::new(
                     Opts::new(
                         "tcptrace_reconcile_corrections_total",
-                        "Drift between tracked and kernel state corrected by reconciliation.",
+                        "Drift between tracked and kernel state corrected by reconciliation, and CLOSEs not reported that a lookup found.",
                     ),
                     &["kind"],
                 ),
@@ -543,7 +543,8 @@ impl SelfMetrics {
         for kind in EventKind::NAMES {
             metrics.events.with_label_values(&[kind]);
         }
-        for (kind, _) in Corrections::default().by_kind() {
+        let kinds = Corrections::default().by_kind().map(|(kind, _)| kind);
+        for kind in kinds.into_iter().chain([UNSEEN_CLOSE]) {
             metrics.reconcile_corrections.with_label_values(&[kind]);
         }
         metrics
@@ -577,6 +578,11 @@ pub fn program_families(stats: &[(&str, u64, std::time::Duration)]) -> [MetricFa
     }
     [runs, seconds]
 }
+
+/// The `kind` of `tcptrace_reconcile_corrections_total` for a socket that
+/// reported an error and was then found gone without its CLOSE
+/// ([`crate::track::Tracker::gone`]).
+pub const UNSEEN_CLOSE: &str = "unseen_close";
 
 /// `tcptrace_program_missed_runs_total`, from
 /// [`crate::kernel::probes::Probes::missed_runs`].

@@ -37,7 +37,9 @@
 //! not what ended it. Sockets that never got a local port (a connect that
 //! failed before sending, counted by `tcptrace_connect_errors_total`) and
 //! listeners are not connections. Sockets forgotten without their end being
-//! seen (lost events, eviction) are not counted.
+//! seen (lost events, eviction) are not counted, except a socket that
+//! reported an error and that a lookup a second later found gone: it ended
+//! at its error (see `lookups`).
 
 use super::{Change, Signal, Tracker};
 use crate::events::{SocketEvent, TcpState};

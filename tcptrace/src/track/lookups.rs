@@ -4,18 +4,86 @@
 //! See [`crate::track::Tracker::fin_wait2_timewaits`]: a FIN_WAIT2 timewait socket becomes
 //! TIME_WAIT silently, so each second the ones tracked are looked up, by
 //! exact 4-tuple and cookie, in their network namespace.
+//!
+//! The same lookups catch a CLOSE the kernel did not deliver: a socket that
+//! reported an error (a timeout, a reset, an ICMP error) and is still
+//! tracked open a second later is looked up too (see
+//! [`Tracker::errored_unclosed`]); if the kernel no longer has it, it
+//! ended at its error, and it ends so here, counted as an `unseen_close`
+//! correction.
 
 use std::collections::HashMap;
 
 use crate::{
-    events::{Endpoints, Family, TcpState},
+    events::{Endpoints, EventKind, Family, SocketEvent, TcpState},
     host::netns::{self, Namespace},
     host::sock_diag::{self, DiagSocket, SocketId},
     support::clock,
     track::{Change, Stay, Tracker},
 };
 
+/// How long after its error a socket's CLOSE may take before the socket is
+/// looked up. The CLOSE comes from the same kernel call as the error,
+/// microseconds apart; the margin covers a ring buffer read behind.
+pub const UNSEEN_CLOSE_GRACE_NS: u64 = 1_000_000_000;
+
+/// Most errored sockets awaiting their CLOSE: a flood of errors beyond it
+/// is left to reconciliation.
+pub(super) const MAX_ERRORED: usize = 4096;
+
 impl Tracker {
+    /// Sockets that reported an error more than [`UNSEEN_CLOSE_GRACE_NS`]
+    /// ago and are still tracked as open: to be looked up, and ended by
+    /// [`Tracker::gone`] if the kernel no longer has them.
+    pub fn errored_unclosed(&mut self) -> Vec<(u64, Endpoints)> {
+        self.unclosed.clear();
+        let mut due = Vec::new();
+        while let Some(&(error_ns, cookie)) = self.errored.front() {
+            if error_ns.saturating_add(UNSEEN_CLOSE_GRACE_NS) > self.now_ns {
+                break;
+            }
+            self.errored.pop_front();
+            if let Some(socket) = self.sockets.get(&cookie)
+                && !socket.timewait
+            {
+                self.unclosed.insert(cookie, error_ns);
+                due.push((cookie, socket.endpoints));
+            }
+        }
+        due
+    }
+
+    /// A lookup found no socket `cookie` in its namespace. For one of
+    /// [`Tracker::errored_unclosed`]'s, the kernel closed it without the
+    /// CLOSE reaching tcptrace: it ends now, as at its error.
+    pub fn gone(&mut self, cookie: u64, sink: &mut impl FnMut(&Change)) {
+        let Some(error_ns) = self.unclosed.remove(&cookie) else {
+            return;
+        };
+        let Some(socket) = self.sockets.get(&cookie).filter(|s| !s.timewait) else {
+            return;
+        };
+        let close = SocketEvent {
+            ts_ns: error_ns.max(socket.stay.since_ns),
+            cookie,
+            endpoints: socket.endpoints,
+            task: None,
+            kind: EventKind::state(socket.stay.state, TcpState::Close),
+        };
+        tracing::debug!(
+            cookie,
+            from = socket.stay.state.name(),
+            "a socket's CLOSE after its error was not reported; the kernel no longer has it"
+        );
+        self.unseen_closes += 1;
+        self.apply(&close, sink);
+    }
+
+    /// Ends made by [`Tracker::gone`].
+    pub fn unseen_closes(&self) -> u64 {
+        self.unseen_closes
+    }
+
     /// Timewait sockets still in substate FIN_WAIT2: the ones whose move to
     /// TIME_WAIT may happen without an event, to be looked up in the kernel.
     pub fn fin_wait2_timewaits(&self) -> Vec<(u64, Endpoints)> {
@@ -84,25 +152,32 @@ pub struct Lookups {
 
 impl Lookups {
     /// What the tracker needs once a second, the same for every command:
-    /// its timers, then the lookups of FIN_WAIT2 timewait sockets, without
-    /// holding the tracker while the kernel is asked.
+    /// its timers, then the lookups of FIN_WAIT2 timewait sockets and of
+    /// errored sockets not yet closed, without holding the tracker while the
+    /// kernel is asked.
     pub async fn upkeep(&mut self, tracked: &mut impl WithTracker) {
         let pending = tracked.with_tracker(|tracker, mut sink| {
             tracker.tick(clock::boot_ns(), &mut sink);
-            tracker.fin_wait2_timewaits()
+            let mut pending = tracker.fin_wait2_timewaits();
+            pending.extend(tracker.errored_unclosed());
+            pending
         });
         let found = self.find(pending).await;
         let now_ns = clock::boot_ns();
         tracked.with_tracker(|tracker, mut sink| {
             for (cookie, socket) in &found {
-                tracker.looked_up(*cookie, socket, now_ns, &mut sink);
+                match socket {
+                    Some(socket) => tracker.looked_up(*cookie, socket, now_ns, &mut sink),
+                    None => tracker.gone(*cookie, &mut sink),
+                }
             }
         });
     }
 
-    /// Looks up `pending` (from `Tracker::fin_wait2_timewaits`) on a
-    /// blocking thread; returns what the kernel still has, by cookie.
-    pub async fn find(&mut self, pending: Vec<(u64, Endpoints)>) -> Vec<(u64, DiagSocket)> {
+    /// Looks up `pending` on a blocking thread; returns what the kernel has
+    /// of each, by cookie: `None` if it has no such socket (sockets of
+    /// namespaces that could not be read are left out).
+    pub async fn find(&mut self, pending: Vec<(u64, Endpoints)>) -> Vec<(u64, Option<DiagSocket>)> {
         if pending.is_empty() {
             return Vec::new();
         }
@@ -126,7 +201,10 @@ impl Lookups {
 
     /// Namespaces that cannot be entered are skipped: their sockets stay as
     /// they are until their timer's events or reconciliation settle them.
-    pub fn find_blocking(&mut self, pending: &[(u64, Endpoints)]) -> Vec<(u64, DiagSocket)> {
+    pub fn find_blocking(
+        &mut self,
+        pending: &[(u64, Endpoints)],
+    ) -> Vec<(u64, Option<DiagSocket>)> {
         let mut by_netns: HashMap<u32, Vec<(u64, SocketId)>> = HashMap::new();
         for &(cookie, endpoints) in pending {
             by_netns
@@ -145,7 +223,7 @@ impl Lookups {
                     sockets
                         .iter()
                         .zip(results)
-                        .filter_map(|(&(cookie, _), result)| Some((cookie, result?))),
+                        .map(|(&(cookie, _), result)| (cookie, result)),
                 ),
                 Err(error) => {
                     tracing::debug!(netns, %error, "socket lookup failed");

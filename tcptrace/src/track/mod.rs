@@ -266,6 +266,14 @@ pub struct Tracker {
     waiting: FxHashMap<u16, FxHashSet<u64>>,
     /// Ports just labelled whose waiting listeners are still to move.
     moves: Vec<u16>,
+    /// Sockets that reported an error while open, oldest first: (time of
+    /// the error, cookie), looked up if their CLOSE does not follow (see
+    /// `lookups`); at most `lookups::MAX_ERRORED`.
+    errored: VecDeque<(u64, u64)>,
+    /// Of those, the ones looked up in this upkeep, with their error's time.
+    unclosed: FxHashMap<u64, u64>,
+    /// Ends made because a lookup found an errored socket gone.
+    unseen_closes: u64,
 }
 
 impl Tracker {
@@ -285,6 +293,9 @@ impl Tracker {
             freed: Vec::new(),
             waiting: FxHashMap::default(),
             moves: Vec::new(),
+            errored: VecDeque::new(),
+            unclosed: FxHashMap::default(),
+            unseen_closes: 0,
         }
     }
 
@@ -334,6 +345,15 @@ impl Tracker {
                 self.note(event.cookie, |evidence| {
                     evidence.error(errno, event.ts_ns);
                 });
+                let open = self.sockets.get(&event.cookie).is_some_and(|socket| {
+                    !socket.timewait && socket.stay.state != TcpState::Listen
+                });
+                if open {
+                    if self.errored.len() == lookups::MAX_ERRORED {
+                        self.errored.pop_front();
+                    }
+                    self.errored.push_back((event.ts_ns, event.cookie));
+                }
                 self.signal(event, Signal::Error { errno }, sink);
             }
             EventKind::KeepaliveProbe { unanswered } => {
@@ -510,6 +530,11 @@ impl Tracker {
             known: true,
         });
         let Some(socket) = self.sockets.get_mut(&event.cookie) else {
+            // A socket reaches CLOSE once: this one was ended already, from
+            // a lookup that found it gone before its CLOSE was read.
+            if new == TcpState::Close && self.ended.contains_key(&event.cookie) {
+                return;
+            }
             let role = match (old, new) {
                 (TcpState::Close, TcpState::SynSent) => Role::Client,
                 (TcpState::Listen, TcpState::SynRecv) | (_, TcpState::Listen) => Role::Server,

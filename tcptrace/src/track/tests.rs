@@ -960,3 +960,69 @@ fn the_first_close_tells_who_closed_after_how_long_idle() {
         ]
     );
 }
+
+#[test]
+fn an_errored_socket_found_gone_without_its_close_ends_at_its_error() {
+    let mut tracker = tracker();
+    let timeout = EventKind::SocketError {
+        errno: libc::ETIMEDOUT.unsigned_abs(),
+    };
+    run(
+        &mut tracker,
+        &[
+            event(7, 0, state(SynSent, Established), 40000, 443),
+            event(7, 5000, timeout, 40000, 443),
+        ],
+    );
+    tracker.tick((5000 + 999) * MS, &mut |_| {});
+    assert!(tracker.errored_unclosed().is_empty(), "within the grace");
+    tracker.tick(6000 * MS, &mut |_| {});
+    let due = tracker.errored_unclosed();
+    assert_eq!(due.iter().map(|(c, _)| *c).collect::<Vec<_>>(), [7]);
+    let mut changes = Vec::new();
+    tracker.gone(7, &mut |c| changes.push(*c));
+    assert_eq!(transitions(&changes), [(Established, Close)]);
+    assert_eq!(ends(&changes), [End::RetransmitTimeout]);
+    assert_eq!(changes[0].event.ts_ns, 5000 * MS, "at the error");
+    assert_eq!(tracker.unseen_closes(), 1);
+    assert!(tracker.is_empty());
+    // The CLOSE read late changes nothing: the connection ended once.
+    let late = run(
+        &mut tracker,
+        &[event(7, 5000, state(Established, Close), 40000, 443)],
+    );
+    assert!(late.is_empty(), "{late:?}");
+}
+
+#[test]
+fn an_errored_socket_still_open_or_closed_in_time_is_not_ended_again() {
+    let mut tracker = tracker();
+    let unreachable = EventKind::SocketError {
+        errno: libc::EHOSTUNREACH.unsigned_abs(),
+    };
+    run(
+        &mut tracker,
+        &[
+            event(8, 0, state(SynSent, Established), 40001, 443),
+            event(9, 0, state(SynSent, Established), 40002, 443),
+            // An ICMP error a socket with IP_RECVERR survives.
+            event(8, 100, unreachable, 40001, 443),
+            // An error, then its CLOSE as usual.
+            event(9, 100, unreachable, 40002, 443),
+            event(9, 100, state(Established, Close), 40002, 443),
+        ],
+    );
+    tracker.tick(2000 * MS, &mut |_| {});
+    let due = tracker.errored_unclosed();
+    assert_eq!(due.iter().map(|(c, _)| *c).collect::<Vec<_>>(), [8]);
+    // The lookup found socket 8: nothing to do; a gone for a socket not
+    // looked up is ignored.
+    let mut changes = Vec::new();
+    tracker.gone(9, &mut |c| changes.push(*c));
+    assert!(changes.is_empty());
+    assert!(tracker.errored_unclosed().is_empty(), "looked up once");
+    tracker.gone(8, &mut |c| changes.push(*c));
+    assert!(changes.is_empty(), "not looked up in this upkeep");
+    assert_eq!(tracker.states().collect::<Vec<_>>(), [(8, Established)]);
+    assert_eq!(tracker.unseen_closes(), 0);
+}

@@ -32,7 +32,7 @@ use crate::{
     aggregate::{idle::IdleReport, listen::ListenReport, trends::Trends},
     cli::commands::Error,
     cli::{ListenAddress, RunArgs, web_config},
-    export::prometheus::SelfMetrics,
+    export::prometheus::{SelfMetrics, UNSEEN_CLOSE},
     export::web::{self, security::WebSecurity},
     host::containers::Containers,
     kernel::probes::Probes,
@@ -172,9 +172,14 @@ async fn follow(
             }
             _ = tick.tick() => {
                 lookups.upkeep(&mut &*exporter).await;
-                let evictions = exporter.state().tracker.evictions();
+                let (evictions, unseen_closes) = {
+                    let state = exporter.state();
+                    (state.tracker.evictions(), state.tracker.unseen_closes())
+                };
                 let metrics = &exporter.metrics;
                 metrics.evictions.inc_by(evictions - metrics.evictions.get());
+                let unseen = metrics.reconcile_corrections.with_label_values(&[UNSEEN_CLOSE]);
+                unseen.inc_by(unseen_closes - unseen.get());
                 metrics.events_lost.inc_by(source.lost().saturating_sub(metrics.events_lost.get()));
                 exporter.state().sample_trends(crate::support::clock::boot_ns());
                 report_stale(&exporter.state).await;
