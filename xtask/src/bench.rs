@@ -88,42 +88,32 @@ pub fn run(
     if against.is_some() {
         tools.insert(2, AGAINST);
     }
-    let mut runs: BTreeMap<&str, Vec<Run>> = BTreeMap::new();
-    for repetition in 0..plan.repetitions {
-        let close = if repetition % 2 == 0 {
+    let setup = Setup {
+        tcptrace,
+        against,
+        xtask,
+        plan,
+        clock_ticks,
+    };
+    let runs = interleaved(&setup, &tools, plan.repetitions, |repetition| {
+        Workload::Churn(if repetition % 2 == 0 {
             "client"
         } else {
             "server"
-        };
-        for &tool in &tools {
-            let binary = if tool == AGAINST {
-                against.unwrap_or(tcptrace)
-            } else {
-                tcptrace
-            };
-            let run = measure(
-                tool,
-                binary,
-                xtask,
-                plan,
-                Workload::Churn(close),
-                clock_ticks,
-            )?;
-            println!(
-                "[bench] {tool:<14} {close}-first  {:>8.0} conn/s  cpu {:.3} s",
-                run.connections as f64 / run.seconds,
-                run.cpu_seconds
-            );
-            runs.entry(tool).or_default().push(run);
-        }
-    }
+        })
+    })?;
     let heading = format!(
         "### Churn: {} runs of {} s per tool, {} client/server loops, client-first and server-first alternating",
         plan.repetitions, plan.churn_seconds, plan.threads
     );
     let mut report = throughput_report(&heading, &tools, &runs);
     println!("\n{report}");
-    let web = web_report(tcptrace, against, xtask, plan, &tools, clock_ticks)?;
+    let runs = interleaved(&setup, &tools, plan.web_rounds, |_| Workload::Web)?;
+    let heading = format!(
+        "### Web server: {} runs of {} s per tool, nginx (`keepalive_timeout 0`, a worker per CPU) under `wrk -t{} -c{}`, every CPU busy; a request is a connection",
+        plan.web_rounds, plan.web_seconds, plan.threads, plan.web_connections
+    );
+    let web = throughput_report(&heading, &tools, &runs);
     println!("{web}");
     report.push_str(&web);
     let streams = crate::streams::report(tcptrace, xtask, plan)?;
@@ -136,37 +126,45 @@ pub fn run(
     Ok(report)
 }
 
-/// Every tool in turn under nginx loaded by wrk, `plan.web_rounds` times.
-fn web_report(
-    tcptrace: &Path,
-    against: Option<&Path>,
-    xtask: &Path,
-    plan: &Plan,
-    tools: &[&'static str],
+/// What every throughput run is measured with.
+struct Setup<'a> {
+    tcptrace: &'a Path,
+    against: Option<&'a Path>,
+    xtask: &'a Path,
+    plan: &'a Plan,
     clock_ticks: f64,
-) -> Result<String, String> {
+}
+
+/// `rounds` rounds of every tool in turn, round `i` under `workload(i)`.
+fn interleaved<'t>(
+    setup: &Setup,
+    tools: &[&'t str],
+    rounds: usize,
+    workload: impl Fn(usize) -> Workload,
+) -> Result<BTreeMap<&'t str, Vec<Run>>, String> {
     let mut runs: BTreeMap<&str, Vec<Run>> = BTreeMap::new();
-    for _ in 0..plan.web_rounds {
+    for round in 0..rounds {
+        let workload = workload(round);
         for &tool in tools {
             let binary = if tool == AGAINST {
-                against.unwrap_or(tcptrace)
+                setup.against.unwrap_or(setup.tcptrace)
             } else {
-                tcptrace
+                setup.tcptrace
             };
-            let run = measure(tool, binary, xtask, plan, Workload::Web, clock_ticks)?;
+            let run = measure(tool, binary, setup, workload)?;
+            let what = match workload {
+                Workload::Churn(close) => format!("{close}-first"),
+                Workload::Web => "nginx+wrk".to_owned(),
+            };
             println!(
-                "[bench] {tool:<14} nginx+wrk     {:>8.0} req/s  cpu {:.3} s",
+                "[bench] {tool:<14} {what:<12} {:>8.0} conn/s  cpu {:.3} s",
                 run.connections as f64 / run.seconds,
                 run.cpu_seconds
             );
             runs.entry(tool).or_default().push(run);
         }
     }
-    let heading = format!(
-        "### Web server: {} runs of {} s per tool, nginx (`keepalive_timeout 0`, a worker per CPU) under `wrk -t{} -c{}`, every CPU busy; a request is a connection",
-        plan.web_rounds, plan.web_seconds, plan.threads, plan.web_connections
-    );
-    Ok(throughput_report(&heading, tools, &runs))
+    Ok(runs)
 }
 
 /// The scale rows alone: start-up, memory, scrapes and one reconciliation
@@ -184,14 +182,8 @@ pub fn scales(tcptrace: &Path, xtask: &Path, plan: &Plan) -> String {
     report
 }
 
-fn measure(
-    tool: &str,
-    tcptrace: &Path,
-    xtask: &Path,
-    plan: &Plan,
-    workload: Workload,
-    clock_ticks: f64,
-) -> Result<Run, String> {
+fn measure(tool: &str, tcptrace: &Path, setup: &Setup, workload: Workload) -> Result<Run, String> {
+    let (xtask, plan, clock_ticks) = (setup.xtask, setup.plan, setup.clock_ticks);
     let started = Instant::now();
     let mut child = start(tool, tcptrace)?;
     let startup_seconds = started.elapsed().as_secs_f64();

@@ -2,10 +2,12 @@
 //! `xtask hold` inside a network namespace of their own (`unshare --net`),
 //! on loopback only.
 
+use crate::measure::Tool;
+
 use std::{
     io::{Read, Write},
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
@@ -142,7 +144,8 @@ pub fn web(args: &[String]) -> Result<(), String> {
         .arg(&config)
         .stdin(Stdio::null())
         .spawn()
-        .map(Server)
+        // Stopped when dropped: SIGINT is a fast shutdown to nginx too.
+        .map(Tool)
         .map_err(|e| format!("cannot start nginx: {e}"))?;
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect((Ipv4Addr::LOCALHOST, WEB_PORT)).is_err() {
@@ -209,26 +212,6 @@ fn wrk_totals(output: &str) -> Option<(u64, f64)> {
         |ms| ms.parse::<f64>().ok().map(|ms| ms / 1000.0),
     )?;
     Some((requests, seconds))
-}
-
-/// The nginx master, stopped on drop (SIGTERM: its workers go with it).
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// `xtask hold ESTABLISHED CLOSE_WAIT TIME_WAIT`: opens that many connections
