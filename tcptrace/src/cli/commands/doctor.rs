@@ -17,7 +17,7 @@ use crate::{
     doctor::{self, BtfFacts, Findings, NamespaceContents, NamespaceFacts, Verdict},
     events::TcpState,
     host::containers,
-    host::netns,
+    host::netns::{self, Namespace},
     host::sock_diag::{self, DiagError, DiagSocket},
     host::sysctls,
     kernel::capabilities::Capabilities,
@@ -59,12 +59,13 @@ pub fn gather(config: &ProbeConfig, sources: &containers::Sources) -> Findings {
     // sockets' own settings; dropping them detaches everything.
     let mut probes = spec.and_then(|spec| spec.load_measured(&tick_rate).map_err(|e| one_line(&e)));
     let hooks = probes.as_ref().map(hook_outcomes).map_err(Clone::clone);
+    let found = netns::namespaces();
     let links = probes
         .as_mut()
-        .map(|probes| probes.settings_links(netns::namespaces().len()))
+        .map(|probes| probes.settings_links(found.len()))
         .unwrap_or_default();
     let (namespaces, namespaces_without_sockets) =
-        namespaces(links, tick_rate.as_ref().ok().copied());
+        namespaces(found, links, tick_rate.as_ref().ok().copied());
     drop(probes);
     Findings {
         kernel_release: crate::kernel::version::release(),
@@ -163,15 +164,20 @@ fn own_keepalive_over(
     (over.len(), over.iter().copied().max().unwrap_or(0))
 }
 
-/// tcptrace's own namespace and every other one with TCP sockets (the most
-/// first), then those that could not be entered; and how many hold no TCP
-/// socket. Each is entered once, for its sockets and its settings together.
-fn namespaces(mut links: Vec<SettingsLink>, hz: Option<u32>) -> (Vec<NamespaceFacts>, usize) {
+/// Of `found`: tcptrace's own namespace and every other one with TCP
+/// sockets (the most first), then those that could not be entered; and how
+/// many hold no TCP socket. Each is entered once, for its sockets and its
+/// settings together (a link of `links` each).
+fn namespaces(
+    found: Vec<Namespace>,
+    mut links: Vec<SettingsLink>,
+    hz: Option<u32>,
+) -> (Vec<NamespaceFacts>, usize) {
     let host = netns::own_inode();
     let mut read = Vec::new();
     let mut unreadable = Vec::new();
     let mut without_sockets = 0;
-    for namespace in netns::namespaces() {
+    for namespace in found {
         let is_host = Some(namespace.inode) == host;
         let link = links.pop();
         let entered: Result<_, DiagError> = netns::in_namespace(&namespace, || {
