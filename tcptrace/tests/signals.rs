@@ -16,7 +16,8 @@ use std::{
 };
 
 use common::{
-    Daemon, DeadLink, NetNs, Scrape, keepalive, kernel_at_least, kernel_version, set_option,
+    Daemon, DeadLink, NetNs, Scrape, connected_pairs, keepalive, kernel_at_least, kernel_version,
+    set_option,
 };
 use tcptrace::kernel::version::KernelVersion;
 
@@ -449,20 +450,14 @@ fn idle_connections_are_counted_by_whether_keepalive_is_on() {
         &p,
     ]);
     let netns = NetNs::new();
-    let pairs: Vec<(TcpStream, TcpStream)> = netns.run(|| {
-        let listener = TcpListener::bind(local(port)).expect("bind");
-        (0..15)
-            .map(|i| {
-                let client = TcpStream::connect(local(port)).expect("connect");
-                let (server, _) = listener.accept().expect("accept");
-                if i >= 10 {
-                    // On, but long before any probe: what a NAT drops.
-                    keepalive(&client, 600, 60, 5);
-                    keepalive(&server, 600, 60, 5);
-                }
-                (client, server)
-            })
-            .collect()
+    let pairs = netns.run(|| {
+        connected_pairs(local(port), 15, |i, client, server| {
+            if i >= 10 {
+                // On, but long before any probe: what a NAT drops.
+                keepalive(client, 600, 60, 5);
+                keepalive(server, 600, 60, 5);
+            }
+        })
     });
     let idle = |s: &Scrape, keepalive: &str, role: &str| {
         s.sum(
@@ -520,20 +515,12 @@ fn the_socket_list_gives_each_keepalive_connection_its_idle_time() {
     netns.sysctl("net/ipv4/tcp_keepalive_time", "300");
     // Clients 0-2: keepalive on, the namespace's 300 s; 3-4: their own
     // 7200 s, as a container left at the default behind a NAT; 5: off.
-    let pairs: Vec<(TcpStream, TcpStream)> = netns.run(|| {
-        let listener = TcpListener::bind(local(port)).expect("bind");
-        (0..6)
-            .map(|i| {
-                let client = TcpStream::connect(local(port)).expect("connect");
-                let (server, _) = listener.accept().expect("accept");
-                match i {
-                    0..=2 => set_option(&client, libc::SOL_SOCKET, libc::SO_KEEPALIVE, &1i32),
-                    3 | 4 => keepalive(&client, 7200, 75, 9),
-                    _ => {}
-                }
-                (client, server)
-            })
-            .collect()
+    let pairs = netns.run(|| {
+        connected_pairs(local(port), 6, |i, client, _| match i {
+            0..=2 => set_option(client, libc::SOL_SOCKET, libc::SO_KEEPALIVE, &1i32),
+            3 | 4 => keepalive(client, 7200, 75, 9),
+            _ => {}
+        })
     });
     let expected: std::collections::BTreeMap<u16, Option<(u64, &str)>> = pairs
         .iter()

@@ -518,6 +518,25 @@ pub fn leak_close_wait(addr: SocketAddr, count: usize) -> Held {
     Held { listener, accepted }
 }
 
+/// `count` open connections to a listener on `addr`, as (client, server),
+/// each given to `setup` with its index as it is made; the listener is
+/// closed after.
+pub fn connected_pairs(
+    addr: SocketAddr,
+    count: usize,
+    setup: impl Fn(usize, &TcpStream, &TcpStream),
+) -> Vec<(TcpStream, TcpStream)> {
+    let listener = TcpListener::bind(addr).expect("bind listener");
+    (0..count)
+        .map(|i| {
+            let client = TcpStream::connect(addr).expect("connect");
+            let (server, _) = listener.accept().expect("accept");
+            setup(i, &client, &server);
+            (client, server)
+        })
+        .collect()
+}
+
 /// The transitions of one socket, in kernel order.
 pub fn transitions(events: &[&SocketEvent]) -> Vec<(TcpState, TcpState)> {
     events
