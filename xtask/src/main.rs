@@ -61,7 +61,7 @@ tasks:
   bench [--quick] [--scale] [--against BINARY]
                      tcptrace against baseline, tcpstates, bpftrace and
                      node_exporter under loopback churn, then its cost with
-                     many sockets open; about 11 minutes (--quick: about 6).
+                     many sockets open; about 20 minutes (--quick: about 7).
                      --scale runs only the many-sockets rows (10,000, and
                      100,000 without --quick); --against adds another
                      tcptrace binary (an earlier commit's, say) to the
